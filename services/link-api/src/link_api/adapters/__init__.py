@@ -1,0 +1,1 @@
+"""Storage and remote-service adapters of link-api."""

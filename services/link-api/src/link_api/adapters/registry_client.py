@@ -1,0 +1,49 @@
+"""Calls the registry's HTTP API for what only it knows: which mailboxes a user has linked."""
+
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+from mailbox_link_shared.events import MailboxOwner
+
+
+class RegistryUnavailable(Exception):
+    """The registry did not answer; the caller should retry later."""
+
+
+class Registry(Protocol):
+    """What link-api asks of the registry."""
+
+    async def list_mailboxes(self, owner: MailboxOwner) -> list[dict[str, Any]]: ...
+    async def unlink_mailbox(self, owner: MailboxOwner, address: str) -> bool: ...
+
+
+class HttpRegistry:
+    """Registry over HTTP with link-api's own service token."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def list_mailboxes(self, owner: MailboxOwner) -> list[dict[str, Any]]:
+        response = await self._call("GET", _mailboxes_path(owner))
+        mailboxes: list[dict[str, Any]] = response.json()["mailboxes"]
+        return mailboxes
+
+    async def unlink_mailbox(self, owner: MailboxOwner, address: str) -> bool:
+        """Unlinks the mailbox; returns False when this user has no such mailbox."""
+        response = await self._call("DELETE", f"{_mailboxes_path(owner)}/{quote(address, safe='')}")
+        return response.status_code != httpx.codes.NOT_FOUND
+
+    async def _call(self, method: str, path: str) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path)
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(type(exc).__name__) from exc
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            raise RegistryUnavailable(f"registry answered {response.status_code}")
+        return response
+
+
+def _mailboxes_path(owner: MailboxOwner) -> str:
+    account, user = quote(owner.account_id, safe=""), quote(owner.user_id, safe="")
+    return f"/v1/accounts/{account}/users/{user}/mailboxes"

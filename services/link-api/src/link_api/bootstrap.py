@@ -1,0 +1,56 @@
+"""The one place that wires link-api together: settings in, a runnable ASGI app out."""
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.kafka import (
+    KafkaEventPublisher,
+    ensure_topics,
+    make_broker,
+    subscriber_options,
+)
+from mailbox_link_shared.topics import Topics
+from pymongo import AsyncMongoClient
+
+from link_api.adapters.link_store import MongoLinkStore
+from link_api.adapters.registry_client import HttpRegistry
+from link_api.config import SERVICE_NAME, Settings
+from link_api.entrypoints.events import register_subscribers
+from link_api.entrypoints.http import build_router
+from link_api.handlers import LinkApiDeps
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """Returns the link-api application; connections open when it starts, not here."""
+    topics = Topics.for_namespace(settings.namespace)
+    broker = make_broker(settings, SERVICE_NAME)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongodb_uri.get_secret_value(), tz_aware=True, connect=False
+    )
+    store = MongoLinkStore(mongo, f"{settings.namespace}-link-api")
+    deps = LinkApiDeps(
+        store=store,
+        publisher=KafkaEventPublisher(broker, topics),
+        secret_box=settings.secret_box(),
+        in_flight_expiry=timedelta(seconds=settings.in_flight_expiry_seconds),
+    )
+    registry_http = httpx.AsyncClient(
+        base_url=settings.registry_url,
+        headers={"Authorization": f"Bearer {settings.registry_token.get_secret_value()}"},
+        timeout=httpx.Timeout(5.0),
+    )
+    register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
+
+    async def create_topics() -> None:
+        await ensure_topics(settings)
+
+    return build_http_app(
+        title="mailbox-link link-api",
+        router=build_router(deps, HttpRegistry(registry_http)),
+        service_keys=settings.service_keys,
+        on_start=[store.create_indexes, create_topics, broker.start],
+        on_stop=[broker.stop, registry_http.aclose, mongo.close],
+    )

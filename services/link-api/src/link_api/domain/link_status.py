@@ -1,0 +1,46 @@
+"""The status of a link as the caller sees it, and the rules for moving it forward."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType
+
+
+class LinkStatus(StrEnum):
+    """Where a link stands: pending -> verified -> linked, or failed at any point."""
+
+    PENDING = "pending"
+    VERIFIED = "verified"
+    LINKED = "linked"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({LinkStatus.LINKED, LinkStatus.FAILED})
+
+# Events arrive on different topics, so 'linked' may overtake 'verified': only move forward.
+_MAY_FOLLOW: dict[LinkStatus, frozenset[LinkStatus]] = {
+    LinkStatus.VERIFIED: frozenset({LinkStatus.PENDING}),
+    LinkStatus.LINKED: frozenset({LinkStatus.PENDING, LinkStatus.VERIFIED}),
+    LinkStatus.FAILED: frozenset({LinkStatus.PENDING, LinkStatus.VERIFIED}),
+}
+
+
+def statuses_that_may_become(status: LinkStatus) -> frozenset[LinkStatus]:
+    """Returns the statuses from which a link may move to the given one."""
+    return _MAY_FOLLOW.get(status, frozenset())
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """The link as the API shows it."""
+
+    link_id: str
+    owner: MailboxOwner
+    address: str
+    provider: ProviderType
+    status: LinkStatus
+    created_at: datetime
+    updated_at: datetime
+    failure: Failure | None = None
+    mailbox_id: str | None = None

@@ -1,0 +1,120 @@
+"""HTTP routes of link-api: parse, call a handler, answer."""
+
+import re
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Header, Path, Request, Response, status
+from fastapi.responses import JSONResponse
+from mailbox_link_shared.addresses import InvalidAddress, normalize_address
+from mailbox_link_shared.events import MailboxOwner
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
+
+from link_api import handlers
+from link_api.adapters.registry_client import Registry, RegistryUnavailable
+from link_api.entrypoints.schemas import LinkRequestIn, link_body
+from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+AccountId = Annotated[str, Path(pattern=PATH_ID_PATTERN, description="The product's account id.")]
+UserId = Annotated[str, Path(pattern=PATH_ID_PATTERN, description="The product's user id.")]
+T = TypeVar("T")
+USER_PATH = "/v1/accounts/{account_id}/users/{user_id}"
+
+
+def build_router(deps: LinkApiDeps, registry: Registry) -> APIRouter:
+    """Returns the routes, bound to the handlers' dependencies."""
+    router = APIRouter(prefix=USER_PATH)
+
+    @router.post("/links", status_code=status.HTTP_202_ACCEPTED)
+    async def request_link(
+        account_id: AccountId,
+        user_id: UserId,
+        body: LinkRequestIn,
+        request: Request,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Starts linking a mailbox; answers at once with where to watch its status."""
+        _check_idempotency_key(idempotency_key)
+        owner = MailboxOwner(account_id=account_id, user_id=user_id)
+        try:
+            result = await handlers.request_link(body.to_domain(owner), idempotency_key, deps)
+        except IdempotencyKeyReused:
+            raise ApiError(
+                status.HTTP_409_CONFLICT,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for a different request.",
+                [("Idempotency-Key", "use a new key for a new request")],
+            ) from None
+        url = _status_url(request, owner, result.link.link_id)
+        headers = {"Location": url, "Idempotent-Replayed": str(not result.created).lower()}
+        return JSONResponse(link_body(result.link, url), status.HTTP_202_ACCEPTED, headers)
+
+    @router.get("/links/{link_id}")
+    async def get_link(
+        account_id: AccountId, user_id: UserId, link_id: str, request: Request
+    ) -> dict[str, Any]:
+        """Shows where a link stands: pending, verified, linked, or failed and why."""
+        owner = MailboxOwner(account_id=account_id, user_id=user_id)
+        link = await handlers.get_link(owner, link_id, deps)
+        if link is None:
+            raise ApiError(
+                status.HTTP_404_NOT_FOUND,
+                "link_not_found",
+                "This user has no link with that id.",
+                [("link_id", "use the link_id returned when the link was requested")],
+            )
+        return link_body(link, _status_url(request, owner, link_id))
+
+    @router.get("/mailboxes")
+    async def list_mailboxes(account_id: AccountId, user_id: UserId) -> dict[str, Any]:
+        """Lists the mailboxes this user has linked."""
+        owner = MailboxOwner(account_id=account_id, user_id=user_id)
+        return {"mailboxes": await _ask_registry(registry.list_mailboxes(owner))}
+
+    @router.delete("/mailboxes/{email}", status_code=status.HTTP_204_NO_CONTENT)
+    async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
+        """Unlinks one of this user's mailboxes; another account may then link it."""
+        owner = MailboxOwner(account_id=account_id, user_id=user_id)
+        try:
+            address = normalize_address(email)
+        except InvalidAddress as exc:
+            raise ApiError(422, "invalid_request", str(exc), [("email", str(exc))]) from None
+        if not await _ask_registry(registry.unlink_mailbox(owner, address)):
+            raise ApiError(
+                status.HTTP_404_NOT_FOUND,
+                "mailbox_not_found",
+                "This user has no linked mailbox with that address.",
+                [("email", "use an address from GET .../mailboxes")],
+            )
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return router
+
+
+async def _ask_registry(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except RegistryUnavailable:
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "registry_unavailable",
+            "The mailbox registry is not answering; try again shortly.",
+            headers={"Retry-After": "2"},
+        ) from None
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            status.HTTP_400_BAD_REQUEST,
+            "invalid_request",
+            "The Idempotency-Key header is invalid.",
+            [("Idempotency-Key", "use 1 to 255 visible ASCII characters, e.g. a UUID")],
+        )
+
+
+def _status_url(request: Request, owner: MailboxOwner, link_id: str) -> str:
+    path = f"/v1/accounts/{owner.account_id}/users/{owner.user_id}/links/{link_id}"
+    return str(request.base_url).rstrip("/") + path

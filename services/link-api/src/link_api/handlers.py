@@ -1,0 +1,180 @@
+"""One function per thing link-api does: request a link, and record what happened to it."""
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from mailbox_link_shared.crypto import SecretBox
+from mailbox_link_shared.events import (
+    Failure,
+    LinkRejected,
+    LinkRequested,
+    LinkRequestedData,
+    MailboxLinked,
+    MailboxOwner,
+    MailboxVerified,
+    VerificationFailed,
+    utc_now,
+)
+from mailbox_link_shared.publishing import EventPublisher
+
+from link_api.adapters.link_store import IdempotencyRecord, LinkStore
+from link_api.config import SERVICE_NAME
+from link_api.domain.link_request import LinkRequest
+from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
+
+logger = logging.getLogger(__name__)
+
+
+class IdempotencyKeyReused(Exception):
+    """The same Idempotency-Key came with a different request."""
+
+
+@dataclass(frozen=True)
+class LinkApiDeps:
+    """What the handlers work with; wired in bootstrap."""
+
+    store: LinkStore
+    publisher: EventPublisher
+    secret_box: SecretBox
+    in_flight_expiry: timedelta
+
+
+@dataclass(frozen=True)
+class RequestedLink:
+    """The answer to a link request: the link, and whether this request created it."""
+
+    link: LinkView
+    created: bool
+
+
+async def request_link(
+    request: LinkRequest, idempotency_key: str | None, deps: LinkApiDeps
+) -> RequestedLink:
+    """Starts verifying a mailbox, unless the same request is already under way."""
+    scope = _idempotency_scope(request.owner, idempotency_key) if idempotency_key else None
+    if scope is not None:
+        existing = await deps.store.find_idempotency_key(scope)
+        if existing is not None:
+            return await _replay(existing, request, deps)
+
+    link_id = uuid.uuid4().hex
+    now = utc_now()
+    link = LinkView(
+        link_id, request.owner, request.address, request.provider, LinkStatus.PENDING, now, now
+    )
+    # Store first, then claim: whoever holds the claim has a link document a caller can read.
+    await deps.store.insert_link(link, request.in_flight_key())
+    holder = await deps.store.claim_in_flight(
+        request.in_flight_key(), link_id, now, now + deps.in_flight_expiry
+    )
+    if holder != link_id:
+        await deps.store.delete_link(link_id)
+        return await _answer_with(holder, request, scope, deps)
+
+    try:
+        await deps.publisher.publish(_link_requested(link_id, request, deps.secret_box))
+    except Exception:
+        await deps.store.release_in_flight(link_id)
+        await deps.store.delete_link(link_id)
+        raise
+    logger.info("link %s requested for %s (%s)", link_id, request.address, request.provider)
+    if scope is not None:
+        await deps.store.remember_idempotency_key(
+            scope, IdempotencyRecord(link_id, request.fingerprint())
+        )
+    return RequestedLink(link, created=True)
+
+
+async def _answer_with(
+    link_id: str, request: LinkRequest, scope: str | None, deps: LinkApiDeps
+) -> RequestedLink:
+    """Answers a duplicate with the link already under way."""
+    if scope is not None:
+        record = await deps.store.remember_idempotency_key(
+            scope, IdempotencyRecord(link_id, request.fingerprint())
+        )
+        return await _replay(record, request, deps)
+    link = await deps.store.get_link(link_id)
+    if link is None:
+        raise LookupError(f"in-flight link {link_id} has no document")
+    return RequestedLink(link, created=False)
+
+
+async def _replay(
+    record: IdempotencyRecord, request: LinkRequest, deps: LinkApiDeps
+) -> RequestedLink:
+    if record.fingerprint != request.fingerprint():
+        raise IdempotencyKeyReused
+    link = await deps.store.get_link(record.link_id)
+    if link is None:
+        raise LookupError(f"idempotent link {record.link_id} has no document")
+    return RequestedLink(link, created=False)
+
+
+async def get_link(owner: MailboxOwner, link_id: str, deps: LinkApiDeps) -> LinkView | None:
+    """Returns the link if it exists and belongs to this user."""
+    link = await deps.store.get_link(link_id)
+    if link is None or link.owner != owner:
+        return None
+    return link
+
+
+async def when_verification_result_update_status(
+    event: MailboxVerified | VerificationFailed, deps: LinkApiDeps
+) -> None:
+    """Moves the link to verified, or to failed with the verifier's reason."""
+    if isinstance(event, MailboxVerified):
+        await _advance(event.data.link_id, LinkStatus.VERIFIED, deps)
+    else:
+        await _advance(event.data.link_id, LinkStatus.FAILED, deps, failure=event.data.failure)
+
+
+async def when_registry_outcome_update_status(
+    event: MailboxLinked | LinkRejected, deps: LinkApiDeps
+) -> None:
+    """Moves the link to linked, or to failed with the registry's reason."""
+    if isinstance(event, MailboxLinked):
+        await _advance(
+            event.data.link_id, LinkStatus.LINKED, deps, mailbox_id=event.data.mailbox_id
+        )
+    else:
+        await _advance(event.data.link_id, LinkStatus.FAILED, deps, failure=event.data.failure)
+
+
+async def _advance(
+    link_id: str,
+    status: LinkStatus,
+    deps: LinkApiDeps,
+    failure: Failure | None = None,
+    mailbox_id: str | None = None,
+) -> None:
+    allowed_from = statuses_that_may_become(status)
+    moved = await deps.store.advance_link(
+        link_id, status, allowed_from, utc_now(), failure, mailbox_id
+    )
+    if moved is not None and status in (LinkStatus.LINKED, LinkStatus.FAILED):
+        await deps.store.release_in_flight(link_id)
+        logger.info("link %s is %s", link_id, status.value)
+
+
+def _link_requested(link_id: str, request: LinkRequest, box: SecretBox) -> LinkRequested:
+    sealed = box.seal(request.credentials.to_json(), context=request.address)
+    data = LinkRequestedData(
+        link_id=link_id,
+        owner=request.owner,
+        address=request.address,
+        provider=request.provider,
+        imap=request.imap,
+        smtp=request.smtp,
+        credentials=sealed,
+    )
+    return LinkRequested(correlation_id=link_id, producer=SERVICE_NAME, data=data)
+
+
+def _idempotency_scope(owner: MailboxOwner, key: str) -> str:
+    # Keys are the caller's; scoping by user keeps two users' identical keys apart.
+    raw = f"{owner.account_id}\x1f{owner.user_id}\x1f{key}"
+    return hashlib.sha256(raw.encode()).hexdigest()

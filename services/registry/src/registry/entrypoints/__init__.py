@@ -1,0 +1,1 @@
+"""How requests and events reach the registry's handlers."""

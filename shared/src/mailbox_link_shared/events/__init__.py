@@ -1,0 +1,46 @@
+"""The public, versioned event contract between the services and anyone else listening."""
+
+from mailbox_link_shared.events.envelope import Envelope, utc_now
+from mailbox_link_shared.events.link import (
+    Failure,
+    LinkRejected,
+    LinkRejectedData,
+    LinkRequested,
+    LinkRequestedData,
+    MailboxEvent,
+    MailboxLinked,
+    MailboxLinkedData,
+    MailboxOwner,
+    MailboxUnlinked,
+    MailboxUnlinkedData,
+    MailboxVerified,
+    MailboxVerifiedData,
+    ProviderType,
+    ServerSettings,
+    VerificationFailed,
+    VerificationFailedData,
+    VerificationResult,
+)
+
+__all__ = [
+    "Envelope",
+    "Failure",
+    "LinkRejected",
+    "LinkRejectedData",
+    "LinkRequested",
+    "LinkRequestedData",
+    "MailboxEvent",
+    "MailboxLinked",
+    "MailboxLinkedData",
+    "MailboxOwner",
+    "MailboxUnlinked",
+    "MailboxUnlinkedData",
+    "MailboxVerified",
+    "MailboxVerifiedData",
+    "ProviderType",
+    "ServerSettings",
+    "VerificationFailed",
+    "VerificationFailedData",
+    "VerificationResult",
+    "utc_now",
+]

@@ -1,0 +1,34 @@
+"""The envelope every event carries, whatever its type."""
+
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now() -> datetime:
+    """Returns the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Identity, type, version, time, correlation and origin of one event.
+
+    Consumers ignore fields they do not know, so a producer may add fields within a schema
+    version; removing or changing one needs a new version.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: UUID = Field(default_factory=uuid4)
+    type: str
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=utc_now)
+    correlation_id: str = Field(description="The link id this event belongs to.")
+    producer: str = Field(description="The service that emitted the event.")
+
+    def partition_key(self) -> bytes:
+        """Returns the Kafka key: the mailbox's normalized address, so its events stay ordered."""
+        data = getattr(self, "data", None)
+        address: str = getattr(data, "address", "")
+        return address.encode("utf-8")

@@ -1,0 +1,98 @@
+"""The documented set of reasons a link can fail, each with words a person can act on.
+
+Codes are part of the public event contract: add new ones, never rename or reuse one.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FailureCode(StrEnum):
+    """Machine-readable reason a link did not succeed."""
+
+    IMAP_AUTH_FAILED = "imap_auth_failed"
+    SMTP_AUTH_FAILED = "smtp_auth_failed"
+    IMAP_UNREACHABLE = "imap_unreachable"
+    SMTP_UNREACHABLE = "smtp_unreachable"
+    TLS_FAILED = "tls_failed"
+    POP3_ONLY = "pop3_only"
+    NOT_AN_IMAP_SERVER = "not_an_imap_server"
+    NOT_AN_SMTP_SERVER = "not_an_smtp_server"
+    TIMEOUT = "timeout"
+    HOST_NOT_FOUND = "host_not_found"
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    ALREADY_LINKED_ELSEWHERE = "already_linked_elsewhere"
+    PLAN_LIMIT_REACHED = "plan_limit_reached"
+
+
+@dataclass(frozen=True)
+class FailureText:
+    """What we tell the person: what went wrong, and what to do about it."""
+
+    message: str
+    remediation: str
+
+
+FAILURE_TEXTS: dict[FailureCode, FailureText] = {
+    FailureCode.IMAP_AUTH_FAILED: FailureText(
+        "The IMAP server rejected the username or password.",
+        "Check the username and password. If your provider uses two-step verification, "
+        "create an app password and use it here.",
+    ),
+    FailureCode.SMTP_AUTH_FAILED: FailureText(
+        "The SMTP server rejected the username or password.",
+        "Check the SMTP username and password; some providers need an app password "
+        "or need SMTP AUTH enabled for the mailbox.",
+    ),
+    FailureCode.IMAP_UNREACHABLE: FailureText(
+        "We could not connect to the IMAP server.",
+        "Check the IMAP host and port (usually 993 for SSL/TLS, 143 for STARTTLS).",
+    ),
+    FailureCode.SMTP_UNREACHABLE: FailureText(
+        "We could not connect to the SMTP server.",
+        "Check the SMTP host and port (usually 465 for SSL/TLS, 587 for STARTTLS).",
+    ),
+    FailureCode.TLS_FAILED: FailureText(
+        "A secure connection to the mail server could not be established.",
+        "Check that the security setting matches the port (SSL/TLS or STARTTLS) and that "
+        "the server presents a valid certificate for the host name you entered.",
+    ),
+    FailureCode.POP3_ONLY: FailureText(
+        "This server speaks POP3, not IMAP.",
+        "Enable IMAP access in your mail provider's settings, then use the IMAP host and port.",
+    ),
+    FailureCode.NOT_AN_IMAP_SERVER: FailureText(
+        "The server at that address is not an IMAP server.",
+        "Check the IMAP host and port; you may have entered the SMTP settings instead.",
+    ),
+    FailureCode.NOT_AN_SMTP_SERVER: FailureText(
+        "The server at that address is not an SMTP server.",
+        "Check the SMTP host and port; you may have entered the IMAP settings instead.",
+    ),
+    FailureCode.TIMEOUT: FailureText(
+        "The mail server did not answer in time.",
+        "Check the host and port, and that the server accepts connections from the internet; "
+        "then try again.",
+    ),
+    FailureCode.HOST_NOT_FOUND: FailureText(
+        "That host name does not exist.",
+        "Check the spelling of the IMAP and SMTP host names.",
+    ),
+    FailureCode.HOST_NOT_ALLOWED: FailureText(
+        "That host points to a private or reserved network address we may not connect to.",
+        "Use your mail server's public host name.",
+    ),
+    FailureCode.ALREADY_LINKED_ELSEWHERE: FailureText(
+        "This mailbox is already linked to another account.",
+        "Unlink it from the other account first, or link a different mailbox.",
+    ),
+    FailureCode.PLAN_LIMIT_REACHED: FailureText(
+        "You have linked as many mailboxes as your plan allows.",
+        "Unlink a mailbox you no longer use, or upgrade your plan.",
+    ),
+}
+
+
+def text_for(code: FailureCode) -> FailureText:
+    """Returns the person-facing words for a failure code."""
+    return FAILURE_TEXTS[code]

@@ -1,0 +1,47 @@
+"""Every event type has an example per schema version, and the examples still parse."""
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from mailbox_link_shared import events
+from mailbox_link_shared.asyncapi import DOCUMENT_PATH, asyncapi_yaml
+from mailbox_link_shared.topics import Topics
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EVENT_TYPES: dict[str, type[BaseModel]] = {
+    "LinkRequested": events.LinkRequested,
+    "MailboxVerified": events.MailboxVerified,
+    "VerificationFailed": events.VerificationFailed,
+    "LinkRejected": events.LinkRejected,
+    "MailboxLinked": events.MailboxLinked,
+    "MailboxUnlinked": events.MailboxUnlinked,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVENT_TYPES))
+def test_every_example_parses_and_round_trips(name: str) -> None:
+    versions = sorted((EXAMPLES / name).glob("v*.json"))
+    assert versions, f"{name} has no example"
+    for path in versions:
+        raw = json.loads(path.read_text())
+        event = EVENT_TYPES[name].model_validate(raw)
+        assert event.model_dump(mode="json") == raw
+        assert Topics.for_namespace("mailbox-link").for_event(raw["type"])
+
+
+def test_consumers_ignore_fields_added_later() -> None:
+    raw = json.loads((EXAMPLES / "MailboxLinked" / "v1.json").read_text())
+    raw["data"]["added_in_a_later_minor_change"] = True
+    assert events.MailboxLinked.model_validate(raw).data.address == "alice@example.org"
+
+
+def test_events_are_keyed_by_their_mailbox() -> None:
+    raw = json.loads((EXAMPLES / "LinkRequested" / "v1.json").read_text())
+    assert events.LinkRequested.model_validate(raw).partition_key() == b"alice@example.org"
+
+
+def test_checked_in_asyncapi_document_is_current() -> None:
+    assert DOCUMENT_PATH.read_text() == asyncapi_yaml(), "run `make asyncapi` and commit the result"
