@@ -73,7 +73,8 @@ def test_hosts_are_names_or_ips(raw: str, normalized: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "imap example.org", "http://imap.example.org", "imap.example.org:993", "[::1]", "a_b.org"]
+    "raw",
+    ["", "imap example.org", "http://imap.example.org", "imap.example.org:993", "[::1]", "a_b.org"],
 )
 def test_invalid_hosts_are_refused(raw: str) -> None:
     with pytest.raises(InvalidHost):

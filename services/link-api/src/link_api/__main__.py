@@ -1,10 +1,9 @@
 """Runs link-api: python -m link_api."""
 
-from mailbox_link_shared.http import serve
-from mailbox_link_shared.logs import configure_logging
-
 from link_api.bootstrap import build_app
 from link_api.config import SERVICE_NAME, Settings
+from mailbox_link_shared.http import serve
+from mailbox_link_shared.logs import configure_logging
 
 
 def main() -> None:

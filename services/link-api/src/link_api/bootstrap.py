@@ -5,14 +5,6 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from mailbox_link_shared.http import build_http_app
-from mailbox_link_shared.kafka import (
-    KafkaEventPublisher,
-    ensure_topics,
-    make_broker,
-    subscriber_options,
-)
-from mailbox_link_shared.topics import Topics
 from pymongo import AsyncMongoClient
 
 from link_api.adapters.link_store import MongoLinkStore
@@ -21,6 +13,14 @@ from link_api.config import SERVICE_NAME, Settings
 from link_api.entrypoints.events import register_subscribers
 from link_api.entrypoints.http import build_router
 from link_api.handlers import LinkApiDeps
+from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.kafka import (
+    KafkaEventPublisher,
+    ensure_topics,
+    make_broker,
+    subscriber_options,
+)
+from mailbox_link_shared.topics import Topics
 
 
 def build_app(settings: Settings) -> FastAPI:

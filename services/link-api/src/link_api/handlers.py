@@ -6,6 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from link_api.adapters.link_store import IdempotencyRecord, LinkStore
+from link_api.config import SERVICE_NAME
+from link_api.domain.link_request import LinkRequest
+from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.events import (
     Failure,
@@ -19,11 +23,6 @@ from mailbox_link_shared.events import (
     utc_now,
 )
 from mailbox_link_shared.publishing import EventPublisher
-
-from link_api.adapters.link_store import IdempotencyRecord, LinkStore
-from link_api.config import SERVICE_NAME
-from link_api.domain.link_request import LinkRequest
-from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from mailbox_link_shared.http import serve
 from mailbox_link_shared.logs import configure_logging
-
 from registry.bootstrap import build_app
 from registry.config import SERVICE_NAME, Settings
 

@@ -3,6 +3,8 @@
 from typing import Any
 
 from fastapi import FastAPI
+from pymongo import AsyncMongoClient
+
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import (
     KafkaEventPublisher,
@@ -11,8 +13,6 @@ from mailbox_link_shared.kafka import (
     subscriber_options,
 )
 from mailbox_link_shared.topics import Topics
-from pymongo import AsyncMongoClient
-
 from registry.adapters.mailbox_store import MongoMailboxStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable

@@ -4,6 +4,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter
+
 from mailbox_link_shared.events import (
     Envelope,
     Failure,
@@ -20,8 +22,6 @@ from mailbox_link_shared.events import (
 )
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import EventPublisher
-from pydantic import TypeAdapter
-
 from registry.adapters.mailbox_store import AddressTaken, LinkedMailbox, MailboxStore
 from registry.config import SERVICE_NAME
 from registry.domain.linking import LinkDecision, decide_link

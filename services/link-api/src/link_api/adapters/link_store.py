@@ -4,12 +4,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from link_api.domain.link_status import LinkStatus, LinkView
+from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType
 
 
 @dataclass(frozen=True)

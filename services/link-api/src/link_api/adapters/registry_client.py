@@ -4,6 +4,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
+
 from mailbox_link_shared.events import MailboxOwner
 
 

@@ -3,11 +3,11 @@
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from mailbox_link_shared.events import MailboxEvent, MailboxUnlinked, VerificationResult
-from mailbox_link_shared.topics import Topics
 
 from link_api import handlers
 from link_api.handlers import LinkApiDeps
+from mailbox_link_shared.events import MailboxEvent, MailboxUnlinked, VerificationResult
+from mailbox_link_shared.topics import Topics
 
 
 def register_subscribers(

@@ -6,14 +6,14 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Path, Request, Response, status
 from fastapi.responses import JSONResponse
-from mailbox_link_shared.addresses import InvalidAddress, normalize_address
-from mailbox_link_shared.events import MailboxOwner
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
 
 from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+from mailbox_link_shared.addresses import InvalidAddress, normalize_address
+from mailbox_link_shared.events import MailboxOwner
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 

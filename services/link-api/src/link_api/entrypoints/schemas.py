@@ -2,13 +2,13 @@
 
 from typing import Annotated, Any, Literal
 
-from mailbox_link_shared.addresses import normalize_address, normalize_host
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
 
 from link_api.domain.link_request import Credentials, LinkRequest
 from link_api.domain.link_status import LinkView
+from mailbox_link_shared.addresses import normalize_address, normalize_host
+from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 MAX_USERNAME_LENGTH = 320
 MAX_PASSWORD_LENGTH = 1024

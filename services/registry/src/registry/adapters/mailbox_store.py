@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from mailbox_link_shared.crypto import EncryptedSecret
+from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
 
 
 class AddressTaken(Exception):

@@ -3,9 +3,9 @@
 from typing import Any
 
 from faststream.kafka import KafkaBroker
+
 from mailbox_link_shared.events import MailboxVerified, VerificationResult
 from mailbox_link_shared.topics import Topics
-
 from registry import handlers
 from registry.handlers import RegistryDeps
 

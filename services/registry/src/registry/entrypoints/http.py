@@ -3,11 +3,11 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
+from pydantic import BaseModel, ConfigDict
+
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.events import MailboxOwner
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
-from pydantic import BaseModel, ConfigDict
-
 from registry import handlers
 from registry.adapters.mailbox_store import LinkedMailbox
 from registry.handlers import RegistryDeps

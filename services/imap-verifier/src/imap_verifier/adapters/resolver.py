@@ -1,0 +1,44 @@
+"""Resolves a user-typed mail host once and vets every address before we connect."""
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+
+from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
+from mailbox_link_shared.events import ServerSettings
+from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.network_policy import HostNotAllowed, IPNetwork, vet_addresses
+
+
+async def resolve_endpoint(
+    server: ServerSettings, allowlist: Sequence[IPNetwork], timeout: float
+) -> Endpoint:
+    """Returns where to connect for this server, or raises ProbeFailed (not found / not allowed)."""
+    addresses = await _resolve(server.host, server.port, timeout)
+    try:
+        vetted = vet_addresses(addresses, allowlist)
+    except HostNotAllowed as exc:
+        raise ProbeFailed(
+            FailureCode.HOST_NOT_ALLOWED, f"{server.host} resolves to {exc.address}"
+        ) from None
+    return Endpoint(
+        hostname=server.host, address=vetted[0], port=server.port, security=server.security
+    )
+
+
+async def _resolve(host: str, port: int, timeout: float) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise ProbeFailed(FailureCode.TIMEOUT, f"resolving {host} took too long") from None
+    except socket.gaierror:
+        raise ProbeFailed(FailureCode.HOST_NOT_FOUND, f"{host} does not resolve") from None
+    # Keep the resolver's order (it prefers what the system can reach) without duplicates.
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))

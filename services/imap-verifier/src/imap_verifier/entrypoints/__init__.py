@@ -1,0 +1,1 @@
+"""How events reach the verifier's handler."""

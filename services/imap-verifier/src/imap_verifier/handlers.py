@@ -1,0 +1,100 @@
+"""Verifies a requested custom-IMAP mailbox and announces the result."""
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
+from imap_verifier.config import SERVICE_NAME
+from imap_verifier.domain.credentials import MailboxCredentials
+from mailbox_link_shared.crypto import SecretBox
+from mailbox_link_shared.events import (
+    Failure,
+    LinkRequested,
+    MailboxVerified,
+    MailboxVerifiedData,
+    ProviderType,
+    ServerSettings,
+    VerificationFailed,
+    VerificationFailedData,
+)
+from mailbox_link_shared.network_policy import IPNetwork
+from mailbox_link_shared.publishing import EventPublisher
+
+logger = logging.getLogger(__name__)
+
+Resolve = Callable[[ServerSettings, Sequence[IPNetwork], float], Awaitable[Endpoint]]
+Probe = Callable[[Endpoint, str, str, ssl.SSLContext, float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class VerifierDeps:
+    """What the handler works with; wired in bootstrap, faked in unit tests."""
+
+    publisher: EventPublisher
+    secret_box: SecretBox
+    resolve: Resolve
+    probe_imap: Probe
+    probe_smtp: Probe
+    tls: ssl.SSLContext
+    allowlist: Sequence[IPNetwork]
+    timeout: float
+
+
+async def when_link_requested_verify_mailbox(event: LinkRequested, deps: VerifierDeps) -> None:
+    """Logs in to the mailbox's IMAP and SMTP servers and emits the verdict."""
+    data = event.data
+    if data.provider is not ProviderType.IMAP:
+        return  # another verifier's provider type
+    opened = deps.secret_box.open(data.credentials, context=data.address)
+    credentials = MailboxCredentials.from_json(opened)
+    try:
+        await verify_mailbox(data.imap, data.smtp, credentials, deps)
+    except ProbeFailed as failure:
+        logger.info(
+            "link %s failed verification: %s (%s)", data.link_id, failure.code, failure.detail
+        )
+        await deps.publisher.publish(_failed(event, Failure.of(failure.code, failure.detail)))
+        return
+    logger.info("link %s verified", data.link_id)
+    verified = MailboxVerifiedData(**data.model_dump())
+    await deps.publisher.publish(
+        MailboxVerified(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=verified)
+    )
+
+
+async def verify_mailbox(
+    imap: ServerSettings, smtp: ServerSettings, credentials: MailboxCredentials, deps: VerifierDeps
+) -> None:
+    """Checks both servers at once; raises ProbeFailed, preferring IMAP's reason over SMTP's."""
+    results = await asyncio.gather(
+        _check(imap, imap.username, credentials.imap_password, deps.probe_imap, deps),
+        _check(smtp, smtp.username, credentials.smtp_password, deps.probe_smtp, deps),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _check(
+    server: ServerSettings, username: str, password: str, probe: Probe, deps: VerifierDeps
+) -> None:
+    endpoint = await deps.resolve(server, deps.allowlist, deps.timeout)
+    await probe(endpoint, username, password, deps.tls, deps.timeout)
+
+
+def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:
+    data = event.data
+    failed = VerificationFailedData(
+        link_id=data.link_id,
+        owner=data.owner,
+        address=data.address,
+        provider=data.provider,
+        failure=failure,
+    )
+    return VerificationFailed(
+        correlation_id=event.correlation_id, producer=SERVICE_NAME, data=failed
+    )

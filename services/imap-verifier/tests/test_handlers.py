@@ -1,0 +1,123 @@
+"""The verifier's handler, with the network replaced by hand-written fakes."""
+
+import ssl
+from collections.abc import Sequence
+
+import pytest
+from pydantic import SecretStr
+
+from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
+from imap_verifier.handlers import VerifierDeps, when_link_requested_verify_mailbox
+from mailbox_link_shared.crypto import SecretBox, generate_key
+from mailbox_link_shared.events import (
+    LinkRequested,
+    LinkRequestedData,
+    MailboxOwner,
+    MailboxVerified,
+    ServerSettings,
+    VerificationFailed,
+)
+from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.network_policy import IPNetwork
+from mailbox_link_shared.publishing import RecordingPublisher
+
+BOX = SecretBox({"k1": SecretStr(generate_key())}, "k1")
+ADDRESS = "alice@example.org"
+
+
+class FakeNetwork:
+    """Resolves every host to a documentation address and answers probes as scripted."""
+
+    def __init__(
+        self, imap_failure: FailureCode | None = None, smtp_failure: FailureCode | None = None
+    ):
+        self.imap_failure = imap_failure
+        self.smtp_failure = smtp_failure
+        self.logins: list[tuple[str, str, str]] = []
+
+    async def resolve(
+        self, server: ServerSettings, allowlist: Sequence[IPNetwork], timeout: float
+    ) -> Endpoint:
+        return Endpoint(server.host, "192.0.2.10", server.port, server.security)
+
+    async def probe_imap(
+        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
+    ) -> None:
+        self.logins.append(("imap", user, password))
+        if self.imap_failure:
+            raise ProbeFailed(self.imap_failure, "scripted")
+
+    async def probe_smtp(
+        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
+    ) -> None:
+        self.logins.append(("smtp", user, password))
+        if self.smtp_failure:
+            raise ProbeFailed(self.smtp_failure, "scripted")
+
+
+def _deps(network: FakeNetwork) -> VerifierDeps:
+    return VerifierDeps(
+        publisher=RecordingPublisher(),
+        secret_box=BOX,
+        resolve=network.resolve,
+        probe_imap=network.probe_imap,
+        probe_smtp=network.probe_smtp,
+        tls=ssl.create_default_context(),
+        allowlist=(),
+        timeout=5.0,
+    )
+
+
+def _requested() -> LinkRequested:
+    imap = ServerSettings(host="imap.example.org", port=993, security="ssl", username=ADDRESS)
+    smtp = ServerSettings(
+        host="smtp.example.org", port=587, security="starttls", username="smtp-user"
+    )
+    sealed = BOX.seal('{"imap_password": "imap-pw", "smtp_password": "smtp-pw"}', ADDRESS)
+    data = LinkRequestedData(
+        link_id="l1",
+        owner=MailboxOwner(account_id="acme", user_id="u1"),
+        address=ADDRESS,
+        provider="imap",
+        imap=imap,
+        smtp=smtp,
+        credentials=sealed,
+    )
+    return LinkRequested(correlation_id="l1", producer="test", data=data)
+
+
+async def test_mailbox_verified_when_both_logins_work() -> None:
+    network = FakeNetwork()
+    deps = _deps(network)
+    await when_link_requested_verify_mailbox(_requested(), deps)
+    assert sorted(network.logins) == [
+        ("imap", ADDRESS, "imap-pw"),
+        ("smtp", "smtp-user", "smtp-pw"),
+    ]
+    assert isinstance(deps.publisher, RecordingPublisher)
+    [event] = deps.publisher.events
+    assert isinstance(event, MailboxVerified)
+    assert BOX.open(event.data.credentials, ADDRESS) == BOX.open(
+        _requested().data.credentials, ADDRESS
+    )
+
+
+@pytest.mark.parametrize(
+    ("imap_failure", "smtp_failure", "reported"),
+    [
+        (FailureCode.IMAP_AUTH_FAILED, None, FailureCode.IMAP_AUTH_FAILED),
+        (None, FailureCode.SMTP_AUTH_FAILED, FailureCode.SMTP_AUTH_FAILED),
+        (FailureCode.POP3_ONLY, FailureCode.SMTP_UNREACHABLE, FailureCode.POP3_ONLY),
+    ],
+)
+async def test_failure_reports_imaps_reason_first(
+    imap_failure: FailureCode | None, smtp_failure: FailureCode | None, reported: FailureCode
+) -> None:
+    deps = _deps(FakeNetwork(imap_failure, smtp_failure))
+    await when_link_requested_verify_mailbox(_requested(), deps)
+    assert isinstance(deps.publisher, RecordingPublisher)
+    [event] = deps.publisher.events
+    assert isinstance(event, VerificationFailed)
+    assert event.data.failure.code is reported
+    assert event.data.failure.remediation
+    assert "imap-pw" not in event.model_dump_json()

@@ -1,0 +1,374 @@
+"""The IMAP and SMTP probes against real Dovecot servers: every outcome is an exact FailureCode."""
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from imap_verifier.adapters import mail_probes
+from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed, probe_imap, probe_smtp
+from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_settings import ConnectionSecurity
+
+pytestmark = pytest.mark.connected
+
+SSL = ConnectionSecurity.SSL
+STARTTLS = ConnectionSecurity.STARTTLS
+TIMEOUT = 5.0
+
+
+class MailServers(Protocol):
+    """What the tests need from the `mail_servers` fixture, whoever provides it."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def tls_hostname(self) -> str: ...
+    @property
+    def imaps_port(self) -> int: ...
+    @property
+    def imap_starttls_port(self) -> int: ...
+    @property
+    def submission_starttls_port(self) -> int: ...
+    @property
+    def submissions_port(self) -> int: ...
+    @property
+    def pop3_port(self) -> int: ...
+    @property
+    def untrusted_imaps_port(self) -> int: ...
+    @property
+    def closed_port(self) -> int: ...
+    @property
+    def ca_file(self) -> Path: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+
+
+def _at(servers: MailServers, port: int, security: ConnectionSecurity) -> Endpoint:
+    return Endpoint(servers.tls_hostname, servers.host, port, security)
+
+
+def _trusting(servers: MailServers) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(servers.ca_file))
+
+
+async def _imap(servers: MailServers, port: int, security: ConnectionSecurity, **kw: str) -> None:
+    password = kw.get("password", servers.password)
+    endpoint = _at(servers, port, security)
+    await probe_imap(endpoint, servers.user, password, _trusting(servers), TIMEOUT)
+
+
+async def _smtp(servers: MailServers, port: int, security: ConnectionSecurity, **kw: str) -> None:
+    password = kw.get("password", servers.password)
+    endpoint = _at(servers, port, security)
+    await probe_smtp(endpoint, servers.user, password, _trusting(servers), TIMEOUT)
+
+
+Script = Callable[[bytes], bytes]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[bytes, Script], Awaitable[int]]]:
+    """Starts fake servers that send a greeting, then answer lines by script.
+
+    An empty greeting hangs up at once; a reply containing `* BYE` hangs up after it.
+    """
+    servers: list[asyncio.Server] = []
+
+    async def start(greeting: bytes, script: Script) -> int:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                writer.write(greeting)
+                while greeting and (line := await reader.readline()):
+                    reply = script(line)
+                    writer.write(reply)
+                    if b"* BYE" in reply:
+                        break
+            except ConnectionError:
+                pass  # the probe hung up first
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        servers.append(server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _imap_without_starttls(line: bytes) -> bytes:
+    tag = line.split(b" ", 1)[0]
+    return b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n"
+
+
+def _imap_refusing_starttls(line: bytes) -> bytes:
+    tag, _, command = line.rstrip().partition(b" ")
+    if command == b"STARTTLS":  # refuses, and hangs up straight after the refusal
+        return b"* BYE shutting down\r\n" + tag + b" NO [UNAVAILABLE] try later\r\n"
+    return b"* CAPABILITY IMAP4rev1 STARTTLS\r\n" + tag + b" OK done\r\n"
+
+
+def _smtp_without_starttls(line: bytes) -> bytes:
+    return b"250-fake.example\r\n250 AUTH PLAIN\r\n" if line.startswith(b"EHLO") else b"221 bye\r\n"
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A server that accepts connections and never says a word (and runs no tasks)."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_imaps_logs_in(mail_servers: MailServers) -> None:
+    await _imap(mail_servers, mail_servers.imaps_port, SSL)
+
+
+async def test_imap_starttls_logs_in(mail_servers: MailServers) -> None:
+    await _imap(mail_servers, mail_servers.imap_starttls_port, STARTTLS)
+
+
+@pytest.mark.parametrize("security", [SSL, STARTTLS])
+async def test_imap_wrong_password(mail_servers: MailServers, security: ConnectionSecurity) -> None:
+    port = mail_servers.imaps_port if security is SSL else mail_servers.imap_starttls_port
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, port, security, password="not the password")
+    assert failed.value.code is FailureCode.IMAP_AUTH_FAILED
+    assert "AUTHENTICATIONFAILED" in failed.value.detail
+    assert "not the password" not in str(failed.value)
+
+
+async def test_pop3_port_is_pop3_only(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, mail_servers.pop3_port, STARTTLS)
+    assert failed.value.code is FailureCode.POP3_ONLY
+
+
+async def test_smtp_port_is_not_imap(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, mail_servers.submissions_port, SSL)
+    assert failed.value.code is FailureCode.NOT_AN_IMAP_SERVER
+    assert "SMTP" in failed.value.detail
+
+
+@pytest.mark.parametrize("security", [SSL, STARTTLS])
+async def test_imap_closed_port(mail_servers: MailServers, security: ConnectionSecurity) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, mail_servers.closed_port, security)
+    assert failed.value.code is FailureCode.IMAP_UNREACHABLE
+
+
+async def test_imap_untrusted_certificate(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, mail_servers.untrusted_imaps_port, SSL)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert failed.value.detail.startswith("certificate not trusted")
+
+
+async def test_imap_certificate_for_another_name(mail_servers: MailServers) -> None:
+    endpoint = Endpoint("mail.example.test", "127.0.0.1", mail_servers.imaps_port, SSL)
+    with pytest.raises(ProbeFailed) as failed:
+        await probe_imap(
+            endpoint, mail_servers.user, mail_servers.password, _trusting(mail_servers), TIMEOUT
+        )
+    assert failed.value.code is FailureCode.TLS_FAILED
+
+
+async def test_imap_tls_to_plaintext_port(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, mail_servers.imap_starttls_port, SSL)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert "STARTTLS port" in failed.value.detail
+
+
+async def test_smtp_submissions_logs_in(mail_servers: MailServers) -> None:
+    await _smtp(mail_servers, mail_servers.submissions_port, SSL)
+
+
+async def test_smtp_starttls_logs_in(mail_servers: MailServers) -> None:
+    await _smtp(mail_servers, mail_servers.submission_starttls_port, STARTTLS)
+
+
+@pytest.mark.parametrize("security", [SSL, STARTTLS])
+async def test_smtp_wrong_password(mail_servers: MailServers, security: ConnectionSecurity) -> None:
+    port = (
+        mail_servers.submissions_port if security is SSL else mail_servers.submission_starttls_port
+    )
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, port, security, password="not the password")
+    assert failed.value.code is FailureCode.SMTP_AUTH_FAILED
+    assert "535" in failed.value.detail
+    assert "not the password" not in str(failed.value)
+
+
+async def test_smtp_on_pop3_port(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, mail_servers.pop3_port, STARTTLS)
+    assert failed.value.code is FailureCode.NOT_AN_SMTP_SERVER
+    assert failed.value.detail == "this is a POP3 port"
+
+
+async def test_smtp_on_imap_port(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, mail_servers.imaps_port, SSL)
+    assert failed.value.code is FailureCode.NOT_AN_SMTP_SERVER
+    assert failed.value.detail == "this is an IMAP port"
+
+
+async def test_smtp_closed_port(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, mail_servers.closed_port, SSL)
+    assert failed.value.code is FailureCode.SMTP_UNREACHABLE
+
+
+async def test_smtp_untrusted_certificate(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, mail_servers.untrusted_imaps_port, SSL)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert failed.value.detail.startswith("certificate not trusted")
+
+
+async def test_smtp_tls_to_plaintext_port(mail_servers: MailServers) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, mail_servers.submission_starttls_port, SSL)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert "STARTTLS port" in failed.value.detail
+
+
+@pytest.mark.parametrize("probe", [probe_imap, probe_smtp])
+@pytest.mark.parametrize("security", [SSL, STARTTLS])
+async def test_silent_server_times_out_within_the_bound(
+    mail_servers: MailServers, silent_port: int, probe: object, security: ConnectionSecurity
+) -> None:
+    assert probe is probe_imap or probe is probe_smtp
+    endpoint = _at(mail_servers, silent_port, security)
+    tasks_before = asyncio.all_tasks()
+    started = time.monotonic()
+    with pytest.raises(ProbeFailed) as failed:
+        await probe(endpoint, "u", "p", _trusting(mail_servers), 0.5)
+    elapsed = time.monotonic() - started
+    assert failed.value.code is FailureCode.TIMEOUT
+    assert elapsed < 0.5 + 0.25  # a bound, not a benchmark: the probe must not overrun it
+    await asyncio.sleep(0)  # let cancelled helpers finish
+    assert asyncio.all_tasks() <= tasks_before
+
+
+@pytest.mark.parametrize(
+    ("greeting", "code"),
+    [
+        (b"* BYE Too many connections\r\n", FailureCode.IMAP_UNREACHABLE),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", FailureCode.NOT_AN_IMAP_SERVER),
+        (b"", FailureCode.IMAP_UNREACHABLE),
+    ],
+)
+async def test_imap_greetings(
+    mail_servers: MailServers,
+    scripted: Callable[[bytes, Script], Awaitable[int]],
+    greeting: bytes,
+    code: FailureCode,
+) -> None:
+    port = await scripted(greeting, lambda _line: b"")
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, port, STARTTLS)
+    assert failed.value.code is code
+
+
+async def test_imap_without_starttls(
+    mail_servers: MailServers, scripted: Callable[[bytes, Script], Awaitable[int]]
+) -> None:
+    port = await scripted(b"* OK fake\r\n", _imap_without_starttls)
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, port, STARTTLS)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert failed.value.detail == "server does not offer STARTTLS"
+
+
+async def test_imap_preauth_before_starttls(
+    mail_servers: MailServers, scripted: Callable[[bytes, Script], Awaitable[int]]
+) -> None:
+    port = await scripted(b"* PREAUTH welcome back\r\n", _imap_refusing_starttls)
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, port, STARTTLS)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert "PREAUTH" in failed.value.detail
+
+
+async def test_imap_reply_just_before_hang_up_counts(
+    mail_servers: MailServers, scripted: Callable[[bytes, Script], Awaitable[int]]
+) -> None:
+    port = await scripted(b"* OK fake\r\n", _imap_refusing_starttls)
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, port, STARTTLS)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert failed.value.detail == "STARTTLS refused: [UNAVAILABLE] try later"
+
+
+async def test_smtp_without_starttls(
+    mail_servers: MailServers, scripted: Callable[[bytes, Script], Awaitable[int]]
+) -> None:
+    port = await scripted(b"220 fake ESMTP\r\n", _smtp_without_starttls)
+    with pytest.raises(ProbeFailed) as failed:
+        await _smtp(mail_servers, port, STARTTLS)
+    assert failed.value.code is FailureCode.TLS_FAILED
+    assert failed.value.detail == "server does not offer STARTTLS"
+
+
+@pytest.mark.parametrize("sasl_ir", [True, False])
+@pytest.mark.parametrize("right_password", [True, False])
+async def test_password_never_logged(
+    mail_servers: MailServers,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    sasl_ir: bool,
+    right_password: bool,
+) -> None:
+    if not sasl_ir:
+        # Dovecot always offers SASL-IR; hiding it makes the probe fall back to LOGIN.
+        offered = mail_probes._ImapProbe._capabilities
+        monkeypatch.setattr(
+            mail_probes._ImapProbe, "_capabilities", lambda self: offered(self) - {"SASL-IR"}
+        )
+    password = mail_servers.password if right_password else 'wr"ong \\ pässword'
+    caplog.set_level(logging.DEBUG)
+    for port, security in (
+        (mail_servers.imaps_port, SSL),
+        (mail_servers.imap_starttls_port, STARTTLS),
+    ):
+        with contextlib.suppress(ProbeFailed):
+            await _imap(mail_servers, port, security, password=password)
+    with contextlib.suppress(ProbeFailed):
+        await _smtp(mail_servers, mail_servers.submissions_port, SSL, password=password)
+    plain = base64.b64encode(f"\0{mail_servers.user}\0{password}".encode()).decode()
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    assert "Sending" in caplog.text  # aioimaplib's wire log was really captured
+    for secret in (password, plain, escaped):
+        assert secret not in caplog.text
+
+
+async def test_concurrent_imap_and_smtp_timing(mail_servers: MailServers) -> None:
+    """Reports (never asserts) the median of both probes run together; run with -s to see it."""
+    imaps = (mail_servers, mail_servers.imaps_port, SSL)
+    submissions = (mail_servers, mail_servers.submissions_port, SSL)
+    await asyncio.gather(_imap(*imaps), _smtp(*submissions))  # warm-up
+    durations = []
+    for _ in range(20):
+        started = time.perf_counter()
+        await asyncio.gather(_imap(*imaps), _smtp(*submissions))
+        durations.append(time.perf_counter() - started)
+    median_ms = statistics.median(durations) * 1000
+    print(f"\nprobe_imap + probe_smtp concurrently, median of 20: {median_ms:.1f} ms")

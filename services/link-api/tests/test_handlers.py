@@ -1,0 +1,135 @@
+from datetime import timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from link_api import handlers
+from link_api.domain.link_request import Credentials, LinkRequest
+from link_api.domain.link_status import LinkStatus
+from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+from mailbox_link_shared.crypto import SecretBox, generate_key
+from mailbox_link_shared.events import (
+    Failure,
+    LinkRejected,
+    LinkRejectedData,
+    LinkRequested,
+    MailboxLinked,
+    MailboxLinkedData,
+    MailboxOwner,
+    MailboxVerified,
+    MailboxVerifiedData,
+    ProviderType,
+    ServerSettings,
+)
+from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.publishing import RecordingPublisher
+
+from .fakes import InMemoryLinkStore
+
+OWNER = MailboxOwner(account_id="acme", user_id="u1")
+PASSWORD = "correct-horse-battery"
+
+
+def _request(address: str = "alice@example.org", host: str = "imap.example.org") -> LinkRequest:
+    server = ServerSettings(host=host, port=993, security="ssl", username=address)
+    return LinkRequest(
+        OWNER, address, ProviderType.IMAP, server, server, Credentials(PASSWORD, PASSWORD)
+    )
+
+
+@pytest.fixture
+def deps() -> LinkApiDeps:
+    box = SecretBox({"k1": SecretStr(generate_key())}, "k1")
+    return LinkApiDeps(InMemoryLinkStore(), RecordingPublisher(), box, timedelta(minutes=15))
+
+
+def _published(deps: LinkApiDeps) -> list[LinkRequested]:
+    assert isinstance(deps.publisher, RecordingPublisher)
+    return [e for e in deps.publisher.events if isinstance(e, LinkRequested)]
+
+
+async def test_request_emits_one_event_with_the_password_sealed(deps: LinkApiDeps) -> None:
+    result = await handlers.request_link(_request(), None, deps)
+    assert result.created
+    assert result.link.status is LinkStatus.PENDING
+    [event] = _published(deps)
+    assert event.correlation_id == result.link.link_id
+    assert PASSWORD not in event.model_dump_json()
+    assert PASSWORD in deps.secret_box.open(event.data.credentials, "alice@example.org")
+
+
+async def test_same_request_in_flight_gets_the_same_link(deps: LinkApiDeps) -> None:
+    first = await handlers.request_link(_request(), None, deps)
+    second = await handlers.request_link(_request(), None, deps)
+    assert second.link.link_id == first.link.link_id
+    assert not second.created
+    assert len(_published(deps)) == 1
+
+
+async def test_same_idempotency_key_replays_after_the_link_finished(deps: LinkApiDeps) -> None:
+    first = await handlers.request_link(_request(), "key-1", deps)
+    await handlers.when_registry_outcome_update_status(_linked(first.link.link_id), deps)
+    again = await handlers.request_link(_request(), "key-1", deps)
+    assert again.link.link_id == first.link.link_id
+    assert again.link.status is LinkStatus.LINKED
+    assert len(_published(deps)) == 1
+
+
+async def test_idempotency_key_reused_for_another_request_is_refused(deps: LinkApiDeps) -> None:
+    await handlers.request_link(_request(), "key-1", deps)
+    with pytest.raises(IdempotencyKeyReused):
+        await handlers.request_link(_request(host="other.example.org"), "key-1", deps)
+
+
+async def test_a_finished_link_frees_the_mailbox_for_a_new_request(deps: LinkApiDeps) -> None:
+    first = await handlers.request_link(_request(), None, deps)
+    await handlers.when_registry_outcome_update_status(_rejected(first.link.link_id), deps)
+    second = await handlers.request_link(_request(), None, deps)
+    assert second.created
+    assert second.link.link_id != first.link.link_id
+
+
+async def test_status_only_moves_forward(deps: LinkApiDeps) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    await handlers.when_registry_outcome_update_status(_linked(link_id), deps)
+    await handlers.when_verification_result_update_status(_verified(link_id), deps)
+    link = await handlers.get_link(OWNER, link_id, deps)
+    assert link is not None
+    assert link.status is LinkStatus.LINKED
+    assert link.mailbox_id == "mb1"
+
+
+async def test_another_user_cannot_see_the_link(deps: LinkApiDeps) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    stranger = MailboxOwner(account_id="acme", user_id="u2")
+    assert await handlers.get_link(stranger, link_id, deps) is None
+
+
+def _linked(link_id: str) -> MailboxLinked:
+    data = MailboxLinkedData(
+        link_id=link_id, mailbox_id="mb1", owner=OWNER, address="alice@example.org", provider="imap"
+    )
+    return MailboxLinked(correlation_id=link_id, producer="test", data=data)
+
+
+def _rejected(link_id: str) -> LinkRejected:
+    failure = Failure.of(FailureCode.ALREADY_LINKED_ELSEWHERE)
+    data = LinkRejectedData(
+        link_id=link_id, owner=OWNER, address="alice@example.org", failure=failure
+    )
+    return LinkRejected(correlation_id=link_id, producer="test", data=data)
+
+
+def _verified(link_id: str) -> MailboxVerified:
+    request = _request()
+    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", request.address)
+    data = MailboxVerifiedData(
+        link_id=link_id,
+        owner=OWNER,
+        address=request.address,
+        provider=request.provider,
+        imap=request.imap,
+        smtp=request.smtp,
+        credentials=sealed,
+    )
+    return MailboxVerified(correlation_id=link_id, producer="test", data=data)
