@@ -65,6 +65,7 @@ def test_invalid_addresses_are_refused_with_a_reason(raw: str) -> None:
         ("IMAP.Example.org", "imap.example.org"),
         ("127.0.0.1", "127.0.0.1"),
         ("::1", "::1"),
+        ("localhost", "localhost"),
         ("mail.bücher.example", "mail.xn--bcher-kva.example"),
     ],
 )

@@ -60,8 +60,8 @@ def _check_local_part(local: str) -> None:
         )
 
 
-def _normalize_domain(domain: str, error: type[ValueError]) -> str:
-    """Returns the lower-case ASCII (A-label) form of a DNS name with at least two labels."""
+def _normalize_domain(domain: str, error: type[ValueError], min_labels: int = 2) -> str:
+    """Returns the lower-case ASCII (A-label) form of a DNS name."""
     if not domain:
         raise error("The domain is empty; it looks like example.com.")
     try:
@@ -73,7 +73,7 @@ def _normalize_domain(domain: str, error: type[ValueError]) -> str:
         len(label) > MAX_LABEL_LENGTH for label in labels
     ):
         raise error("The domain name is too long.")
-    if len(labels) < 2 or not all(_LDH_LABEL.fullmatch(label) for label in labels):
+    if len(labels) < min_labels or not all(_LDH_LABEL.fullmatch(label) for label in labels):
         raise error(f"{domain!r} is not a valid domain name; it looks like example.com.")
     if labels[-1].isdigit():
         raise error(f"{domain!r} is not a valid domain name: the last part cannot be a number.")
@@ -89,4 +89,6 @@ def normalize_host(raw: str) -> str:
         pass
     if not text or any(ch.isspace() or ch in "/:@[]" for ch in text):
         raise InvalidHost("Enter a host name such as imap.example.com, or an IP address.")
-    return _normalize_domain(text, InvalidHost)
+    # A server may have a single-label name (localhost, an intranet "mail"); whether we may
+    # connect to it is the network policy's call, not the syntax check's.
+    return _normalize_domain(text, InvalidHost, min_labels=1)

@@ -40,7 +40,8 @@ def asyncapi_yaml(namespace: str = "mailbox-link") -> str:
         description="Every event is keyed by the mailbox's normalized address.",
     )
     # FastStream keeps publishers in a set; sorting makes the document reproducible.
-    return yaml.safe_dump(spec.to_specification().to_jsonable(), sort_keys=True, width=100)
+    document = spec.to_specification().to_jsonable()
+    return str(yaml.safe_dump(document, sort_keys=True, width=100))
 
 
 def main() -> None:

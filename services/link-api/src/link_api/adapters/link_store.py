@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -83,25 +83,27 @@ class MongoLinkStore:
         if mailbox_id is not None:
             changes["mailbox_id"] = mailbox_id
         # The status filter makes the move conditional, so a late or repeated event is a no-op.
-        result = await self._links.update_one(
-            {"_id": link_id, "status": {"$in": [s.value for s in allowed_from]}}, {"$set": changes}
+        document = await self._links.find_one_and_update(
+            {"_id": link_id, "status": {"$in": [s.value for s in allowed_from]}},
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
         )
-        return await self.get_link(link_id) if result.modified_count else None
+        return _from_document(document) if document else None
 
     async def claim_in_flight(
         self, key: str, link_id: str, now: datetime, expires_at: datetime
     ) -> str:
-        # An expired claim belongs to a request that never got an answer: take it over.
-        await self._in_flight.delete_one({"_id": key, "expires_at": {"$lte": now}})
         try:
             await self._in_flight.insert_one(
                 {"_id": key, "link_id": link_id, "expires_at": expires_at}
             )
         except DuplicateKeyError:
             holder = await self._in_flight.find_one({"_id": key})
-            if holder is not None:
-                return str(holder["link_id"])
-            return await self.claim_in_flight(key, link_id, now, expires_at)
+            if holder is None or holder["expires_at"] <= now:
+                # Released meanwhile, or held by a request that never got an answer: take over.
+                await self._in_flight.delete_one({"_id": key, "link_id": _link_of(holder)})
+                return await self.claim_in_flight(key, link_id, now, expires_at)
+            return str(holder["link_id"])
         return link_id
 
     async def release_in_flight(self, link_id: str) -> None:
@@ -124,6 +126,10 @@ class MongoLinkStore:
             existing = await self.find_idempotency_key(scope)
             return existing or record
         return record
+
+
+def _link_of(claim: dict[str, Any] | None) -> str | None:
+    return str(claim["link_id"]) if claim else None
 
 
 def _to_document(link: LinkView) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """MongoDB storage of linked mailboxes, user plans and the outcome of each link request.
 
-A unique index on the normalized address is what makes 'one account per mailbox' hold even
-when two requests race past the check.
+A mailbox document's _id is its normalized address: _id's unique index is what makes 'one
+account per mailbox' hold even when two requests race past the check, and a lookup by address
+is a primary-key read (FerretDB's SQLite backend uses no secondary index for queries).
 """
 
 from dataclasses import dataclass
@@ -60,14 +61,13 @@ class MongoMailboxStore:
         self._plans = db["user_plans"]
 
     async def create_indexes(self) -> None:
-        """Creates the unique address index and the lookup indexes (idempotent)."""
-        await self._mailboxes.create_index("address", unique=True, name="one_owner_per_address")
+        """Creates the lookup index by owner (idempotent); _id is the address."""
         await self._mailboxes.create_index(
             [("owner.account_id", ASCENDING), ("owner.user_id", ASCENDING)], name="by_owner"
         )
 
     async def find_by_address(self, address: str) -> LinkedMailbox | None:
-        document = await self._mailboxes.find_one({"address": address})
+        document = await self._mailboxes.find_one({"_id": address})
         return _from_document(document) if document else None
 
     async def count_for_owner(self, owner: MailboxOwner) -> int:
@@ -85,10 +85,10 @@ class MongoMailboxStore:
 
     async def refresh(self, mailbox: LinkedMailbox) -> LinkedMailbox:
         changes = _to_document(mailbox)
-        for unchanged in ("_id", "linked_at", "address", "owner"):
+        for unchanged in ("_id", "mailbox_id", "linked_at", "owner"):
             changes.pop(unchanged)
         document = await self._mailboxes.find_one_and_update(
-            {"address": mailbox.address, **_owner_filter(mailbox.owner)},
+            {"_id": mailbox.address, **_owner_filter(mailbox.owner)},
             {"$set": changes},
             return_document=ReturnDocument.AFTER,
         )
@@ -98,7 +98,7 @@ class MongoMailboxStore:
 
     async def delete(self, owner: MailboxOwner, address: str) -> LinkedMailbox | None:
         document = await self._mailboxes.find_one_and_delete(
-            {"address": address, **_owner_filter(owner)}
+            {"_id": address, **_owner_filter(owner)}
         )
         return _from_document(document) if document else None
 
@@ -127,8 +127,8 @@ def _owner_key(owner: MailboxOwner) -> str:
 
 def _to_document(mailbox: LinkedMailbox) -> dict[str, Any]:
     return {
-        "_id": mailbox.mailbox_id,
-        "address": mailbox.address,
+        "_id": mailbox.address,
+        "mailbox_id": mailbox.mailbox_id,
         "owner": mailbox.owner.model_dump(),
         "provider": mailbox.provider.value,
         "imap": mailbox.imap.model_dump(mode="json"),
@@ -141,8 +141,8 @@ def _to_document(mailbox: LinkedMailbox) -> dict[str, Any]:
 
 def _from_document(document: dict[str, Any]) -> LinkedMailbox:
     return LinkedMailbox(
-        mailbox_id=document["_id"],
-        address=document["address"],
+        mailbox_id=document["mailbox_id"],
+        address=document["_id"],
         owner=MailboxOwner.model_validate(document["owner"]),
         provider=ProviderType(document["provider"]),
         imap=ServerSettings.model_validate(document["imap"]),

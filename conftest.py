@@ -1,0 +1,3 @@
+"""Fixtures every test suite of the repository may use."""
+
+pytest_plugins = ["localinfra.pytest_plugin"]

@@ -1,0 +1,8 @@
+"""Local infrastructure for mailbox-link: real Kafka, a MongoDB-protocol server and Dovecot.
+
+Everything runs as local child processes (no Docker needed); see ``localinfra.stack.LocalStack``.
+"""
+
+from localinfra.stack import Endpoints, LocalStack
+
+__all__ = ["Endpoints", "LocalStack"]

@@ -1,0 +1,185 @@
+"""A MongoDB-protocol server: ``$MONGODB_URI``, else a local ``mongod``, else FerretDB/SQLite.
+
+FerretDB v1 speaks the MongoDB wire protocol over SQLite files, so tests need neither Docker
+nor a MongoDB install. It supports unique indexes but not multi-document transactions or
+change streams: code is tested against it but designed for real MongoDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from pymongo import MongoClient
+
+from localinfra.cache import InstallResult, cache_dir, install_lock
+from localinfra.ports import free_port, port_is_open
+from localinfra.procs import ManagedProcess, ServerFailedError, wait_until_ready
+
+FERRETDB_VERSION = "v1.24.2"
+_MODULE = "github.com/FerretDB/FerretDB"
+_MARKER = ".complete"
+
+
+def ferretdb_binary() -> Path:
+    """Where the built FerretDB binary lives in the cache."""
+    return cache_dir() / f"ferretdb-{FERRETDB_VERSION}" / "bin" / "ferretdb"
+
+
+def install_ferretdb() -> InstallResult:
+    """Build FerretDB once into the cache; later calls are no-ops.
+
+    A plain ``go install .../cmd/ferretdb@v1.24.2`` builds a binary that panics at start:
+    the module zip lacks the generated ``build/version/version.txt``. So we copy the module
+    source out of Go's module cache, write that file, and ``go build`` from the copy.
+    """
+    started = time.monotonic()
+    binary = ferretdb_binary()
+    home = binary.parent.parent
+    with install_lock(f"ferretdb-{FERRETDB_VERSION}"):
+        if (home / _MARKER).exists() and binary.exists():
+            return InstallResult("ferretdb", str(binary), "already installed", 0.0)
+        go = shutil.which("go")
+        if go is None:
+            raise RuntimeError(
+                "'go' not found: building FerretDB needs Go >= 1.24 (https://go.dev/dl/), "
+                "or set MONGODB_URI / put mongod on PATH"
+            )
+        source = Path(_go(go, "mod", "download", "-json", f"{_MODULE}@{FERRETDB_VERSION}"))
+        work = home / "src"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(source, work)
+        _make_writable(work)  # the module cache is read-only
+        (work / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        _go(
+            go, "build", "-trimpath", "-buildvcs=false", "-o", str(binary), "./cmd/ferretdb",
+            cwd=work,
+        )  # fmt: skip
+        check = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"built FerretDB does not run:\n{check.stdout}{check.stderr}")
+        shutil.rmtree(work, ignore_errors=True)
+        (home / _MARKER).write_text(FERRETDB_VERSION + "\n")
+    return InstallResult("ferretdb", str(binary), "installed", time.monotonic() - started)
+
+
+def _go(go: str, *args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run([go, *args], capture_output=True, text=True, cwd=cwd, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    if args[:2] == ("mod", "download"):
+        return str(json.loads(result.stdout)["Dir"])
+    return result.stdout
+
+
+def _make_writable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def mongo_backend() -> str:
+    """Which server ``MongoServer`` will use: "external", "mongod" or "ferretdb"."""
+    if os.environ.get("MONGODB_URI"):
+        return "external"
+    if shutil.which("mongod"):
+        return "mongod"
+    return "ferretdb"
+
+
+class MongoServer:
+    """Starts (or adopts, with ``$MONGODB_URI``) a MongoDB-protocol server on 127.0.0.1."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.backend = mongo_backend()
+        self.uri = os.environ.get("MONGODB_URI", "")
+        self._proc: ManagedProcess | None = None
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the server and wait until it answers ``ping``; return its URI."""
+        if self.backend == "external":
+            _wait_for_ping(self.uri, timeout)
+            return self.uri
+        if self.backend == "ferretdb":
+            install_ferretdb()
+        for attempt in (1, 2):  # a picked port can be grabbed before the server binds it
+            try:
+                return self._start_once(timeout)
+            except ServerFailedError as exc:
+                self.stop()
+                if attempt == 2 or "address already in use" not in str(exc).lower():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> str:
+        port = free_port()
+        data = self.workdir / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        if self.backend == "mongod":
+            argv = [
+                "mongod", "--dbpath", str(data), "--port", str(port), "--bind_ip", "127.0.0.1",
+                "--quiet", "--setParameter", "diagnosticDataCollectionEnabled=false",
+            ]  # fmt: skip
+        else:
+            argv = [
+                str(ferretdb_binary()),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{data}/",
+                f"--listen-addr=127.0.0.1:{port}",
+                f"--state-dir={self.workdir}",
+                # Its default debug address 127.0.0.1:8088 would clash between instances.
+                f"--debug-addr=127.0.0.1:{free_port()}",
+                "--telemetry=disable",
+                "--log-level=info",
+            ]
+        self._proc = ManagedProcess(
+            self.backend, argv, self.workdir / f"{self.backend}.log", cwd=self.workdir
+        )
+        self._proc.start()
+        uri = f"mongodb://127.0.0.1:{port}/"
+        # Poll the port cheaply first: a ping before the listener exists waits out pymongo's
+        # 500 ms server-selection retry.
+        wait_until_ready(
+            self._proc, lambda: port_is_open("127.0.0.1", port), timeout, "listener", 0.02
+        )
+        wait_until_ready(self._proc, lambda: ping(uri), timeout, "ping", interval=0.05)
+        self.uri = uri
+        return uri
+
+    def stop(self) -> None:
+        """Stop the server we started (never an external one). Idempotent."""
+        if self._proc is not None:
+            self._proc.stop(timeout=10.0)
+
+
+def ping(uri: str, timeout_ms: int = 500) -> bool:
+    """Run the ``ping`` command once (raises when the server does not answer in time)."""
+    # No directConnection: an external URI may name a replica set.
+    client: MongoClient[dict[str, object]] = MongoClient(
+        uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+    )
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()
+    return True
+
+
+def _wait_for_ping(uri: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ping(uri, timeout_ms=2000)
+            return
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise ServerFailedError(f"MONGODB_URI {uri!r} does not answer ping: {exc}") from exc
+            time.sleep(0.2)

@@ -1,0 +1,121 @@
+"""Starts the four mailbox-link services as real processes wired to a running stack.
+
+`make run`, the end-to-end tests and the benchmark all use this, so what they exercise is what
+an operator runs: `python -m <service>` configured only through MBL_* environment variables.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import secrets
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localinfra.ports import free_port
+from localinfra.procs import ManagedProcess, wait_until_ready
+
+# The modules started, in start order; the registry first so link-api can reach it at once.
+SERVICE_MODULES = ("registry", "imap_verifier", "link_api")
+READY_TIMEOUT = 60.0
+
+
+def _random_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode("ascii")
+
+
+@dataclass
+class ServiceConfig:
+    """How to configure one set of services; every value becomes an MBL_* variable."""
+
+    kafka_bootstrap: str
+    mongodb_uri: str
+    ca_file: str
+    namespace: str = "mailbox-link"
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8",)
+    log_level: str = "INFO"
+    caller_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    encryption_key: str = field(default_factory=_random_key)
+    # 0 picks a free port; `make run` asks for fixed ones so the README's commands work as typed.
+    api_port: int = 0
+    registry_port: int = 0
+
+
+@dataclass
+class RunningServices:
+    """Where the started services answer, and their log files."""
+
+    api_url: str
+    registry_url: str
+    caller_token: str
+    logs: dict[str, Path]
+    processes: list[ManagedProcess]
+
+    def stop(self) -> None:
+        """Stops every service (idempotent)."""
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.stop()
+
+
+def start_services(config: ServiceConfig, workdir: Path) -> RunningServices:
+    """Starts registry, imap-verifier and link-api, and waits until each answers /healthz."""
+    fixed = {"link_api": config.api_port, "registry": config.registry_port}
+    ports = {module: fixed.get(module) or free_port() for module in SERVICE_MODULES}
+    internal_token = secrets.token_urlsafe(32)
+    base_env = _environment(config, internal_token, registry_port=ports["registry"])
+    processes: list[ManagedProcess] = []
+    logs: dict[str, Path] = {}
+    try:
+        for module in SERVICE_MODULES:
+            env = {**base_env, "MBL_HTTP_PORT": str(ports[module])}
+            logs[module] = workdir / f"{module}.log"
+            process = ManagedProcess(module, [sys.executable, "-m", module], logs[module], env=env)
+            process.start()
+            processes.append(process)
+        for process, module in zip(processes, SERVICE_MODULES, strict=True):
+            url = f"http://127.0.0.1:{ports[module]}/healthz"
+            wait_until_ready(process, functools.partial(_answers, url), READY_TIMEOUT, url)
+    except BaseException:
+        for process in processes:
+            process.stop()
+        raise
+    return RunningServices(
+        api_url=f"http://127.0.0.1:{ports['link_api']}",
+        registry_url=f"http://127.0.0.1:{ports['registry']}",
+        caller_token=config.caller_token,
+        logs=logs,
+        processes=processes,
+    )
+
+
+def _environment(config: ServiceConfig, internal_token: str, registry_port: int) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MBL_")}
+    return {
+        **inherited,
+        "MBL_KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap,
+        "MBL_MONGODB_URI": config.mongodb_uri,
+        "MBL_NAMESPACE": config.namespace,
+        "MBL_ENCRYPTION_KEYS": json.dumps({"k1": config.encryption_key}),
+        "MBL_ENCRYPTION_KEY_ID": "k1",
+        # The product's backend calls with caller_token; link-api calls the registry with its own.
+        "MBL_SERVICE_KEYS": json.dumps(
+            {"product": config.caller_token, "link-api": internal_token}
+        ),
+        "MBL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
+        "MBL_REGISTRY_TOKEN": internal_token,
+        "MBL_VERIFIER_CA_FILE": config.ca_file,
+        "MBL_VERIFIER_ALLOWED_NETWORKS": json.dumps(list(config.allowed_networks)),
+        "MBL_LOG_LEVEL": config.log_level,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _answers(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+        return bool(200 <= response.status < 300)

@@ -1,0 +1,260 @@
+"""``LocalStack``: Kafka, a MongoDB-protocol server and Dovecot, started in parallel.
+
+Usage::
+
+    with LocalStack() as stack:
+        endpoints = stack.endpoints
+        stack.add_mail_user("alice@example.org", "secret")
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from localinfra.certs import make_ca_and_server_cert, make_self_signed_cert
+from localinfra.docker import DockerServers, docker_available
+from localinfra.dovecot import DovecotKind, MailServers, check_credentials
+from localinfra.kafka import KafkaServer
+from localinfra.mongo import MongoServer, mongo_backend
+from localinfra.ports import free_port
+from localinfra.procs import install_sigterm_cleanup
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Endpoints:
+    """Where the running servers listen. Plain values, so it round-trips through JSON."""
+
+    kafka_bootstrap: str
+    mongodb_uri: str
+    mail_host: str = "127.0.0.1"
+    tls_hostname: str = "localhost"  # name in the server certs; connect to mail_host
+    imaps_port: int
+    imap_starttls_port: int
+    submission_starttls_port: int
+    submissions_port: int
+    pop3_port: int  # plain POP3, STARTTLS allowed (the POP3-only server)
+    pop3s_port: int
+    untrusted_imaps_port: int  # self-signed cert: verification with ca_file must fail
+    untrusted_submissions_port: int
+    ca_file: str  # the test CA that signed the trusted servers' certificates
+    closed_port: int  # nothing listens here: "connection refused"
+    started_in_seconds: float
+    workdir: str = ""  # server configs and logs
+
+    def to_json(self) -> str:
+        """Serialise (e.g. to a state file for other processes)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Endpoints:
+        """Inverse of ``to_json``; unknown keys are ignored for forward compatibility."""
+        data: dict[str, Any] = json.loads(text)
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+class LocalStack:
+    """Starts and stops all servers the project's tests and local runs need.
+
+    Kafka and MongoDB come from testcontainers when a Docker engine answers (or
+    ``MBL_DOCKER=1``), else they run as local processes; Dovecot always runs locally.
+    """
+
+    def __init__(self, *, kafka_heap_mb: int = 512, auto_create_topics: bool = True) -> None:
+        self.kafka_heap_mb = kafka_heap_mb
+        self.auto_create_topics = auto_create_topics
+        self._lock = threading.Lock()
+        self._stoppers: list[Callable[[], None]] = []
+        self._mail: MailServers | None = None
+        self._mail_users: dict[str, str] = {}
+        self._endpoints: Endpoints | None = None
+        self._workdir: Path | None = None
+        self._own_workdir = False
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """Endpoints of the running stack."""
+        if self._endpoints is None:
+            raise RuntimeError("LocalStack not started")
+        return self._endpoints
+
+    def start(self, workdir: Path | None = None) -> Endpoints:
+        """Start everything (in parallel) and return the endpoints once all answer.
+
+        ``workdir`` holds configs, data and logs; default: a fresh temp dir removed by
+        ``stop`` (kept when ``MBL_KEEP_WORKDIR=1``). On failure everything started is
+        stopped, the work dir is kept, and the error carries the failing server's log tail.
+        """
+        with self._lock:
+            if self._endpoints is not None:
+                return self._endpoints
+            began = time.monotonic()
+            root = self._prepare_workdir(workdir)
+            # Registered before anything starts: an interpreter exit still cleans up.
+            atexit.register(self.stop)
+            install_sigterm_cleanup()
+            try:
+                self._endpoints = self._start_all(root, began)
+            except BaseException:
+                # Keep the work dir: the error names log files in it.
+                self._stop_locked(remove_workdir=False)
+                raise
+            return self._endpoints
+
+    def _prepare_workdir(self, workdir: Path | None) -> Path:
+        if workdir is None:
+            root = Path(tempfile.mkdtemp(prefix="mbl-localstack-"))
+            self._own_workdir = True
+        else:
+            root = workdir.resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            self._own_workdir = False
+        # Dovecot's unprivileged processes must traverse it (mkdtemp makes 0700).
+        root.chmod(0o755)
+        self._workdir = root
+        return root
+
+    def _start_all(self, root: Path, began: float) -> Endpoints:
+        trusted = make_ca_and_server_cert(root / "tls")
+        untrusted = make_self_signed_cert(root / "tls-untrusted")
+        mail = MailServers(root / "mail", trusted, untrusted)
+        for username, password in self._mail_users.items():
+            mail.add_user(username, password)  # before start: no reload wait
+        self._mail = mail
+        self._stoppers.append(mail.stop)
+        tasks: dict[str, Callable[[], str]] = {"mail": lambda: _call(mail.start)}
+        if docker_available():
+            docker = DockerServers()
+            self._stoppers.append(docker.stop)
+            tasks["kafka"] = docker.start_kafka
+            if mongo_backend() != "external":
+                tasks["mongo"] = docker.start_mongo
+        else:
+            kafka = KafkaServer(
+                root / "kafka",
+                heap_mb=self.kafka_heap_mb,
+                auto_create_topics=self.auto_create_topics,
+            )
+            self._stoppers.append(kafka.stop)
+            tasks["kafka"] = kafka.start
+        if "mongo" not in tasks:
+            mongo = MongoServer(root / "mongo")
+            self._stoppers.append(mongo.stop)
+            tasks["mongo"] = mongo.start
+        results = _run_parallel(tasks)
+        mail_ports = mail[DovecotKind.MAIL].ports
+        pop3_ports = mail[DovecotKind.POP3ONLY].ports
+        untrusted_ports = mail[DovecotKind.UNTRUSTED].ports
+        return Endpoints(
+            kafka_bootstrap=results["kafka"],
+            mongodb_uri=results["mongo"],
+            imaps_port=mail_ports.imaps,
+            imap_starttls_port=mail_ports.imap,
+            submission_starttls_port=mail_ports.submission,
+            submissions_port=mail_ports.submissions,
+            pop3_port=pop3_ports.pop3,
+            pop3s_port=pop3_ports.pop3s,
+            untrusted_imaps_port=untrusted_ports.imaps,
+            untrusted_submissions_port=untrusted_ports.submissions,
+            ca_file=str(trusted.ca_file),
+            closed_port=free_port(),
+            started_in_seconds=round(time.monotonic() - began, 3),
+            workdir=str(root),
+        )
+
+    def add_mail_user(self, username: str, password: str) -> None:
+        """Create (or re-password) a mail user on every Dovecot instance.
+
+        Before ``start`` this is free; on a running stack it takes up to 1 s (Dovecot
+        re-reads its users file at most once per second). Users survive a restart.
+        """
+        check_credentials(username, password)
+        with self._lock:
+            self._mail_users[username] = password
+            if self._mail is not None:
+                self._mail.add_user(username, password)
+
+    def stop(self) -> None:
+        """Stop every server (in parallel) and remove an own temp workdir. Idempotent."""
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self, remove_workdir: bool = True) -> None:
+        stoppers, self._stoppers = self._stoppers, []
+        _stop_all(stoppers)
+        atexit.unregister(self.stop)
+        self._endpoints = None
+        self._mail = None
+        if self._own_workdir and self._workdir is not None:
+            if remove_workdir and os.environ.get("MBL_KEEP_WORKDIR") != "1":
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _stop_all(stoppers: list[Callable[[], None]]) -> None:
+    """Run every stopper, in parallel threads when possible; one failing never blocks others.
+
+    Plain threads, not an executor: ``concurrent.futures`` refuses work once the interpreter
+    is shutting down, which is exactly when the atexit hook runs.
+    """
+
+    def guarded(stop: Callable[[], None]) -> None:
+        with contextlib.suppress(Exception):
+            stop()
+
+    threads = [threading.Thread(target=guarded, args=(stop,), daemon=True) for stop in stoppers]
+    try:
+        for thread in threads:
+            thread.start()
+    except RuntimeError:  # no new threads this late in shutdown: stop one by one
+        for stop, thread in zip(stoppers, threads, strict=True):
+            if not thread.is_alive() and thread.ident is None:
+                guarded(stop)
+    for thread in threads:
+        if thread.ident is not None:
+            thread.join()
+
+
+def _call(start: Callable[[], None]) -> str:
+    start()
+    return ""
+
+
+def _run_parallel(tasks: dict[str, Callable[[], str]]) -> dict[str, str]:
+    """Run each task in a thread; wait for all (so none is left half-started), then raise
+    the first failure."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = {name: pool.submit(task) for name, task in tasks.items()}
+        concurrent.futures.wait(futures.values())
+    errors = [(name, f.exception()) for name, f in futures.items() if f.exception()]
+    if errors:
+        name, first = errors[0]
+        others = ", ".join(n for n, _ in errors[1:])
+        note = f" (also failed: {others})" if others else ""
+        raise RuntimeError(f"{name} failed to start{note}: {first}") from first
+    return {name: future.result() for name, future in futures.items()}

@@ -1,0 +1,157 @@
+"""Fixtures that run the whole system for real: Kafka, a MongoDB-protocol server, Dovecot, and
+the services as processes, exactly as `make run` starts them."""
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localinfra.services import RunningServices, ServiceConfig, start_services
+from localinfra.stack import Endpoints, LocalStack
+
+TERMINAL = ("linked", "failed")
+
+
+@dataclass(frozen=True)
+class MailUser:
+    """A Dovecot mailbox created for one test."""
+
+    address: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def infra(local_stack: LocalStack) -> Endpoints:
+    assert local_stack.endpoints is not None
+    return local_stack.endpoints
+
+
+def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
+    """Returns the services' configuration for this stack, with test overrides."""
+    return ServiceConfig(
+        kafka_bootstrap=infra.kafka_bootstrap,
+        mongodb_uri=infra.mongodb_uri,
+        ca_file=infra.ca_file,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
+    running = start_services(service_config(infra, namespace="e2e"), workdir / "services")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {services.caller_token}"}
+    async with httpx.AsyncClient(base_url=services.api_url, headers=headers, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def registry_api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {services.caller_token}"}
+    async with httpx.AsyncClient(
+        base_url=services.registry_url, headers=headers, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def new_mail_user(local_stack: LocalStack) -> Any:
+    """Returns a factory of fresh Dovecot users with random passwords."""
+
+    def create(prefix: str = "user") -> MailUser:
+        user = MailUser(f"{prefix}-{secrets.token_hex(4)}@example.org", secrets.token_urlsafe(18))
+        local_stack.add_mail_user(user.address, user.password)
+        return user
+
+    return create
+
+
+def unique_user_id() -> str:
+    return f"u-{secrets.token_hex(4)}"
+
+
+def imap_body(
+    infra: Endpoints,
+    user: MailUser,
+    *,
+    imap_port: int | None = None,
+    imap_security: str = "ssl",
+    smtp_port: int | None = None,
+    smtp_security: str = "ssl",
+    smtp_password: str | None = None,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """Returns a POST body linking a Dovecot user, by default over IMAPS and SMTPS."""
+    host = host or infra.tls_hostname
+    smtp: dict[str, Any] = {
+        "host": host,
+        "port": smtp_port or infra.submissions_port,
+        "security": smtp_security,
+    }
+    if smtp_password is not None:
+        smtp["password"] = smtp_password
+    return {
+        "email": user.address,
+        "terms_accepted": True,
+        "imap": {
+            "host": host,
+            "port": imap_port or infra.imaps_port,
+            "security": imap_security,
+            "password": user.password,
+        },
+        "smtp": smtp,
+    }
+
+
+def links_path(account_id: str, user_id: str) -> str:
+    return f"/v1/accounts/{account_id}/users/{user_id}/links"
+
+
+async def request_link(
+    api: httpx.AsyncClient, account_id: str, user_id: str, body: dict[str, Any], **headers: str
+) -> dict[str, Any]:
+    response = await api.post(links_path(account_id, user_id), json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def wait_for_outcome(
+    api: httpx.AsyncClient, status_url: str, seconds: float = 30
+) -> dict[str, Any]:
+    """Polls a link's status until it is linked or failed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await api.get(status_url)
+        assert response.status_code == 200, response.text
+        link: dict[str, Any] = response.json()
+        if link["status"] in TERMINAL:
+            return link
+        if time.monotonic() > deadline:
+            raise AssertionError(f"link still {link['status']} after {seconds} s: {link}")
+        await asyncio.sleep(0.02)
+
+
+async def link_and_wait(
+    api: httpx.AsyncClient, account_id: str, user_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    accepted = await request_link(api, account_id, user_id, body)
+    return await wait_for_outcome(api, accepted["status_url"])
