@@ -7,8 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 def utc_now() -> datetime:
-    """Returns the current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
+    """Returns the current time in UTC, to the millisecond (what BSON dates keep)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class Envelope(BaseModel):
