@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -91,7 +93,15 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(_http_error_code(exc.status_code), str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    async def on_backend_down(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("backend unavailable: %s", type(exc).__name__)
+        body = error_body("temporarily_unavailable", "A backend is not answering; retry shortly.")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+
     app.add_exception_handler(ApiError, on_api_error)
+    # Infrastructure trouble is not the caller's fault, but it deserves a clear, retryable answer.
+    app.add_exception_handler(PyMongoError, on_backend_down)
+    app.add_exception_handler(KafkaError, on_backend_down)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
 

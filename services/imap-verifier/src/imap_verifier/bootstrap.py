@@ -1,5 +1,7 @@
 """The one place that wires the verifier together: settings in, a runnable ASGI app out."""
 
+import functools
+
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 
 from imap_verifier.adapters.mail_probes import probe_imap, probe_smtp
@@ -32,11 +34,8 @@ def build_app(settings: Settings) -> AsgiFastStream:
     )
     register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
 
-    async def create_topics() -> None:
-        await ensure_topics(settings)
-
     return AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
-        on_startup=[create_topics],
+        on_startup=[functools.partial(ensure_topics, settings)],
     )

@@ -1,11 +1,10 @@
 """The one place that wires link-api together: settings in, a runnable ASGI app out."""
 
+import functools
 from datetime import timedelta
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from pymongo import AsyncMongoClient
 
 from link_api.adapters.link_store import MongoLinkStore
 from link_api.adapters.registry_client import HttpRegistry
@@ -20,6 +19,7 @@ from mailbox_link_shared.kafka import (
     make_broker,
     subscriber_options,
 )
+from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.topics import Topics
 
 
@@ -27,9 +27,7 @@ def build_app(settings: Settings) -> FastAPI:
     """Returns the link-api application; connections open when it starts, not here."""
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri.get_secret_value(), tz_aware=True, connect=False
-    )
+    mongo = make_mongo_client(settings)
     store = MongoLinkStore(mongo, f"{settings.namespace}-link-api")
     deps = LinkApiDeps(
         store=store,
@@ -44,13 +42,10 @@ def build_app(settings: Settings) -> FastAPI:
     )
     register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
 
-    async def create_topics() -> None:
-        await ensure_topics(settings)
-
     return build_http_app(
         title="mailbox-link link-api",
         router=build_router(deps, HttpRegistry(registry_http)),
         service_keys=settings.service_keys,
-        on_start=[store.create_indexes, create_topics, broker.start],
+        on_start=[store.create_indexes, functools.partial(ensure_topics, settings), broker.start],
         on_stop=[broker.stop, registry_http.aclose, mongo.close],
     )

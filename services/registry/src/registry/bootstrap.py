@@ -1,9 +1,8 @@
 """The one place that wires the registry together: settings in, a runnable ASGI app out."""
 
-from typing import Any
+import functools
 
 from fastapi import FastAPI
-from pymongo import AsyncMongoClient
 
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import (
@@ -12,6 +11,7 @@ from mailbox_link_shared.kafka import (
     make_broker,
     subscriber_options,
 )
+from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.topics import Topics
 from registry.adapters.mailbox_store import MongoMailboxStore
 from registry.config import SERVICE_NAME, Settings
@@ -25,9 +25,7 @@ def build_app(settings: Settings) -> FastAPI:
     """Returns the registry application; connections open when it starts, not here."""
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri.get_secret_value(), tz_aware=True, connect=False
-    )
+    mongo = make_mongo_client(settings)
     store = MongoMailboxStore(mongo, f"{settings.namespace}-registry")
     deps = RegistryDeps(
         store=store,
@@ -36,13 +34,10 @@ def build_app(settings: Settings) -> FastAPI:
     )
     register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
 
-    async def create_topics() -> None:
-        await ensure_topics(settings)
-
     return build_http_app(
         title="mailbox-link registry",
         router=build_router(deps),
         service_keys=settings.service_keys,
-        on_start=[store.create_indexes, create_topics, broker.start],
+        on_start=[store.create_indexes, functools.partial(ensure_topics, settings), broker.start],
         on_stop=[broker.stop, mongo.close],
     )
