@@ -121,3 +121,22 @@ async def test_failure_reports_imaps_reason_first(
     assert event.data.failure.code is reported
     assert event.data.failure.remediation
     assert "imap-pw" not in event.model_dump_json()
+
+
+async def test_a_secret_that_cannot_be_opened_fails_the_link_instead_of_leaving_it_pending() -> (
+    None
+):
+    network = FakeNetwork()
+    deps = _deps(network)
+    other_box = SecretBox({"k9": SecretStr(generate_key())}, "k9")
+    event = _requested()
+    sealed = other_box.seal('{"imap_password": "p", "smtp_password": "p"}', ADDRESS)
+    unreadable = event.model_copy(
+        update={"data": event.data.model_copy(update={"credentials": sealed})}
+    )
+    await when_link_requested_verify_mailbox(unreadable, deps)
+    assert network.logins == []
+    assert isinstance(deps.publisher, RecordingPublisher)
+    [failed] = deps.publisher.events
+    assert isinstance(failed, VerificationFailed)
+    assert failed.data.failure.code is FailureCode.INTERNAL_ERROR

@@ -23,6 +23,7 @@ class FailureCode(StrEnum):
     HOST_NOT_ALLOWED = "host_not_allowed"
     ALREADY_LINKED_ELSEWHERE = "already_linked_elsewhere"
     PLAN_LIMIT_REACHED = "plan_limit_reached"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.PLAN_LIMIT_REACHED: FailureText(
         "You have linked as many mailboxes as your plan allows.",
         "Unlink a mailbox you no longer use, or upgrade your plan.",
+    ),
+    FailureCode.INTERNAL_ERROR: FailureText(
+        "We could not check this mailbox because of a problem on our side.",
+        "Try again in a few minutes; if it keeps happening, contact support.",
     ),
 }
 

@@ -20,6 +20,7 @@ from mailbox_link_shared.events import (
     VerificationFailed,
     VerificationFailedData,
 )
+from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import EventPublisher
 
@@ -48,15 +49,21 @@ async def when_link_requested_verify_mailbox(event: LinkRequested, deps: Verifie
     data = event.data
     if data.provider is not ProviderType.IMAP:
         return  # another verifier's provider type
-    opened = deps.secret_box.open(data.credentials, context=data.address)
-    credentials = MailboxCredentials.from_json(opened)
     try:
-        await verify_mailbox(data.imap, data.smtp, credentials, deps)
+        opened = deps.secret_box.open(data.credentials, context=data.address)
+        await verify_mailbox(data.imap, data.smtp, MailboxCredentials.from_json(opened), deps)
     except ProbeFailed as failure:
         logger.info(
             "link %s failed verification: %s (%s)", data.link_id, failure.code, failure.detail
         )
         await deps.publisher.publish(_failed(event, Failure.of(failure.code, failure.detail)))
+        return
+    except Exception as exc:
+        # A bug, or a secret sealed with a key we no longer have: answer, never leave the link
+        # pending. Only the type is logged: library messages may quote what was sent.
+        logger.error("link %s could not be verified: %s", data.link_id, type(exc).__name__)
+        internal = Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
+        await deps.publisher.publish(_failed(event, internal))
         return
     logger.info("link %s verified", data.link_id)
     verified = MailboxVerifiedData(**data.model_dump())
