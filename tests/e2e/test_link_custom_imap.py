@@ -98,6 +98,15 @@ async def test_same_idempotency_key_gives_one_link_and_one_event(
     assert third["status"] == "linked"
     assert await _link_requests_for(infra, user.address) == 1
 
+    body["smtp"]["port"] = infra.submission_starttls_port
+    body["smtp"]["security"] = "starttls"
+    reused = await api.post(
+        f"/v1/accounts/acme/users/{user_id}/links", json=body, headers={"Idempotency-Key": "k-1"}
+    )
+    assert reused.status_code == 409
+    assert reused.json()["fields"][0]["field"] == "Idempotency-Key"
+    assert await _link_requests_for(infra, user.address) == 1
+
 
 async def test_same_request_while_in_flight_gives_one_link(
     api: httpx.AsyncClient, infra: Endpoints, new_mail_user: Any
