@@ -14,11 +14,7 @@ async def read_topics(bootstrap: str, namespace: str) -> list[tuple[str, bytes, 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in Topics.for_namespace(namespace).all()
-            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
-        ]
+        partitions = await _all_partitions(consumer, namespace)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
@@ -32,21 +28,12 @@ async def read_topics(bootstrap: str, namespace: str) -> list[tuple[str, bytes, 
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
-
-
 async def count_records(bootstrap: str, namespace: str) -> int:
     """Returns how many records the namespace's topics have ever received."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in Topics.for_namespace(namespace).all()
-            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
-        ]
+        partitions = await _all_partitions(consumer, namespace)
         return sum((await consumer.end_offsets(partitions)).values())
     finally:
         await consumer.stop()
@@ -78,3 +65,11 @@ async def dump_databases(uri: str, namespace: str) -> list[bytes]:
 async def count_documents(uri: str, namespace: str) -> int:
     """Returns how many documents the namespace's databases hold."""
     return len(await dump_databases(uri, namespace))
+
+
+async def _all_partitions(consumer: AIOKafkaConsumer, namespace: str) -> list[TopicPartition]:
+    topics = Topics.for_namespace(namespace).all()
+    if any(consumer.partitions_for_topic(topic) is None for topic in topics):
+        # aiokafka has no public call to refresh metadata for topics it is not subscribed to.
+        await consumer._client.force_metadata_update()
+    return [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]

@@ -4,9 +4,10 @@ import pytest
 from pydantic import SecretStr
 
 from link_api import handlers
-from link_api.domain.link_request import Credentials, LinkRequest
+from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.events import (
     Failure,
@@ -33,7 +34,7 @@ PASSWORD = "correct-horse-battery"
 def _request(address: str = "alice@example.org", host: str = "imap.example.org") -> LinkRequest:
     server = ServerSettings(host=host, port=993, security="ssl", username=address)
     return LinkRequest(
-        OWNER, address, ProviderType.IMAP, server, server, Credentials(PASSWORD, PASSWORD)
+        OWNER, address, ProviderType.IMAP, server, server, MailboxCredentials(PASSWORD, PASSWORD)
     )
 
 

@@ -19,6 +19,8 @@ from pydantic import SecretStr
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 
+from mailbox_link_shared.addresses import InvalidAddress, normalize_address
+
 logger = logging.getLogger(__name__)
 
 PATH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -50,6 +52,14 @@ def error_body(error: str, message: str, fields: Sequence[tuple[str, str]] = ())
         "message": message,
         "fields": [{"field": name, "message": text} for name, text in fields],
     }
+
+
+def address_from_path(email: str) -> str:
+    """Returns the normalized address from a URL path, or answers 422 naming the field."""
+    try:
+        return normalize_address(email)
+    except InvalidAddress as exc:
+        raise ApiError(422, "invalid_request", str(exc), [("email", str(exc))]) from None
 
 
 def bearer_auth(service_keys: Mapping[str, SecretStr]) -> Callable[[Request], Awaitable[str]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
 from imap_verifier.config import SERVICE_NAME
-from imap_verifier.domain.credentials import MailboxCredentials
+from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.events import (
     Failure,

@@ -4,24 +4,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """The passwords as the user typed them; sealed before they leave the request handler."""
-
-    imap_password: str
-    smtp_password: str
-
-    def __repr__(self) -> str:
-        return "Credentials(<redacted>)"
-
-    def to_json(self) -> str:
-        """Returns the JSON form that gets sealed into the event."""
-        return json.dumps(
-            {"imap_password": self.imap_password, "smtp_password": self.smtp_password}
-        )
 
 
 @dataclass(frozen=True)
@@ -33,7 +17,7 @@ class LinkRequest:
     provider: ProviderType
     imap: ServerSettings
     smtp: ServerSettings
-    credentials: Credentials
+    credentials: MailboxCredentials
 
     def fingerprint(self) -> str:
         """Identifies the request's non-secret content, to tell a retry from a different request."""

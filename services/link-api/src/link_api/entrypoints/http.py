@@ -11,9 +11,8 @@ from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
-from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.events import MailboxOwner
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -77,10 +76,7 @@ def build_router(deps: LinkApiDeps, registry: Registry) -> APIRouter:
     async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
         """Unlinks one of this user's mailboxes; another account may then link it."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        try:
-            address = normalize_address(email)
-        except InvalidAddress as exc:
-            raise ApiError(422, "invalid_request", str(exc), [("email", str(exc))]) from None
+        address = address_from_path(email)
         if not await _ask_registry(registry.unlink_mailbox(owner, address)):
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,

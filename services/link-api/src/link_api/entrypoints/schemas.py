@@ -4,9 +4,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
 
-from link_api.domain.link_request import Credentials, LinkRequest
+from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkView
 from mailbox_link_shared.addresses import normalize_address, normalize_host
+from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_shared.mail_settings import ConnectionSecurity
 
@@ -99,7 +100,7 @@ class LinkRequestIn(_Strict):
             provider=ProviderType(self.provider),
             imap=_server(self.imap, imap_username),
             smtp=_server(self.smtp, self.smtp.username or imap_username),
-            credentials=Credentials(imap_password=imap_password, smtp_password=smtp_password),
+            credentials=MailboxCredentials(imap_password, smtp_password),
         )
 
 

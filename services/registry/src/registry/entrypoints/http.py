@@ -5,9 +5,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict
 
-from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.events import MailboxOwner
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 from registry import handlers
 from registry.adapters.mailbox_store import LinkedMailbox
 from registry.handlers import RegistryDeps
@@ -40,7 +39,7 @@ def build_router(deps: RegistryDeps) -> APIRouter:
     async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
         """Unlinks this user's mailbox; any account may link it afterwards."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        if not await handlers.unlink_mailbox(owner, _address(email), deps):
+        if not await handlers.unlink_mailbox(owner, address_from_path(email), deps):
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
                 "mailbox_not_found",
@@ -52,7 +51,7 @@ def build_router(deps: RegistryDeps) -> APIRouter:
     @router.get("/mailboxes/{email}/owner")
     async def find_owner(email: str) -> dict[str, str]:
         """Tells which user has linked this address, e.g. to sign them in with it."""
-        mailbox = await handlers.find_owner(_address(email), deps)
+        mailbox = await handlers.find_owner(address_from_path(email), deps)
         if mailbox is None:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
@@ -75,13 +74,6 @@ def build_router(deps: RegistryDeps) -> APIRouter:
         return {"plan": body.plan, "mailbox_limit": limit}
 
     return router
-
-
-def _address(email: str) -> str:
-    try:
-        return normalize_address(email)
-    except InvalidAddress as exc:
-        raise ApiError(422, "invalid_request", str(exc), [("email", str(exc))]) from None
 
 
 def _mailbox_body(mailbox: LinkedMailbox) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The passwords of a link request, once opened; never printed."""
+"""What a link request's sealed `credentials` hold once opened; never printed."""
 
 import json
 from dataclasses import dataclass
@@ -14,8 +14,14 @@ class MailboxCredentials:
     def __repr__(self) -> str:
         return "MailboxCredentials(<redacted>)"
 
+    def to_json(self) -> str:
+        """Returns the JSON object that gets sealed into LinkRequested."""
+        return json.dumps(
+            {"imap_password": self.imap_password, "smtp_password": self.smtp_password}
+        )
+
     @classmethod
     def from_json(cls, text: str) -> "MailboxCredentials":
-        """Reads the JSON object that link-api sealed."""
+        """Reads an opened JSON object back."""
         raw = json.loads(text)
         return cls(imap_password=str(raw["imap_password"]), smtp_password=str(raw["smtp_password"]))
