@@ -66,3 +66,14 @@ async def test_backend_outage_is_a_retryable_503() -> None:
 async def test_health_needs_no_token() -> None:
     async with _client() as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_oversized_bodies_get_413_before_parsing() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/echo",
+            content=b"{" + b" " * 70_000 + b"}",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+    assert response.status_code == 413
+    assert response.json()["error"] == "request_too_large"

@@ -14,7 +14,7 @@ import uvicorn
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
@@ -24,6 +24,7 @@ from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 logger = logging.getLogger(__name__)
 
 PATH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+MAX_BODY_BYTES = 64 * 1024  # a link request is well under 4 KiB
 
 
 class ApiError(Exception):
@@ -157,6 +158,21 @@ def build_http_app(
 
     app = FastAPI(title=title, version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def refuse_large_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            body = error_body(
+                "request_too_large",
+                f"Send at most {MAX_BODY_BYTES} bytes with a valid Content-Length.",
+                [("body", "too large")],
+            )
+            return JSONResponse(body, status_code=413)
+        return await call_next(request)
+
     app.include_router(router, dependencies=[Depends(bearer_auth(service_keys))])
 
     @app.get("/healthz", include_in_schema=False)

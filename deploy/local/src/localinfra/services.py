@@ -63,8 +63,10 @@ class RunningServices:
             process.stop()
 
 
-def start_services(config: ServiceConfig, workdir: Path) -> RunningServices:
-    """Starts registry, imap-verifier and link-api, and waits until each answers /healthz."""
+def start_services(
+    config: ServiceConfig, workdir: Path, modules: tuple[str, ...] = SERVICE_MODULES
+) -> RunningServices:
+    """Starts the services (by default all) and waits until each answers /healthz."""
     fixed = {"link_api": config.api_port, "registry": config.registry_port}
     ports = {module: fixed.get(module) or free_port() for module in SERVICE_MODULES}
     internal_token = secrets.token_urlsafe(32)
@@ -72,13 +74,13 @@ def start_services(config: ServiceConfig, workdir: Path) -> RunningServices:
     processes: list[ManagedProcess] = []
     logs: dict[str, Path] = {}
     try:
-        for module in SERVICE_MODULES:
+        for module in modules:
             env = {**base_env, "MBL_HTTP_PORT": str(ports[module])}
             logs[module] = workdir / f"{module}.log"
             process = ManagedProcess(module, [sys.executable, "-m", module], logs[module], env=env)
             process.start()
             processes.append(process)
-        for process, module in zip(processes, SERVICE_MODULES, strict=True):
+        for process, module in zip(processes, modules, strict=True):
             url = f"http://127.0.0.1:{ports[module]}/healthz"
             wait_until_ready(process, functools.partial(_answers, url), READY_TIMEOUT, url)
     except BaseException:

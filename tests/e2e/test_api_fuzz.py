@@ -1,0 +1,63 @@
+"""Property-based fuzzing of link-api from its own OpenAPI schema: no input gets a 5xx.
+
+Runs link-api and the registry only, in their own namespace: without a verifier, no generated
+host name or address is ever connected to, whatever the fuzzer invents.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from localinfra.services import RunningServices, start_services
+from localinfra.stack import Endpoints
+
+from .conftest import service_config
+
+pytestmark = pytest.mark.connected
+MAX_EXAMPLES = 60  # per operation; bounded so the suite stays fast
+
+
+@pytest.fixture(scope="module")
+def fuzz_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
+    config = service_config(infra, namespace="e2e-fuzz")
+    running = start_services(config, workdir / "services-fuzz", modules=("registry", "link_api"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_services: RunningServices) -> Any:
+    return schemathesis.openapi.from_url(f"{fuzz_services.api_url}/openapi.json")
+
+
+def test_no_input_gets_a_server_error(api_schema: Any, fuzz_services: RunningServices) -> None:
+    headers = {"Authorization": f"Bearer {fuzz_services.caller_token}"}
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) == 4  # POST/GET links, GET/DELETE mailboxes
+    for operation in operations:
+        _fuzz(operation, fuzz_services.api_url, headers)
+
+
+def _fuzz(operation: Any, base_url: str, headers: dict[str, str]) -> None:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def never_a_server_error(case: Any) -> None:
+        response = case.call(base_url=base_url, headers=headers, timeout=10)
+        assert response.status_code < 500, (operation.label, response.status_code, response.text)
+        if response.status_code >= 400:
+            body = response.json()
+            assert body["error"], body
+            assert body["message"], body
+
+    never_a_server_error()
