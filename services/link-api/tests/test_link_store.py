@@ -1,0 +1,87 @@
+"""MongoLinkStore against the session's real MongoDB-protocol server."""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from link_api.adapters.link_store import IdempotencyRecord, MongoLinkStore
+from link_api.domain.link_status import LinkStatus, LinkView
+from localinfra.stack import LocalStack
+from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType, utc_now
+from mailbox_link_shared.failures import FailureCode
+
+pytestmark = pytest.mark.connected
+OWNER = MailboxOwner(account_id="acme", user_id="u1")
+
+
+@pytest.fixture
+async def store(local_stack: LocalStack) -> AsyncIterator[MongoLinkStore]:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        local_stack.endpoints.mongodb_uri, tz_aware=True
+    )
+    store = MongoLinkStore(client, f"store-test-{secrets.token_hex(4)}")
+    await store.create_indexes()
+    yield store
+    await client.close()
+
+
+def _link(link_id: str) -> LinkView:
+    now = utc_now()
+    return LinkView(
+        link_id, OWNER, "a@example.org", ProviderType.IMAP, LinkStatus.PENDING, now, now
+    )
+
+
+async def test_only_one_of_concurrent_claims_wins(store: MongoLinkStore) -> None:
+    now = utc_now()
+    holders = await asyncio.gather(
+        *(
+            store.claim_in_flight("k", f"link-{i}", now, now + timedelta(minutes=15))
+            for i in range(8)
+        )
+    )
+    assert len(set(holders)) == 1
+
+
+async def test_an_expired_claim_is_taken_over_and_a_released_one_is_free(
+    store: MongoLinkStore,
+) -> None:
+    now = utc_now()
+    assert (
+        await store.claim_in_flight(
+            "k", "old", now - timedelta(hours=1), now - timedelta(minutes=1)
+        )
+        == "old"
+    )
+    assert await store.claim_in_flight("k", "new", now, now + timedelta(minutes=15)) == "new"
+    await store.release_in_flight("new")
+    assert await store.claim_in_flight("k", "newer", now, now + timedelta(minutes=15)) == "newer"
+
+
+async def test_status_moves_only_from_the_allowed_statuses(store: MongoLinkStore) -> None:
+    await store.insert_link(_link("l1"), "k")
+    failure = Failure.of(FailureCode.TIMEOUT)
+    failed = await store.advance_link(
+        "l1", LinkStatus.FAILED, frozenset({LinkStatus.PENDING}), utc_now(), failure
+    )
+    assert failed is not None
+    assert failed.status is LinkStatus.FAILED
+    assert failed.failure == failure
+    again = await store.advance_link(
+        "l1", LinkStatus.LINKED, frozenset({LinkStatus.PENDING}), utc_now()
+    )
+    assert again is None
+    stored = await store.get_link("l1")
+    assert stored is not None
+    assert stored.status is LinkStatus.FAILED
+
+
+async def test_an_idempotency_key_keeps_its_first_link(store: MongoLinkStore) -> None:
+    first = await store.remember_idempotency_key("scope", IdempotencyRecord("l1", "f1"))
+    second = await store.remember_idempotency_key("scope", IdempotencyRecord("l2", "f2"))
+    assert first == second == IdempotencyRecord("l1", "f1")
+    assert await store.find_idempotency_key("scope") == first
