@@ -2,15 +2,14 @@
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from link_api.adapters.link_store import IdempotencyRecord, MongoLinkStore
 from link_api.domain.link_status import LinkStatus, LinkView
-from localinfra.stack import LocalStack
 from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType, utc_now
 from mailbox_link_shared.failures import FailureCode
 
@@ -19,14 +18,10 @@ OWNER = MailboxOwner(account_id="acme", user_id="u1")
 
 
 @pytest.fixture
-async def store(local_stack: LocalStack) -> AsyncIterator[MongoLinkStore]:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        local_stack.endpoints.mongodb_uri, tz_aware=True
-    )
-    store = MongoLinkStore(client, f"store-test-{secrets.token_hex(4)}")
+async def store(mongo_client: AsyncMongoClient[dict[str, Any]]) -> MongoLinkStore:
+    store = MongoLinkStore(mongo_client, f"store-test-{secrets.token_hex(4)}")
     await store.create_indexes()
-    yield store
-    await client.close()
+    return store
 
 
 def _link(link_id: str) -> LinkView:

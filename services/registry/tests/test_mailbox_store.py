@@ -2,13 +2,12 @@
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
-from localinfra.stack import LocalStack
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings, utc_now
 from registry.adapters.mailbox_store import AddressTaken, LinkedMailbox, MongoMailboxStore
@@ -19,14 +18,10 @@ BOB = MailboxOwner(account_id="globex", user_id="bob")
 
 
 @pytest.fixture
-async def store(local_stack: LocalStack) -> AsyncIterator[MongoMailboxStore]:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        local_stack.endpoints.mongodb_uri, tz_aware=True
-    )
-    store = MongoMailboxStore(client, f"store-test-{secrets.token_hex(4)}")
+async def store(mongo_client: AsyncMongoClient[dict[str, Any]]) -> MongoMailboxStore:
+    store = MongoMailboxStore(mongo_client, f"store-test-{secrets.token_hex(4)}")
     await store.create_indexes()
-    yield store
-    await client.close()
+    return store
 
 
 def _mailbox(owner: MailboxOwner, link_id: str, host: str = "imap.example.org") -> LinkedMailbox:

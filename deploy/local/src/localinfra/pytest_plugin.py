@@ -5,9 +5,11 @@ Registered by the repository's root conftest.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from localinfra.stack import LocalStack
 
@@ -23,3 +25,15 @@ def local_stack() -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+async def mongo_client(local_stack: LocalStack) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    """A client of the stack's MongoDB-protocol server, closed after the test."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        local_stack.endpoints.mongodb_uri, tz_aware=True
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
