@@ -16,7 +16,7 @@ class InMemoryLinkStore:
         self.in_flight: dict[str, tuple[str, datetime]] = {}
         self.keys: dict[str, IdempotencyRecord] = {}
 
-    async def insert_link(self, link: LinkView, in_flight_key: str) -> None:
+    async def insert_link(self, link: LinkView) -> None:
         self.links[link.link_id] = link
 
     async def delete_link(self, link_id: str) -> None:

@@ -58,7 +58,7 @@ async def test_an_expired_claim_is_taken_over_and_a_released_one_is_free(
 
 
 async def test_status_moves_only_from_the_allowed_statuses(store: MongoLinkStore) -> None:
-    await store.insert_link(_link("l1"), "k")
+    await store.insert_link(_link("l1"))
     failure = Failure.of(FailureCode.TIMEOUT)
     failed = await store.advance_link(
         "l1", LinkStatus.FAILED, frozenset({LinkStatus.PENDING}), utc_now(), failure

@@ -65,7 +65,7 @@ async def request_link(
         link_id, request.owner, request.address, request.provider, LinkStatus.PENDING, now, now
     )
     # Store first, then claim: whoever holds the claim has a link document a caller can read.
-    await deps.store.insert_link(link, request.in_flight_key())
+    await deps.store.insert_link(link)
     holder = await deps.store.claim_in_flight(
         request.in_flight_key(), link_id, now, now + deps.in_flight_expiry
     )

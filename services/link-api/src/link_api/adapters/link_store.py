@@ -23,7 +23,7 @@ class IdempotencyRecord:
 class LinkStore(Protocol):
     """What the handlers need from storage."""
 
-    async def insert_link(self, link: LinkView, in_flight_key: str) -> None: ...
+    async def insert_link(self, link: LinkView) -> None: ...
     async def delete_link(self, link_id: str) -> None: ...
     async def get_link(self, link_id: str) -> LinkView | None: ...
     async def advance_link(
@@ -58,8 +58,8 @@ class MongoLinkStore:
         """Creates the indexes the queries rely on (idempotent)."""
         await self._in_flight.create_index("link_id")
 
-    async def insert_link(self, link: LinkView, in_flight_key: str) -> None:
-        await self._links.insert_one({**_to_document(link), "in_flight_key": in_flight_key})
+    async def insert_link(self, link: LinkView) -> None:
+        await self._links.insert_one(_to_document(link))
 
     async def delete_link(self, link_id: str) -> None:
         await self._links.delete_one({"_id": link_id})
