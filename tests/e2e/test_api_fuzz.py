@@ -34,7 +34,7 @@ def fuzz_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
 
 @pytest.mark.parametrize(
     ("service", "operation_count"),
-    [("api_url", 4), ("registry_url", 4)],  # link-api: links x2, mailboxes x2; registry: 4 routes
+    [("api_url", 4), ("registry_url", 6)],  # link-api: links x2, mailboxes x2; registry: 6 routes
 )
 def test_no_input_gets_a_server_error(
     fuzz_services: RunningServices, service: str, operation_count: int

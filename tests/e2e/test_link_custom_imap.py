@@ -137,7 +137,7 @@ async def test_user_at_plan_limit_cannot_link_another(
 ) -> None:
     user_id = unique_user_id()
     plan = await registry_api.put(f"/v1/accounts/acme/users/{user_id}/plan", json={"plan": "free"})
-    assert plan.json() == {"plan": "free", "mailbox_limit": 1}
+    assert plan.json() == {"plan": "free", "mailbox_limit": 1, "mailboxes_used": 0}
     first = await link_and_wait(api, "acme", user_id, imap_body(infra, new_mail_user("plan")))
     assert first["status"] == "linked"
     second = await link_and_wait(api, "acme", user_id, imap_body(infra, new_mail_user("plan")))

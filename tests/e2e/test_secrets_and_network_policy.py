@@ -30,11 +30,12 @@ async def test_raw_passwords_appear_in_no_topic_document_or_log(
     )
     local_stack.add_mail_user(user.address, user.password)
     wrong = "WrongSecret-" + secrets.token_hex(8)
-    linked = await link_and_wait(api, "acme", unique_user_id(), imap_body(infra, user))
-    assert linked["status"] == "linked"
+    # The failure first: once linked, another account's request is refused before any login.
     failed_body = imap_body(infra, user, smtp_password=wrong)
     failed = await link_and_wait(api, "globex", unique_user_id(), failed_body)
     assert failed["failure"]["code"] == "smtp_auth_failed"
+    linked = await link_and_wait(api, "acme", unique_user_id(), imap_body(infra, user))
+    assert linked["status"] == "linked"
 
     records = await read_topics(infra.kafka_bootstrap, "e2e")
     documents = await dump_databases(infra.mongodb_uri, "e2e")

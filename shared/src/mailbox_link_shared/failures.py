@@ -23,6 +23,9 @@ class FailureCode(StrEnum):
     HOST_NOT_ALLOWED = "host_not_allowed"
     ALREADY_LINKED_ELSEWHERE = "already_linked_elsewhere"
     PLAN_LIMIT_REACHED = "plan_limit_reached"
+    ALREADY_LINKED = "already_linked"
+    LINK_IN_PROGRESS = "link_in_progress"
+    RESERVATION_EXPIRED = "reservation_expired"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -90,6 +93,18 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.PLAN_LIMIT_REACHED: FailureText(
         "You have linked as many mailboxes as your plan allows.",
         "Unlink a mailbox you no longer use, or upgrade your plan.",
+    ),
+    FailureCode.ALREADY_LINKED: FailureText(
+        "This mailbox is already linked to your account.",
+        "Nothing to do: it is ready to use. To change its password, unlink it and link it again.",
+    ),
+    FailureCode.LINK_IN_PROGRESS: FailureText(
+        "You are already linking this mailbox.",
+        "Wait for that link to finish (see its status), then try again if it failed.",
+    ),
+    FailureCode.RESERVATION_EXPIRED: FailureText(
+        "Checking this mailbox took too long, so the link was cancelled.",
+        "Try linking it again; if it keeps happening, contact support.",
     ),
     FailureCode.INTERNAL_ERROR: FailureText(
         "We could not check this mailbox because of a problem on our side.",

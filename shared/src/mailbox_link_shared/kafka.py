@@ -1,13 +1,24 @@
-"""The one way every service talks to Kafka: broker factory, subscriber options, publishing."""
+"""The one way every service talks to Kafka: broker factory, consuming, publishing.
 
+Consuming is at least once: a batch's offsets are committed only after every event in it was
+handled (its effects stored) or sent to the dead-letter topic; otherwise the batch is fetched
+again. Handlers are therefore idempotent.
+"""
+
+import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
+from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import TypeAdapter, ValidationError
+from pymongo.errors import ConnectionFailure
 
 from mailbox_link_shared.events import Envelope
 from mailbox_link_shared.settings import ServiceSettings
@@ -19,6 +30,23 @@ PARTITIONS = 3
 # A short wait only makes idle consumers poll hundreds of times a second, which on 2 cores
 # slowed the IMAP checks by a third (bench/README.md).
 FETCH_MAX_WAIT_MS = 500
+# The broker's minimum: a consumer that died (SIGKILL) gives its partitions back in seconds.
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 2000
+MAX_BATCH = 100
+# Infrastructure that is away for a moment: retry, and if it stays away, leave the offsets
+# uncommitted so the batch comes back. Anything else is a fault of the event or of our code.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionFailure,
+    KafkaError,
+    OSError,
+    TimeoutError,
+)
+TRANSIENT_RETRY_DELAYS = (0.1, 0.3, 1.0, 3.0)
+FAULT_RETRY_DELAYS = (0.05, 0.2)
+
+logger = logging.getLogger(__name__)
+E = TypeVar("E")
 
 
 def make_broker(settings: ServiceSettings, service_name: str) -> KafkaBroker:
@@ -34,14 +62,140 @@ def make_broker(settings: ServiceSettings, service_name: str) -> KafkaBroker:
     )
 
 
-def subscriber_options(settings: ServiceSettings, service_name: str) -> dict[str, Any]:
-    """Returns the consumer options every service uses: its own group, committed after handling."""
-    return {
-        "group_id": f"{settings.namespace}.{service_name}",
-        "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-        "ack_policy": AckPolicy.ACK,
-    }
+def subscribe(
+    broker: KafkaBroker,
+    settings: ServiceSettings,
+    service_name: str,
+    topics: Sequence[str],
+    event_type: Any,
+    handle: Callable[[E], Awaitable[None]],
+) -> None:
+    """Consumes events of `event_type` (a model or a discriminated union) from `topics`.
+
+    Records that do not decode, or carry a schema version we do not know, go to the
+    dead-letter topic with the reason and do not hold up the partition. The events of a
+    batch are handled concurrently, so handlers must not depend on order within a batch.
+    """
+    adapter: TypeAdapter[E] = TypeAdapter(event_type)
+    dead_letters = DeadLetters(broker, settings, service_name)
+
+    @broker.subscriber(
+        *topics,
+        batch=True,
+        max_records=MAX_BATCH,
+        group_id=f"{settings.namespace}.{service_name}",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        # A batch that raises is rewound and fetched again, never committed.
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_no_decoding,
+        title=f"{service_name}:{'+'.join(topics)}",
+    )
+    async def on_records(message: KafkaMessage) -> None:
+        records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
+        await handle_records(records, adapter, handle, dead_letters)
+
+
+async def handle_records(
+    records: Sequence["ConsumerRecord[bytes, bytes]"],
+    adapter: TypeAdapter[E],
+    handle: Callable[[E], Awaitable[None]],
+    dead_letters: "DeadLetterSink",
+) -> None:
+    """Decodes and handles a batch; raises if any event could not be handled for now."""
+    decoded: list[tuple[ConsumerRecord[bytes, bytes], E]] = []
+    for record in records:
+        try:
+            decoded.append((record, adapter.validate_json(record.value or b"")))
+        except ValidationError as exc:
+            await dead_letters.send(record, f"undecodable: {_summary(exc)}")
+    outcomes = await asyncio.gather(
+        *(_handle_one(record, event, handle, dead_letters) for record, event in decoded),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def _handle_one(
+    record: "ConsumerRecord[bytes, bytes]",
+    event: E,
+    handle: Callable[[E], Awaitable[None]],
+    dead_letters: "DeadLetterSink",
+) -> None:
+    transient_left = list(TRANSIENT_RETRY_DELAYS)
+    fault_left = list(FAULT_RETRY_DELAYS)
+    while True:
+        try:
+            await handle(event)
+            return
+        except TRANSIENT_ERRORS as exc:
+            if not transient_left:
+                raise
+            delay = transient_left.pop(0)
+            name = type(exc).__name__
+            logger.warning("%s at %s, retrying in %.1f s", name, _where(record), delay)
+        except Exception as exc:
+            if not fault_left:
+                logger.exception("giving up on %s", _where(record))
+                await dead_letters.send(record, f"handler failed: {type(exc).__name__}: {exc}")
+                return
+            delay = fault_left.pop(0)
+        await asyncio.sleep(delay)
+
+
+class DeadLetterSink(Protocol):
+    """Where a consumer puts records it cannot use."""
+
+    async def send(self, record: "ConsumerRecord[bytes, bytes]", reason: str) -> None:
+        """Stores the record with the reason; returns once it is stored."""
+
+
+class DeadLetters:
+    """Copies unusable records, unchanged, to the namespace's dead-letter topic."""
+
+    def __init__(self, broker: KafkaBroker, settings: ServiceSettings, service_name: str) -> None:
+        self._broker = broker
+        self._topic = Topics.for_namespace(settings.namespace).dead_letters
+        self._group = f"{settings.namespace}.{service_name}"
+
+    async def send(self, record: "ConsumerRecord[bytes, bytes]", reason: str) -> None:
+        """Publishes the record with dlq-* headers naming the reason, source and consumer."""
+        headers = {key: value.decode("utf-8", "replace") for key, value in record.headers}
+        headers.update(
+            {
+                "dlq-reason": reason[:1000],
+                "dlq-source-topic": record.topic,
+                "dlq-source-partition": str(record.partition),
+                "dlq-source-offset": str(record.offset),
+                "dlq-consumer-group": self._group,
+            }
+        )
+        await self._broker.publish(
+            record.value or b"", topic=self._topic, key=record.key, headers=headers
+        )
+        logger.warning("dead-lettered %s: %s", _where(record), reason)
+
+
+async def _no_decoding(message: Any) -> Any:
+    # Decoding is ours (handle_records), so a record that is not JSON reaches the dead-letter
+    # topic instead of failing inside FastStream and being fetched again for ever.
+    return None
+
+
+def _summary(exc: ValidationError) -> str:
+    # Without the input: a record may carry sealed secrets, and reasons end up in logs.
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+        for error in exc.errors(include_input=False)[:3]
+    )
+
+
+def _where(record: "ConsumerRecord[bytes, bytes]") -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
 
 
 class KafkaEventPublisher:

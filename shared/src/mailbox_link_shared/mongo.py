@@ -17,4 +17,5 @@ def make_mongo_client(settings: MongoSettings) -> AsyncMongoClient[dict[str, Any
         connect=False,
         # Fail a request in seconds when MongoDB is away, instead of pymongo's 30 s.
         serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+        maxPoolSize=settings.mongodb_max_pool_size,
     )

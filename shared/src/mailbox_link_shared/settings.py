@@ -47,6 +47,15 @@ class MongoSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     mongodb_uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongodb_max_pool_size: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Connections per process. Use 1 with FerretDB 1.x: its SQLite backend applies "
+            "concurrent updates of one document without isolation, so conditional updates are "
+            "only atomic when one connection serializes them (docs/adr/0005)."
+        ),
+    )
 
 
 class HttpSettings(BaseSettings):

@@ -14,6 +14,8 @@ class Topics:
     link_requests: str
     verifications: str
     mailboxes: str
+    user_plans: str
+    dead_letters: str
 
     @classmethod
     def for_namespace(cls, namespace: str) -> "Topics":
@@ -22,6 +24,8 @@ class Topics:
             link_requests=f"{namespace}.link-requests.v1",
             verifications=f"{namespace}.verifications.v1",
             mailboxes=f"{namespace}.mailboxes.v1",
+            user_plans=f"{namespace}.user-plans.v1",
+            dead_letters=f"{namespace}.dead-letters.v1",
         )
 
     def for_event(self, event_type: str) -> str:
@@ -30,13 +34,21 @@ class Topics:
             return self.link_requests
         if event_type in ("MailboxVerified", "VerificationFailed"):
             return self.verifications
-        if event_type in ("MailboxLinked", "LinkRejected", "MailboxUnlinked"):
+        if event_type in ("LinkReserved", "MailboxLinked", "LinkRejected", "MailboxUnlinked"):
             return self.mailboxes
+        if event_type == "UserPlanChanged":
+            return self.user_plans
         raise ValueError(f"no topic carries {event_type!r} events")
 
     def all(self) -> tuple[str, ...]:
         """Returns every topic name, for creating them at start-up."""
-        return (self.link_requests, self.verifications, self.mailboxes)
+        return (
+            self.link_requests,
+            self.verifications,
+            self.mailboxes,
+            self.user_plans,
+            self.dead_letters,
+        )
 
 
 TOPIC_DESCRIPTIONS = {
@@ -45,7 +57,13 @@ TOPIC_DESCRIPTIONS = {
         "MailboxVerified or VerificationFailed, from the verifiers; read by registry and link-api."
     ),
     "mailboxes": (
-        "MailboxLinked, LinkRejected or MailboxUnlinked, from registry; consumed by link-api "
-        "and any service that needs to know which mailboxes are linked."
+        "LinkReserved, then MailboxLinked or LinkRejected (exactly one per link request), and "
+        "MailboxUnlinked, from registry; consumed by link-api and any service that needs to "
+        "know which mailboxes are linked."
+    ),
+    "user_plans": "UserPlanChanged, from billing, keyed by user; consumed by registry.",
+    "dead_letters": (
+        "Records a consumer could not use (undecodable, unknown schema version, or failing "
+        "for good), unchanged, with dlq-* headers giving the reason and the source."
     ),
 }

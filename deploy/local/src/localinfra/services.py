@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localinfra.mongo import mongo_pool_size
 from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
 
@@ -43,6 +44,8 @@ class ServiceConfig:
     # 0 picks a free port; `make run` asks for fixed ones so the README's commands work as typed.
     api_port: int = 0
     registry_port: int = 0
+    # Further MBL_* settings, e.g. a short reservation expiry for a test.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,7 +117,9 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_VERIFIER_CA_FILE": config.ca_file,
         "MBL_VERIFIER_ALLOWED_NETWORKS": json.dumps(list(config.allowed_networks)),
         "MBL_LOG_LEVEL": config.log_level,
+        "MBL_MONGODB_MAX_POOL_SIZE": str(mongo_pool_size()),
         "PYTHONUNBUFFERED": "1",
+        **config.extra_env,
     }
 
 

@@ -9,12 +9,7 @@ from imap_verifier.adapters.resolver import resolve_endpoint
 from imap_verifier.config import SERVICE_NAME, Settings
 from imap_verifier.entrypoints.events import register_subscribers
 from imap_verifier.handlers import VerifierDeps
-from mailbox_link_shared.kafka import (
-    KafkaEventPublisher,
-    ensure_topics,
-    make_broker,
-    subscriber_options,
-)
+from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.topics import Topics
 
 
@@ -32,7 +27,7 @@ def build_app(settings: Settings) -> AsgiFastStream:
         allowlist=settings.allowlist(),
         timeout=settings.verifier_timeout_seconds,
     )
-    register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
+    register_subscribers(broker, settings, topics, deps)
 
     return AsgiFastStream(
         broker,

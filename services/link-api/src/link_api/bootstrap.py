@@ -13,12 +13,7 @@ from link_api.entrypoints.events import register_subscribers
 from link_api.entrypoints.http import build_router
 from link_api.handlers import LinkApiDeps
 from mailbox_link_shared.http import build_http_app
-from mailbox_link_shared.kafka import (
-    KafkaEventPublisher,
-    ensure_topics,
-    make_broker,
-    subscriber_options,
-)
+from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.topics import Topics
 
@@ -40,7 +35,7 @@ def build_app(settings: Settings) -> FastAPI:
         headers={"Authorization": f"Bearer {settings.registry_token.get_secret_value()}"},
         timeout=httpx.Timeout(5.0),
     )
-    register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
+    register_subscribers(broker, settings, topics, deps)
 
     return build_http_app(
         title="mailbox-link link-api",

@@ -16,12 +16,13 @@ from mailbox_link_shared.events import (
     LinkRejected,
     LinkRequested,
     LinkRequestedData,
+    LinkReserved,
     MailboxLinked,
     MailboxOwner,
     MailboxVerified,
-    VerificationFailed,
     utc_now,
 )
+from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import EventPublisher
 
 logger = logging.getLogger(__name__)
@@ -121,26 +122,31 @@ async def get_link(owner: MailboxOwner, link_id: str, deps: LinkApiDeps) -> Link
     return link
 
 
-async def when_verification_result_update_status(
-    event: MailboxVerified | VerificationFailed, deps: LinkApiDeps
-) -> None:
-    """Moves the link to verified, or to failed with the verifier's reason."""
-    if isinstance(event, MailboxVerified):
-        await _advance(event.data.link_id, LinkStatus.VERIFIED, deps)
-    else:
-        await _advance(event.data.link_id, LinkStatus.FAILED, deps, failure=event.data.failure)
+async def when_mailbox_verified_update_status(event: MailboxVerified, deps: LinkApiDeps) -> None:
+    """Shows that the mailbox's credentials work; the registry's answer still ends the link.
+
+    A VerificationFailed needs nothing here: the registry answers it with LinkRejected.
+    """
+    await _advance(event.data.link_id, LinkStatus.VERIFIED, deps)
 
 
-async def when_registry_outcome_update_status(
-    event: MailboxLinked | LinkRejected, deps: LinkApiDeps
+async def when_registry_answer_update_status(
+    event: LinkReserved | MailboxLinked | LinkRejected, deps: LinkApiDeps
 ) -> None:
-    """Moves the link to linked, or to failed with the registry's reason."""
-    if isinstance(event, MailboxLinked):
+    """Moves the link to reserved, linked, or failed with the reason, as the registry decided."""
+    data = event.data
+    if isinstance(event, LinkReserved):
+        await _advance(data.link_id, LinkStatus.RESERVED, deps)
+    elif isinstance(event, MailboxLinked):
+        await _advance(data.link_id, LinkStatus.LINKED, deps, mailbox_id=event.data.mailbox_id)
+    elif event.data.failure.code is FailureCode.ALREADY_LINKED:
+        # Not an error for the caller: the mailbox they asked for is linked to them.
+        mailbox_id = event.data.mailbox_id
         await _advance(
-            event.data.link_id, LinkStatus.LINKED, deps, mailbox_id=event.data.mailbox_id
+            data.link_id, LinkStatus.LINKED, deps, mailbox_id=mailbox_id, already_linked=True
         )
     else:
-        await _advance(event.data.link_id, LinkStatus.FAILED, deps, failure=event.data.failure)
+        await _advance(data.link_id, LinkStatus.FAILED, deps, failure=event.data.failure)
 
 
 async def _advance(
@@ -149,10 +155,11 @@ async def _advance(
     deps: LinkApiDeps,
     failure: Failure | None = None,
     mailbox_id: str | None = None,
+    already_linked: bool = False,
 ) -> None:
     allowed_from = statuses_that_may_become(status)
     moved = await deps.store.advance_link(
-        link_id, status, allowed_from, utc_now(), failure, mailbox_id
+        link_id, status, allowed_from, utc_now(), failure, mailbox_id, already_linked
     )
     if moved is not None and status in (LinkStatus.LINKED, LinkStatus.FAILED):
         await deps.store.release_in_flight(link_id)

@@ -5,18 +5,14 @@ import functools
 from fastapi import FastAPI
 
 from mailbox_link_shared.http import build_http_app
-from mailbox_link_shared.kafka import (
-    KafkaEventPublisher,
-    ensure_topics,
-    make_broker,
-    subscriber_options,
-)
+from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.topics import Topics
-from registry.adapters.mailbox_store import MongoMailboxStore
+from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
 from registry.entrypoints.events import register_subscribers
+from registry.entrypoints.housekeeping import Housekeeper
 from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps
 
@@ -26,18 +22,25 @@ def build_app(settings: Settings) -> FastAPI:
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
     mongo = make_mongo_client(settings)
-    store = MongoMailboxStore(mongo, f"{settings.namespace}-registry")
+    store = MongoRegistryStore(mongo, f"{settings.namespace}-registry")
     deps = RegistryDeps(
         store=store,
         publisher=KafkaEventPublisher(broker, topics),
         plans=PlanTable(settings.plans, settings.default_plan),
+        reservation_ttl=settings.reservation_ttl,
     )
-    register_subscribers(broker, topics, deps, subscriber_options(settings, SERVICE_NAME))
+    register_subscribers(broker, settings, topics, deps)
+    housekeeper = Housekeeper(deps, settings.housekeeping_interval_seconds)
 
     return build_http_app(
         title="mailbox-link registry",
         router=build_router(deps),
         service_keys=settings.service_keys,
-        on_start=[store.create_indexes, functools.partial(ensure_topics, settings), broker.start],
-        on_stop=[broker.stop, mongo.close],
+        on_start=[
+            store.create_indexes,
+            functools.partial(ensure_topics, settings),
+            broker.start,
+            housekeeper.start,
+        ],
+        on_stop=[housekeeper.stop, broker.stop, mongo.close],
     )

@@ -1,5 +1,7 @@
 """Settings of the registry."""
 
+from datetime import timedelta
+
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -20,6 +22,21 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
         description='JSON object of plan name to mailboxes per user, e.g. {"free": 1}',
     )
     default_plan: str = DEFAULT_PLAN
+    reservation_ttl_seconds: float = Field(
+        default=15 * 60,
+        gt=0,
+        description="How long a link may wait for verification before its reservation lapses.",
+    )
+    housekeeping_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often to expire lapsed reservations and finish interrupted decisions.",
+    )
+
+    @property
+    def reservation_ttl(self) -> timedelta:
+        """The reservation lifetime as a timedelta."""
+        return timedelta(seconds=self.reservation_ttl_seconds)
 
     @model_validator(mode="after")
     def _plans_valid(self) -> "Settings":

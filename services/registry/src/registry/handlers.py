@@ -1,8 +1,15 @@
-"""One function per thing the registry does: link a verified mailbox, unlink, answer lookups."""
+"""One function per thing the registry does: reserve, link, release, expire, unlink, answer.
+
+Every step is safe to repeat and to run concurrently with any other: decisions are
+conditional updates of the link's own record, and their effects are idempotent (DESIGN.md).
+"""
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 
 from pydantic import TypeAdapter
 
@@ -11,6 +18,9 @@ from mailbox_link_shared.events import (
     Failure,
     LinkRejected,
     LinkRejectedData,
+    LinkRequested,
+    LinkReserved,
+    LinkReservedData,
     MailboxEvent,
     MailboxLinked,
     MailboxLinkedData,
@@ -18,128 +28,388 @@ from mailbox_link_shared.events import (
     MailboxUnlinked,
     MailboxUnlinkedData,
     MailboxVerified,
+    UnlinkedBy,
+    UserPlanChanged,
+    VerificationFailed,
     utc_now,
 )
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import EventPublisher
-from registry.adapters.mailbox_store import AddressTaken, LinkedMailbox, MailboxStore
+from registry.adapters.registry_store import RegistryStore
 from registry.config import SERVICE_NAME
-from registry.domain.linking import LinkDecision, decide_link
+from registry.domain.links import (
+    IN_FLIGHT,
+    HolderVerdict,
+    LinkRecord,
+    LinkState,
+    MailboxDetails,
+    is_stale,
+    judge_address_holder,
+)
 from registry.domain.plans import PlanTable
 
 logger = logging.getLogger(__name__)
 _MAILBOX_EVENT: TypeAdapter[MailboxEvent] = TypeAdapter(MailboxEvent)
+# Each retry follows a change made by a competing request; a handful always suffices.
+MAX_ATTEMPTS = 10
+_REFUSALS = {
+    HolderVerdict.ALREADY_LINKED: FailureCode.ALREADY_LINKED,
+    HolderVerdict.LINK_IN_PROGRESS: FailureCode.LINK_IN_PROGRESS,
+    HolderVerdict.ALREADY_LINKED_ELSEWHERE: FailureCode.ALREADY_LINKED_ELSEWHERE,
+}
 
 
 @dataclass(frozen=True)
 class RegistryDeps:
     """What the handlers work with; wired in bootstrap."""
 
-    store: MailboxStore
+    store: RegistryStore
     publisher: EventPublisher
     plans: PlanTable
+    reservation_ttl: timedelta = timedelta(minutes=15)
+    clock: Callable[[], datetime] = utc_now
 
 
-async def when_mailbox_verified_link_mailbox(event: MailboxVerified, deps: RegistryDeps) -> None:
-    """Links a verified mailbox to its requester, or rejects it; answers once per link."""
-    data = event.data
-    earlier = await deps.store.find_outcome(data.link_id)
-    if earlier is not None:
-        # A redelivery: repeat the decision already taken, with the same event id.
-        await deps.publisher.publish(_MAILBOX_EVENT.validate_python(earlier))
-        return
-    outcome = await _link_or_reject(event, deps)
-    await deps.store.save_outcome(data.link_id, outcome.model_dump(mode="json"))
-    await deps.publisher.publish(outcome)
-    logger.info("link %s of %s: %s", data.link_id, data.address, outcome.type)
+# --- events in --------------------------------------------------------------------------------
 
 
-async def _link_or_reject(event: MailboxVerified, deps: RegistryDeps) -> Envelope:
-    data = event.data
-    current = await deps.store.find_by_address(data.address)
-    limit = deps.plans.limit_for(await deps.store.get_plan(data.owner))
-    count = await deps.store.count_for_owner(data.owner)
-    decision = decide_link(data.owner, current.owner if current else None, count, limit)
-    mailbox = _mailbox_from(event, mailbox_id=current.mailbox_id if current else uuid.uuid4().hex)
-    if decision is LinkDecision.LINK:
-        try:
-            await deps.store.insert(mailbox)
-        except AddressTaken:
-            # Another request linked it between our read and our write; the index decided.
-            return _rejected(event, FailureCode.ALREADY_LINKED_ELSEWHERE)
-    elif decision is LinkDecision.REFRESH:
-        mailbox = await deps.store.refresh(mailbox)
-    elif decision is LinkDecision.ALREADY_LINKED_ELSEWHERE:
-        return _rejected(event, FailureCode.ALREADY_LINKED_ELSEWHERE)
+async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
+    """Reserves the address and a plan slot for a new link request, or rejects it."""
+    await _reserve(await _get_or_add(event, deps), deps)
+
+
+async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps) -> None:
+    """Links a verified mailbox if its reservation stands (reserving first if it came late)."""
+    record = await _reserve(await _get_or_add(event, deps), deps)
+    if record.state is LinkState.RESERVED:
+        mailbox = MailboxDetails(
+            mailbox_id=uuid.uuid4().hex,
+            imap=event.data.imap,
+            smtp=event.data.smtp,
+            credentials=event.data.credentials,
+            linked_at=deps.clock(),
+        )
+        linked = _linked(record, mailbox)
+        record = await _decide(
+            record, {LinkState.RESERVED}, LinkState.LINKED, linked, deps, mailbox
+        )
+    logger.info(
+        "link %s of %s after verification: %s", record.link_id, record.address, record.state
+    )
+
+
+async def when_verification_failed_release(event: VerificationFailed, deps: RegistryDeps) -> None:
+    """Ends the link with the verifier's reason and gives back what it held."""
+    record = await _get_or_add(event, deps)
+    if record.state in IN_FLIGHT:
+        rejected = _rejected(record, event.data.failure)
+        record = await _decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
     else:
-        return _rejected(event, FailureCode.PLAN_LIMIT_REACHED, plan_limit=limit)
-    return _linked(event, mailbox)
+        await _settle(record, deps)
 
 
-async def unlink_mailbox(owner: MailboxOwner, address: str, deps: RegistryDeps) -> bool:
-    """Unlinks the user's mailbox and announces it; returns False if they have no such mailbox."""
-    mailbox = await deps.store.delete(owner, address)
-    if mailbox is None:
-        return False
-    data = MailboxUnlinkedData(mailbox_id=mailbox.mailbox_id, owner=owner, address=address)
-    await deps.publisher.publish(
-        MailboxUnlinked(correlation_id=mailbox.link_id, producer=SERVICE_NAME, data=data)
-    )
-    logger.info("mailbox %s unlinked", mailbox.mailbox_id)
-    return True
-
-
-async def list_mailboxes(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkedMailbox]:
-    """Returns the user's linked mailboxes, oldest first."""
-    return await deps.store.list_for_owner(owner)
-
-
-async def find_owner(address: str, deps: RegistryDeps) -> LinkedMailbox | None:
-    """Returns the mailbox linked at this address, so a sign-in service can find its user."""
-    return await deps.store.find_by_address(address)
-
-
-async def assign_plan(owner: MailboxOwner, plan: str, deps: RegistryDeps) -> int:
-    """Puts the user on a plan and returns its mailbox limit."""
-    await deps.store.set_plan(owner, plan)
-    return deps.plans.limit_for(plan)
-
-
-def _mailbox_from(event: MailboxVerified, mailbox_id: str) -> LinkedMailbox:
+async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDeps) -> None:
+    """Puts the user on their new plan, unless a newer change arrived first."""
     data = event.data
-    return LinkedMailbox(
-        mailbox_id=mailbox_id,
-        address=data.address,
-        owner=data.owner,
-        provider=data.provider,
-        imap=data.imap,
-        smtp=data.smtp,
-        credentials=data.credentials,
+    if data.plan not in deps.plans.limits:
+        logger.warning(
+            "plan %r from billing is not configured; users on it get the default", data.plan
+        )
+    applied = await deps.store.set_plan(data.owner, data.plan, data.changed_at)
+    logger.info(
+        "plan of %s/%s: %s (%s)",
+        data.owner.account_id,
+        data.owner.user_id,
+        data.plan,
+        "applied" if applied else "older than the stored one",
+    )
+
+
+# --- housekeeping -----------------------------------------------------------------------------
+
+
+async def expire_overdue_reservations(deps: RegistryDeps) -> int:
+    """Ends links whose verification never finished, freeing their address and slot."""
+    overdue = await deps.store.overdue(deps.clock())
+    for record in overdue:
+        await _expire(record, deps)
+    return len(overdue)
+
+
+async def finish_unsettled_decisions(deps: RegistryDeps, grace: timedelta) -> int:
+    """Publishes and applies decisions a crash left half done (the outbox relay).
+
+    Decisions younger than `grace` are left to the request that is settling them now.
+    """
+    unsettled = await deps.store.unsettled(deps.clock() - grace)
+    for record in unsettled:
+        await _settle(record, deps)
+    return len(unsettled)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class UnlinkResult(StrEnum):
+    """What an unlink request found."""
+
+    UNLINKED = "unlinked"
+    NOT_FOUND = "not_found"
+    IN_PROGRESS = "in_progress"
+
+
+async def unlink_mailbox(
+    address: str, deps: RegistryDeps, owner: MailboxOwner | None, by: UnlinkedBy
+) -> UnlinkResult:
+    """Unlinks the mailbox (of `owner`, or of anyone for an admin) and announces it."""
+    record = await _current_link(address, deps)
+    if record is None or (owner is not None and record.owner != owner):
+        return UnlinkResult.NOT_FOUND
+    if record.state in IN_FLIGHT and not record.has_expired(deps.clock()):
+        return UnlinkResult.IN_PROGRESS
+    if record.state is not LinkState.LINKED:
+        return UnlinkResult.NOT_FOUND
+    unlinked = _unlinked(record, by)
+    decided = await _decide(record, {LinkState.LINKED}, LinkState.UNLINKED, unlinked, deps)
+    return UnlinkResult.UNLINKED if decided.state is LinkState.UNLINKED else UnlinkResult.NOT_FOUND
+
+
+async def list_mailboxes(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecord]:
+    """Returns the user's linked mailboxes, oldest first."""
+    slots = await deps.store.get_slots(owner)
+    records = await deps.store.get_links(list(slots.held))
+    linked = [r for r in records if r.state is LinkState.LINKED and r.mailbox is not None]
+    return sorted(linked, key=lambda r: r.mailbox.linked_at if r.mailbox else deps.clock())
+
+
+async def find_owner(address: str, deps: RegistryDeps) -> LinkRecord | None:
+    """Returns the link under which this address is linked, if it is (not while in flight)."""
+    record = await _current_link(address, deps)
+    return record if record is not None and record.state is LinkState.LINKED else None
+
+
+@dataclass(frozen=True)
+class PlanUsage:
+    """A user's plan, its limit, and how many slots their links hold (in flight or linked)."""
+
+    plan: str
+    limit: int
+    used: int
+
+
+async def get_plan(owner: MailboxOwner, deps: RegistryDeps) -> PlanUsage:
+    """Returns the user's plan and how much of it is used."""
+    slots = await deps.store.get_slots(owner)
+    plan = deps.plans.plan_or_default(slots.plan)
+    return PlanUsage(plan, deps.plans.limit_for(plan), len(slots.held))
+
+
+async def assign_plan(owner: MailboxOwner, plan: str, deps: RegistryDeps) -> PlanUsage:
+    """Puts the user on a plan now (an operator's change wins over older billing events)."""
+    await deps.store.set_plan(owner, plan, deps.clock())
+    return await get_plan(owner, deps)
+
+
+# --- the steps of a link ----------------------------------------------------------------------
+
+
+async def _get_or_add(
+    event: LinkRequested | MailboxVerified | VerificationFailed, deps: RegistryDeps
+) -> LinkRecord:
+    # Whichever event of a link arrives first creates its record; the topics are not ordered
+    # with respect to each other, so a verification result may come before the request.
+    data = event.data
+    now = deps.clock()
+    record = LinkRecord(
         link_id=data.link_id,
-        linked_at=utc_now(),
+        owner=data.owner,
+        address=data.address,
+        provider=data.provider,
+        state=LinkState.RESERVING,
+        expires_at=now + deps.reservation_ttl,
     )
+    return await deps.store.add_link(record)
 
 
-def _linked(event: MailboxVerified, mailbox: LinkedMailbox) -> MailboxLinked:
-    data = MailboxLinkedData(
-        link_id=event.data.link_id,
-        mailbox_id=mailbox.mailbox_id,
-        owner=mailbox.owner,
-        address=mailbox.address,
-        provider=mailbox.provider,
+async def _reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Takes the address, then a plan slot; ends in RESERVED or REJECTED. Safe to repeat."""
+    if record.state is not LinkState.RESERVING:
+        await _settle(record, deps)
+        return record
+    if record.has_expired(deps.clock()):
+        return await _expire(record, deps)
+    refusal = await _take_address(record, deps) or await _take_slot(record, deps)
+    if refusal is not None:
+        # Settling the rejection gives back whatever was taken.
+        return await _decide(record, {LinkState.RESERVING}, LinkState.REJECTED, refusal, deps)
+    reserved = _reserved(record)
+    return await _decide(record, {LinkState.RESERVING}, LinkState.RESERVED, reserved, deps)
+
+
+async def _take_address(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
+    for _ in range(MAX_ATTEMPTS):
+        holder_id = await deps.store.lock_address(record.address, record.link_id)
+        if holder_id == record.link_id:
+            return None
+        holder = await deps.store.get_link(holder_id)
+        verdict = judge_address_holder(record.owner, holder, deps.clock())
+        if verdict is not HolderVerdict.STALE:
+            mailbox_id = holder.mailbox.mailbox_id if holder and holder.mailbox else None
+            return _rejected(record, Failure.of(_REFUSALS[verdict]), mailbox_id=mailbox_id)
+        if holder is None:
+            await deps.store.unlock_address(record.address, holder_id)
+        else:
+            await _let_go(holder, deps)
+    raise RuntimeError(f"address {record.address} kept changing hands")
+
+
+async def _take_slot(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
+    for _ in range(MAX_ATTEMPTS):
+        slots = await deps.store.get_slots(record.owner)
+        if record.link_id in slots.held:
+            return None
+        limit = deps.plans.limit_for(slots.plan)
+        if len(slots.held) < limit:
+            if await deps.store.take_slot(
+                record.owner, record.link_id, record.address, slots.plan, limit
+            ):
+                return None
+            continue  # the user's slots or plan changed meanwhile: look again
+        if not await _free_stale_slots(record.owner, slots.held, deps):
+            failure = Failure.of(FailureCode.PLAN_LIMIT_REACHED, f"plan allows {limit} mailboxes")
+            return _rejected(record, failure, plan_limit=limit)
+    raise RuntimeError(f"slots of {record.owner} kept changing")
+
+
+async def _free_stale_slots(owner: MailboxOwner, held: dict[str, str], deps: RegistryDeps) -> bool:
+    # A slot can outlive its link for a moment (a crash between a decision and its effects,
+    # or a reservation past its expiry not yet swept): free those before saying no.
+    holders = {r.link_id: r for r in await deps.store.get_links(list(held))}
+    now = deps.clock()
+    freed = False
+    for link_id in held:
+        holder = holders.get(link_id)
+        if holder is None:
+            await deps.store.free_slot(owner, link_id)
+            freed = True
+        elif is_stale(holder, now):
+            await _let_go(holder, deps)
+            freed = True
+    return freed
+
+
+async def _let_go(holder: LinkRecord, deps: RegistryDeps) -> None:
+    """Makes a link that should no longer hold anything give back its address and slot."""
+    if holder.has_expired(deps.clock()):
+        await _expire(holder, deps)
+    else:
+        await _settle(holder, deps)
+
+
+async def _expire(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    rejected = _rejected(record, Failure.of(FailureCode.RESERVATION_EXPIRED))
+    decided = await _decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
+    logger.info("link %s of %s: reservation expired", record.link_id, record.address)
+    return decided
+
+
+async def _decide(
+    record: LinkRecord,
+    from_states: set[LinkState] | frozenset[LinkState],
+    to_state: LinkState,
+    event: Envelope,
+    deps: RegistryDeps,
+    mailbox: MailboxDetails | None = None,
+) -> LinkRecord:
+    """Moves the link from one of `from_states` to `to_state` announcing `event`, then settles.
+
+    If another request moved it first, their decision stands and is settled instead.
+    """
+    if not record.settled:
+        await _settle(record, deps)  # announce the previous decision before this one
+    outbox = event.model_dump(mode="json")
+    decided = await deps.store.decide(
+        record.link_id, frozenset(from_states), to_state, outbox, mailbox
     )
-    return MailboxLinked(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=data)
+    if decided is None:
+        decided = await deps.store.get_link(record.link_id)
+        if decided is None:  # pragma: no cover - records are never deleted
+            raise LookupError(record.link_id)
+    await _settle(decided, deps)
+    return decided
+
+
+async def _settle(record: LinkRecord, deps: RegistryDeps) -> None:
+    """Publishes the record's latest decision, then gives back what an ended link held.
+
+    Publishing first keeps each address's events in order on its partition: an address is
+    free for the next link only after its MailboxUnlinked or LinkRejected is on the topic.
+    Giving back runs on every call, not only the first: a request that took a slot after its
+    link was expired gives it back when its event is redelivered.
+    """
+    if record.outbox is not None and not record.settled:
+        await deps.publisher.publish(_MAILBOX_EVENT.validate_python(record.outbox))
+    if record.state not in IN_FLIGHT and record.state is not LinkState.LINKED:
+        await deps.store.unlock_address(record.address, record.link_id)
+        await deps.store.free_slot(record.owner, record.link_id)
+    if record.outbox is not None and not record.settled:
+        await deps.store.mark_settled(record.link_id, str(record.outbox["event_id"]))
+
+
+async def _current_link(address: str, deps: RegistryDeps) -> LinkRecord | None:
+    holder_id = await deps.store.address_holder(address)
+    return await deps.store.get_link(holder_id) if holder_id else None
+
+
+# --- the events the registry publishes --------------------------------------------------------
+
+
+def _reserved(record: LinkRecord) -> LinkReserved:
+    data = LinkReservedData(
+        link_id=record.link_id,
+        owner=record.owner,
+        address=record.address,
+        expires_at=record.expires_at,
+    )
+    return LinkReserved(correlation_id=record.link_id, producer=SERVICE_NAME, data=data)
 
 
 def _rejected(
-    event: MailboxVerified, code: FailureCode, plan_limit: int | None = None
+    record: LinkRecord,
+    failure: Failure,
+    plan_limit: int | None = None,
+    mailbox_id: str | None = None,
 ) -> LinkRejected:
-    detail = f"plan allows {plan_limit} mailboxes" if plan_limit is not None else ""
     data = LinkRejectedData(
-        link_id=event.data.link_id,
-        owner=event.data.owner,
-        address=event.data.address,
-        failure=Failure.of(code, detail),
+        link_id=record.link_id,
+        owner=record.owner,
+        address=record.address,
+        failure=failure,
         plan_limit=plan_limit,
+        mailbox_id=mailbox_id,
     )
-    return LinkRejected(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=data)
+    return LinkRejected(correlation_id=record.link_id, producer=SERVICE_NAME, data=data)
+
+
+def _linked(record: LinkRecord, mailbox: MailboxDetails) -> MailboxLinked:
+    data = MailboxLinkedData(
+        link_id=record.link_id,
+        mailbox_id=mailbox.mailbox_id,
+        owner=record.owner,
+        address=record.address,
+        provider=record.provider,
+        linked_at=mailbox.linked_at,
+    )
+    return MailboxLinked(correlation_id=record.link_id, producer=SERVICE_NAME, data=data)
+
+
+def _unlinked(record: LinkRecord, by: UnlinkedBy) -> MailboxUnlinked:
+    mailbox_id = record.mailbox.mailbox_id if record.mailbox else record.link_id
+    data = MailboxUnlinkedData(
+        mailbox_id=mailbox_id,
+        owner=record.owner,
+        address=record.address,
+        link_id=record.link_id,
+        unlinked_by=by,
+    )
+    return MailboxUnlinked(correlation_id=record.link_id, producer=SERVICE_NAME, data=data)

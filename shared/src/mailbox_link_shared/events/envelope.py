@@ -1,6 +1,7 @@
 """The envelope every event carries, whatever its type."""
 
 from datetime import UTC, datetime
+from typing import Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,7 +24,9 @@ class Envelope(BaseModel):
 
     event_id: UUID = Field(default_factory=uuid4)
     type: str
-    schema_version: int = 1
+    # A consumer refuses versions it does not know (they go to the dead-letter topic); a v2
+    # model overrides this with Literal[2].
+    schema_version: Literal[1] = 1
     occurred_at: datetime = Field(default_factory=utc_now)
     correlation_id: str = Field(description="The link id this event belongs to.")
     producer: str = Field(description="The service that emitted the event.")

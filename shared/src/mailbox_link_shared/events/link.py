@@ -99,16 +99,43 @@ class VerificationFailed(Envelope):
     data: VerificationFailedData
 
 
+class LinkReservedData(_Data):
+    link_id: str
+    owner: MailboxOwner
+    address: str
+    expires_at: datetime = Field(
+        description="When the reservation lapses if verification has not finished by then."
+    )
+
+
+class LinkReserved(Envelope):
+    """The registry holds the address and a plan slot for this link until it ends or expires.
+
+    Only after this may a user be sent to a provider's sign-in for the link.
+    """
+
+    type: Literal["LinkReserved"] = "LinkReserved"
+    data: LinkReservedData
+
+
 class LinkRejectedData(_Data):
     link_id: str
     owner: MailboxOwner
     address: str
     failure: Failure
     plan_limit: int | None = Field(default=None, description="Set for plan_limit_reached.")
+    mailbox_id: str | None = Field(
+        default=None, description="Set for already_linked: the user's existing mailbox."
+    )
 
 
 class LinkRejected(Envelope):
-    """The registry refused the link: mailbox taken elsewhere, or plan limit reached."""
+    """The link request ended without a new link; the failure says why.
+
+    The registry's own reasons (already_linked_elsewhere, plan_limit_reached, already_linked,
+    link_in_progress, reservation_expired) and the verifier's reasons alike: this is the one
+    final answer for every link request that did not end in MailboxLinked.
+    """
 
     type: Literal["LinkRejected"] = "LinkRejected"
     data: LinkRejectedData
@@ -130,11 +157,20 @@ class MailboxLinked(Envelope):
     data: MailboxLinkedData
 
 
+class UnlinkedBy(StrEnum):
+    """Who ended the link."""
+
+    USER = "user"
+    ADMIN = "admin"
+
+
 class MailboxUnlinkedData(_Data):
     mailbox_id: str
     owner: MailboxOwner
     address: str
     unlinked_at: datetime = Field(default_factory=utc_now)
+    link_id: str | None = Field(default=None, description="The link request that linked it.")
+    unlinked_by: UnlinkedBy = UnlinkedBy.USER
 
 
 class MailboxUnlinked(Envelope):
@@ -144,7 +180,32 @@ class MailboxUnlinked(Envelope):
     data: MailboxUnlinkedData
 
 
+class UserPlanChangedData(_Data):
+    owner: MailboxOwner
+    plan: str = Field(description="A plan name the registry is configured with.")
+    changed_at: datetime = Field(
+        description="When billing changed it; an older change never overrides a newer one."
+    )
+
+
+class UserPlanChanged(Envelope):
+    """Billing moved a user to another plan; the registry applies its mailbox limit."""
+
+    type: Literal["UserPlanChanged"] = "UserPlanChanged"
+    data: UserPlanChangedData
+
+    def partition_key(self) -> bytes:
+        """Returns the user, not a mailbox, so one user's plan changes stay in order."""
+        owner = self.data.owner
+        return f"{owner.account_id}/{owner.user_id}".encode()
+
+
 VerificationResult = Annotated[MailboxVerified | VerificationFailed, Field(discriminator="type")]
 MailboxEvent = Annotated[
-    MailboxLinked | LinkRejected | MailboxUnlinked, Field(discriminator="type")
+    LinkReserved | MailboxLinked | LinkRejected | MailboxUnlinked, Field(discriminator="type")
+]
+# Everything the registry consumes, on its three input topics.
+RegistryInput = Annotated[
+    LinkRequested | MailboxVerified | VerificationFailed | UserPlanChanged,
+    Field(discriminator="type"),
 ]

@@ -34,6 +34,7 @@ class LinkStore(Protocol):
         at: datetime,
         failure: Failure | None = None,
         mailbox_id: str | None = None,
+        already_linked: bool = False,
     ) -> LinkView | None: ...
     async def claim_in_flight(
         self, key: str, link_id: str, now: datetime, expires_at: datetime
@@ -76,8 +77,11 @@ class MongoLinkStore:
         at: datetime,
         failure: Failure | None = None,
         mailbox_id: str | None = None,
+        already_linked: bool = False,
     ) -> LinkView | None:
         changes: dict[str, Any] = {"status": status.value, "updated_at": at}
+        if already_linked:
+            changes["already_linked"] = True
         if failure is not None:
             changes["failure"] = failure.model_dump(mode="json")
         if mailbox_id is not None:
@@ -143,6 +147,7 @@ def _to_document(link: LinkView) -> dict[str, Any]:
         "updated_at": link.updated_at,
         "failure": link.failure.model_dump(mode="json") if link.failure else None,
         "mailbox_id": link.mailbox_id,
+        "already_linked": link.already_linked,
     }
 
 
@@ -158,4 +163,5 @@ def _from_document(document: dict[str, Any]) -> LinkView:
         updated_at=document["updated_at"],
         failure=Failure.model_validate(failure) if failure else None,
         mailbox_id=document.get("mailbox_id"),
+        already_linked=bool(document.get("already_linked", False)),
     )

@@ -8,9 +8,14 @@ from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType
 
 
 class LinkStatus(StrEnum):
-    """Where a link stands: pending -> verified -> linked, or failed at any point."""
+    """Where a link stands: pending -> reserved -> verified -> linked, or failed at any point.
+
+    Only the registry's answer (MailboxLinked or LinkRejected) ends a link, so every link has
+    one final status, the same one the registry recorded.
+    """
 
     PENDING = "pending"
+    RESERVED = "reserved"  # the registry holds the address and a plan slot for it
     VERIFIED = "verified"
     LINKED = "linked"
     FAILED = "failed"
@@ -19,10 +24,12 @@ class LinkStatus(StrEnum):
 TERMINAL = frozenset({LinkStatus.LINKED, LinkStatus.FAILED})
 
 # Events arrive on different topics, so 'linked' may overtake 'verified': only move forward.
+_OPEN = frozenset({LinkStatus.PENDING, LinkStatus.RESERVED, LinkStatus.VERIFIED})
 _MAY_FOLLOW: dict[LinkStatus, frozenset[LinkStatus]] = {
-    LinkStatus.VERIFIED: frozenset({LinkStatus.PENDING}),
-    LinkStatus.LINKED: frozenset({LinkStatus.PENDING, LinkStatus.VERIFIED}),
-    LinkStatus.FAILED: frozenset({LinkStatus.PENDING, LinkStatus.VERIFIED}),
+    LinkStatus.RESERVED: frozenset({LinkStatus.PENDING}),
+    LinkStatus.VERIFIED: frozenset({LinkStatus.PENDING, LinkStatus.RESERVED}),
+    LinkStatus.LINKED: _OPEN,
+    LinkStatus.FAILED: _OPEN,
 }
 
 
@@ -44,3 +51,4 @@ class LinkView:
     updated_at: datetime
     failure: Failure | None = None
     mailbox_id: str | None = None
+    already_linked: bool = False  # linked before this request: nothing new was linked

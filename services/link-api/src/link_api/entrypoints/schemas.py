@@ -119,6 +119,7 @@ def link_body(link: LinkView, status_url: str) -> dict[str, Any]:
         "status": link.status.value,
         "failure": link.failure.model_dump(mode="json") if link.failure else None,
         "mailbox_id": link.mailbox_id,
+        "already_linked": link.already_linked,
         "created_at": link.created_at.isoformat(),
         "updated_at": link.updated_at.isoformat(),
         "status_url": status_url,

@@ -1,1 +1,1 @@
-"""The registry's rules: who may link which mailbox, and how many; no I/O here."""
+"""The registry's rules: link lifecycle, who may take an address, plans; no I/O here."""

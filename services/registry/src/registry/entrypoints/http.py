@@ -1,15 +1,15 @@
-"""HTTP routes of the registry: the mailboxes of a user, unlinking, owner lookup, plans."""
+"""HTTP routes of the registry: a user's mailboxes, unlinking, owner lookup, plans."""
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict
 
-from mailbox_link_shared.events import MailboxOwner
+from mailbox_link_shared.events import MailboxOwner, UnlinkedBy
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 from registry import handlers
-from registry.adapters.mailbox_store import LinkedMailbox
-from registry.handlers import RegistryDeps
+from registry.domain.links import LinkRecord
+from registry.handlers import PlanUsage, RegistryDeps, UnlinkResult
 
 AccountId = Annotated[str, Path(pattern=PATH_ID_PATTERN)]
 UserId = Annotated[str, Path(pattern=PATH_ID_PATTERN)]
@@ -32,34 +32,44 @@ def build_router(deps: RegistryDeps) -> APIRouter:
     async def list_mailboxes(account_id: AccountId, user_id: UserId) -> dict[str, Any]:
         """Lists the mailboxes this user has linked."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        mailboxes = await handlers.list_mailboxes(owner, deps)
-        return {"mailboxes": [_mailbox_body(m) for m in mailboxes]}
+        records = await handlers.list_mailboxes(owner, deps)
+        return {"mailboxes": [_mailbox_body(r) for r in records]}
 
     @router.delete(f"{user_path}/mailboxes/{{email}}", status_code=status.HTTP_204_NO_CONTENT)
     async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
         """Unlinks this user's mailbox; any account may link it afterwards."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        if not await handlers.unlink_mailbox(owner, address_from_path(email), deps):
-            raise ApiError(
-                status.HTTP_404_NOT_FOUND,
-                "mailbox_not_found",
-                "This user has no linked mailbox with that address.",
-                [("email", "use an address from GET .../mailboxes")],
-            )
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
+        result = await handlers.unlink_mailbox(
+            address_from_path(email), deps, owner, UnlinkedBy.USER
+        )
+        return _unlink_answer(result, "This user has no linked mailbox with that address.")
+
+    @router.delete("/mailboxes/{email}", status_code=status.HTTP_204_NO_CONTENT)
+    async def force_unlink_mailbox(email: str) -> Response:
+        """Operators: unlinks the mailbox from whichever user linked it."""
+        result = await handlers.unlink_mailbox(
+            address_from_path(email), deps, None, UnlinkedBy.ADMIN
+        )
+        return _unlink_answer(result, "No user has linked this address.")
 
     @router.get("/mailboxes/{email}/owner")
     async def find_owner(email: str) -> dict[str, str]:
         """Tells which user has linked this address, e.g. to sign them in with it."""
-        mailbox = await handlers.find_owner(address_from_path(email), deps)
-        if mailbox is None:
+        record = await handlers.find_owner(address_from_path(email), deps)
+        if record is None or record.mailbox is None:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
                 "mailbox_not_found",
                 "No user has linked this address.",
                 [("email", "check the address")],
             )
-        return {**mailbox.owner.model_dump(), "mailbox_id": mailbox.mailbox_id}
+        return {**record.owner.model_dump(), "mailbox_id": record.mailbox.mailbox_id}
+
+    @router.get(f"{user_path}/plan")
+    async def get_plan(account_id: AccountId, user_id: UserId) -> dict[str, Any]:
+        """Shows the user's plan, its mailbox limit and how many mailboxes count against it."""
+        owner = MailboxOwner(account_id=account_id, user_id=user_id)
+        return _plan_body(await handlers.get_plan(owner, deps))
 
     @router.put(f"{user_path}/plan")
     async def assign_plan(account_id: AccountId, user_id: UserId, body: PlanIn) -> dict[str, Any]:
@@ -70,17 +80,41 @@ def build_router(deps: RegistryDeps) -> APIRouter:
                 422, "invalid_request", "Unknown plan.", [("plan", f"use one of {known}")]
             )
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        limit = await handlers.assign_plan(owner, body.plan, deps)
-        return {"plan": body.plan, "mailbox_limit": limit}
+        return _plan_body(await handlers.assign_plan(owner, body.plan, deps))
 
     return router
 
 
-def _mailbox_body(mailbox: LinkedMailbox) -> dict[str, Any]:
+def _unlink_answer(result: UnlinkResult, not_found: str) -> Response:
+    if result is UnlinkResult.NOT_FOUND:
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND,
+            "mailbox_not_found",
+            not_found,
+            [("email", "use an address from GET .../mailboxes")],
+        )
+    if result is UnlinkResult.IN_PROGRESS:
+        raise ApiError(
+            status.HTTP_409_CONFLICT,
+            "link_in_progress",
+            "This mailbox is being linked right now.",
+            [("email", "wait until its link request ends (see its status), then try again")],
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _plan_body(usage: PlanUsage) -> dict[str, Any]:
+    return {"plan": usage.plan, "mailbox_limit": usage.limit, "mailboxes_used": usage.used}
+
+
+def _mailbox_body(record: LinkRecord) -> dict[str, Any]:
+    mailbox = record.mailbox
+    if mailbox is None:  # pragma: no cover - only linked records are listed
+        raise ValueError(record.link_id)
     return {
         "mailbox_id": mailbox.mailbox_id,
-        "email": mailbox.address,
-        "provider": mailbox.provider.value,
+        "email": record.address,
+        "provider": record.provider.value,
         "imap": mailbox.imap.model_dump(mode="json"),
         "smtp": mailbox.smtp.model_dump(mode="json"),
         "linked_at": mailbox.linked_at.isoformat(),

@@ -1,0 +1,91 @@
+"""The life of one link request in the registry, and the rules that decide each step.
+
+A link request holds two things while it lives: its mailbox address (so no one else can link
+it) and one plan slot of its user (so the user cannot exceed their plan). It takes both before
+verification ends, keeps them while linked, and gives both back when it ends any other way.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from mailbox_link_shared.crypto import EncryptedSecret
+from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
+
+
+class LinkState(StrEnum):
+    """Where a link request stands in the registry."""
+
+    RESERVING = "reserving"  # taking its address and a plan slot
+    RESERVED = "reserved"  # holds both, waiting for verification
+    LINKED = "linked"  # verified and linked: holds both until unlinked
+    REJECTED = "rejected"  # ended without a link: refused, failed verification or expired
+    UNLINKED = "unlinked"  # was linked, then unlinked
+
+
+IN_FLIGHT = frozenset({LinkState.RESERVING, LinkState.RESERVED})
+# In these states a link may hold its address and slot; in the others it must give them back.
+HOLDING = IN_FLIGHT | {LinkState.LINKED}
+
+
+@dataclass(frozen=True)
+class MailboxDetails:
+    """What the product needs to use a linked mailbox; credentials stay sealed."""
+
+    mailbox_id: str
+    imap: ServerSettings
+    smtp: ServerSettings
+    credentials: EncryptedSecret
+    linked_at: datetime
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """One link request as the registry keeps it; the only document that decides its fate.
+
+    `outbox` is the event announcing the latest decision; `settled` turns true once that
+    event is published and the decision's effects (giving back address and slot) are done.
+    """
+
+    link_id: str
+    owner: MailboxOwner
+    address: str
+    provider: ProviderType
+    state: LinkState
+    expires_at: datetime
+    mailbox: MailboxDetails | None = None
+    outbox: dict[str, Any] | None = None
+    settled: bool = True
+
+    def has_expired(self, now: datetime) -> bool:
+        """True if the link is still in flight past its reservation's end."""
+        return self.state in IN_FLIGHT and self.expires_at <= now
+
+
+class HolderVerdict(StrEnum):
+    """What the current holder of an address means for a link that wants it."""
+
+    STALE = "stale"  # the holder has ended or expired: clear it and try again
+    ALREADY_LINKED = "already_linked"
+    LINK_IN_PROGRESS = "link_in_progress"
+    ALREADY_LINKED_ELSEWHERE = "already_linked_elsewhere"
+
+
+def judge_address_holder(
+    requester: MailboxOwner, holder: LinkRecord | None, now: datetime
+) -> HolderVerdict:
+    """Decides whether a link may take an address another link holds, and if not, why."""
+    if holder is None or is_stale(holder, now):
+        return HolderVerdict.STALE
+    if holder.owner != requester:
+        # Checked before the plan: the answer must not depend on the requester's plan.
+        return HolderVerdict.ALREADY_LINKED_ELSEWHERE
+    if holder.state is LinkState.LINKED:
+        return HolderVerdict.ALREADY_LINKED
+    return HolderVerdict.LINK_IN_PROGRESS
+
+
+def is_stale(holder: LinkRecord, now: datetime) -> bool:
+    """True if a link that holds an address or a slot has ended or expired, so must let go."""
+    return holder.state not in HOLDING or holder.has_expired(now)
