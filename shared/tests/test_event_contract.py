@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mailbox_link_shared import events
 from mailbox_link_shared.asyncapi import DOCUMENT_PATH, asyncapi_yaml
@@ -18,6 +18,8 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "LinkRejected": events.LinkRejected,
     "MailboxLinked": events.MailboxLinked,
     "MailboxUnlinked": events.MailboxUnlinked,
+    "LinkReserved": events.LinkReserved,
+    "UserPlanChanged": events.UserPlanChanged,
 }
 
 
@@ -41,6 +43,27 @@ def test_consumers_ignore_fields_added_later() -> None:
 def test_events_are_keyed_by_their_mailbox() -> None:
     raw = json.loads((EXAMPLES / "LinkRequested" / "v1.json").read_text())
     assert events.LinkRequested.model_validate(raw).partition_key() == b"alice@example.org"
+
+
+def test_plan_changes_are_keyed_by_their_user() -> None:
+    raw = json.loads((EXAMPLES / "UserPlanChanged" / "v1.json").read_text())
+    assert events.UserPlanChanged.model_validate(raw).partition_key() == b"acme/u1"
+
+
+@pytest.mark.parametrize("name", sorted(EVENT_TYPES))
+def test_v1_models_refuse_an_event_of_schema_version_2(name: str) -> None:
+    raw = json.loads((EXAMPLES / name / "v1.json").read_text())
+    raw["schema_version"] = 2
+    with pytest.raises(ValidationError, match="schema_version"):
+        EVENT_TYPES[name].model_validate(raw)
+
+
+def test_consumers_unions_refuse_an_event_of_schema_version_2() -> None:
+    raw = json.loads((EXAMPLES / "MailboxLinked" / "v1.json").read_text())
+    raw["schema_version"] = 2
+    adapter: TypeAdapter[events.MailboxEvent] = TypeAdapter(events.MailboxEvent)
+    with pytest.raises(ValidationError, match="schema_version"):
+        adapter.validate_json(json.dumps(raw))
 
 
 def test_checked_in_asyncapi_document_is_current() -> None:

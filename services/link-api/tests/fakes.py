@@ -33,11 +33,14 @@ class InMemoryLinkStore:
         at: datetime,
         failure: Failure | None = None,
         mailbox_id: str | None = None,
+        already_linked: bool = False,
     ) -> LinkView | None:
         link = self.links.get(link_id)
         if link is None or link.status not in allowed_from:
             return None
         changes: dict[str, Any] = {"status": status, "updated_at": at}
+        if already_linked:
+            changes["already_linked"] = True
         if failure is not None:
             changes["failure"] = failure
         if mailbox_id is not None:

@@ -5,7 +5,7 @@ from pydantic import SecretStr
 
 from link_api import handlers
 from link_api.domain.link_request import LinkRequest
-from link_api.domain.link_status import LinkStatus
+from link_api.domain.link_status import LinkStatus, LinkView
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox, generate_key
@@ -14,6 +14,8 @@ from mailbox_link_shared.events import (
     LinkRejected,
     LinkRejectedData,
     LinkRequested,
+    LinkReserved,
+    LinkReservedData,
     MailboxLinked,
     MailboxLinkedData,
     MailboxOwner,
@@ -21,6 +23,7 @@ from mailbox_link_shared.events import (
     MailboxVerifiedData,
     ProviderType,
     ServerSettings,
+    utc_now,
 )
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import RecordingPublisher
@@ -69,7 +72,7 @@ async def test_same_request_in_flight_gets_the_same_link(deps: LinkApiDeps) -> N
 
 async def test_same_idempotency_key_replays_after_the_link_finished(deps: LinkApiDeps) -> None:
     first = await handlers.request_link(_request(), "key-1", deps)
-    await handlers.when_registry_outcome_update_status(_linked(first.link.link_id), deps)
+    await handlers.when_registry_answer_update_status(_linked(first.link.link_id), deps)
     again = await handlers.request_link(_request(), "key-1", deps)
     assert again.link.link_id == first.link.link_id
     assert again.link.status is LinkStatus.LINKED
@@ -84,7 +87,7 @@ async def test_idempotency_key_reused_for_another_request_is_refused(deps: LinkA
 
 async def test_a_finished_link_frees_the_mailbox_for_a_new_request(deps: LinkApiDeps) -> None:
     first = await handlers.request_link(_request(), None, deps)
-    await handlers.when_registry_outcome_update_status(_rejected(first.link.link_id), deps)
+    await handlers.when_registry_answer_update_status(_rejected(first.link.link_id), deps)
     second = await handlers.request_link(_request(), None, deps)
     assert second.created
     assert second.link.link_id != first.link.link_id
@@ -92,18 +95,130 @@ async def test_a_finished_link_frees_the_mailbox_for_a_new_request(deps: LinkApi
 
 async def test_status_only_moves_forward(deps: LinkApiDeps) -> None:
     link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
-    await handlers.when_registry_outcome_update_status(_linked(link_id), deps)
-    await handlers.when_verification_result_update_status(_verified(link_id), deps)
-    link = await handlers.get_link(OWNER, link_id, deps)
-    assert link is not None
+    await handlers.when_registry_answer_update_status(_linked(link_id), deps)
+    await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    link = await _status(link_id, deps)
     assert link.status is LinkStatus.LINKED
     assert link.mailbox_id == "mb1"
+
+
+async def test_reservation_shows_the_link_as_reserved(deps: LinkApiDeps) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    assert (await _status(link_id, deps)).status is LinkStatus.RESERVED
+
+
+@pytest.mark.parametrize("reserved_first", [True, False], ids=["reserved-first", "verified-first"])
+async def test_verification_before_or_after_the_reservation_shows_verified(
+    deps: LinkApiDeps, reserved_first: bool
+) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    if reserved_first:
+        await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    if not reserved_first:
+        await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    assert (await _status(link_id, deps)).status is LinkStatus.VERIFIED
+
+
+async def test_linked_mailbox_shows_as_linked_with_its_id(deps: LinkApiDeps) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    await handlers.when_registry_answer_update_status(_linked(link_id), deps)
+    link = await _status(link_id, deps)
+    assert link.status is LinkStatus.LINKED
+    assert link.mailbox_id == "mb1"
+    assert not link.already_linked
+    assert link.failure is None
+    assert (await handlers.request_link(_request(), None, deps)).created  # no longer in flight
+
+
+async def test_a_mailbox_already_linked_to_the_user_shows_as_linked(deps: LinkApiDeps) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    already = _rejected(link_id, FailureCode.ALREADY_LINKED, mailbox_id="mb-existing")
+    await handlers.when_registry_answer_update_status(already, deps)
+    link = await _status(link_id, deps)
+    assert link.status is LinkStatus.LINKED
+    assert link.already_linked
+    assert link.mailbox_id == "mb-existing"
+    assert link.failure is None
+    assert (await handlers.request_link(_request(), None, deps)).created
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        FailureCode.ALREADY_LINKED_ELSEWHERE,
+        FailureCode.PLAN_LIMIT_REACHED,
+        FailureCode.LINK_IN_PROGRESS,
+        FailureCode.RESERVATION_EXPIRED,
+        FailureCode.IMAP_AUTH_FAILED,
+    ],
+)
+async def test_any_other_rejection_fails_the_link_with_its_reason(
+    deps: LinkApiDeps, code: FailureCode
+) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    rejected = _rejected(link_id, code)
+    await handlers.when_registry_answer_update_status(rejected, deps)
+    link = await _status(link_id, deps)
+    assert link.status is LinkStatus.FAILED
+    assert link.failure == rejected.data.failure
+    assert not link.already_linked
+    assert link.mailbox_id is None
+    assert (await handlers.request_link(_request(), None, deps)).created
+
+
+async def test_a_verified_mailbox_is_not_linked_until_the_registry_says_so(
+    deps: LinkApiDeps,
+) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    assert (await _status(link_id, deps)).status is LinkStatus.VERIFIED
+    again = await handlers.request_link(_request(), None, deps)
+    assert again.link.link_id == link_id  # still in flight
+    assert not again.created
+
+
+@pytest.mark.parametrize("final", ["linked", "already_linked", "failed"])
+async def test_a_final_status_never_changes(deps: LinkApiDeps, final: str) -> None:
+    link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
+    answers: dict[str, MailboxLinked | LinkRejected] = {
+        "linked": _linked(link_id),
+        "already_linked": _rejected(link_id, FailureCode.ALREADY_LINKED, mailbox_id="mb-old"),
+        "failed": _rejected(link_id, FailureCode.PLAN_LIMIT_REACHED),
+    }
+    await handlers.when_registry_answer_update_status(answers[final], deps)
+    settled = await _status(link_id, deps)
+    for answer in [*answers.values(), _reserved(link_id)]:
+        await handlers.when_registry_answer_update_status(answer, deps)
+    await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    assert await _status(link_id, deps) == settled
 
 
 async def test_another_user_cannot_see_the_link(deps: LinkApiDeps) -> None:
     link_id = (await handlers.request_link(_request(), None, deps)).link.link_id
     stranger = MailboxOwner(account_id="acme", user_id="u2")
     assert await handlers.get_link(stranger, link_id, deps) is None
+
+
+async def _status(link_id: str, deps: LinkApiDeps) -> LinkView:
+    link = await handlers.get_link(OWNER, link_id, deps)
+    assert link is not None
+    return link
+
+
+def _reserved(link_id: str) -> LinkReserved:
+    data = LinkReservedData(
+        link_id=link_id,
+        owner=OWNER,
+        address="alice@example.org",
+        expires_at=utc_now() + timedelta(minutes=15),
+    )
+    return LinkReserved(correlation_id=link_id, producer="registry", data=data)
 
 
 def _linked(link_id: str) -> MailboxLinked:
@@ -113,10 +228,17 @@ def _linked(link_id: str) -> MailboxLinked:
     return MailboxLinked(correlation_id=link_id, producer="test", data=data)
 
 
-def _rejected(link_id: str) -> LinkRejected:
-    failure = Failure.of(FailureCode.ALREADY_LINKED_ELSEWHERE)
+def _rejected(
+    link_id: str,
+    code: FailureCode = FailureCode.ALREADY_LINKED_ELSEWHERE,
+    mailbox_id: str | None = None,
+) -> LinkRejected:
     data = LinkRejectedData(
-        link_id=link_id, owner=OWNER, address="alice@example.org", failure=failure
+        link_id=link_id,
+        owner=OWNER,
+        address="alice@example.org",
+        failure=Failure.of(code),
+        mailbox_id=mailbox_id,
     )
     return LinkRejected(correlation_id=link_id, producer="test", data=data)
 

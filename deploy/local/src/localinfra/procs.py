@@ -86,6 +86,14 @@ class ManagedProcess:
         if proc is not None and proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
 
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, as a crash would, and reap it."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        _live.discard(self)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, wait up to ``timeout``, then SIGKILL. Idempotent."""
         with self._lock:

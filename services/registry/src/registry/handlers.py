@@ -7,7 +7,7 @@ conditional updates of the link's own record, and their effects are idempotent (
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -38,6 +38,7 @@ from mailbox_link_shared.publishing import EventPublisher
 from registry.adapters.registry_store import RegistryStore
 from registry.config import SERVICE_NAME
 from registry.domain.links import (
+    HOLDING,
     IN_FLIGHT,
     HolderVerdict,
     LinkRecord,
@@ -75,12 +76,14 @@ class RegistryDeps:
 
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
     """Reserves the address and a plan slot for a new link request, or rejects it."""
-    await _reserve(await _get_or_add(event, deps), deps)
+    await _reserve(await _start(event, deps), deps)
 
 
 async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps) -> None:
     """Links a verified mailbox if its reservation stands (reserving first if it came late)."""
-    record = await _reserve(await _get_or_add(event, deps), deps)
+    record = await _reserve(await _start(event, deps), deps)
+    if record.has_expired(deps.clock()):
+        record = await _expire(record, deps)  # too late: the slot may be promised elsewhere
     if record.state is LinkState.RESERVED:
         mailbox = MailboxDetails(
             mailbox_id=uuid.uuid4().hex,
@@ -100,10 +103,11 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
 
 async def when_verification_failed_release(event: VerificationFailed, deps: RegistryDeps) -> None:
     """Ends the link with the verifier's reason and gives back what it held."""
-    record = await _get_or_add(event, deps)
+    rejected = _rejected(_new_record(event, deps), event.data.failure)
+    record = await _start(event, deps, refusal=rejected)
     if record.state in IN_FLIGHT:
         rejected = _rejected(record, event.data.failure)
-        record = await _decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
+        await _decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
     else:
         await _settle(record, deps)
 
@@ -112,17 +116,9 @@ async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDep
     """Puts the user on their new plan, unless a newer change arrived first."""
     data = event.data
     if data.plan not in deps.plans.limits:
-        logger.warning(
-            "plan %r from billing is not configured; users on it get the default", data.plan
-        )
+        logger.warning("plan %r from billing is not configured: default applies", data.plan)
     applied = await deps.store.set_plan(data.owner, data.plan, data.changed_at)
-    logger.info(
-        "plan of %s/%s: %s (%s)",
-        data.owner.account_id,
-        data.owner.user_id,
-        data.plan,
-        "applied" if applied else "older than the stored one",
-    )
+    logger.info("plan %s for %s: %s", data.plan, data.owner, "applied" if applied else "stale")
 
 
 # --- housekeeping -----------------------------------------------------------------------------
@@ -136,15 +132,20 @@ async def expire_overdue_reservations(deps: RegistryDeps) -> int:
     return len(overdue)
 
 
-async def finish_unsettled_decisions(deps: RegistryDeps, grace: timedelta) -> int:
-    """Publishes and applies decisions a crash left half done (the outbox relay).
+async def finish_open_decisions(deps: RegistryDeps, grace: timedelta) -> int:
+    """Announces and applies decisions a crash left unfinished (the outbox relay).
 
-    Decisions younger than `grace` are left to the request that is settling them now.
+    Decisions younger than `grace` are left to the request that is finishing them now.
     """
-    unsettled = await deps.store.unsettled(deps.clock() - grace)
-    for record in unsettled:
-        await _settle(record, deps)
-    return len(unsettled)
+    unfinished = await deps.store.open_decisions(deps.clock() - grace)
+    for link_id, event_id in unfinished:
+        record = await deps.store.get_link(link_id)
+        if record is not None and record.decision_id == event_id:
+            await _settle(record, deps)
+        else:
+            # The decision lost to another (or was never stored): nothing to announce.
+            await deps.store.close_decision(link_id, event_id)
+    return len(unfinished)
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -213,29 +214,70 @@ async def assign_plan(owner: MailboxOwner, plan: str, deps: RegistryDeps) -> Pla
 # --- the steps of a link ----------------------------------------------------------------------
 
 
-async def _get_or_add(
+def _new_record(
     event: LinkRequested | MailboxVerified | VerificationFailed, deps: RegistryDeps
 ) -> LinkRecord:
-    # Whichever event of a link arrives first creates its record; the topics are not ordered
-    # with respect to each other, so a verification result may come before the request.
     data = event.data
-    now = deps.clock()
-    record = LinkRecord(
+    return LinkRecord(
         link_id=data.link_id,
         owner=data.owner,
         address=data.address,
         provider=data.provider,
         state=LinkState.RESERVING,
-        expires_at=now + deps.reservation_ttl,
+        expires_at=deps.clock() + deps.reservation_ttl,
     )
-    return await deps.store.add_link(record)
+
+
+async def _start(
+    event: LinkRequested | MailboxVerified | VerificationFailed,
+    deps: RegistryDeps,
+    refusal: LinkRejected | None = None,
+) -> LinkRecord:
+    """Returns the link's record, creating it if this is the first of its events to arrive.
+
+    The topics are not ordered with respect to each other, so a verification result may come
+    before the request. A request bound to be refused (`refusal`, or one `_refusal_on_sight`
+    finds) is stored already decided: no address or slot is taken only to be given back.
+    """
+    existing = await deps.store.get_link(event.data.link_id)
+    if existing is not None:
+        return existing
+    fresh = _new_record(event, deps)
+    refusal = refusal or await _refusal_on_sight(fresh, deps)
+    if refusal is None:
+        return await deps.store.add_link(fresh)
+    decided = replace(fresh, state=LinkState.REJECTED, outbox=refusal.model_dump(mode="json"))
+    await deps.store.open_decision(fresh.link_id, str(refusal.event_id))
+    stored = await deps.store.add_link(decided)
+    if stored.decision_id != str(refusal.event_id):
+        # Another event of this link created the record first; its decision stands.
+        await deps.store.close_decision(fresh.link_id, str(refusal.event_id))
+    return stored
+
+
+async def _refusal_on_sight(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
+    """Looks, without taking anything, for a reason the request must be refused."""
+    now = deps.clock()
+    holder_id = await deps.store.address_holder(record.address)
+    if holder_id is not None:
+        holder = await deps.store.get_link(holder_id)
+        verdict = judge_address_holder(record.owner, holder, now)
+        if verdict is not HolderVerdict.STALE:
+            return _refusal(record, verdict, holder)
+    slots = await deps.store.get_slots(record.owner)
+    limit = deps.plans.limit_for(slots.plan)
+    if len(slots.held) < limit:
+        return None
+    holders = await deps.store.get_links(list(slots.held))
+    if len(holders) < len(slots.held) or any(is_stale(h, now) for h in holders):
+        return None  # a slot may be free once cleared: take the careful path
+    return _plan_limit_reached(record, limit)
 
 
 async def _reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
     """Takes the address, then a plan slot; ends in RESERVED or REJECTED. Safe to repeat."""
     if record.state is not LinkState.RESERVING:
-        await _settle(record, deps)
-        return record
+        return await _settle(record, deps)
     if record.has_expired(deps.clock()):
         return await _expire(record, deps)
     refusal = await _take_address(record, deps) or await _take_slot(record, deps)
@@ -254,8 +296,7 @@ async def _take_address(record: LinkRecord, deps: RegistryDeps) -> LinkRejected 
         holder = await deps.store.get_link(holder_id)
         verdict = judge_address_holder(record.owner, holder, deps.clock())
         if verdict is not HolderVerdict.STALE:
-            mailbox_id = holder.mailbox.mailbox_id if holder and holder.mailbox else None
-            return _rejected(record, Failure.of(_REFUSALS[verdict]), mailbox_id=mailbox_id)
+            return _refusal(record, verdict, holder)
         if holder is None:
             await deps.store.unlock_address(record.address, holder_id)
         else:
@@ -276,8 +317,7 @@ async def _take_slot(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | N
                 return None
             continue  # the user's slots or plan changed meanwhile: look again
         if not await _free_stale_slots(record.owner, slots.held, deps):
-            failure = Failure.of(FailureCode.PLAN_LIMIT_REACHED, f"plan allows {limit} mailboxes")
-            return _rejected(record, failure, plan_limit=limit)
+            return _plan_limit_reached(record, limit)
     raise RuntimeError(f"slots of {record.owner} kept changing")
 
 
@@ -325,40 +365,59 @@ async def _decide(
 
     If another request moved it first, their decision stands and is settled instead.
     """
-    if not record.settled:
-        await _settle(record, deps)  # announce the previous decision before this one
-    outbox = event.model_dump(mode="json")
+    event_id = str(event.event_id)
+    # Noted first, so a crash right after the decision leaves it for housekeeping to finish.
+    await deps.store.open_decision(record.link_id, event_id)
     decided = await deps.store.decide(
-        record.link_id, frozenset(from_states), to_state, outbox, mailbox
+        record.link_id, frozenset(from_states), to_state, event.model_dump(mode="json"), mailbox
     )
     if decided is None:
+        await deps.store.close_decision(record.link_id, event_id)
         decided = await deps.store.get_link(record.link_id)
         if decided is None:  # pragma: no cover - records are never deleted
             raise LookupError(record.link_id)
-    await _settle(decided, deps)
-    return decided
+    return await _settle(decided, deps)
 
 
-async def _settle(record: LinkRecord, deps: RegistryDeps) -> None:
-    """Publishes the record's latest decision, then gives back what an ended link held.
+async def _settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Announces the record's latest decision if still unfinished, then gives back what an
+    ended link held.
 
     Publishing first keeps each address's events in order on its partition: an address is
     free for the next link only after its MailboxUnlinked or LinkRejected is on the topic.
     Giving back runs on every call, not only the first: a request that took a slot after its
     link was expired gives it back when its event is redelivered.
     """
-    if record.outbox is not None and not record.settled:
+    decision_id = record.decision_id
+    unfinished = decision_id is not None and await deps.store.is_decision_open(
+        record.link_id, decision_id
+    )
+    if unfinished and record.outbox is not None:
         await deps.publisher.publish(_MAILBOX_EVENT.validate_python(record.outbox))
-    if record.state not in IN_FLIGHT and record.state is not LinkState.LINKED:
+    if record.state not in HOLDING:
         await deps.store.unlock_address(record.address, record.link_id)
         await deps.store.free_slot(record.owner, record.link_id)
-    if record.outbox is not None and not record.settled:
-        await deps.store.mark_settled(record.link_id, str(record.outbox["event_id"]))
+    if unfinished and decision_id is not None:
+        await deps.store.close_decision(record.link_id, decision_id)
+    return record
 
 
 async def _current_link(address: str, deps: RegistryDeps) -> LinkRecord | None:
     holder_id = await deps.store.address_holder(address)
     return await deps.store.get_link(holder_id) if holder_id else None
+
+
+def _refusal(record: LinkRecord, verdict: HolderVerdict, holder: LinkRecord | None) -> LinkRejected:
+    if verdict is HolderVerdict.ALREADY_LINKED and holder and holder.mailbox:
+        failure = Failure.of(FailureCode.ALREADY_LINKED)
+        return _rejected(record, failure, mailbox_id=holder.mailbox.mailbox_id)
+    # Nothing more: the caller must not learn anything about another account's mailbox.
+    return _rejected(record, Failure.of(_REFUSALS[verdict]))
+
+
+def _plan_limit_reached(record: LinkRecord, limit: int) -> LinkRejected:
+    failure = Failure.of(FailureCode.PLAN_LIMIT_REACHED, f"plan allows {limit} mailboxes")
+    return _rejected(record, failure, plan_limit=limit)
 
 
 # --- the events the registry publishes --------------------------------------------------------

@@ -18,6 +18,10 @@ class ProviderType(StrEnum):
     IMAP = "imap"
 
 
+# Link ids key documents and name document fields in the registry: letters, digits, - and _.
+LinkId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class _Data(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -39,7 +43,7 @@ class MailboxOwner(_Data):
 
 
 class LinkRequestedData(_Data):
-    link_id: str
+    link_id: LinkId
     owner: MailboxOwner
     address: str = Field(description="Normalized mailbox address.")
     provider: ProviderType
@@ -85,7 +89,7 @@ class Failure(_Data):
 
 
 class VerificationFailedData(_Data):
-    link_id: str
+    link_id: LinkId
     owner: MailboxOwner
     address: str
     provider: ProviderType
@@ -100,7 +104,7 @@ class VerificationFailed(Envelope):
 
 
 class LinkReservedData(_Data):
-    link_id: str
+    link_id: LinkId
     owner: MailboxOwner
     address: str
     expires_at: datetime = Field(
@@ -119,7 +123,7 @@ class LinkReserved(Envelope):
 
 
 class LinkRejectedData(_Data):
-    link_id: str
+    link_id: LinkId
     owner: MailboxOwner
     address: str
     failure: Failure
@@ -142,7 +146,7 @@ class LinkRejected(Envelope):
 
 
 class MailboxLinkedData(_Data):
-    link_id: str
+    link_id: LinkId
     mailbox_id: str
     owner: MailboxOwner
     address: str
@@ -169,7 +173,7 @@ class MailboxUnlinkedData(_Data):
     owner: MailboxOwner
     address: str
     unlinked_at: datetime = Field(default_factory=utc_now)
-    link_id: str | None = Field(default=None, description="The link request that linked it.")
+    link_id: LinkId | None = Field(default=None, description="The link request that linked it.")
     unlinked_by: UnlinkedBy = UnlinkedBy.USER
 
 

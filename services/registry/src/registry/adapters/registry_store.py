@@ -4,6 +4,8 @@ No operation spans two documents atomically; each is one insert or one condition
 Why that is enough is in ../../DESIGN.md.
 """
 
+import contextlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -39,8 +41,10 @@ class RegistryStore(Protocol):
         outbox: dict[str, Any],
         mailbox: MailboxDetails | None = None,
     ) -> LinkRecord | None: ...
-    async def mark_settled(self, link_id: str, event_id: str) -> None: ...
-    async def unsettled(self, decided_before: datetime) -> list[LinkRecord]: ...
+    async def open_decision(self, link_id: str, event_id: str) -> None: ...
+    async def is_decision_open(self, link_id: str, event_id: str) -> bool: ...
+    async def close_decision(self, link_id: str, event_id: str) -> None: ...
+    async def open_decisions(self, opened_before: datetime) -> list[tuple[str, str]]: ...
     async def overdue(self, now: datetime) -> list[LinkRecord]: ...
     async def lock_address(self, address: str, link_id: str) -> str: ...
     async def address_holder(self, address: str) -> str | None: ...
@@ -61,10 +65,10 @@ class MongoRegistryStore:
         self._links = db["links"]
         self._locks = db["address_locks"]
         self._users = db["users"]
+        self._open_decisions = db["open_decisions"]
 
     async def create_indexes(self) -> None:
-        """Creates the housekeeping indexes (idempotent); every decision uses _id alone."""
-        await self._links.create_index([("settled", ASCENDING)], name="unsettled")
+        """Creates the housekeeping index (idempotent); every decision uses _id alone."""
         await self._links.create_index(
             [("state", ASCENDING), ("expires_at", ASCENDING)], name="in_flight_by_expiry"
         )
@@ -98,12 +102,7 @@ class MongoRegistryStore:
         mailbox: MailboxDetails | None = None,
     ) -> LinkRecord | None:
         """Moves the link to `to_state` if it is in one of `from_states`; None if it was not."""
-        changes: dict[str, Any] = {
-            "state": to_state.value,
-            "outbox": outbox,
-            "settled": False,
-            "decided_at": utc_now(),
-        }
+        changes: dict[str, Any] = {"state": to_state.value, **_outbox_fields(outbox)}
         if mailbox is not None:
             changes["mailbox"] = _mailbox_document(mailbox)
         document = await self._links.find_one_and_update(
@@ -113,15 +112,21 @@ class MongoRegistryStore:
         )
         return _record(document) if document else None
 
-    async def mark_settled(self, link_id: str, event_id: str) -> None:
-        # Only for the event we published: a newer decision may have replaced it meanwhile.
-        await self._links.update_one(
-            {"_id": link_id, "outbox.event_id": event_id}, {"$set": {"settled": True}}
-        )
+    async def open_decision(self, link_id: str, event_id: str) -> None:
+        """Notes, before deciding, that the decision announced by `event_id` is unfinished."""
+        document = {"link_id": link_id, "event_id": event_id, "opened_at": utc_now()}
+        with contextlib.suppress(DuplicateKeyError):
+            await self._open_decisions.insert_one({"_id": f"{link_id}/{event_id}", **document})
 
-    async def unsettled(self, decided_before: datetime) -> list[LinkRecord]:
-        query = {"settled": False, "decided_at": {"$lt": decided_before}}
-        return [_record(d) async for d in self._links.find(query)]
+    async def is_decision_open(self, link_id: str, event_id: str) -> bool:
+        return await self._open_decisions.find_one({"_id": f"{link_id}/{event_id}"}) is not None
+
+    async def close_decision(self, link_id: str, event_id: str) -> None:
+        await self._open_decisions.delete_one({"_id": f"{link_id}/{event_id}"})
+
+    async def open_decisions(self, opened_before: datetime) -> list[tuple[str, str]]:
+        query = {"opened_at": {"$lt": opened_before}}
+        return [(d["link_id"], d["event_id"]) async for d in self._open_decisions.find(query)]
 
     async def overdue(self, now: datetime) -> list[LinkRecord]:
         query = {"state": {"$in": sorted(s.value for s in IN_FLIGHT)}, "expires_at": {"$lte": now}}
@@ -209,16 +214,24 @@ def _owner_key(owner: MailboxOwner) -> str:
 def _record_document(record: LinkRecord) -> dict[str, Any]:
     return {
         "_id": record.link_id,
-        "owner": record.owner.model_dump(),
+        "account_id": record.owner.account_id,
+        "user_id": record.owner.user_id,
         "address": record.address,
         "provider": record.provider.value,
         "state": record.state.value,
         "expires_at": record.expires_at,
         "mailbox": _mailbox_document(record.mailbox) if record.mailbox else None,
-        "outbox": record.outbox,
-        "settled": record.settled,
-        "decided_at": utc_now(),
+        **_outbox_fields(record.outbox),
     }
+
+
+def _outbox_fields(event: dict[str, Any] | None) -> dict[str, Any]:
+    # The event is kept as the JSON text that gets published, not as a nested document: it is
+    # opaque here, and FerretDB re-reads every nested document of a collection on each update,
+    # which made decisions several times slower (DESIGN.md, "Measured on FerretDB").
+    if event is None:
+        return {"outbox": None}
+    return {"outbox": json.dumps(event, sort_keys=True)}
 
 
 def _mailbox_document(mailbox: MailboxDetails) -> dict[str, Any]:
@@ -235,14 +248,13 @@ def _record(document: dict[str, Any]) -> LinkRecord:
     mailbox = document.get("mailbox")
     return LinkRecord(
         link_id=document["_id"],
-        owner=MailboxOwner.model_validate(document["owner"]),
+        owner=MailboxOwner(account_id=document["account_id"], user_id=document["user_id"]),
         address=document["address"],
         provider=ProviderType(document["provider"]),
         state=LinkState(document["state"]),
         expires_at=document["expires_at"],
         mailbox=_mailbox(mailbox) if mailbox else None,
-        outbox=document.get("outbox"),
-        settled=bool(document.get("settled", True)),
+        outbox=json.loads(document["outbox"]) if document.get("outbox") else None,
     )
 
 

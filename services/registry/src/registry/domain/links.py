@@ -44,8 +44,8 @@ class MailboxDetails:
 class LinkRecord:
     """One link request as the registry keeps it; the only document that decides its fate.
 
-    `outbox` is the event announcing the latest decision; `settled` turns true once that
-    event is published and the decision's effects (giving back address and slot) are done.
+    `outbox` is the event announcing the latest decision, published after the decision is
+    stored (and again by housekeeping if a crash came in between).
     """
 
     link_id: str
@@ -56,7 +56,11 @@ class LinkRecord:
     expires_at: datetime
     mailbox: MailboxDetails | None = None
     outbox: dict[str, Any] | None = None
-    settled: bool = True
+
+    @property
+    def decision_id(self) -> str | None:
+        """The event id announcing the latest decision, if any."""
+        return str(self.outbox["event_id"]) if self.outbox else None
 
     def has_expired(self, now: datetime) -> bool:
         """True if the link is still in flight past its reservation's end."""

@@ -35,7 +35,7 @@ class Housekeeper:
             try:
                 expired = await handlers.expire_overdue_reservations(self._deps)
                 grace = timedelta(seconds=self._interval)
-                finished = await handlers.finish_unsettled_decisions(self._deps, grace)
+                finished = await handlers.finish_open_decisions(self._deps, grace)
                 if expired or finished:
                     logger.info("housekeeping: %d expired, %d finished", expired, finished)
             except Exception:

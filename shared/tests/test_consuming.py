@@ -1,0 +1,189 @@
+"""How a consumer handles a batch: decode, handle, retry, dead-letter, or leave uncommitted."""
+
+import json
+from pathlib import Path
+
+import pytest
+from aiokafka import ConsumerRecord
+from pydantic import TypeAdapter
+from pymongo.errors import ConnectionFailure
+
+from mailbox_link_shared import events, kafka
+from mailbox_link_shared.kafka import handle_records
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ADAPTER: TypeAdapter[events.MailboxEvent] = TypeAdapter(events.MailboxEvent)
+
+
+class RecordingDeadLetters:
+    """DeadLetterSink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+
+    async def send(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        self.sent.append((record, reason))
+
+
+class Handler:
+    """Records the events it is given; fails with `errors` first, one per call."""
+
+    def __init__(self, *errors: Exception, always: Exception | None = None) -> None:
+        self.calls = 0
+        self.handled: list[events.MailboxEvent] = []
+        self._errors = list(errors)
+        self._always = always
+
+    async def __call__(self, event: events.MailboxEvent) -> None:
+        self.calls += 1
+        if self._always is not None:
+            raise self._always
+        if self._errors:
+            raise self._errors.pop(0)
+        self.handled.append(event)
+
+
+@pytest.fixture(autouse=True)
+def no_retry_delays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka, "TRANSIENT_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(kafka, "FAULT_RETRY_DELAYS", (0.0, 0.0))
+
+
+@pytest.fixture
+def dead_letters() -> RecordingDeadLetters:
+    return RecordingDeadLetters()
+
+
+def _record(value: bytes | None, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="mailbox-link.mailboxes.v1",
+        partition=1,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"alice@example.org",
+        value=value,
+        checksum=None,
+        serialized_key_size=17,
+        serialized_value_size=len(value or b""),
+        headers=[("event-type", b"MailboxLinked")],
+    )
+
+
+def _linked(schema_version: int = 1, **data: object) -> bytes:
+    raw = json.loads((EXAMPLES / "MailboxLinked" / "v1.json").read_text())
+    raw["schema_version"] = schema_version
+    raw["data"].update(data)
+    return json.dumps(raw).encode()
+
+
+async def test_a_good_record_is_handled(dead_letters: RecordingDeadLetters) -> None:
+    handler = Handler()
+    await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    [event] = handler.handled
+    assert isinstance(event, events.MailboxLinked)
+    assert event.data.address == "alice@example.org"
+    assert dead_letters.sent == []
+
+
+@pytest.mark.parametrize("value", [b"{not json", b"", None], ids=["broken", "empty", "tombstone"])
+async def test_a_record_that_is_not_json_is_dead_lettered(
+    dead_letters: RecordingDeadLetters, value: bytes | None
+) -> None:
+    handler = Handler()
+    record = _record(value)
+    await handle_records([record], ADAPTER, handler, dead_letters)
+    [(sent, reason)] = dead_letters.sent
+    assert sent is record
+    assert reason.startswith("undecodable")
+    assert handler.calls == 0
+
+
+async def test_an_unknown_schema_version_is_dead_lettered(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler()
+    await handle_records([_record(_linked(schema_version=2))], ADAPTER, handler, dead_letters)
+    [(_, reason)] = dead_letters.sent
+    assert reason.startswith("undecodable")
+    assert "schema_version" in reason
+    assert handler.calls == 0
+
+
+async def test_a_dead_letter_reason_carries_no_record_content(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    value = _linked(mailbox_id={"password": "hunter2-secret"})
+    await handle_records([_record(value)], ADAPTER, Handler(), dead_letters)
+    [(_, reason)] = dead_letters.sent
+    assert "mailbox_id" in reason
+    assert "hunter2" not in reason
+
+
+async def test_an_undecodable_record_does_not_hold_up_the_rest_of_the_batch(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler()
+    batch = [_record(b"garbage", 0), _record(_linked(), 1), _record(_linked(2), 2)]
+    await handle_records(batch, ADAPTER, handler, dead_letters)
+    assert len(handler.handled) == 1
+    assert [r.offset for r, _ in dead_letters.sent] == [0, 2]
+
+
+async def test_a_handler_that_keeps_failing_gets_its_record_dead_lettered(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler(always=ValueError("no such plan"))
+    record = _record(_linked())
+    await handle_records([record], ADAPTER, handler, dead_letters)
+    [(sent, reason)] = dead_letters.sent
+    assert sent is record
+    assert reason.startswith("handler failed")
+    assert "ValueError" in reason
+    assert handler.calls == 1 + len(kafka.FAULT_RETRY_DELAYS)
+
+
+async def test_a_fault_that_goes_away_on_retry_is_not_dead_lettered(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler(ValueError("once"))
+    await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    assert len(handler.handled) == 1
+    assert dead_letters.sent == []
+
+
+async def test_storage_that_stays_away_fails_the_batch_and_dead_letters_nothing(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler(always=ConnectionFailure("mongo away"))
+    with pytest.raises(ConnectionFailure):
+        await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    assert dead_letters.sent == []
+    assert handler.calls == 1 + len(kafka.TRANSIENT_RETRY_DELAYS)
+
+
+async def test_a_transient_failure_is_retried_and_the_event_handled(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler(ConnectionFailure("blip"))
+    await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    assert handler.calls == 2
+    assert len(handler.handled) == 1
+    assert dead_letters.sent == []
+
+
+async def test_one_event_failing_for_now_fails_the_batch_after_the_others_are_handled(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    class FailsOnOneAddress(Handler):
+        async def __call__(self, event: events.MailboxEvent) -> None:
+            if event.data.address == "down@example.org":
+                raise ConnectionFailure("its shard is away")
+            await super().__call__(event)
+
+    handler = FailsOnOneAddress()
+    batch = [_record(_linked(address="down@example.org"), 0), _record(_linked(), 1)]
+    with pytest.raises(ConnectionFailure):
+        await handle_records(batch, ADAPTER, handler, dead_letters)
+    assert [e.data.address for e in handler.handled] == ["alice@example.org"]
+    assert dead_letters.sent == []

@@ -1,0 +1,233 @@
+"""Drives a real registry through Kafka: plays link-api, the verifier and billing, and follows
+what the registry answers on the mailboxes topic."""
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import SecretStr, TypeAdapter
+from pymongo import AsyncMongoClient
+
+from mailbox_link_shared.crypto import SecretBox, generate_key
+from mailbox_link_shared.events import (
+    Envelope,
+    Failure,
+    LinkRejected,
+    LinkRequested,
+    LinkRequestedData,
+    MailboxEvent,
+    MailboxLinked,
+    MailboxOwner,
+    MailboxVerified,
+    MailboxVerifiedData,
+    ServerSettings,
+    UserPlanChanged,
+    UserPlanChangedData,
+    VerificationFailed,
+    VerificationFailedData,
+)
+from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.topics import Topics
+
+_EVENT: TypeAdapter[MailboxEvent] = TypeAdapter(MailboxEvent)
+_BOX = SecretBox({"k1": SecretStr(generate_key())}, "k1")
+
+
+def owner(account: int | str, user: int | str) -> MailboxOwner:
+    """Returns a test user."""
+    return MailboxOwner(account_id=f"acct-{account}", user_id=f"user-{user}")
+
+
+def link_requested(who: MailboxOwner, address: str) -> LinkRequested:
+    """Returns what link-api would publish for a new link request."""
+    server = ServerSettings(host="mail.example.org", port=993, security="ssl", username=address)
+    data = LinkRequestedData(
+        link_id=uuid.uuid4().hex,
+        owner=who,
+        address=address,
+        provider="imap",
+        imap=server,
+        smtp=server.model_copy(update={"port": 465}),
+        credentials=_BOX.seal('{"imap_password": "x", "smtp_password": "x"}', address),
+    )
+    return LinkRequested(correlation_id=data.link_id, producer="test", data=data)
+
+
+def verified(request: LinkRequested) -> MailboxVerified:
+    """Returns the verifier's success for the request."""
+    data = MailboxVerifiedData(**request.data.model_dump())
+    return MailboxVerified(correlation_id=request.correlation_id, producer="test", data=data)
+
+
+def verification_failed(request: LinkRequested) -> VerificationFailed:
+    """Returns the verifier's failure (wrong password) for the request."""
+    data = VerificationFailedData(
+        link_id=request.data.link_id,
+        owner=request.data.owner,
+        address=request.data.address,
+        provider=request.data.provider,
+        failure=Failure.of(FailureCode.IMAP_AUTH_FAILED),
+    )
+    return VerificationFailed(correlation_id=request.correlation_id, producer="test", data=data)
+
+
+def plan_changed(who: MailboxOwner, plan: str, changed_at: datetime) -> UserPlanChanged:
+    """Returns what billing would publish when the user's plan changes."""
+    data = UserPlanChangedData(owner=who, plan=plan, changed_at=changed_at)
+    return UserPlanChanged(correlation_id=uuid.uuid4().hex, producer="billing", data=data)
+
+
+def redelivered(event: Envelope) -> Envelope:
+    """Returns the same event again under a new event id, as a retrying producer might."""
+    return event.model_copy(update={"event_id": uuid.uuid4()})
+
+
+class EventSender:
+    """Publishes events the way the services do: keyed, to the topic for their type."""
+
+    def __init__(self, bootstrap: str, namespace: str) -> None:
+        self.topics = Topics.for_namespace(namespace)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+
+    async def __aenter__(self) -> "EventSender":
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, events: Iterable[Envelope]) -> None:
+        """Publishes the events (concurrently) and waits until Kafka has stored them all."""
+        futures = [
+            await self._producer.send(
+                self.topics.for_event(event.type),
+                event.model_dump_json().encode(),
+                key=event.partition_key(),
+            )
+            for event in events
+        ]
+        await asyncio.gather(*futures)
+
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        """Publishes bytes as they are, e.g. a record no consumer can decode."""
+        await (await self._producer.send(topic, value, key=key))
+
+
+class MailboxesTopic:
+    """Follows the mailboxes topic from the beginning and keeps every event, in order."""
+
+    def __init__(self, bootstrap: str, namespace: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = Topics.for_namespace(namespace).mailboxes
+        self.events: list[MailboxEvent] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> "MailboxesTopic":
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+        )
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self._topic)
+        if partitions is None:
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(self._topic) or set()
+        assigned = [TopicPartition(self._topic, p) for p in partitions]
+        self._consumer.assign(assigned)
+        await self._consumer.seek_to_beginning(*assigned)
+        self._task = asyncio.create_task(self._follow())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                self.events.extend(_EVENT.validate_json(r.value or b"") for r in records)
+            if batch:
+                self._arrived.set()
+
+    def finals(self) -> dict[str, set[str]]:
+        """Returns, per link id, the distinct event ids of its final events seen so far."""
+        finals: dict[str, set[str]] = defaultdict(set)
+        for event in self.events:
+            if isinstance(event, MailboxLinked | LinkRejected):
+                finals[event.data.link_id].add(str(event.event_id))
+        return finals
+
+    def final_events(self) -> dict[str, MailboxLinked | LinkRejected]:
+        """Returns the (first) final event of each link."""
+        finals: dict[str, MailboxLinked | LinkRejected] = {}
+        for event in self.events:
+            if isinstance(event, MailboxLinked | LinkRejected):
+                finals.setdefault(event.data.link_id, event)
+        return finals
+
+    async def wait_for_finals(self, link_ids: Iterable[str], timeout: float) -> None:
+        """Waits until every link has a final event; fails naming how many have none."""
+        wanted = set(link_ids)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while missing := wanted - set(self.finals()):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"{len(missing)} of {len(wanted)} links have no final event")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), min(left, 1.0))
+
+
+async def registry_documents(uri: str, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    """Returns the registry's collections: links, address_locks, users."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
+    try:
+        db = client[f"{namespace}-registry"]
+        return {
+            name: [d async for d in db[name].find()] for name in ("links", "address_locks", "users")
+        }
+    finally:
+        await client.close()
+
+
+HOLDING = ("reserving", "reserved", "linked")
+
+
+def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> None:
+    """Checks guarantees 1 and 2 on the registry's own documents.
+
+    One link at most holds each address (and the lock names it); every slot a user holds
+    belongs to a holding link of theirs, and every holding link holds one slot.
+    """
+    links = {d["_id"]: d for d in documents["links"]}
+    holding_by_address: dict[str, list[str]] = defaultdict(list)
+    holding_by_user: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for link in links.values():
+        if link["state"] in HOLDING:
+            holding_by_address[link["address"]].append(link["_id"])
+            holding_by_user[(link["account_id"], link["user_id"])].add(link["_id"])
+    for address, holders in holding_by_address.items():
+        assert len(holders) == 1, f"{address} held by {len(holders)} links"
+    locks = {d["_id"]: d["link_id"] for d in documents["address_locks"]}
+    for address, holders in holding_by_address.items():
+        assert locks.get(address) == holders[0], f"lock of {address} is not its holder's"
+    for user in documents["users"]:
+        key = (user["owner"]["account_id"], user["owner"]["user_id"])
+        held = set(user.get("held", {}))
+        assert user.get("held_count", 0) == len(held), f"{key}: count and slots disagree"
+        assert held == holding_by_user.pop(key, set()), f"{key}: slots are not its links"
+    assert not holding_by_user, f"links hold no slot: {sorted(holding_by_user)}"
