@@ -11,6 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
+from localinfra.registry_driver import (
+    EventSender,
+    MailboxesTopic,
+    link_requested,
+    owner,
+    plan_changed,
+    redelivered,
+    registry_documents,
+    verification_failed,
+    verified,
+)
 from localinfra.services import RunningServices
 from localinfra.stack import Endpoints
 from mailbox_link_shared.events import (
@@ -23,18 +34,7 @@ from mailbox_link_shared.events import (
 from mailbox_link_shared.topics import Topics
 
 from ..example_consumer.linked_mailboxes import build_view
-from .registry_driver import (
-    EventSender,
-    MailboxesTopic,
-    assert_registry_consistent,
-    link_requested,
-    owner,
-    plan_changed,
-    redelivered,
-    registry_documents,
-    verification_failed,
-    verified,
-)
+from .registry_checks import assert_registry_consistent
 from .test_registry_guarantees import start_registry
 
 pytestmark = pytest.mark.connected

@@ -12,6 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
+from localinfra.registry_driver import (
+    EventSender,
+    MailboxesTopic,
+    link_requested,
+    owner,
+    plan_changed,
+    registry_documents,
+    verified,
+)
 from localinfra.services import RunningServices, start_services
 from localinfra.stack import Endpoints
 from mailbox_link_shared.events import LinkRejected, MailboxLinked, utc_now
@@ -19,16 +28,7 @@ from mailbox_link_shared.topics import Topics
 
 from .conftest import service_config
 from .probes import read_topics
-from .registry_driver import (
-    EventSender,
-    MailboxesTopic,
-    assert_registry_consistent,
-    link_requested,
-    owner,
-    plan_changed,
-    registry_documents,
-    verified,
-)
+from .registry_checks import assert_registry_consistent
 
 pytestmark = pytest.mark.connected
 NAMESPACE = "e2e-registry"

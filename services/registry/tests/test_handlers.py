@@ -1,100 +1,857 @@
+"""What the registry does with each event and request, on in-memory storage and a set clock."""
+
+from datetime import timedelta
+from typing import TypeVar
+
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.events import (
+    Envelope,
+    Failure,
     LinkRejected,
+    LinkRequested,
+    LinkRequestedData,
+    LinkReserved,
     MailboxLinked,
     MailboxOwner,
     MailboxUnlinked,
     MailboxVerified,
     MailboxVerifiedData,
+    ProviderType,
     ServerSettings,
+    UnlinkedBy,
+    UserPlanChanged,
+    UserPlanChangedData,
+    VerificationFailed,
+    VerificationFailedData,
 )
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import RecordingPublisher
 from registry import handlers
+from registry.domain.links import LinkState
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
-from registry.handlers import RegistryDeps
-
-from .fakes import InMemoryMailboxStore
+from registry.handlers import RegistryDeps, UnlinkResult
+from registry_fakes import FailingOncePublisher, FakeClock, InMemoryRegistryStore
 
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
 BOB = MailboxOwner(account_id="globex", user_id="bob")
+ADDRESS = "box@example.org"
+TTL = timedelta(minutes=15)
+PLANS = PlanTable(DEFAULT_PLANS, "basic")
+GRACE = timedelta(seconds=5)
+
+RegistryEvent = LinkRequested | MailboxVerified | VerificationFailed | UserPlanChanged
+FinalEvent = MailboxLinked | LinkRejected
+E = TypeVar("E", bound=Envelope)
 
 
 @pytest.fixture
-def deps() -> RegistryDeps:
-    return RegistryDeps(
-        InMemoryMailboxStore(), RecordingPublisher(), PlanTable(DEFAULT_PLANS, "basic")
-    )
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-def _verified(owner: MailboxOwner, address: str, link_id: str) -> MailboxVerified:
-    server = ServerSettings(host="mail.example.org", port=993, security="ssl", username=address)
-    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", address)
-    data = MailboxVerifiedData(
-        link_id=link_id,
-        owner=owner,
-        address=address,
-        provider="imap",
-        imap=server,
-        smtp=server,
-        credentials=sealed,
-    )
-    return MailboxVerified(correlation_id=link_id, producer="test", data=data)
+@pytest.fixture
+def store(clock: FakeClock) -> InMemoryRegistryStore:
+    return InMemoryRegistryStore(clock)
 
 
-def _last(deps: RegistryDeps) -> object:
-    assert isinstance(deps.publisher, RecordingPublisher)
-    return deps.publisher.events[-1]
+@pytest.fixture
+def deps(store: InMemoryRegistryStore, clock: FakeClock) -> RegistryDeps:
+    return RegistryDeps(store, RecordingPublisher(), PLANS, reservation_ttl=TTL, clock=clock)
 
 
-async def test_verified_mailbox_is_linked(deps: RegistryDeps) -> None:
-    await handlers.when_mailbox_verified_link_mailbox(_verified(ALICE, "a@example.org", "l1"), deps)
-    linked = _last(deps)
+# --- a link's life ----------------------------------------------------------------------------
+
+
+async def test_request_reserves_the_address_and_a_slot_and_announces_it(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    [reserved] = _events(deps)
+    assert isinstance(reserved, LinkReserved)
+    assert reserved.correlation_id == reserved.data.link_id == "l1"
+    assert reserved.data.owner == ALICE
+    assert reserved.data.address == ADDRESS
+    assert reserved.data.expires_at == clock() + TTL
+    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert (await handlers.get_plan(ALICE, deps)).used == 1
+
+
+async def test_verified_mailbox_with_a_reservation_is_linked_and_listed(deps: RegistryDeps) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    linked = _final(deps, "l1")
     assert isinstance(linked, MailboxLinked)
     assert linked.data.owner == ALICE
-    found = await handlers.find_owner("a@example.org", deps)
-    assert found is not None
-    assert found.owner == ALICE
+    assert linked.data.address == ADDRESS
+    [mailbox] = await handlers.list_mailboxes(ALICE, deps)
+    assert mailbox.address == ADDRESS
+    assert mailbox.mailbox is not None
+    assert mailbox.mailbox.mailbox_id == linked.data.mailbox_id
+    assert mailbox.mailbox.imap.host == "imap.example.org"
+    assert await handlers.list_mailboxes(BOB, deps) == []
+
+
+async def test_verification_before_the_request_still_reserves_then_links(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert _types(deps) == [LinkReserved, MailboxLinked]
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    assert _types(deps) == [LinkReserved, MailboxLinked]  # the late request changes nothing
+    assert len(await handlers.list_mailboxes(ALICE, deps)) == 1
+    assert (await handlers.get_plan(ALICE, deps)).used == 1
+
+
+async def test_each_decision_is_published_once_when_nothing_fails(
+    deps: RegistryDeps, store: InMemoryRegistryStore
+) -> None:
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert _types(deps) == [LinkReserved, MailboxLinked]
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER)
+    assert _types(deps) == [LinkReserved, MailboxLinked, MailboxUnlinked]
+    assert store.markers == {}  # every decision finished
 
 
 async def test_second_account_cannot_link_a_linked_mailbox(deps: RegistryDeps) -> None:
-    await handlers.when_mailbox_verified_link_mailbox(_verified(ALICE, "a@example.org", "l1"), deps)
-    await handlers.when_mailbox_verified_link_mailbox(_verified(BOB, "a@example.org", "l2"), deps)
-    rejected = _last(deps)
-    assert isinstance(rejected, LinkRejected)
-    assert rejected.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
-    assert "acme" not in rejected.model_dump_json()  # the other account stays secret
+    await _link(deps, ALICE, "l1")
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    refused = _rejection(deps, "l2")
+    assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
+    assert refused.data.owner == BOB
+    body = refused.model_dump_json()
+    assert "acme" not in body  # the other account and user stay secret
+    assert "alice" not in body
+    # Nothing was taken for BOB, and the late verification of his request links nothing.
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
+    assert _final(deps, "l2") == refused
+    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert (await handlers.get_plan(BOB, deps)).used == 0
+    assert await handlers.list_mailboxes(BOB, deps) == []
 
 
-async def test_user_at_plan_limit_is_rejected_with_the_limit(deps: RegistryDeps) -> None:
+async def test_refusal_to_another_account_names_none_of_its_mailboxes(deps: RegistryDeps) -> None:
+    await _link(deps, ALICE, "l1")
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l3"), deps)  # verified first
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l4"), deps)
+    assert _rejection(deps, "l2").data.mailbox_id is None
+    assert _rejection(deps, "l3").data.mailbox_id is None
+    assert _rejection(deps, "l4").data.mailbox_id is not None  # the owner may know their own
+
+
+async def test_a_refusal_on_sight_takes_no_address_or_slot(
+    deps: RegistryDeps, store: InMemoryRegistryStore
+) -> None:
     await handlers.assign_plan(ALICE, "free", deps)
-    await handlers.when_mailbox_verified_link_mailbox(_verified(ALICE, "a@example.org", "l1"), deps)
-    await handlers.when_mailbox_verified_link_mailbox(_verified(ALICE, "b@example.org", "l2"), deps)
-    rejected = _last(deps)
+    await _link(deps, ALICE, "l1")
+    store.lock_requests.clear()
+    store.slot_requests.clear()
+    await handlers.when_link_requested_reserve(_requested(BOB, "elsewhere"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "again"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "full", "b@example.org"), deps)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "full-late", "c@example.org"), deps)
+    codes = {
+        link_id: _rejection(deps, link_id).data.failure.code
+        for link_id in ("elsewhere", "again", "full", "full-late")
+    }
+    assert codes == {
+        "elsewhere": FailureCode.ALREADY_LINKED_ELSEWHERE,
+        "again": FailureCode.ALREADY_LINKED,
+        "full": FailureCode.PLAN_LIMIT_REACHED,
+        "full-late": FailureCode.PLAN_LIMIT_REACHED,
+    }
+    assert store.lock_requests == []
+    assert store.slot_requests == []
+    assert store.locks == {ADDRESS: "l1"}
+    assert (await deps.store.get_slots(ALICE)).held == {"l1": ADDRESS}
+    assert (await deps.store.get_slots(BOB)).held == {}
+    for link_id in codes:  # stored already decided: it never was in flight
+        record = await deps.store.get_link(link_id)
+        assert record is not None
+        assert record.state is LinkState.REJECTED
+        assert record.decision_id == str(_rejection(deps, link_id).event_id)
+    assert store.markers == {}
+
+
+async def test_a_plan_full_of_expired_reservations_is_not_refused_on_sight(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.assign_plan(ALICE, "free", deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1", "a@example.org"), deps)
+    clock.advance(TTL)  # expired, not yet swept
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l2", "b@example.org"), deps)
+    assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
+    assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
+    assert (await deps.store.get_slots(ALICE)).held == {"l2": "b@example.org"}
+
+
+async def test_second_account_cannot_take_a_mailbox_being_linked(deps: RegistryDeps) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    refused = _rejection(deps, "l2")
+    assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
+    assert refused.data.mailbox_id is None
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert isinstance(_final(deps, "l1"), MailboxLinked)
+
+
+async def test_linking_your_own_mailbox_again_answers_already_linked_with_its_id(
+    deps: RegistryDeps,
+) -> None:
+    linked = await _link(deps, ALICE, "l1")
+    await handlers.assign_plan(ALICE, "free", deps)  # at the limit: the address answers first
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l2"), deps)
+    again = _rejection(deps, "l2")
+    assert again.data.failure.code is FailureCode.ALREADY_LINKED
+    assert again.data.mailbox_id == linked.data.mailbox_id
+    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert (await handlers.get_plan(ALICE, deps)).used == 1
+
+
+async def test_linking_your_own_mailbox_while_its_link_is_in_flight_answers_in_progress(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l2"), deps)
+    refused = _rejection(deps, "l2")
+    assert refused.data.failure.code is FailureCode.LINK_IN_PROGRESS
+    assert refused.data.mailbox_id is None
+    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert (await handlers.get_plan(ALICE, deps)).used == 1
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert isinstance(_final(deps, "l1"), MailboxLinked)
+
+
+# --- plans ------------------------------------------------------------------------------------
+
+
+async def test_plan_limit_counts_links_still_in_flight(deps: RegistryDeps) -> None:
+    await handlers.assign_plan(ALICE, "free", deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1", "a@example.org"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l2", "b@example.org"), deps)
+    refused = _rejection(deps, "l2")
+    assert refused.data.failure.code is FailureCode.PLAN_LIMIT_REACHED
+    assert refused.data.plan_limit == 1
+    assert await deps.store.address_holder("b@example.org") is None  # given back
+    # Once the first ends without a link, its slot is free again.
+    await handlers.when_verification_failed_release(_failed(ALICE, "l1", "a@example.org"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l3", "b@example.org"), deps)
+    assert isinstance(_event(deps, "l3", LinkReserved), LinkReserved)
+
+
+async def test_downgrade_keeps_existing_links_and_blocks_new_ones_until_under_the_limit(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.when_user_plan_changed_apply(_plan_changed(ALICE, "professional", clock), deps)
+    for n in range(4):
+        await _link(deps, ALICE, f"l{n}", f"m{n}@example.org")
+    clock.advance(timedelta(minutes=1))
+    await handlers.when_user_plan_changed_apply(_plan_changed(ALICE, "basic", clock), deps)
+    assert len(await handlers.list_mailboxes(ALICE, deps)) == 4
+    usage = await handlers.get_plan(ALICE, deps)
+    assert (usage.plan, usage.limit, usage.used) == ("basic", 3, 4)
+
+    await handlers.when_link_requested_reserve(_requested(ALICE, "new1", "x@example.org"), deps)
+    refused = _rejection(deps, "new1")
+    assert refused.data.failure.code is FailureCode.PLAN_LIMIT_REACHED
+    assert refused.data.plan_limit == 3
+
+    unlinked = await handlers.unlink_mailbox("m0@example.org", deps, ALICE, UnlinkedBy.USER)
+    assert unlinked is UnlinkResult.UNLINKED
+    await handlers.when_link_requested_reserve(_requested(ALICE, "new2", "x@example.org"), deps)
+    assert _rejection(deps, "new2").data.failure.code is FailureCode.PLAN_LIMIT_REACHED
+
+    await handlers.unlink_mailbox("m1@example.org", deps, ALICE, UnlinkedBy.USER)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "new3", "x@example.org"), deps)
+    assert isinstance(_event(deps, "new3", LinkReserved), LinkReserved)
+    assert (await handlers.get_plan(ALICE, deps)).used == 3
+
+
+async def test_an_older_plan_change_never_overrides_a_newer_one(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    newer = _plan_changed(ALICE, "free", clock)
+    clock.advance(timedelta(minutes=-5))
+    older = _plan_changed(ALICE, "organization", clock)
+    await handlers.when_user_plan_changed_apply(newer, deps)
+    await handlers.when_user_plan_changed_apply(older, deps)
+    assert (await handlers.get_plan(ALICE, deps)).plan == "free"
+    same_time = UserPlanChanged(
+        correlation_id="billing",
+        producer="billing",
+        data=UserPlanChangedData(owner=ALICE, plan="basic", changed_at=newer.data.changed_at),
+    )
+    await handlers.when_user_plan_changed_apply(same_time, deps)
+    assert (await handlers.get_plan(ALICE, deps)).plan == "free"
+    clock.advance(timedelta(minutes=10))
+    await handlers.when_user_plan_changed_apply(_plan_changed(ALICE, "professional", clock), deps)
+    usage = await handlers.get_plan(ALICE, deps)
+    assert (usage.plan, usage.limit) == ("professional", 5)
+
+
+async def test_a_user_never_assigned_a_plan_gets_the_default(deps: RegistryDeps) -> None:
+    usage = await handlers.get_plan(ALICE, deps)
+    assert (usage.plan, usage.limit, usage.used) == ("basic", 3, 0)
+    await handlers.when_user_plan_changed_apply(_plan_changed(BOB, "gold", FakeClock()), deps)
+    assert (await handlers.get_plan(BOB, deps)).plan == "basic"  # unknown plans fall back
+
+
+# --- ends without a link ----------------------------------------------------------------------
+
+
+async def test_failed_verification_gives_back_address_and_slot_with_the_verifiers_reason(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    failed = _failed(ALICE, "l1")
+    await handlers.when_verification_failed_release(failed, deps)
+    rejected = _rejection(deps, "l1")
+    assert rejected.data.failure == failed.data.failure
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
+
+
+async def test_failed_verification_before_the_request_ends_the_link_with_the_verifiers_reason(
+    deps: RegistryDeps, store: InMemoryRegistryStore
+) -> None:
+    failed = _failed(ALICE, "l1")
+    await handlers.when_verification_failed_release(failed, deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)  # a confused verifier
+    [rejected] = _events(deps)
     assert isinstance(rejected, LinkRejected)
-    assert rejected.data.failure.code is FailureCode.PLAN_LIMIT_REACHED
-    assert rejected.data.plan_limit == 1
+    assert rejected.data.failure == failed.data.failure
+    assert (rejected.data.plan_limit, rejected.data.mailbox_id) == (None, None)
+    assert store.lock_requests == []
+    assert store.slot_requests == []
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert store.markers == {}
 
 
-async def test_redelivered_verification_repeats_the_same_answer(deps: RegistryDeps) -> None:
-    event = _verified(ALICE, "a@example.org", "l1")
-    await handlers.when_mailbox_verified_link_mailbox(event, deps)
-    await handlers.when_mailbox_verified_link_mailbox(event, deps)
-    assert isinstance(deps.publisher, RecordingPublisher)
-    first, second = deps.publisher.events
-    assert first.event_id == second.event_id
-    assert len(await handlers.list_mailboxes(ALICE, deps)) == 1
+async def test_failed_verification_before_the_request_wins_over_a_refusal_on_sight(
+    deps: RegistryDeps,
+) -> None:
+    await _link(deps, ALICE, "l1")
+    failed = _failed(BOB, "l2")
+    await handlers.when_verification_failed_release(failed, deps)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    assert _rejection(deps, "l2").data.failure == failed.data.failure
+    assert await deps.store.address_holder(ADDRESS) == "l1"
 
 
-async def test_unlinked_mailbox_can_be_linked_by_another_account(deps: RegistryDeps) -> None:
-    await handlers.when_mailbox_verified_link_mailbox(_verified(ALICE, "a@example.org", "l1"), deps)
-    assert not await handlers.unlink_mailbox(BOB, "a@example.org", deps)
-    assert await handlers.unlink_mailbox(ALICE, "a@example.org", deps)
-    assert isinstance(_last(deps), MailboxUnlinked)
-    await handlers.when_mailbox_verified_link_mailbox(_verified(BOB, "a@example.org", "l2"), deps)
-    linked = _last(deps)
+async def test_overdue_reservation_expires_and_frees_address_and_slot(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    clock.advance(TTL - timedelta(seconds=1))
+    assert await handlers.expire_overdue_reservations(deps) == 0
+    clock.advance(timedelta(seconds=1))
+    assert await handlers.expire_overdue_reservations(deps) == 1
+    assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    # A verification that comes after the expiry links nothing.
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert isinstance(_final(deps, "l1"), LinkRejected)
+    assert await handlers.find_owner(ADDRESS, deps) is None
+    assert await handlers.expire_overdue_reservations(deps) == 0
+
+
+async def test_a_verification_after_the_expiry_expires_the_reservation_before_any_sweep(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    clock.advance(TTL)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert _types(deps) == [LinkReserved, LinkRejected]
+    assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
+    assert await handlers.find_owner(ADDRESS, deps) is None
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert await handlers.expire_overdue_reservations(deps) == 0
+
+
+async def test_an_expired_holder_is_taken_over_by_the_next_request(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    clock.advance(TTL)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
+    reserved = _event(deps, "l2", LinkReserved)
+    assert reserved.data.expires_at == clock() + TTL
+    assert await deps.store.address_holder(ADDRESS) == "l2"
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert await handlers.expire_overdue_reservations(deps) == 0
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
+    assert isinstance(_final(deps, "l1"), LinkRejected)
+    assert isinstance(_final(deps, "l2"), MailboxLinked)
+
+
+# --- redelivery and interrupted decisions -----------------------------------------------------
+
+
+async def _deliver(event: RegistryEvent, deps: RegistryDeps) -> None:
+    # As the registry's subscriber does.
+    if isinstance(event, LinkRequested):
+        await handlers.when_link_requested_reserve(event, deps)
+    elif isinstance(event, MailboxVerified):
+        await handlers.when_mailbox_verified_link(event, deps)
+    elif isinstance(event, VerificationFailed):
+        await handlers.when_verification_failed_release(event, deps)
+    else:
+        await handlers.when_user_plan_changed_apply(event, deps)
+
+
+def _a_busy_day(clock: FakeClock) -> list[RegistryEvent]:
+    # Every kind of answer: linked, refused elsewhere, already linked, in progress, plan limit,
+    # failed verification, verification before request.
+    return [
+        _plan_changed(ALICE, "basic", clock),
+        _requested(ALICE, "linked"),
+        _verified(ALICE, "linked"),
+        _requested(BOB, "elsewhere"),
+        _requested(ALICE, "again"),
+        _requested(ALICE, "flight", "f@example.org"),
+        _requested(ALICE, "in-progress", "f@example.org"),
+        _verified(ALICE, "early", "e@example.org"),
+        _requested(ALICE, "early", "e@example.org"),
+        _requested(ALICE, "over-limit", "o@example.org"),
+        _failed(ALICE, "flight", "f@example.org"),
+        _failed(BOB, "failed-first", "g@example.org"),
+        _requested(BOB, "failed-first", "g@example.org"),
+    ]
+
+
+async def test_redelivered_events_publish_nothing_new(
+    deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    day = _a_busy_day(clock)
+    for event in day:
+        await _deliver(event, deps)
+        await _deliver(event, deps)  # redelivered at once
+    first_time = list(_events(deps))
+    for event in reversed(day):
+        await _deliver(event, deps)  # and again, much later
+    assert _events(deps) == first_time
+    assert len({e.event_id for e in first_time}) == len(first_time)  # none published twice
+    assert store.markers == {}
+    for link_id in {e.correlation_id for e in first_time}:
+        answers = [e for e in first_time if e.correlation_id == link_id]
+        assert len([e for e in answers if isinstance(e, FinalEvent)]) == 1, link_id
+        assert len([e for e in answers if isinstance(e, LinkReserved)]) <= 1, link_id
+    codes = {
+        e.correlation_id: e.data.failure.code for e in first_time if isinstance(e, LinkRejected)
+    }
+    assert codes == {
+        "elsewhere": FailureCode.ALREADY_LINKED_ELSEWHERE,
+        "again": FailureCode.ALREADY_LINKED,
+        "in-progress": FailureCode.LINK_IN_PROGRESS,
+        "over-limit": FailureCode.PLAN_LIMIT_REACHED,
+        "flight": FailureCode.IMAP_AUTH_FAILED,
+        "failed-first": FailureCode.IMAP_AUTH_FAILED,
+    }
+
+
+async def test_an_interrupted_decision_stays_open_and_the_relay_publishes_it_once(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    deps = _deps_failing_once(store, clock, "MailboxLinked")
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    verified = _verified(ALICE, "l1")
+    with pytest.raises(ConnectionError):
+        await handlers.when_mailbox_verified_link(verified, deps)
+    assert _types(deps) == [LinkReserved]
+    record = await store.get_link("l1")
+    assert record is not None
+    assert record.state is LinkState.LINKED
+    assert record.decision_id is not None
+    assert await store.is_decision_open("l1", record.decision_id)
+    assert list(store.markers) == [("l1", record.decision_id)]
+
+    # A decision younger than the grace is left to the request that is finishing it.
+    clock.advance(GRACE)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    clock.advance(timedelta(milliseconds=1))
+    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert _types(deps) == [LinkReserved, MailboxLinked]
+    linked = _final(deps, "l1")
+    assert str(linked.event_id) == record.decision_id
+    assert store.markers == {}
+    # The consumer saw the error, so the verification comes again: nothing new.
+    await handlers.when_mailbox_verified_link(verified, deps)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    assert _types(deps) == [LinkReserved, MailboxLinked]
+    owner = await handlers.find_owner(ADDRESS, deps)
+    assert owner is not None
+    assert owner.mailbox is not None
+    assert owner.mailbox.mailbox_id == linked.data.mailbox_id
+
+
+async def test_a_redelivery_finishes_an_interrupted_decision_before_the_relay(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    deps = _deps_failing_once(store, clock, "LinkRejected")
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    failed = _failed(ALICE, "l1")
+    with pytest.raises(ConnectionError):
+        await handlers.when_verification_failed_release(failed, deps)
+    # Unannounced, the rejection keeps the address: the next link's events must come after it.
+    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert (await handlers.get_plan(ALICE, deps)).used == 1
+    await handlers.when_verification_failed_release(failed, deps)  # redelivered
+    assert _rejection(deps, "l1").data.failure == failed.data.failure
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert store.markers == {}
+    clock.advance(GRACE * 2)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    await handlers.when_verification_failed_release(failed, deps)
+    assert _types(deps) == [LinkReserved, LinkRejected]
+
+
+async def test_the_relay_announces_an_interrupted_rejection_then_gives_back_what_it_held(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    deps = _deps_failing_once(store, clock, "LinkRejected")
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    with pytest.raises(ConnectionError):
+        await handlers.when_verification_failed_release(_failed(ALICE, "l1"), deps)
+    clock.advance(GRACE * 2)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert _rejection(deps, "l1").data.failure.code is FailureCode.IMAP_AUTH_FAILED
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert store.markers == {}
+    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    assert _types(deps) == [LinkReserved, LinkRejected]
+
+
+async def test_an_interrupted_refusal_on_sight_is_announced_once(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    deps = _deps_failing_once(store, clock, "LinkRejected")
+    await _link(deps, ALICE, "l1")
+    requested = _requested(BOB, "l2")
+    with pytest.raises(ConnectionError):
+        await handlers.when_link_requested_reserve(requested, deps)
+    record = await store.get_link("l2")
+    assert record is not None
+    assert record.state is LinkState.REJECTED
+    assert record.decision_id is not None
+    assert await store.is_decision_open("l2", record.decision_id)
+    clock.advance(GRACE * 2)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    await handlers.when_link_requested_reserve(requested, deps)  # redelivered after the relay
+    refused = _rejection(deps, "l2")
+    assert str(refused.event_id) == record.decision_id
+    assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
+    assert store.markers == {}
+    assert await deps.store.address_holder(ADDRESS) == "l1"
+
+
+async def test_a_lost_decision_closes_its_marker_and_announces_nothing(
+    deps: RegistryDeps, store: InMemoryRegistryStore
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    failed = _failed(ALICE, "l1")
+
+    async def verification_fails_meanwhile() -> None:
+        await handlers.when_verification_failed_release(failed, deps)
+
+    # The verifier's failure is decided between the link's read and its conditional update.
+    store.cut_in("decide", verification_fails_meanwhile)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert _types(deps) == [LinkReserved, LinkRejected]
+    assert _rejection(deps, "l1").data.failure == failed.data.failure
+    assert store.markers == {}
+    assert await handlers.find_owner(ADDRESS, deps) is None
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+
+
+async def test_a_request_that_takes_address_and_slot_after_its_link_ended_gives_them_back(
+    deps: RegistryDeps, store: InMemoryRegistryStore
+) -> None:
+    failed = _failed(ALICE, "l1")
+
+    async def verification_fails_meanwhile() -> None:
+        await handlers.when_verification_failed_release(failed, deps)
+
+    # The link ends (and is settled, holding nothing yet) after the request created its record
+    # but before it took the address and the slot.
+    store.cut_in("lock_address", verification_fails_meanwhile)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    assert store.lock_requests == ["l1"]
+    assert store.slot_requests == ["l1"]
+    assert _types(deps) == [LinkRejected]
+    assert _rejection(deps, "l1").data.failure == failed.data.failure
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert store.markers == {}
+
+
+async def test_a_refusal_that_loses_the_records_creation_closes_its_marker(
+    deps: RegistryDeps, store: InMemoryRegistryStore
+) -> None:
+    failed = _failed(ALICE, "l1")
+
+    async def request_arrives_meanwhile() -> None:
+        await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+
+    # The request creates (and reserves) the record between the failure's read and its insert.
+    store.cut_in("add_link", request_arrives_meanwhile)
+    await handlers.when_verification_failed_release(failed, deps)
+    assert _types(deps) == [LinkReserved, LinkRejected]
+    assert _rejection(deps, "l1").data.failure == failed.data.failure
+    assert store.markers == {}
+    assert await deps.store.address_holder(ADDRESS) is None
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+
+
+async def test_the_relay_closes_the_marker_of_a_decision_a_crash_kept_from_being_stored(
+    deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    async def crash() -> None:
+        raise ConnectionError("storage away")
+
+    requested = _requested(ALICE, "l1")
+    store.cut_in("decide", crash)  # after the marker was opened, before the decision
+    with pytest.raises(ConnectionError):
+        await handlers.when_link_requested_reserve(requested, deps)
+    assert len(store.markers) == 1
+    clock.advance(GRACE * 2)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert store.markers == {}
+    assert _events(deps) == []  # nothing was decided, so nothing is announced
+    record = await store.get_link("l1")
+    assert record is not None
+    assert record.state is LinkState.RESERVING
+    await handlers.when_link_requested_reserve(requested, deps)  # redelivered
+    assert _types(deps) == [LinkReserved]
+    assert store.markers == {}
+
+
+async def test_the_relay_only_closes_a_marker_a_newer_decision_replaced(
+    deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await store.open_decision("l1", "00000000-0000-0000-0000-00000000000f")  # an older one
+    clock.advance(GRACE * 2)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert _types(deps) == [LinkReserved]
+    assert store.markers == {}
+
+
+async def test_a_stale_holder_with_an_unpublished_decision_is_announced_before_takeover(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    deps = _deps_failing_once(store, clock, "LinkRejected")
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    with pytest.raises(ConnectionError):
+        await handlers.when_verification_failed_release(_failed(ALICE, "l1"), deps)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    assert [(type(e), e.correlation_id) for e in _events(deps)] == [
+        (LinkReserved, "l1"),
+        (LinkRejected, "l1"),
+        (LinkReserved, "l2"),
+    ]
+    assert store.markers == {}
+    clock.advance(GRACE * 2)
+    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+
+
+def test_link_ids_that_could_name_a_document_field_never_reach_the_registry() -> None:
+    # The store keys documents and slot fields (held.<link id>) by link id.
+    for bad in ("a.b", "$where", "", "x" * 65, "a/b"):
+        with pytest.raises(ValidationError, match="link_id"):
+            _failed(ALICE, bad)
+        with pytest.raises(ValidationError, match="link_id"):
+            _request_data(ALICE, bad, ADDRESS)
+    assert _failed(ALICE, "Ab-9_" + "x" * 59).data.link_id.startswith("Ab-9_")
+
+
+# --- unlinking and lookups --------------------------------------------------------------------
+
+
+async def test_unlinked_mailbox_is_announced_freed_and_linkable_by_another_account(
+    deps: RegistryDeps,
+) -> None:
+    linked = await _link(deps, ALICE, "l1")
+    assert await handlers.unlink_mailbox(ADDRESS, deps, BOB, UnlinkedBy.USER) is (
+        UnlinkResult.NOT_FOUND
+    )
+    assert await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER) is (
+        UnlinkResult.UNLINKED
+    )
+    unlinked = _events(deps)[-1]
+    assert isinstance(unlinked, MailboxUnlinked)
+    assert unlinked.data.mailbox_id == linked.data.mailbox_id
+    assert unlinked.data.owner == ALICE
+    assert unlinked.data.link_id == "l1"
+    assert unlinked.data.unlinked_by is UnlinkedBy.USER
+    assert await handlers.list_mailboxes(ALICE, deps) == []
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert await handlers.find_owner(ADDRESS, deps) is None
+    assert await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER) is (
+        UnlinkResult.NOT_FOUND
+    )
+    relinked = await _link(deps, BOB, "l2")
+    assert relinked.data.owner == BOB
+    assert relinked.data.mailbox_id != linked.data.mailbox_id
+
+
+async def test_admin_unlinks_whoever_linked_the_mailbox(deps: RegistryDeps) -> None:
+    assert await handlers.unlink_mailbox(ADDRESS, deps, None, UnlinkedBy.ADMIN) is (
+        UnlinkResult.NOT_FOUND
+    )
+    await _link(deps, ALICE, "l1")
+    assert await handlers.unlink_mailbox(ADDRESS, deps, None, UnlinkedBy.ADMIN) is (
+        UnlinkResult.UNLINKED
+    )
+    unlinked = _events(deps)[-1]
+    assert isinstance(unlinked, MailboxUnlinked)
+    assert unlinked.data.owner == ALICE
+    assert unlinked.data.unlinked_by is UnlinkedBy.ADMIN
+    assert await deps.store.address_holder(ADDRESS) is None
+
+
+async def test_unlink_while_the_link_is_in_flight_answers_in_progress(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    assert await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER) is (
+        UnlinkResult.IN_PROGRESS
+    )
+    assert await handlers.unlink_mailbox(ADDRESS, deps, None, UnlinkedBy.ADMIN) is (
+        UnlinkResult.IN_PROGRESS
+    )
+    assert await handlers.unlink_mailbox(ADDRESS, deps, BOB, UnlinkedBy.USER) is (
+        UnlinkResult.NOT_FOUND
+    )
+    assert not [e for e in _events(deps) if isinstance(e, MailboxUnlinked)]
+    clock.advance(TTL)  # expired, even before the sweep: there is nothing to unlink
+    assert await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER) is (
+        UnlinkResult.NOT_FOUND
+    )
+
+
+async def test_owner_is_known_only_once_the_mailbox_is_linked(deps: RegistryDeps) -> None:
+    assert await handlers.find_owner(ADDRESS, deps) is None
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    assert await handlers.find_owner(ADDRESS, deps) is None
+    linked = await _link(deps, ALICE, "l1")
+    owner = await handlers.find_owner(ADDRESS, deps)
+    assert owner is not None
+    assert owner.owner == ALICE
+    assert owner.mailbox is not None
+    assert owner.mailbox.mailbox_id == linked.data.mailbox_id
+
+
+async def test_mailboxes_are_listed_oldest_first(deps: RegistryDeps, clock: FakeClock) -> None:
+    await handlers.assign_plan(ALICE, "professional", deps)
+    for n in range(3):
+        await _link(deps, ALICE, f"l{n}", f"m{n}@example.org")
+        clock.advance(timedelta(minutes=1))
+    await handlers.when_link_requested_reserve(_requested(ALICE, "flight", "f@example.org"), deps)
+    listed = await handlers.list_mailboxes(ALICE, deps)
+    assert [r.link_id for r in listed] == ["l0", "l1", "l2"]  # not the one in flight
+    assert (await handlers.get_plan(ALICE, deps)).used == 4
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _request_data(owner: MailboxOwner, link_id: str, address: str) -> LinkRequestedData:
+    imap = ServerSettings(host="imap.example.org", port=993, security="ssl", username=address)
+    smtp = ServerSettings(host="smtp.example.org", port=465, security="ssl", username=address)
+    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", address)
+    return LinkRequestedData(
+        link_id=link_id,
+        owner=owner,
+        address=address,
+        provider=ProviderType.IMAP,
+        imap=imap,
+        smtp=smtp,
+        credentials=sealed,
+    )
+
+
+def _requested(owner: MailboxOwner, link_id: str, address: str = ADDRESS) -> LinkRequested:
+    data = _request_data(owner, link_id, address)
+    return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
+
+
+def _verified(owner: MailboxOwner, link_id: str, address: str = ADDRESS) -> MailboxVerified:
+    data = MailboxVerifiedData(**_request_data(owner, link_id, address).model_dump())
+    return MailboxVerified(correlation_id=link_id, producer="imap-verifier", data=data)
+
+
+def _failed(owner: MailboxOwner, link_id: str, address: str = ADDRESS) -> VerificationFailed:
+    data = VerificationFailedData(
+        link_id=link_id,
+        owner=owner,
+        address=address,
+        provider=ProviderType.IMAP,
+        failure=Failure.of(FailureCode.IMAP_AUTH_FAILED, "NO [AUTHENTICATIONFAILED]"),
+    )
+    return VerificationFailed(correlation_id=link_id, producer="imap-verifier", data=data)
+
+
+def _plan_changed(owner: MailboxOwner, plan: str, clock: FakeClock) -> UserPlanChanged:
+    data = UserPlanChangedData(owner=owner, plan=plan, changed_at=clock())
+    return UserPlanChanged(correlation_id="billing", producer="billing", data=data)
+
+
+async def _link(
+    deps: RegistryDeps, owner: MailboxOwner, link_id: str, address: str = ADDRESS
+) -> MailboxLinked:
+    await handlers.when_link_requested_reserve(_requested(owner, link_id, address), deps)
+    await handlers.when_mailbox_verified_link(_verified(owner, link_id, address), deps)
+    linked = _final(deps, link_id)
     assert isinstance(linked, MailboxLinked)
-    assert linked.data.owner == BOB
+    return linked
+
+
+def _events(deps: RegistryDeps) -> list[Envelope]:
+    assert isinstance(deps.publisher, RecordingPublisher)
+    return deps.publisher.events
+
+
+def _types(deps: RegistryDeps) -> list[type[Envelope]]:
+    return [type(e) for e in _events(deps)]
+
+
+def _deps_failing_once(
+    store: InMemoryRegistryStore, clock: FakeClock, event_type: str
+) -> RegistryDeps:
+    publisher = FailingOncePublisher(event_type)
+    return RegistryDeps(store, publisher, PLANS, reservation_ttl=TTL, clock=clock)
+
+
+def _event(deps: RegistryDeps, link_id: str, kind: type[E]) -> E:
+    [event] = [e for e in _events(deps) if e.correlation_id == link_id and isinstance(e, kind)]
+    return event
+
+
+def _final(deps: RegistryDeps, link_id: str) -> FinalEvent:
+    """The one answer the link got; fails if it got none or several."""
+    [event] = [
+        e for e in _events(deps) if e.correlation_id == link_id and isinstance(e, FinalEvent)
+    ]
+    assert isinstance(event, FinalEvent)
+    return event
+
+
+def _rejection(deps: RegistryDeps, link_id: str) -> LinkRejected:
+    event = _final(deps, link_id)
+    assert isinstance(event, LinkRejected), event
+    return event

@@ -95,7 +95,7 @@ def subscribe(
     )
     async def on_records(message: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
-        await handle_records(records, adapter, handle, dead_letters)
+        await handle_records(records, adapter, handle, dead_letters, settings.consumer_concurrency)
 
 
 async def handle_records(
@@ -103,17 +103,26 @@ async def handle_records(
     adapter: TypeAdapter[E],
     handle: Callable[[E], Awaitable[None]],
     dead_letters: "DeadLetterSink",
+    concurrency: int = 1,
 ) -> None:
-    """Decodes and handles a batch; raises if any event could not be handled for now."""
+    """Decodes and handles a batch, `concurrency` events at a time, in order of arrival.
+
+    Raises if any event could not be handled for now, so the batch is not committed.
+    """
     decoded: list[tuple[ConsumerRecord[bytes, bytes], E]] = []
     for record in records:
         try:
             decoded.append((record, adapter.validate_json(record.value or b"")))
         except ValidationError as exc:
             await dead_letters.send(record, f"undecodable: {_summary(exc)}")
+    slots = asyncio.Semaphore(concurrency)
+
+    async def handle_in_turn(record: "ConsumerRecord[bytes, bytes]", event: E) -> None:
+        async with slots:
+            await _handle_one(record, event, handle, dead_letters)
+
     outcomes = await asyncio.gather(
-        *(_handle_one(record, event, handle, dead_letters) for record, event in decoded),
-        return_exceptions=True,
+        *(handle_in_turn(record, event) for record, event in decoded), return_exceptions=True
     )
     for outcome in outcomes:
         if isinstance(outcome, BaseException):

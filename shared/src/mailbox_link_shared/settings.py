@@ -23,6 +23,12 @@ class ServiceSettings(BaseSettings):
     )
     encryption_key_id: str = ""
     log_level: str = "INFO"
+    consumer_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Events of a fetched batch handled at the same time by one process.",
+    )
 
     @field_validator("encryption_keys")
     @classmethod

@@ -239,9 +239,8 @@ async def _start(
     before the request. A request bound to be refused (`refusal`, or one `_refusal_on_sight`
     finds) is stored already decided: no address or slot is taken only to be given back.
     """
-    existing = await deps.store.get_link(event.data.link_id)
-    if existing is not None:
-        return existing
+    # No lookup of the record first: a new link's record is missing, and on FerretDB a miss
+    # costs as much as a scan. The insert tells whether it existed.
     fresh = _new_record(event, deps)
     refusal = refusal or await _refusal_on_sight(fresh, deps)
     if refusal is None:
@@ -259,6 +258,8 @@ async def _refusal_on_sight(record: LinkRecord, deps: RegistryDeps) -> LinkRejec
     """Looks, without taking anything, for a reason the request must be refused."""
     now = deps.clock()
     holder_id = await deps.store.address_holder(record.address)
+    if holder_id == record.link_id:
+        return None  # a redelivery: the link already holds its address
     if holder_id is not None:
         holder = await deps.store.get_link(holder_id)
         verdict = judge_address_holder(record.owner, holder, now)
@@ -365,21 +366,24 @@ async def _decide(
 
     If another request moved it first, their decision stands and is settled instead.
     """
+    # Finish the decision this one replaces first, or its event would never be announced.
+    await _settle(record, deps)
     event_id = str(event.event_id)
     # Noted first, so a crash right after the decision leaves it for housekeeping to finish.
     await deps.store.open_decision(record.link_id, event_id)
     decided = await deps.store.decide(
         record.link_id, frozenset(from_states), to_state, event.model_dump(mode="json"), mailbox
     )
-    if decided is None:
-        await deps.store.close_decision(record.link_id, event_id)
-        decided = await deps.store.get_link(record.link_id)
-        if decided is None:  # pragma: no cover - records are never deleted
-            raise LookupError(record.link_id)
-    return await _settle(decided, deps)
+    if decided is not None:
+        return await _settle(decided, deps, known_open=True)
+    await deps.store.close_decision(record.link_id, event_id)
+    current = await deps.store.get_link(record.link_id)
+    if current is None:  # pragma: no cover - records are never deleted
+        raise LookupError(record.link_id)
+    return await _settle(current, deps)
 
 
-async def _settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+async def _settle(record: LinkRecord, deps: RegistryDeps, known_open: bool = False) -> LinkRecord:
     """Announces the record's latest decision if still unfinished, then gives back what an
     ended link held.
 
@@ -389,8 +393,8 @@ async def _settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
     link was expired gives it back when its event is redelivered.
     """
     decision_id = record.decision_id
-    unfinished = decision_id is not None and await deps.store.is_decision_open(
-        record.link_id, decision_id
+    unfinished = decision_id is not None and (
+        known_open or await deps.store.is_decision_open(record.link_id, decision_id)
     )
     if unfinished and record.outbox is not None:
         await deps.publisher.publish(_MAILBOX_EVENT.validate_python(record.outbox))

@@ -149,7 +149,10 @@ class MongoRegistryStore:
         return str(document["link_id"]) if document else None
 
     async def unlock_address(self, address: str, link_id: str) -> None:
-        await self._locks.delete_one({"_id": address, "link_id": link_id})
+        # Read first: most calls find nothing to do, and a filter that matches nothing makes
+        # FerretDB scan the collection. The delete stays conditional on the holder.
+        if await self.address_holder(address) == link_id:
+            await self._locks.delete_one({"_id": address, "link_id": link_id})
 
     async def get_slots(self, owner: MailboxOwner) -> UserSlots:
         document = await self._users.find_one({"_id": _owner_key(owner)})
@@ -180,6 +183,8 @@ class MongoRegistryStore:
         return result.modified_count == 1 or result.upserted_id is not None
 
     async def free_slot(self, owner: MailboxOwner, link_id: str) -> None:
+        if link_id not in (await self.get_slots(owner)).held:
+            return  # as in unlock_address: skip a filter that would match nothing
         await self._users.update_one(
             {"_id": _owner_key(owner), f"held.{link_id}": {"$exists": True}},
             {"$unset": {f"held.{link_id}": ""}, "$inc": {"held_count": -1}},

@@ -1,5 +1,5 @@
 """Drives a real registry through Kafka: plays link-api, the verifier and billing, and follows
-what the registry answers on the mailboxes topic."""
+what the registry answers on the mailboxes topic. Used by the end-to-end tests and `make bench`."""
 
 import asyncio
 import contextlib
@@ -202,32 +202,3 @@ async def registry_documents(uri: str, namespace: str) -> dict[str, list[dict[st
         }
     finally:
         await client.close()
-
-
-HOLDING = ("reserving", "reserved", "linked")
-
-
-def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> None:
-    """Checks guarantees 1 and 2 on the registry's own documents.
-
-    One link at most holds each address (and the lock names it); every slot a user holds
-    belongs to a holding link of theirs, and every holding link holds one slot.
-    """
-    links = {d["_id"]: d for d in documents["links"]}
-    holding_by_address: dict[str, list[str]] = defaultdict(list)
-    holding_by_user: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for link in links.values():
-        if link["state"] in HOLDING:
-            holding_by_address[link["address"]].append(link["_id"])
-            holding_by_user[(link["account_id"], link["user_id"])].add(link["_id"])
-    for address, holders in holding_by_address.items():
-        assert len(holders) == 1, f"{address} held by {len(holders)} links"
-    locks = {d["_id"]: d["link_id"] for d in documents["address_locks"]}
-    for address, holders in holding_by_address.items():
-        assert locks.get(address) == holders[0], f"lock of {address} is not its holder's"
-    for user in documents["users"]:
-        key = (user["owner"]["account_id"], user["owner"]["user_id"])
-        held = set(user.get("held", {}))
-        assert user.get("held_count", 0) == len(held), f"{key}: count and slots disagree"
-        assert held == holding_by_user.pop(key, set()), f"{key}: slots are not its links"
-    assert not holding_by_user, f"links hold no slot: {sorted(holding_by_user)}"
