@@ -10,11 +10,16 @@ import yaml
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from mailbox_link_shared.events import LinkRequested, MailboxEvent, VerificationResult
+from mailbox_link_shared.events import (
+    LinkRequested,
+    MailboxEvent,
+    UserPlanChanged,
+    VerificationResult,
+)
 from mailbox_link_shared.topics import TOPIC_DESCRIPTIONS, Topics
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "asyncapi.yaml"
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 
 
 def asyncapi_yaml(namespace: str = "mailbox-link") -> str:
@@ -25,6 +30,7 @@ def asyncapi_yaml(namespace: str = "mailbox-link") -> str:
         "link_requests": LinkRequested,
         "verifications": VerificationResult,
         "mailboxes": MailboxEvent,
+        "user_plans": UserPlanChanged,
     }
     for role, payload in payloads.items():
         broker.publisher(
