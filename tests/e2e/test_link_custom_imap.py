@@ -132,6 +132,20 @@ async def test_second_account_cannot_link_a_linked_mailbox(
     assert "acme" not in str(second)
 
 
+async def test_linking_the_same_mailbox_again_answers_linked_with_the_existing_mailbox(
+    api: httpx.AsyncClient, registry_api: httpx.AsyncClient, infra: Endpoints, new_mail_user: Any
+) -> None:
+    user, user_id = new_mail_user("again"), unique_user_id()
+    first = await link_and_wait(api, "acme", user_id, imap_body(infra, user))
+    again = await link_and_wait(api, "acme", user_id, imap_body(infra, user))
+    assert again["link_id"] != first["link_id"]
+    assert again["status"] == "linked"
+    assert again["already_linked"] is True
+    assert again["mailbox_id"] == first["mailbox_id"]
+    used = (await registry_api.get(f"/v1/accounts/acme/users/{user_id}/plan")).json()
+    assert used["mailboxes_used"] == 1
+
+
 async def test_user_at_plan_limit_cannot_link_another(
     api: httpx.AsyncClient, registry_api: httpx.AsyncClient, infra: Endpoints, new_mail_user: Any
 ) -> None:

@@ -196,7 +196,11 @@ async def _assert_guarantees(
     linked = {d["address"]: (d["account_id"], d["user_id"]) for d in documents["links"]
               if d["state"] == "linked"}  # fmt: skip
     assert {a: (o.account_id, o.user_id) for a, o in view.owners.items()} == linked
-    assert not (await _open_decisions(infra, namespace)), "decisions left unannounced"
+    # A crash may leave a decision's marker open; housekeeping (every second here) closes it.
+    deadline = asyncio.get_running_loop().time() + 15
+    while open_ := await _open_decisions(infra, namespace):
+        assert asyncio.get_running_loop().time() < deadline, f"decisions left open: {open_}"
+        await asyncio.sleep(0.5)
 
 
 async def _wait_for_progress(topic: MailboxesTopic, events: int, timeout: float = 60) -> None:
