@@ -35,7 +35,7 @@ from mailbox_link_shared.events import (
 )
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import EventPublisher
-from registry.adapters.registry_store import RegistryStore
+from registry.adapters.registry_store import RegistryStore, UserSlots
 from registry.config import SERVICE_NAME
 from registry.domain.links import (
     HOLDING,
@@ -76,12 +76,12 @@ class RegistryDeps:
 
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
     """Reserves the address and a plan slot for a new link request, or rejects it."""
-    await _reserve(await _start(event, deps), deps)
+    await _reserve(*await _start(event, deps), deps)
 
 
 async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps) -> None:
     """Links a verified mailbox if its reservation stands (reserving first if it came late)."""
-    record = await _reserve(await _start(event, deps), deps)
+    record = await _reserve(*await _start(event, deps), deps)
     if record.has_expired(deps.clock()):
         record = await _expire(record, deps)  # too late: the slot may be promised elsewhere
     if record.state is LinkState.RESERVED:
@@ -104,7 +104,7 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
 async def when_verification_failed_release(event: VerificationFailed, deps: RegistryDeps) -> None:
     """Ends the link with the verifier's reason and gives back what it held."""
     rejected = _rejected(_new_record(event, deps), event.data.failure)
-    record = await _start(event, deps, refusal=rejected)
+    record, _ = await _start(event, deps, refusal=rejected)
     if record.state in IN_FLIGHT:
         rejected = _rejected(record, event.data.failure)
         await _decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
@@ -232,8 +232,9 @@ async def _start(
     event: LinkRequested | MailboxVerified | VerificationFailed,
     deps: RegistryDeps,
     refusal: LinkRejected | None = None,
-) -> LinkRecord:
-    """Returns the link's record, creating it if this is the first of its events to arrive.
+) -> tuple[LinkRecord, UserSlots | None]:
+    """Returns the link's record, creating it if this is the first of its events to arrive,
+    and the user's slots if they were read on the way.
 
     The topics are not ordered with respect to each other, so a verification result may come
     before the request. A request bound to be refused (`refusal`, or one `_refusal_on_sight`
@@ -242,46 +243,51 @@ async def _start(
     # No lookup of the record first: a new link's record is missing, and on FerretDB a miss
     # costs as much as a scan. The insert tells whether it existed.
     fresh = _new_record(event, deps)
-    refusal = refusal or await _refusal_on_sight(fresh, deps)
+    slots: UserSlots | None = None
     if refusal is None:
-        return await deps.store.add_link(fresh)
+        refusal, slots = await _refusal_on_sight(fresh, deps)
+    if refusal is None:
+        return await deps.store.add_link(fresh), slots
     decided = replace(fresh, state=LinkState.REJECTED, outbox=refusal.model_dump(mode="json"))
     await deps.store.open_decision(fresh.link_id, str(refusal.event_id))
     stored = await deps.store.add_link(decided)
     if stored.decision_id != str(refusal.event_id):
         # Another event of this link created the record first; its decision stands.
         await deps.store.close_decision(fresh.link_id, str(refusal.event_id))
-    return stored
+    return stored, None
 
 
-async def _refusal_on_sight(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
-    """Looks, without taking anything, for a reason the request must be refused."""
+async def _refusal_on_sight(
+    record: LinkRecord, deps: RegistryDeps
+) -> tuple[LinkRejected | None, UserSlots | None]:
+    """Looks, without taking anything, for a reason the request must be refused; returns it
+    and the user's slots as read."""
     now = deps.clock()
     holder_id = await deps.store.address_holder(record.address)
     if holder_id == record.link_id:
-        return None  # a redelivery: the link already holds its address
+        return None, None  # a redelivery: the link already holds its address
     if holder_id is not None:
         holder = await deps.store.get_link(holder_id)
         verdict = judge_address_holder(record.owner, holder, now)
         if verdict is not HolderVerdict.STALE:
-            return _refusal(record, verdict, holder)
+            return _refusal(record, verdict, holder), None
     slots = await deps.store.get_slots(record.owner)
     limit = deps.plans.limit_for(slots.plan)
     if len(slots.held) < limit:
-        return None
+        return None, slots
     holders = await deps.store.get_links(list(slots.held))
     if len(holders) < len(slots.held) or any(is_stale(h, now) for h in holders):
-        return None  # a slot may be free once cleared: take the careful path
-    return _plan_limit_reached(record, limit)
+        return None, slots  # a slot may be free once cleared: take the careful path
+    return _plan_limit_reached(record, limit), None
 
 
-async def _reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+async def _reserve(record: LinkRecord, slots: UserSlots | None, deps: RegistryDeps) -> LinkRecord:
     """Takes the address, then a plan slot; ends in RESERVED or REJECTED. Safe to repeat."""
     if record.state is not LinkState.RESERVING:
         return await _settle(record, deps)
     if record.has_expired(deps.clock()):
         return await _expire(record, deps)
-    refusal = await _take_address(record, deps) or await _take_slot(record, deps)
+    refusal = await _take_address(record, deps) or await _take_slot(record, slots, deps)
     if refusal is not None:
         # Settling the rejection gives back whatever was taken.
         return await _decide(record, {LinkState.RESERVING}, LinkState.REJECTED, refusal, deps)
@@ -305,9 +311,12 @@ async def _take_address(record: LinkRecord, deps: RegistryDeps) -> LinkRejected 
     raise RuntimeError(f"address {record.address} kept changing hands")
 
 
-async def _take_slot(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
+async def _take_slot(
+    record: LinkRecord, seen: UserSlots | None, deps: RegistryDeps
+) -> LinkRejected | None:
     for _ in range(MAX_ATTEMPTS):
-        slots = await deps.store.get_slots(record.owner)
+        # The first try may use the slots read a moment ago: take_slot re-checks them.
+        slots, seen = seen or await deps.store.get_slots(record.owner), None
         if record.link_id in slots.held:
             return None
         limit = deps.plans.limit_for(slots.plan)
