@@ -400,15 +400,7 @@ async def test_an_expired_holder_is_taken_over_by_the_next_request(
 
 
 async def _deliver(event: RegistryEvent, deps: RegistryDeps) -> None:
-    # As the registry's subscriber does.
-    if isinstance(event, LinkRequested):
-        await handlers.when_link_requested_reserve(event, deps)
-    elif isinstance(event, MailboxVerified):
-        await handlers.when_mailbox_verified_link(event, deps)
-    elif isinstance(event, VerificationFailed):
-        await handlers.when_verification_failed_release(event, deps)
-    else:
-        await handlers.when_user_plan_changed_apply(event, deps)
+    await handlers.handle_event(event, deps)
 
 
 def _a_busy_day(clock: FakeClock) -> list[RegistryEvent]:

@@ -74,6 +74,21 @@ class RegistryDeps:
 # --- events in --------------------------------------------------------------------------------
 
 
+async def handle_event(
+    event: LinkRequested | MailboxVerified | VerificationFailed | UserPlanChanged,
+    deps: RegistryDeps,
+) -> None:
+    """Routes one consumed event to its handler."""
+    if isinstance(event, LinkRequested):
+        await when_link_requested_reserve(event, deps)
+    elif isinstance(event, MailboxVerified):
+        await when_mailbox_verified_link(event, deps)
+    elif isinstance(event, VerificationFailed):
+        await when_verification_failed_release(event, deps)
+    else:
+        await when_user_plan_changed_apply(event, deps)
+
+
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
     """Reserves the address and a plan slot for a new link request, or rejects it."""
     await _reserve(*await _start(event, deps), deps)

@@ -2,13 +2,7 @@
 
 from faststream.kafka import KafkaBroker
 
-from mailbox_link_shared.events import (
-    LinkRequested,
-    MailboxVerified,
-    RegistryInput,
-    UserPlanChanged,
-    VerificationFailed,
-)
+from mailbox_link_shared.events import RegistryInput
 from mailbox_link_shared.kafka import subscribe
 from mailbox_link_shared.settings import ServiceSettings
 from mailbox_link_shared.topics import Topics
@@ -23,14 +17,7 @@ def register_subscribers(
     """Subscribes the registry to its three input topics."""
 
     async def on_event(event: RegistryInput) -> None:
-        if isinstance(event, LinkRequested):
-            await handlers.when_link_requested_reserve(event, deps)
-        elif isinstance(event, MailboxVerified):
-            await handlers.when_mailbox_verified_link(event, deps)
-        elif isinstance(event, VerificationFailed):
-            await handlers.when_verification_failed_release(event, deps)
-        elif isinstance(event, UserPlanChanged):
-            await handlers.when_user_plan_changed_apply(event, deps)
+        await handlers.handle_event(event, deps)
 
     inputs = (topics.link_requests, topics.verifications, topics.user_plans)
     subscribe(broker, settings, SERVICE_NAME, inputs, RegistryInput, on_event)
