@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from localinfra.cache import InstallResult
+from localinfra.dns import install_dnsmasq
 from localinfra.docker import docker_available
 from localinfra.dovecot import install_dovecot
 from localinfra.kafka import install_kafka, metadata_ok
@@ -66,7 +67,7 @@ def _run(state_dir: Path, api_port: int, registry_port: int) -> int:
 
 
 def _install() -> int:
-    steps: list[Callable[[], InstallResult]] = [install_dovecot]
+    steps: list[Callable[[], InstallResult]] = [install_dovecot, install_dnsmasq]
     if docker_available():
         print("docker engine found: Kafka and MongoDB will run from testcontainers images")
     else:

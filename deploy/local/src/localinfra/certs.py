@@ -62,15 +62,16 @@ def make_ca_and_server_cert(directory: Path) -> TlsFiles:
     return _write(directory, ca_cert, server_cert, server_key)
 
 
-def make_self_signed_cert(directory: Path) -> TlsFiles:
-    """Create a self-signed localhost cert that no test CA vouches for ("untrusted" server).
+def make_self_signed_cert(directory: Path, names: tuple[str, ...] = ("localhost",)) -> TlsFiles:
+    """Create a self-signed cert for `names` that no test CA vouches for ("untrusted" server).
 
-    ``ca_file`` is the certificate itself, so a client could still pin it explicitly.
+    ``ca_file`` is the certificate itself, so a client can still pin it explicitly.
     """
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(_CURVE)
-    name = _name("localhost")
-    cert = _server_extensions(_builder(name, name, key.public_key())).sign(key, hashes.SHA256())
+    name = _name(names[0])
+    builder = _server_extensions(_builder(name, name, key.public_key()), names)
+    cert = builder.sign(key, hashes.SHA256())
     return _write(directory, cert, cert, key)
 
 
@@ -100,13 +101,15 @@ def _builder(
     )
 
 
-def _server_extensions(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+def _server_extensions(
+    builder: x509.CertificateBuilder, names: tuple[str, ...] = ("localhost",)
+) -> x509.CertificateBuilder:
     # Strict verifiers (Python 3.13+ VERIFY_X509_STRICT) want SAN, EKU and CA=false on leaves.
+    alternative_names: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alternative_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     return (
         builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(alternative_names),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

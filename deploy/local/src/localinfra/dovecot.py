@@ -17,12 +17,12 @@ import pwd
 import secrets
 import shutil
 import ssl
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from localinfra.apt import find_binary, install_packages
 from localinfra.cache import InstallResult
 from localinfra.certs import TlsFiles
 from localinfra.ports import free_port, wait_for_banner
@@ -41,36 +41,13 @@ class DovecotKind(enum.StrEnum):
 
 
 def dovecot_binary() -> str | None:
-    """Path of ``dovecot`` (also looked up in sbin dirs, which non-root PATHs often lack)."""
-    found = shutil.which("dovecot")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """Path of ``dovecot``, if installed."""
+    return find_binary("dovecot")
 
 
 def install_dovecot() -> InstallResult:
     """Install the Debian packages when ``dovecot`` is missing (needs root and apt)."""
-    started = time.monotonic()
-    found = dovecot_binary()
-    if found:
-        return InstallResult("dovecot", found, "already installed", 0.0)
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(
-            "dovecot is missing; as root on Debian/Ubuntu run: apt-get install -y "
-            + " ".join(APT_PACKAGES)
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", *APT_PACKAGES]):
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}")
-    found = dovecot_binary()
-    if found is None:
-        raise RuntimeError("dovecot still missing after apt-get install")
-    return InstallResult("dovecot", found, "installed", time.monotonic() - started)
+    return install_packages("dovecot", APT_PACKAGES)
 
 
 def check_credentials(username: str, password: str) -> None:

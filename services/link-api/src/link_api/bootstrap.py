@@ -4,17 +4,22 @@ import functools
 from datetime import timedelta
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
+from link_api.adapters.autoconfig import AutoconfigFetcher
+from link_api.adapters.dns_lookup import DnsLookup
 from link_api.adapters.link_store import MongoLinkStore
 from link_api.adapters.registry_client import HttpRegistry
 from link_api.config import SERVICE_NAME, Settings
+from link_api.detection import Detector
 from link_api.entrypoints.events import register_subscribers
 from link_api.entrypoints.http import build_router
+from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
+from mailbox_link_shared.network_policy import parse_networks
 from mailbox_link_shared.topics import Topics
 
 
@@ -36,10 +41,21 @@ def build_app(settings: Settings) -> FastAPI:
         timeout=httpx.Timeout(5.0),
     )
     register_subscribers(broker, settings, topics, deps)
+    dns = DnsLookup(settings.dns_servers, settings.dns_timeout_seconds)
+    autoconfig = AutoconfigFetcher(
+        dns,
+        parse_networks(settings.autoconfig_allowed_networks),
+        settings.autoconfig_tls(),
+        settings.autoconfig_timeout_seconds,
+        settings.autoconfig_port,
+    )
+    router = APIRouter()
+    router.include_router(build_router(deps, HttpRegistry(registry_http)))
+    router.include_router(build_providers_router(Detector(dns, autoconfig)))
 
     return build_http_app(
         title="mailbox-link link-api",
-        router=build_router(deps, HttpRegistry(registry_http)),
+        router=router,
         service_keys=settings.service_keys,
         on_start=[store.create_indexes, functools.partial(ensure_topics, settings), broker.start],
         on_stop=[broker.stop, registry_http.aclose, mongo.close],

@@ -1,6 +1,8 @@
 """Settings of the link API."""
 
-from pydantic import SecretStr
+import ssl
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_shared.settings import ENV_PREFIX, HttpSettings, MongoSettings, ServiceSettings
@@ -18,3 +20,25 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
     registry_token: SecretStr = SecretStr("")
     # A request that never gets an answer stops blocking a retry of the same mailbox after this.
     in_flight_expiry_seconds: int = 900
+    dns_servers: list[str] = Field(
+        default_factory=list,
+        description='DNS servers for provider detection, e.g. ["10.0.0.2", "127.0.0.1:5353"]; '
+        "empty uses the system's",
+    )
+    dns_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
+    autoconfig_timeout_seconds: float = Field(default=3.0, gt=0, le=10)
+    autoconfig_port: int = Field(default=443, ge=1, le=65535, description="Only tests change it.")
+    autoconfig_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Non-public CIDRs autoconfig may be fetched from (empty in production).",
+    )
+    autoconfig_ca_file: str | None = Field(
+        default=None, description="Extra CAs trusted for autoconfig HTTPS, besides the system's."
+    )
+
+    def autoconfig_tls(self) -> ssl.SSLContext:
+        """Returns the TLS context for autoconfig fetches: verified, system CAs plus extras."""
+        context = ssl.create_default_context()
+        if self.autoconfig_ca_file:
+            context.load_verify_locations(self.autoconfig_ca_file)
+        return context

@@ -8,8 +8,10 @@ from datetime import timedelta
 
 from link_api.adapters.link_store import IdempotencyRecord, LinkStore
 from link_api.config import SERVICE_NAME
+from link_api.detection import Detector
 from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
+from link_api.domain.providers import Detection
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.events import (
     Failure,
@@ -164,6 +166,11 @@ async def _advance(
     if moved is not None and status in (LinkStatus.LINKED, LinkStatus.FAILED):
         await deps.store.release_in_flight(link_id)
         logger.info("link %s is %s", link_id, status.value)
+
+
+async def detect_provider(address: str, detector: Detector) -> Detection:
+    """Tells who hosts a normalized address (cached per domain for its DNS TTL)."""
+    return await detector.detect(address)
 
 
 def _link_requested(link_id: str, request: LinkRequest, box: SecretBox) -> LinkRequested:
