@@ -39,10 +39,12 @@ def infra(local_stack: LocalStack) -> Endpoints:
 
 def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
     """Returns the services' configuration for this stack, with test overrides."""
+    # The local DNS server only: no test may send DNS questions to the internet.
     return ServiceConfig(
         kafka_bootstrap=infra.kafka_bootstrap,
         mongodb_uri=infra.mongodb_uri,
         ca_file=infra.ca_file,
+        dns_servers=(infra.dns_server,),
         **overrides,
     )
 

@@ -34,7 +34,8 @@ def fuzz_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
 
 @pytest.mark.parametrize(
     ("service", "operation_count"),
-    [("api_url", 4), ("registry_url", 6)],  # link-api: links x2, mailboxes x2; registry: 6 routes
+    # link-api: links x2, mailboxes x2, providers x2; registry: 6 routes
+    [("api_url", 6), ("registry_url", 6)],
 )
 def test_no_input_gets_a_server_error(
     fuzz_services: RunningServices, service: str, operation_count: int

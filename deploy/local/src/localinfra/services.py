@@ -44,6 +44,8 @@ class ServiceConfig:
     # 0 picks a free port; `make run` asks for fixed ones so the README's commands work as typed.
     api_port: int = 0
     registry_port: int = 0
+    # DNS servers for link-api's provider detection; empty: the system's.
+    dns_servers: tuple[str, ...] = ()
     # Further MBL_* settings, e.g. a short reservation expiry for a test.
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -118,6 +120,7 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_VERIFIER_ALLOWED_NETWORKS": json.dumps(list(config.allowed_networks)),
         "MBL_LOG_LEVEL": config.log_level,
         "MBL_MONGODB_MAX_POOL_SIZE": str(mongo_pool_size()),
+        **({"MBL_DNS_SERVERS": json.dumps(list(config.dns_servers))} if config.dns_servers else {}),
         "PYTHONUNBUFFERED": "1",
         **config.extra_env,
     }

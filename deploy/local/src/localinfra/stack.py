@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from localinfra.certs import make_ca_and_server_cert, make_self_signed_cert
+from localinfra.dns import DnsRecords, DnsServer
 from localinfra.docker import DockerServers, docker_available
 from localinfra.dovecot import DovecotKind, MailServers, check_credentials
 from localinfra.kafka import KafkaServer
@@ -53,6 +54,9 @@ class Endpoints:
     closed_port: int  # nothing listens here: "connection refused"
     started_in_seconds: float
     workdir: str = ""  # server configs and logs
+    # A DNS server for the `test` zone: DISCOVERABLE_DOMAIN's IMAP and submission servers are
+    # published as SRV records pointing at the trusted Dovecot; NO_MAIL_DOMAIN has no MX.
+    dns_server: str = ""
 
     def to_json(self) -> str:
         """Serialise (e.g. to a state file for other processes)."""
@@ -64,6 +68,24 @@ class Endpoints:
         data: dict[str, Any] = json.loads(text)
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})
+
+
+DISCOVERABLE_DOMAIN = "discover.test"
+NO_MAIL_DOMAIN = "nomail.test"
+OWN_MX_DOMAIN = "ownmx.test"  # an MX of its own and nothing that tells its IMAP settings
+
+
+def _test_zone(imaps_port: int, submissions_port: int) -> DnsRecords:
+    domain = DISCOVERABLE_DOMAIN
+    return DnsRecords(
+        zones=["test"],
+        mx=[(domain, f"mx.{domain}", 10), (OWN_MX_DOMAIN, f"mx.{OWN_MX_DOMAIN}", 10)],
+        srv=[
+            (f"_imaps._tcp.{domain}", "localhost", imaps_port, 0),
+            (f"_submissions._tcp.{domain}", "localhost", submissions_port, 0),
+        ],
+        a=[(NO_MAIL_DOMAIN, "192.0.2.25")],
+    )
 
 
 class LocalStack:
@@ -156,6 +178,9 @@ class LocalStack:
             tasks["mongo"] = mongo.start
         results = _run_parallel(tasks)
         mail_ports = mail[DovecotKind.MAIL].ports
+        dns = DnsServer(root / "dns", _test_zone(mail_ports.imaps, mail_ports.submissions))
+        self._stoppers.append(dns.stop)
+        dns_port = dns.start()
         pop3_ports = mail[DovecotKind.POP3ONLY].ports
         untrusted_ports = mail[DovecotKind.UNTRUSTED].ports
         return Endpoints(
@@ -173,6 +198,7 @@ class LocalStack:
             closed_port=free_port(),
             started_in_seconds=round(time.monotonic() - began, 3),
             workdir=str(root),
+            dns_server=f"127.0.0.1:{dns_port}",
         )
 
     def add_mail_user(self, username: str, password: str) -> None:

@@ -49,9 +49,10 @@ def build_app(settings: Settings) -> FastAPI:
         settings.autoconfig_timeout_seconds,
         settings.autoconfig_port,
     )
+    detector = Detector(dns, autoconfig)
     router = APIRouter()
-    router.include_router(build_router(deps, HttpRegistry(registry_http)))
-    router.include_router(build_providers_router(Detector(dns, autoconfig)))
+    router.include_router(build_router(deps, HttpRegistry(registry_http), detector))
+    router.include_router(build_providers_router(detector))
 
     return build_http_app(
         title="mailbox-link link-api",

@@ -11,7 +11,7 @@ from link_api.config import SERVICE_NAME
 from link_api.detection import Detector
 from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
-from link_api.domain.providers import Detection
+from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.events import (
     Failure,
@@ -166,6 +166,47 @@ async def _advance(
     if moved is not None and status in (LinkStatus.LINKED, LinkStatus.FAILED):
         await deps.store.release_in_flight(link_id)
         logger.info("link %s is %s", link_id, status.value)
+
+
+class CannotLink(Exception):
+    """The request names no servers and none could be found, or needs a sign-in we lack."""
+
+    def __init__(self, code: str, message: str, field: str, fix: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field, self.fix = code, message, field, fix
+
+
+async def settings_for(
+    address: str, provider: Provider | None, detector: Detector
+) -> tuple[Provider, MailSettings]:
+    """Returns who hosts the mailbox and its servers, for a password link.
+
+    An explicit provider wins over detection; a provider that only signs in with OAuth, or a
+    mailbox whose servers cannot be found, is refused with the field to fix.
+    """
+    settings = PROVIDERS[provider].settings if provider in PROVIDERS else None
+    if provider is None or settings is None:
+        detection = await detector.detect(address)
+        if detection.reason == "no_mail_server":
+            raise CannotLink(
+                "no_mail_server", "This domain has no mail server (no MX record).",
+                "email", "check the address for typos",
+            )  # fmt: skip
+        provider = provider or detection.provider
+        settings = detection.settings if detection.provider is provider else None
+    info = PROVIDERS.get(provider)
+    if info is not None and AuthMethod.PASSWORD not in info.auth_methods:
+        raise CannotLink(
+            "oauth_required", f"{info.name} mailboxes link through the provider's sign-in, "
+            "which this deployment does not offer yet.",
+            "provider", "use another mailbox, or link this one when sign-in is available",
+        )  # fmt: skip
+    if info is None or settings is None:
+        raise CannotLink(
+            "settings_required", "We could not find this mailbox's servers.",
+            "imap", "choose your provider (GET /v1/providers) or enter IMAP and SMTP settings",
+        )  # fmt: skip
+    return provider, settings
 
 
 async def detect_provider(address: str, detector: Detector) -> Detection:

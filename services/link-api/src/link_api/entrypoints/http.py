@@ -9,8 +9,11 @@ from fastapi.responses import JSONResponse
 
 from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable
+from link_api.detection import Detector
+from link_api.domain.link_request import LinkRequest
+from link_api.domain.providers import PROVIDERS
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
-from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+from link_api.handlers import CannotLink, IdempotencyKeyReused, LinkApiDeps
 from mailbox_link_shared.events import MailboxOwner
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 
@@ -22,7 +25,7 @@ T = TypeVar("T")
 USER_PATH = "/v1/accounts/{account_id}/users/{user_id}"
 
 
-def build_router(deps: LinkApiDeps, registry: Registry) -> APIRouter:
+def build_router(deps: LinkApiDeps, registry: Registry, detector: Detector) -> APIRouter:
     """Returns the routes, bound to the handlers' dependencies."""
     router = APIRouter(prefix=USER_PATH)
 
@@ -37,8 +40,9 @@ def build_router(deps: LinkApiDeps, registry: Registry) -> APIRouter:
         """Starts linking a mailbox; answers at once with where to watch its status."""
         _check_idempotency_key(idempotency_key)
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
+        link_request = await _link_request(body, owner, detector)
         try:
-            result = await handlers.request_link(body.to_domain(owner), idempotency_key, deps)
+            result = await handlers.request_link(link_request, idempotency_key, deps)
         except IdempotencyKeyReused:
             raise ApiError(
                 status.HTTP_409_CONFLICT,
@@ -114,3 +118,29 @@ def _check_idempotency_key(key: str | None) -> None:
 def _status_url(request: Request, owner: MailboxOwner, link_id: str) -> str:
     path = f"/v1/accounts/{owner.account_id}/users/{owner.user_id}/links/{link_id}"
     return str(request.base_url).rstrip("/") + path
+
+
+async def _link_request(
+    body: LinkRequestIn, owner: MailboxOwner, detector: Detector
+) -> LinkRequest:
+    """Typed servers win; otherwise the provider's or the detected ones, with the password."""
+    if body.imap is not None or body.smtp is not None:
+        if body.imap is None or body.smtp is None:
+            missing = "imap" if body.imap is None else "smtp"
+            raise ApiError(
+                422, "invalid_request", "Give both IMAP and SMTP settings, or neither.",
+                [(missing, "add it, or leave both out to have them found")],
+            )  # fmt: skip
+        return body.to_domain(owner)
+    try:
+        provider, settings = await handlers.settings_for(body.email, body.provider, detector)
+    except CannotLink as exc:
+        raise ApiError(422, exc.code, exc.message, [(exc.field, exc.fix)]) from None
+    if body.password is None:
+        info = PROVIDERS[provider]
+        where = f" (create one at {info.app_password_url})" if info.app_password_url else ""
+        raise ApiError(
+            422, "invalid_request", "A password is needed to link this mailbox.",
+            [("password", f"give the mailbox's password or app password{where}")],
+        )  # fmt: skip
+    return body.with_settings(owner, provider, settings)

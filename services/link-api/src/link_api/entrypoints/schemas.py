@@ -1,11 +1,12 @@
 """The HTTP request and response shapes of link-api, with strict validation of every field."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
 
 from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkView
+from link_api.domain.providers import MailSettings, Provider
 from mailbox_link_shared.addresses import normalize_address, normalize_host
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
@@ -67,13 +68,21 @@ class SmtpIn(ServerIn):
 
 
 class LinkRequestIn(_Strict):
-    """POST body: link a mailbox with custom IMAP/SMTP settings."""
+    """POST body: link a mailbox.
+
+    Give `imap` and `smtp` to use exactly those servers. Otherwise give the `password` (an app
+    password where the provider needs one): the servers come from `provider`, or from
+    detection when it is omitted.
+    """
 
     email: str = Field(examples=["alice@example.org"])
     terms_accepted: StrictBool
-    provider: Literal["imap"] = "imap"
-    imap: ImapIn
-    smtp: SmtpIn
+    provider: Provider | None = Field(
+        default=None, description="Overrides detection: who hosts the mailbox."
+    )
+    password: Password | None = None
+    imap: ImapIn | None = None
+    smtp: SmtpIn | None = None
 
     @field_validator("email")
     @classmethod
@@ -88,7 +97,9 @@ class LinkRequestIn(_Strict):
         return value
 
     def to_domain(self, owner: MailboxOwner) -> LinkRequest:
-        """Returns the normalized request, with usernames and SMTP password defaulted."""
+        """Returns the request with the typed servers; usernames and SMTP password defaulted."""
+        if self.imap is None or self.smtp is None:
+            raise ValueError("to_domain needs typed servers; use with_settings otherwise")
         imap_username = self.imap.username or self.email
         imap_password = self.imap.password.get_secret_value()
         smtp_password = (
@@ -97,11 +108,38 @@ class LinkRequestIn(_Strict):
         return LinkRequest(
             owner=owner,
             address=self.email,
-            provider=ProviderType(self.provider),
+            provider=ProviderType.IMAP,
             imap=_server(self.imap, imap_username),
             smtp=_server(self.smtp, self.smtp.username or imap_username),
             credentials=MailboxCredentials(imap_password, smtp_password),
         )
+
+    def with_settings(
+        self, owner: MailboxOwner, provider: Provider, settings: MailSettings
+    ) -> LinkRequest:
+        """Returns the request with known servers and the given (app) password."""
+        if self.password is None:
+            raise ValueError("with_settings needs a password")
+        password = app_password(provider, self.password.get_secret_value())
+        imap, smtp = settings.imap, settings.smtp
+        return LinkRequest(
+            owner=owner,
+            address=self.email,
+            provider=ProviderType.IMAP,
+            imap=ServerSettings(host=imap.host, port=imap.port, security=imap.security,
+                                username=imap.username_for(self.email)),
+            smtp=ServerSettings(host=smtp.host, port=smtp.port, security=smtp.security,
+                                username=smtp.username_for(self.email)),
+            credentials=MailboxCredentials(password, password),
+        )  # fmt: skip
+
+
+def app_password(provider: Provider, password: str) -> str:
+    """Returns the password as the provider checks it: app passwords lose the spaces the
+    provider prints them with ("abcd efgh ijkl mnop")."""
+    if provider in (Provider.GOOGLE, Provider.YAHOO, Provider.AOL, Provider.ICLOUD):
+        return "".join(password.split())
+    return password
 
 
 def _server(server: ServerIn, username: str) -> ServerSettings:
