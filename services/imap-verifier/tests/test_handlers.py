@@ -140,3 +140,49 @@ async def test_a_secret_that_cannot_be_opened_fails_the_link_instead_of_leaving_
     [failed] = deps.publisher.events
     assert isinstance(failed, VerificationFailed)
     assert failed.data.failure.code is FailureCode.INTERNAL_ERROR
+
+
+class PortSensitiveNetwork(FakeNetwork):
+    """SMTP answers only on port 587 with STARTTLS; IMAP answers as scripted."""
+
+    async def probe_smtp(
+        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
+    ) -> None:
+        self.logins.append(("smtp", f"{ep.port}/{ep.security}", password))
+        if (ep.port, ep.security) != (587, "starttls"):
+            raise ProbeFailed(FailureCode.SMTP_UNREACHABLE, "connection refused")
+
+
+def _requested_with_smtp(port: int, security: str) -> LinkRequested:
+    event = _requested()
+    smtp = event.data.smtp.model_copy(update={"port": port, "security": security})
+    return event.model_copy(update={"data": event.data.model_copy(update={"smtp": smtp})})
+
+
+async def test_a_working_other_port_is_named_when_implicit_tls_on_465_fails() -> None:
+    network = PortSensitiveNetwork()
+    deps = _deps(network)
+    await when_link_requested_verify_mailbox(_requested_with_smtp(465, "ssl"), deps)
+    [event] = deps.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, VerificationFailed)
+    assert event.data.failure.code is FailureCode.OTHER_PORT_WORKS
+    assert "use port 587, security starttls" in event.data.failure.detail
+    assert ("smtp", "587/starttls", "smtp-pw") in network.logins
+
+
+async def test_no_other_port_is_suggested_when_it_fails_too() -> None:
+    network = PortSensitiveNetwork()
+    deps = _deps(network)
+    # 2525 has no standard other way: the original failure stands.
+    await when_link_requested_verify_mailbox(_requested_with_smtp(2525, "ssl"), deps)
+    [event] = deps.publisher.events  # type: ignore[attr-defined]
+    assert event.data.failure.code is FailureCode.SMTP_UNREACHABLE
+
+
+async def test_a_wrong_password_never_tries_another_port() -> None:
+    network = FakeNetwork(smtp_failure=FailureCode.SMTP_AUTH_FAILED)
+    deps = _deps(network)
+    await when_link_requested_verify_mailbox(_requested_with_smtp(465, "ssl"), deps)
+    [event] = deps.publisher.events  # type: ignore[attr-defined]
+    assert event.data.failure.code is FailureCode.SMTP_AUTH_FAILED
+    assert [kind for kind, _, _ in network.logins].count("smtp") == 1

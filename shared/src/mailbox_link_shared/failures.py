@@ -26,6 +26,7 @@ class FailureCode(StrEnum):
     ALREADY_LINKED = "already_linked"
     LINK_IN_PROGRESS = "link_in_progress"
     RESERVATION_EXPIRED = "reservation_expired"
+    OTHER_PORT_WORKS = "other_port_works"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -105,6 +106,10 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.RESERVATION_EXPIRED: FailureText(
         "Checking this mailbox took too long, so the link was cancelled.",
         "Try linking it again; if it keeps happening, contact support.",
+    ),
+    FailureCode.OTHER_PORT_WORKS: FailureText(
+        "The server did not answer with this port and security, but it does with another.",
+        "Change the port and security to the ones named in the detail, then link again.",
     ),
     FailureCode.INTERNAL_ERROR: FailureText(
         "We could not check this mailbox because of a problem on our side.",

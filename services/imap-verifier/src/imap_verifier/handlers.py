@@ -21,10 +21,31 @@ from mailbox_link_shared.events import (
     VerificationFailedData,
 )
 from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_settings import ConnectionSecurity
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import EventPublisher
 
 logger = logging.getLogger(__name__)
+
+SSL, STARTTLS = ConnectionSecurity.SSL, ConnectionSecurity.STARTTLS
+# The standard other way to reach the same service: implicit TLS and STARTTLS, both ways.
+OTHER_WAY = {
+    (465, SSL): (587, STARTTLS),
+    (587, STARTTLS): (465, SSL),
+    (993, SSL): (143, STARTTLS),
+    (143, STARTTLS): (993, SSL),
+}
+# Failures that a different port or security may cure (not a wrong password or host).
+CONNECTION_FAILURES = frozenset(
+    {
+        FailureCode.IMAP_UNREACHABLE,
+        FailureCode.SMTP_UNREACHABLE,
+        FailureCode.TLS_FAILED,
+        FailureCode.TIMEOUT,
+        FailureCode.NOT_AN_IMAP_SERVER,
+        FailureCode.NOT_AN_SMTP_SERVER,
+    }
+)
 
 Resolve = Callable[[ServerSettings, Sequence[IPNetwork], float], Awaitable[Endpoint]]
 Probe = Callable[[Endpoint, str, str, ssl.SSLContext, float], Awaitable[None]]
@@ -77,8 +98,8 @@ async def verify_mailbox(
 ) -> None:
     """Checks both servers at once; raises ProbeFailed, preferring IMAP's reason over SMTP's."""
     results = await asyncio.gather(
-        _check(imap, imap.username, credentials.imap_password, deps.probe_imap, deps),
-        _check(smtp, smtp.username, credentials.smtp_password, deps.probe_smtp, deps),
+        _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps),
+        _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps),
         return_exceptions=True,
     )
     for result in results:
@@ -87,10 +108,39 @@ async def verify_mailbox(
 
 
 async def _check(
-    server: ServerSettings, username: str, password: str, probe: Probe, deps: VerifierDeps
+    kind: str, server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps
 ) -> None:
+    try:
+        await _login(server, password, probe, deps)
+    except ProbeFailed as failure:
+        other = OTHER_WAY.get((server.port, server.security))
+        if failure.code not in CONNECTION_FAILURES or other is None:
+            raise
+        port, security = other
+        try:
+            await _login(
+                server.model_copy(update={"port": port, "security": security}),
+                password,
+                probe,
+                deps,
+            )
+        except ProbeFailed:
+            raise failure from None
+        detail = (
+            f"{kind} on port {server.port} with {_words(server.security)} failed "
+            f"({failure.code.value}), but port {port} with {_words(security)} works: "
+            f"use port {port}, security {security.value}."
+        )
+        raise ProbeFailed(FailureCode.OTHER_PORT_WORKS, detail) from None
+
+
+async def _login(server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps) -> None:
     endpoint = await deps.resolve(server, deps.allowlist, deps.timeout)
-    await probe(endpoint, username, password, deps.tls, deps.timeout)
+    await probe(endpoint, server.username, password, deps.tls, deps.timeout)
+
+
+def _words(security: ConnectionSecurity) -> str:
+    return "SSL/TLS" if security is SSL else "STARTTLS"
 
 
 def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:

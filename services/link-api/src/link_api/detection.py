@@ -56,6 +56,12 @@ class DnsPort(Protocol):
     async def srv(self, name: str) -> Answer[list[SrvTarget]]: ...
 
 
+class DetectsProviders(Protocol):
+    """Anything that tells who hosts an address (the Detector, or a test's fake)."""
+
+    async def detect(self, address: str) -> Detection: ...
+
+
 class AutoconfigPort(Protocol):
     """Fetches a domain's autoconfig document (only over HTTPS, to public addresses)."""
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from link_api.adapters.link_store import IdempotencyRecord, LinkStore
 from link_api.config import SERVICE_NAME
-from link_api.detection import Detector
+from link_api.detection import DetectsProviders
 from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
 from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
@@ -177,7 +177,7 @@ class CannotLink(Exception):
 
 
 async def settings_for(
-    address: str, provider: Provider | None, detector: Detector
+    address: str, provider: Provider | None, detector: DetectsProviders
 ) -> tuple[Provider, MailSettings]:
     """Returns who hosts the mailbox and its servers, for a password link.
 
@@ -209,7 +209,7 @@ async def settings_for(
     return provider, settings
 
 
-async def detect_provider(address: str, detector: Detector) -> Detection:
+async def detect_provider(address: str, detector: DetectsProviders) -> Detection:
     """Tells who hosts a normalized address (cached per domain for its DNS TTL)."""
     return await detector.detect(address)
 
