@@ -45,9 +45,10 @@ test: lint typecheck infra ## Lint, type-check, then every test against real ser
 asyncapi: setup ## Regenerate shared/asyncapi.yaml from the event models
 	$(UV) run python -m mailbox_link_shared.asyncapi
 
-bench: setup ## Measure link latency and registry throughput (figures in bench/results/)
+bench: setup ## Link latency, registry throughput, detection speed (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
 	$(UV) run python bench/registry_throughput.py
+	$(UV) run python bench/detection.py
 
 clean: ## Remove local state (keeps the download cache)
 	rm -rf .run .venv .mypy_cache .ruff_cache .pytest_cache bench/results
