@@ -46,6 +46,7 @@ def records() -> DnsRecords:
             ("wellknown.test", "mx.wellknown.test", 10),
             ("redirect.test", "mx.redirect.test", 10),
             ("bomb.test", "mx.bomb.test", 10),
+            ("big.test", "mx.big.test", 10),
             ("godaddy.test", "smtp.secureserver.net", 0),
         ],
         txt=[
@@ -62,6 +63,7 @@ def records() -> DnsRecords:
             ("wellknown.test", AUTOCONFIG_IP),
             ("autoconfig.redirect.test", AUTOCONFIG_IP),
             ("autoconfig.bomb.test", AUTOCONFIG_IP),
+            ("autoconfig.big.test", AUTOCONFIG_IP),
             ("nomx.test", "192.0.2.10"),
         ],
     )
@@ -79,7 +81,7 @@ def dns_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 @pytest.fixture(scope="module")
 def autoconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AutoconfigServer]:
     names = ("autoconfig.autoconf.test", "wellknown.test", "autoconfig.redirect.test",
-             "autoconfig.bomb.test")  # fmt: skip
+             "autoconfig.bomb.test", "autoconfig.big.test")  # fmt: skip
     server = AutoconfigServer(tmp_path_factory.mktemp("autoconfig"), names, AUTOCONFIG_IP)
     server.start()
     path = "/mail/config-v1.1.xml"
@@ -89,6 +91,8 @@ def autoconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AutoconfigS
     to_loopback = f"https://127.0.0.1:{server.port}{path}"
     server.replies[("autoconfig.redirect.test", path)] = Reply(302, location=to_loopback)
     server.replies[("autoconfig.bomb.test", path)] = Reply(body=ENTITY_BOMB)
+    padding = b"<!--" + b"x" * 100_000 + b"-->"
+    server.replies[("autoconfig.big.test", path)] = Reply(body=CONFIG_XML + padding)
     try:
         yield server
     finally:
@@ -211,6 +215,11 @@ async def test_an_autoconfig_redirect_to_loopback_is_refused(
 
 async def test_autoconfig_with_xml_entities_is_refused(detector: Detector) -> None:
     detection = await detector.detect("erin@bomb.test")
+    assert detection.provider is Provider.UNKNOWN
+
+
+async def test_an_autoconfig_document_over_64_kib_is_refused(detector: Detector) -> None:
+    detection = await detector.detect("erin@big.test")
     assert detection.provider is Provider.UNKNOWN
 
 
