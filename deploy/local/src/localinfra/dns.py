@@ -47,9 +47,12 @@ class DnsRecords:
 class DnsServer:
     """One dnsmasq process serving `records` on 127.0.0.1 (UDP and TCP) at a free port."""
 
-    def __init__(self, workdir: Path, records: DnsRecords) -> None:
+    def __init__(self, workdir: Path, records: DnsRecords, forward: bool = False) -> None:
         self.workdir = workdir
         self.records = records
+        # Tests never forward (no question reaches the internet); `make run` forwards names
+        # outside its zones to the system's resolvers, so real domains are detected too.
+        self.forward = forward
         self.port = 0
         self._proc: ManagedProcess | None = None
 
@@ -63,7 +66,7 @@ class DnsServer:
         argv = [
             str(binary),
             "--keep-in-foreground",
-            "--no-resolv",
+            *(() if self.forward else ("--no-resolv",)),
             "--no-hosts",
             "--no-poll",
             "--bind-interfaces",

@@ -95,8 +95,15 @@ class LocalStack:
     ``MBL_DOCKER=1``), else they run as local processes; Dovecot always runs locally.
     """
 
-    def __init__(self, *, kafka_heap_mb: int = 512, auto_create_topics: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        kafka_heap_mb: int = 512,
+        auto_create_topics: bool = True,
+        dns_forwarding: bool = False,
+    ) -> None:
         self.kafka_heap_mb = kafka_heap_mb
+        self.dns_forwarding = dns_forwarding
         self.auto_create_topics = auto_create_topics
         self._lock = threading.Lock()
         self._stoppers: list[Callable[[], None]] = []
@@ -178,7 +185,8 @@ class LocalStack:
             tasks["mongo"] = mongo.start
         results = _run_parallel(tasks)
         mail_ports = mail[DovecotKind.MAIL].ports
-        dns = DnsServer(root / "dns", _test_zone(mail_ports.imaps, mail_ports.submissions))
+        zone = _test_zone(mail_ports.imaps, mail_ports.submissions)
+        dns = DnsServer(root / "dns", zone, forward=self.dns_forwarding)
         self._stoppers.append(dns.stop)
         dns_port = dns.start()
         pop3_ports = mail[DovecotKind.POP3ONLY].ports

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from localinfra.ports import port_is_open
 from localinfra.services import ServiceConfig, start_services
-from localinfra.stack import LocalStack
+from localinfra.stack import DISCOVERABLE_DOMAIN, LocalStack
 
 DEMO_ADDRESS = "alice@example.org"
+DISCOVERABLE_DEMO = f"erin@{DISCOVERABLE_DOMAIN}"
 
 
 def run_system(
@@ -19,15 +20,18 @@ def run_system(
 ) -> None:
     """Starts infrastructure and services, writes the demo files, and runs until `stopping`."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack()
+    stack = LocalStack(dns_forwarding=True)
     demo_password = secrets.token_urlsafe(12)
     stack.add_mail_user(DEMO_ADDRESS, demo_password)
+    # A second demo mailbox whose servers link-api finds by itself (SRV records).
+    stack.add_mail_user(DISCOVERABLE_DEMO, demo_password)
     try:
         endpoints = stack.start()
         config = ServiceConfig(
             kafka_bootstrap=endpoints.kafka_bootstrap,
             mongodb_uri=endpoints.mongodb_uri,
             ca_file=endpoints.ca_file,
+            dns_servers=(endpoints.dns_server,),
             api_port=_port_if_free(api_port),
             registry_port=_port_if_free(registry_port),
         )
@@ -42,6 +46,9 @@ def run_system(
                 demo_password,
             )
             (state_dir / "demo-link.json").write_text(json.dumps(demo, indent=2))
+            discoverable = {"email": DISCOVERABLE_DEMO, "terms_accepted": True}
+            discoverable["password"] = demo_password
+            (state_dir / "demo-detected-link.json").write_text(json.dumps(discoverable, indent=2))
             print(
                 _instructions(
                     services.api_url, services.registry_url, state_dir, endpoints.started_in_seconds
@@ -77,6 +84,7 @@ mailbox-link is up (infrastructure started in {infra_seconds:.1f} s).
   registry:  {registry_url}
   token:     {state_dir}/token   (send as 'Authorization: Bearer ...')
   demo body: {state_dir}/demo-link.json   (links the local Dovecot mailbox {DEMO_ADDRESS})
+  detected:  {state_dir}/demo-detected-link.json   ({DISCOVERABLE_DEMO}: address and password only)
   logs:      {state_dir}/logs/
 
 Try it:
