@@ -28,5 +28,7 @@ def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> No
         key = (user["owner"]["account_id"], user["owner"]["user_id"])
         held = set(user.get("held", {}))
         assert user.get("held_count", 0) == len(held), f"{key}: count and slots disagree"
-        assert held == holding_by_user.pop(key, set()), f"{key}: slots are not its links"
+        holding = holding_by_user.pop(key, set())
+        states = {i: links[i]["state"] if i in links else None for i in held ^ holding}
+        assert held == holding, f"{key}: slots {sorted(held)} are not its links {states}"
     assert not holding_by_user, f"links hold no slot: {sorted(holding_by_user)}"

@@ -132,7 +132,9 @@ async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDep
     data = event.data
     if data.plan not in deps.plans.limits:
         logger.warning("plan %r from billing is not configured: default applies", data.plan)
-    applied = await deps.store.set_plan(data.owner, data.plan, data.changed_at)
+    # Ordered to the millisecond, the precision BSON keeps: finer differences are ties.
+    changed_at = data.changed_at.replace(microsecond=data.changed_at.microsecond // 1000 * 1000)
+    applied = await deps.store.set_plan(data.owner, data.plan, changed_at)
     logger.info("plan %s for %s: %s", data.plan, data.owner, "applied" if applied else "stale")
 
 
