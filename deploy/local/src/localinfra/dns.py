@@ -7,10 +7,11 @@ nothing is forwarded anywhere (--no-resolv).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localinfra.apt import find_binary, install_packages
+from localinfra.apt import install_packages
 from localinfra.cache import InstallResult
 from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
@@ -58,7 +59,7 @@ class DnsServer:
 
     def start(self, timeout: float = 10.0) -> int:
         """Starts the server and returns its port once it answers."""
-        binary = install_dnsmasq().location or find_binary("dnsmasq")
+        binary = install_dnsmasq().location
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         conf = self.workdir / "dnsmasq.conf"
@@ -85,8 +86,6 @@ class DnsServer:
         return self.port
 
     def _answers(self) -> bool:
-        import socket
-
         # A minimal query for "." NS: any reply (even REFUSED) proves the server is up.
         query = bytes.fromhex("abcd01000001000000000000") + b"\x00\x00\x02\x00\x01"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
