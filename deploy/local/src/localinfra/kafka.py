@@ -163,7 +163,8 @@ class KafkaServer:
         fmt = subprocess.run(
             [
                 "java", *java_opts, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                "--standalone", "-t", _cluster_id(), "-c", str(props),
+                # "=": a random id may start with "-", which would read as an option.
+                "--standalone", f"--cluster-id={_cluster_id()}", "-c", str(props),
             ],
             capture_output=True,
             text=True,
