@@ -29,8 +29,10 @@ CONFIG_XML = b"""<?xml version="1.0"?>
   <outgoingServer type="smtp"><hostname>smtp.autoconf.test</hostname><port>587</port>
     <socketType>STARTTLS</socketType><username>%EMAILADDRESS%</username></outgoingServer>
 </emailProvider></clientConfig>"""
-ENTITY_BOMB = b"""<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">
-<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><clientConfig>&b;</clientConfig>"""
+# A complete document whose IMAP host comes from an entity: usable only if entities expand.
+ENTITY_BOMB = CONFIG_XML.replace(
+    b'<?xml version="1.0"?>', b'<?xml version="1.0"?><!DOCTYPE c [<!ENTITY h "imap.bomb.test">]>'
+).replace(b"imap.%EMAILDOMAIN%", b"&h;")
 
 
 def records() -> DnsRecords:
