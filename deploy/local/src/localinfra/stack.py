@@ -32,6 +32,7 @@ from localinfra.kafka import KafkaServer
 from localinfra.mongo import MongoServer, mongo_backend
 from localinfra.ports import free_port
 from localinfra.procs import install_sigterm_cleanup
+from localinfra.token_introspection import TokenIntrospection
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,10 @@ class Endpoints:
     pop3s_port: int
     untrusted_imaps_port: int  # self-signed cert: verification with ca_file must fail
     untrusted_submissions_port: int
+    # XOAUTH2/OAUTHBEARER only, tokens checked at the stack's introspection endpoint
+    # (LocalStack.grant_oauth_token); same trusted certificate as the mail server.
+    oauth_imaps_port: int = 0
+    oauth_submissions_port: int = 0
     ca_file: str  # the test CA that signed the trusted servers' certificates
     closed_port: int  # nothing listens here: "connection refused"
     started_in_seconds: float
@@ -108,6 +113,7 @@ class LocalStack:
         self._lock = threading.Lock()
         self._stoppers: list[Callable[[], None]] = []
         self._mail: MailServers | None = None
+        self._introspection: TokenIntrospection | None = None
         self._mail_users: dict[str, str] = {}
         self._endpoints: Endpoints | None = None
         self._workdir: Path | None = None
@@ -159,7 +165,11 @@ class LocalStack:
     def _start_all(self, root: Path, began: float) -> Endpoints:
         trusted = make_ca_and_server_cert(root / "tls")
         untrusted = make_self_signed_cert(root / "tls-untrusted")
-        mail = MailServers(root / "mail", trusted, untrusted)
+        introspection = TokenIntrospection()
+        introspection.start()
+        self._introspection = introspection
+        self._stoppers.append(introspection.stop)
+        mail = MailServers(root / "mail", trusted, untrusted, introspection.url)
         for username, password in self._mail_users.items():
             mail.add_user(username, password)  # before start: no reload wait
         self._mail = mail
@@ -191,6 +201,7 @@ class LocalStack:
         dns_port = dns.start()
         pop3_ports = mail[DovecotKind.POP3ONLY].ports
         untrusted_ports = mail[DovecotKind.UNTRUSTED].ports
+        oauth_ports = mail[DovecotKind.OAUTH].ports
         return Endpoints(
             kafka_bootstrap=results["kafka"],
             mongodb_uri=results["mongo"],
@@ -202,12 +213,25 @@ class LocalStack:
             pop3s_port=pop3_ports.pop3s,
             untrusted_imaps_port=untrusted_ports.imaps,
             untrusted_submissions_port=untrusted_ports.submissions,
+            oauth_imaps_port=oauth_ports.imaps,
+            oauth_submissions_port=oauth_ports.submissions,
             ca_file=str(trusted.ca_file),
             closed_port=free_port(),
             started_in_seconds=round(time.monotonic() - began, 3),
             workdir=str(root),
             dns_server=f"127.0.0.1:{dns_port}",
         )
+
+    def grant_oauth_token(self, token: str, username: str) -> None:
+        """Makes the OAuth Dovecot accept `token` (XOAUTH2/OAUTHBEARER) as `username`."""
+        if self._introspection is None:
+            raise RuntimeError("LocalStack not started")
+        self._introspection.grant(token, username)
+
+    def revoke_oauth_token(self, token: str) -> None:
+        """Makes the OAuth Dovecot refuse `token` from now on."""
+        if self._introspection is not None:
+            self._introspection.revoke(token)
 
     def add_mail_user(self, username: str, password: str) -> None:
         """Create (or re-password) a mail user on every Dovecot instance.
