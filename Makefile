@@ -7,8 +7,8 @@ UV := $(PYTHON) -m uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-SOURCES := shared/src services/link-api/src services/imap-verifier/src services/registry/src deploy/local/src
-TEST_DIRS := shared/tests services/link-api/tests services/imap-verifier/tests services/registry/tests deploy/local/tests tests
+SOURCES := shared/src services/link-api/src services/imap-verifier/src services/registry/src services/oauth-broker/src deploy/local/src
+TEST_DIRS := shared/tests services/link-api/tests services/imap-verifier/tests services/registry/tests services/oauth-broker/tests deploy/local/tests tests
 
 .DEFAULT_GOAL := help
 .PHONY: help setup infra run test lint typecheck unit asyncapi bench clean
