@@ -20,6 +20,8 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     "MailboxUnlinked": events.MailboxUnlinked,
     "LinkReserved": events.LinkReserved,
     "UserPlanChanged": events.UserPlanChanged,
+    "AuthorizationRequired": events.AuthorizationRequired,
+    "MailboxReconnectRequired": events.MailboxReconnectRequired,
 }
 
 
@@ -68,3 +70,25 @@ def test_consumers_unions_refuse_an_event_of_schema_version_2() -> None:
 
 def test_checked_in_asyncapi_document_is_current() -> None:
     assert DOCUMENT_PATH.read_text() == asyncapi_yaml(), "run `make asyncapi` and commit the result"
+
+
+def test_a_password_link_request_must_carry_credentials() -> None:
+    raw = json.loads((EXAMPLES / "LinkRequested" / "v1.json").read_text())
+    raw["data"]["credentials"] = None
+    with pytest.raises(ValidationError, match="credentials"):
+        events.LinkRequested.model_validate(raw)
+
+
+def test_an_oauth_link_request_carries_no_credentials_but_its_verification_does() -> None:
+    requested = json.loads((EXAMPLES / "LinkRequested" / "v1-oauth.json").read_text())
+    assert events.LinkRequested.model_validate(requested).data.credentials is None
+    verified = json.loads((EXAMPLES / "MailboxVerified" / "v1-oauth.json").read_text())
+    verified["data"]["credentials"] = None
+    with pytest.raises(ValidationError, match="credentials"):
+        events.MailboxVerified.model_validate(verified)
+
+
+def test_requests_from_before_the_auth_field_read_as_password_links() -> None:
+    raw = json.loads((EXAMPLES / "LinkRequested" / "v1.json").read_text())
+    del raw["data"]["auth"]
+    assert events.LinkRequested.model_validate(raw).data.auth is events.AuthMethod.PASSWORD

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailbox_link_shared.events import Envelope, MailboxOwner, utc_now
+from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.publishing import RecordingPublisher
 from registry.adapters.registry_store import UserSlots
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
@@ -171,6 +172,14 @@ class InMemoryRegistryStore:
             return False
         user.plan = plan
         user.plan_changed_at = changed_at
+        return True
+
+    async def mark_reconnect_required(self, link_id: str, code: FailureCode) -> bool:
+        record = self.links.get(link_id)
+        if record is None or record.state is not LinkState.LINKED or record.mailbox is None:
+            return False
+        mailbox = replace(record.mailbox, reconnect_required=code)
+        self.links[link_id] = replace(record, mailbox=mailbox)
         return True
 
 

@@ -16,6 +16,8 @@ from mailbox_link_shared.events import (
     LinkReserved,
     MailboxLinked,
     MailboxOwner,
+    MailboxReconnectRequired,
+    MailboxReconnectRequiredData,
     MailboxUnlinked,
     MailboxVerified,
     MailboxVerifiedData,
@@ -92,6 +94,32 @@ async def test_verified_mailbox_with_a_reservation_is_linked_and_listed(deps: Re
     assert mailbox.mailbox.mailbox_id == linked.data.mailbox_id
     assert mailbox.mailbox.imap.host == "imap.example.org"
     assert await handlers.list_mailboxes(BOB, deps) == []
+
+
+async def test_reconnect_required_flags_a_linked_mailbox_which_stays_its_owners(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    linked = _final(deps, "l1")
+    assert isinstance(linked, MailboxLinked)
+    reconnect = MailboxReconnectRequired(
+        correlation_id="l1",
+        producer="oauth-broker",
+        data=MailboxReconnectRequiredData(
+            mailbox_id=linked.data.mailbox_id,
+            link_id="l1",
+            owner=ALICE,
+            address=ADDRESS,
+            provider=ProviderType.GOOGLE,
+            failure=Failure.of(FailureCode.RECONNECT_REQUIRED, "invalid_grant"),
+        ),
+    )
+    await handlers.handle_event(reconnect, deps)
+    [mailbox] = await handlers.list_mailboxes(ALICE, deps)
+    assert mailbox.mailbox is not None
+    assert mailbox.mailbox.reconnect_required is FailureCode.RECONNECT_REQUIRED
+    assert (await handlers.find_owner(ADDRESS, deps)) is not None
 
 
 async def test_verification_before_the_request_still_reserves_then_links(

@@ -11,6 +11,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from mailbox_link_shared.events import (
+    AuthorizationEvent,
     LinkRequested,
     MailboxEvent,
     UserPlanChanged,
@@ -19,7 +20,7 @@ from mailbox_link_shared.events import (
 from mailbox_link_shared.topics import TOPIC_DESCRIPTIONS, Topics
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "asyncapi.yaml"
-CONTRACT_VERSION = "1.1.0"
+CONTRACT_VERSION = "1.2.0"
 
 
 def asyncapi_yaml(namespace: str = "mailbox-link") -> str:
@@ -30,6 +31,7 @@ def asyncapi_yaml(namespace: str = "mailbox-link") -> str:
         "link_requests": LinkRequested,
         "verifications": VerificationResult,
         "mailboxes": MailboxEvent,
+        "authorizations": AuthorizationEvent,
         "user_plans": UserPlanChanged,
     }
     for role, payload in payloads.items():

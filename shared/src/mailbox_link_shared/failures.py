@@ -27,6 +27,16 @@ class FailureCode(StrEnum):
     LINK_IN_PROGRESS = "link_in_progress"
     RESERVATION_EXPIRED = "reservation_expired"
     OTHER_PORT_WORKS = "other_port_works"
+    CONSENT_DENIED = "consent_denied"
+    ACCOUNT_MISMATCH = "account_mismatch"
+    GMAIL_DISABLED = "gmail_disabled"
+    IMAP_DISABLED = "imap_disabled"
+    SMTP_DISABLED = "smtp_disabled"
+    SCOPE_MISSING = "scope_missing"
+    NO_REFRESH_TOKEN = "no_refresh_token"  # noqa: S105 - a code, not a token
+    PROVIDER_ERROR = "provider_error"
+    SESSION_EXPIRED = "session_expired"
+    RECONNECT_REQUIRED = "reconnect_required"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -110,6 +120,53 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.OTHER_PORT_WORKS: FailureText(
         "The server did not answer with this port and security, but it does with another.",
         "Change the port and security to the ones named in the detail, then link again.",
+    ),
+    FailureCode.CONSENT_DENIED: FailureText(
+        "You cancelled the sign-in, so we were not given access to the mailbox.",
+        "Link the mailbox again and choose Allow on the provider's consent screen.",
+    ),
+    FailureCode.ACCOUNT_MISMATCH: FailureText(
+        "You signed in with a different account than the address you asked to link.",
+        "Link again and sign in as that address. If the address is a group or an alias, "
+        "link the individual mailbox that receives its mail instead.",
+    ),
+    FailureCode.GMAIL_DISABLED: FailureText(
+        "Gmail is turned off for this Google account.",
+        "Ask your Google Workspace administrator to turn the Gmail service on for you "
+        "(Admin console > Apps > Google Workspace > Gmail > Service status), then link again.",
+    ),
+    FailureCode.IMAP_DISABLED: FailureText(
+        "The provider accepted the sign-in, but IMAP access is turned off for this mailbox.",
+        "Turn IMAP on for the mailbox (Microsoft 365: your administrator enables IMAP in the "
+        "mailbox's Email apps settings in the Microsoft 365 admin center), then link again.",
+    ),
+    FailureCode.SMTP_DISABLED: FailureText(
+        "The provider accepted the sign-in, but sending mail (authenticated SMTP) is turned off "
+        "for this mailbox.",
+        "Turn authenticated SMTP on for the mailbox (Microsoft 365: your administrator enables "
+        "'Authenticated SMTP' in the mailbox's Email apps settings), then link again.",
+    ),
+    FailureCode.SCOPE_MISSING: FailureText(
+        "You did not grant every permission we need to read and send your mail.",
+        "Link again and leave every permission on the consent screen checked.",
+    ),
+    FailureCode.NO_REFRESH_TOKEN: FailureText(
+        "The provider did not grant lasting access, so the link would stop working within an hour.",
+        "Remove this app from your account's connected apps (Google: "
+        "myaccount.google.com/connections), then link again.",
+    ),
+    FailureCode.PROVIDER_ERROR: FailureText(
+        "The provider's sign-in did not complete because of an error on their side.",
+        "Try again in a few minutes; the detail says what the provider answered.",
+    ),
+    FailureCode.SESSION_EXPIRED: FailureText(
+        "The sign-in took too long, or its link was already used.",
+        "Start linking the mailbox again and finish the sign-in within 10 minutes.",
+    ),
+    FailureCode.RECONNECT_REQUIRED: FailureText(
+        "The provider no longer accepts our access to this mailbox (the access was removed, or "
+        "the password or security settings changed).",
+        "Reconnect the mailbox: unlink it and link it again, signing in at the provider.",
     ),
     FailureCode.INTERNAL_ERROR: FailureText(
         "We could not check this mailbox because of a problem on our side.",

@@ -14,6 +14,7 @@ class Topics:
     link_requests: str
     verifications: str
     mailboxes: str
+    authorizations: str
     user_plans: str
     dead_letters: str
 
@@ -24,6 +25,7 @@ class Topics:
             link_requests=f"{namespace}.link-requests.v1",
             verifications=f"{namespace}.verifications.v1",
             mailboxes=f"{namespace}.mailboxes.v1",
+            authorizations=f"{namespace}.authorizations.v1",
             user_plans=f"{namespace}.user-plans.v1",
             dead_letters=f"{namespace}.dead-letters.v1",
         )
@@ -36,6 +38,8 @@ class Topics:
             return self.verifications
         if event_type in ("LinkReserved", "MailboxLinked", "LinkRejected", "MailboxUnlinked"):
             return self.mailboxes
+        if event_type in ("AuthorizationRequired", "MailboxReconnectRequired"):
+            return self.authorizations
         if event_type == "UserPlanChanged":
             return self.user_plans
         raise ValueError(f"no topic carries {event_type!r} events")
@@ -46,6 +50,7 @@ class Topics:
             self.link_requests,
             self.verifications,
             self.mailboxes,
+            self.authorizations,
             self.user_plans,
             self.dead_letters,
         )
@@ -60,6 +65,11 @@ TOPIC_DESCRIPTIONS = {
         "LinkReserved, then MailboxLinked or LinkRejected (exactly one per link request), and "
         "MailboxUnlinked, from registry; consumed by link-api and any service that needs to "
         "know which mailboxes are linked."
+    ),
+    "authorizations": (
+        "AuthorizationRequired (the sign-in URL of an OAuth link, after LinkReserved) and "
+        "MailboxReconnectRequired (a linked mailbox's tokens stopped working for good), from "
+        "oauth-broker; consumed by link-api and registry."
     ),
     "user_plans": "UserPlanChanged, from billing, keyed by user; consumed by registry.",
     "dead_letters": (

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pydantic import TypeAdapter
 
 from mailbox_link_shared.events import (
+    AuthorizationRequired,
     Envelope,
     Failure,
     LinkRejected,
@@ -25,6 +26,7 @@ from mailbox_link_shared.events import (
     MailboxLinked,
     MailboxLinkedData,
     MailboxOwner,
+    MailboxReconnectRequired,
     MailboxUnlinked,
     MailboxUnlinkedData,
     MailboxVerified,
@@ -75,11 +77,20 @@ class RegistryDeps:
 
 
 async def handle_event(
-    event: LinkRequested | MailboxVerified | VerificationFailed | UserPlanChanged,
+    event: LinkRequested
+    | MailboxVerified
+    | VerificationFailed
+    | UserPlanChanged
+    | AuthorizationRequired
+    | MailboxReconnectRequired,
     deps: RegistryDeps,
 ) -> None:
     """Routes one consumed event to its handler."""
-    if isinstance(event, LinkRequested):
+    if isinstance(event, AuthorizationRequired):
+        return  # for link-api: the registry already reserved this link
+    if isinstance(event, MailboxReconnectRequired):
+        await when_reconnect_required_flag_mailbox(event, deps)
+    elif isinstance(event, LinkRequested):
         await when_link_requested_reserve(event, deps)
     elif isinstance(event, MailboxVerified):
         await when_mailbox_verified_link(event, deps)
@@ -104,8 +115,9 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
             mailbox_id=uuid.uuid4().hex,
             imap=event.data.imap,
             smtp=event.data.smtp,
-            credentials=event.data.credentials,
+            credentials=event.data.verified_credentials,
             linked_at=deps.clock(),
+            auth=event.data.auth,
         )
         linked = _linked(record, mailbox)
         record = await _decide(
@@ -125,6 +137,15 @@ async def when_verification_failed_release(event: VerificationFailed, deps: Regi
         await _decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
     else:
         await _settle(record, deps)
+
+
+async def when_reconnect_required_flag_mailbox(
+    event: MailboxReconnectRequired, deps: RegistryDeps
+) -> None:
+    """Marks a linked mailbox as needing its user to sign in again; it stays theirs."""
+    data = event.data
+    flagged = await deps.store.mark_reconnect_required(data.link_id, data.failure.code)
+    logger.info("link %s reconnect required: %s", data.link_id, "flagged" if flagged else "ended")
 
 
 async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDeps) -> None:

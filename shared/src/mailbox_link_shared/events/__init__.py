@@ -2,6 +2,10 @@
 
 from mailbox_link_shared.events.envelope import Envelope, utc_now
 from mailbox_link_shared.events.link import (
+    AuthMethod,
+    AuthorizationEvent,
+    AuthorizationRequired,
+    AuthorizationRequiredData,
     Failure,
     LinkRejected,
     LinkRejectedData,
@@ -13,6 +17,8 @@ from mailbox_link_shared.events.link import (
     MailboxLinked,
     MailboxLinkedData,
     MailboxOwner,
+    MailboxReconnectRequired,
+    MailboxReconnectRequiredData,
     MailboxUnlinked,
     MailboxUnlinkedData,
     MailboxVerified,
@@ -29,6 +35,10 @@ from mailbox_link_shared.events.link import (
 )
 
 __all__ = [
+    "AuthMethod",
+    "AuthorizationEvent",
+    "AuthorizationRequired",
+    "AuthorizationRequiredData",
     "Envelope",
     "Failure",
     "LinkRejected",
@@ -41,6 +51,8 @@ __all__ = [
     "MailboxLinked",
     "MailboxLinkedData",
     "MailboxOwner",
+    "MailboxReconnectRequired",
+    "MailboxReconnectRequiredData",
     "MailboxUnlinked",
     "MailboxUnlinkedData",
     "MailboxVerified",

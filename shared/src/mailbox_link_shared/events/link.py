@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mailbox_link_shared.crypto import EncryptedSecret
 from mailbox_link_shared.events.envelope import Envelope, utc_now
@@ -13,9 +13,21 @@ from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 
 class ProviderType(StrEnum):
-    """Who hosts the mailbox and so which service verifies it."""
+    """Who verifies the mailbox: the IMAP verifier (any server, with a password) or the OAuth
+    broker (the provider's sign-in). New values may be added: ignore the ones you do not serve."""
 
     IMAP = "imap"
+    GOOGLE = "google"
+    MICROSOFT = "microsoft"
+    YAHOO = "yahoo"
+    AOL = "aol"
+
+
+class AuthMethod(StrEnum):
+    """How we log in to the mailbox."""
+
+    PASSWORD = "password"  # noqa: S105 - a method's name, not a password
+    OAUTH = "oauth"
 
 
 # Link ids key documents and name document fields in the registry: letters, digits, - and _.
@@ -47,12 +59,26 @@ class LinkRequestedData(_Data):
     owner: MailboxOwner
     address: str = Field(description="Normalized mailbox address.")
     provider: ProviderType
-    imap: ServerSettings
-    smtp: ServerSettings
-    credentials: EncryptedSecret = Field(
-        description="Sealed JSON {imap_password, smtp_password}, bound to the address."
+    auth: AuthMethod = Field(
+        default=AuthMethod.PASSWORD,
+        description="password: credentials hold the passwords; oauth: the user signs in at "
+        "the provider, and the request carries no credentials.",
+    )
+    imap: ServerSettings = Field(description="For oauth, the provider's IMAP server.")
+    smtp: ServerSettings = Field(description="For oauth, the provider's SMTP server.")
+    credentials: EncryptedSecret | None = Field(
+        default=None,
+        description="Sealed JSON bound to the address: {imap_password, smtp_password} for "
+        "password links; absent from oauth link requests; in MailboxVerified of an oauth link, "
+        "the granted tokens {access_token, refresh_token, expires_at, scope}.",
     )
     requested_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _password_links_carry_credentials(self) -> "LinkRequestedData":
+        if self.auth is AuthMethod.PASSWORD and self.credentials is None:
+            raise ValueError("a password link carries its sealed credentials")
+        return self
 
 
 class LinkRequested(Envelope):
@@ -64,6 +90,19 @@ class LinkRequested(Envelope):
 
 class MailboxVerifiedData(LinkRequestedData):
     verified_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _verified_links_carry_credentials(self) -> "MailboxVerifiedData":
+        if self.credentials is None:
+            raise ValueError("a verified mailbox carries the sealed credentials that worked")
+        return self
+
+    @property
+    def verified_credentials(self) -> EncryptedSecret:
+        """The sealed credentials that worked (always present in a verification)."""
+        if self.credentials is None:  # pragma: no cover - refused by the validator
+            raise ValueError("a verified mailbox carries its credentials")
+        return self.credentials
 
 
 class MailboxVerified(Envelope):
@@ -204,12 +243,63 @@ class UserPlanChanged(Envelope):
         return f"{owner.account_id}/{owner.user_id}".encode()
 
 
+class AuthorizationRequiredData(_Data):
+    link_id: LinkId
+    owner: MailboxOwner
+    address: str
+    provider: ProviderType
+    authorize_url: str = Field(
+        description="Where to send the user's browser: the provider's sign-in and consent."
+    )
+    expires_at: datetime = Field(description="After this the URL no longer completes the link.")
+
+
+class AuthorizationRequired(Envelope):
+    """The user must sign in at the provider to finish this link.
+
+    Published only once the registry has reserved the link (LinkReserved), so a rejected
+    request never shows a sign-in URL.
+    """
+
+    type: Literal["AuthorizationRequired"] = "AuthorizationRequired"
+    data: AuthorizationRequiredData
+
+
+class MailboxReconnectRequiredData(_Data):
+    mailbox_id: str
+    link_id: LinkId
+    owner: MailboxOwner
+    address: str
+    provider: ProviderType
+    failure: Failure
+    detected_at: datetime = Field(default_factory=utc_now)
+
+
+class MailboxReconnectRequired(Envelope):
+    """A linked mailbox's authorization stopped working for good (revoked, password changed).
+
+    The mailbox stays linked to its owner, but nothing can read or send as it until the user
+    links it again; a product asks them to reconnect.
+    """
+
+    type: Literal["MailboxReconnectRequired"] = "MailboxReconnectRequired"
+    data: MailboxReconnectRequiredData
+
+
 VerificationResult = Annotated[MailboxVerified | VerificationFailed, Field(discriminator="type")]
 MailboxEvent = Annotated[
     LinkReserved | MailboxLinked | LinkRejected | MailboxUnlinked, Field(discriminator="type")
 ]
-# Everything the registry consumes, on its three input topics.
+AuthorizationEvent = Annotated[
+    AuthorizationRequired | MailboxReconnectRequired, Field(discriminator="type")
+]
+# Everything the registry consumes, on its four input topics.
 RegistryInput = Annotated[
-    LinkRequested | MailboxVerified | VerificationFailed | UserPlanChanged,
+    LinkRequested
+    | MailboxVerified
+    | VerificationFailed
+    | UserPlanChanged
+    | AuthorizationRequired
+    | MailboxReconnectRequired,
     Field(discriminator="type"),
 ]

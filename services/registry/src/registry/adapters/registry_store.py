@@ -15,7 +15,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings, utc_now
+from mailbox_link_shared.events import (
+    AuthMethod,
+    MailboxOwner,
+    ProviderType,
+    ServerSettings,
+    utc_now,
+)
+from mailbox_link_shared.failures import FailureCode
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
 
 
@@ -55,6 +62,7 @@ class RegistryStore(Protocol):
     ) -> bool: ...
     async def free_slot(self, owner: MailboxOwner, link_id: str) -> None: ...
     async def set_plan(self, owner: MailboxOwner, plan: str, changed_at: datetime) -> bool: ...
+    async def mark_reconnect_required(self, link_id: str, code: FailureCode) -> bool: ...
 
 
 class MongoRegistryStore:
@@ -211,6 +219,14 @@ class MongoRegistryStore:
             return False  # a newer change is stored
         return result.modified_count == 1 or result.upserted_id is not None
 
+    async def mark_reconnect_required(self, link_id: str, code: FailureCode) -> bool:
+        """Flags a linked mailbox as needing its user to reconnect; False if not linked."""
+        result = await self._links.update_one(
+            {"_id": link_id, "state": LinkState.LINKED.value},
+            {"$set": {"mailbox.reconnect_required": code.value}},
+        )
+        return result.matched_count == 1
+
 
 def _owner_key(owner: MailboxOwner) -> str:
     return f"{owner.account_id}\x1f{owner.user_id}"
@@ -246,6 +262,8 @@ def _mailbox_document(mailbox: MailboxDetails) -> dict[str, Any]:
         "smtp": mailbox.smtp.model_dump(mode="json"),
         "credentials": mailbox.credentials.model_dump(),
         "linked_at": mailbox.linked_at,
+        "auth": mailbox.auth.value,
+        "reconnect_required": mailbox.reconnect_required,
     }
 
 
@@ -270,4 +288,10 @@ def _mailbox(document: dict[str, Any]) -> MailboxDetails:
         smtp=ServerSettings.model_validate(document["smtp"]),
         credentials=EncryptedSecret.model_validate(document["credentials"]),
         linked_at=document["linked_at"],
+        auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
+        reconnect_required=_optional_code(document.get("reconnect_required")),
     )
+
+
+def _optional_code(value: str | None) -> FailureCode | None:
+    return FailureCode(value) if value else None

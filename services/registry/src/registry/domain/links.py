@@ -11,7 +11,8 @@ from enum import StrEnum
 from typing import Any
 
 from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_shared.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_shared.failures import FailureCode
 
 
 class LinkState(StrEnum):
@@ -36,8 +37,13 @@ class MailboxDetails:
     mailbox_id: str
     imap: ServerSettings
     smtp: ServerSettings
+    # For OAuth mailboxes this is the grant as first verified; the OAuth broker keeps the
+    # refreshed tokens.
     credentials: EncryptedSecret
     linked_at: datetime
+    auth: AuthMethod = AuthMethod.PASSWORD
+    # Set when the provider stopped accepting the mailbox's authorization for good.
+    reconnect_required: FailureCode | None = None
 
 
 @dataclass(frozen=True)

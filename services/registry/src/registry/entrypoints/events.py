@@ -1,4 +1,5 @@
-"""Kafka subscriber of the registry: link requests, verification results and plan changes."""
+"""Kafka subscriber of the registry: link requests, verification results, plan changes and
+authorization news (a mailbox that must reconnect)."""
 
 from faststream.kafka import KafkaBroker
 
@@ -14,10 +15,10 @@ from registry.handlers import RegistryDeps
 def register_subscribers(
     broker: KafkaBroker, settings: ServiceSettings, topics: Topics, deps: RegistryDeps
 ) -> None:
-    """Subscribes the registry to its three input topics."""
+    """Subscribes the registry to its four input topics."""
 
     async def on_event(event: RegistryInput) -> None:
         await handlers.handle_event(event, deps)
 
-    inputs = (topics.link_requests, topics.verifications, topics.user_plans)
+    inputs = (topics.link_requests, topics.verifications, topics.user_plans, topics.authorizations)
     subscribe(broker, settings, SERVICE_NAME, inputs, RegistryInput, on_event)

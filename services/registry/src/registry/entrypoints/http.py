@@ -118,4 +118,8 @@ def _mailbox_body(record: LinkRecord) -> dict[str, Any]:
         "imap": mailbox.imap.model_dump(mode="json"),
         "smtp": mailbox.smtp.model_dump(mode="json"),
         "linked_at": mailbox.linked_at.isoformat(),
+        "auth": mailbox.auth.value,
+        # "reconnect_required": the provider stopped accepting its authorization; ask the user
+        # to link it again. The mailbox stays theirs meanwhile.
+        "status": "reconnect_required" if mailbox.reconnect_required else "active",
     }
