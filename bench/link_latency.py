@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from imap_verifier.adapters.mail_probes import Endpoint, probe_imap, probe_smtp
 from localinfra.services import ServiceConfig, start_services
 from localinfra.stack import Endpoints, LocalStack
+from mailbox_link_shared.mail_probes import Endpoint, probe_imap, probe_smtp
 from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 import pytest
 from pydantic import SecretStr
 
-from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
 from imap_verifier.handlers import VerifierDeps, when_link_requested_verify_mailbox
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.events import (
@@ -18,6 +17,7 @@ from mailbox_link_shared.events import (
     VerificationFailed,
 )
 from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_probes import Endpoint, ProbeFailed
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import RecordingPublisher
 
@@ -97,9 +97,9 @@ async def test_mailbox_verified_when_both_logins_work() -> None:
     assert isinstance(deps.publisher, RecordingPublisher)
     [event] = deps.publisher.events
     assert isinstance(event, MailboxVerified)
-    assert BOX.open(event.data.credentials, ADDRESS) == BOX.open(
-        _requested().data.credentials, ADDRESS
-    )
+    sent = _requested().data.credentials
+    assert sent is not None
+    assert BOX.open(event.data.verified_credentials, ADDRESS) == BOX.open(sent, ADDRESS)
 
 
 @pytest.mark.parametrize(

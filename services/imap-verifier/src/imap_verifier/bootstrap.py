@@ -4,12 +4,12 @@ import functools
 
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 
-from imap_verifier.adapters.mail_probes import probe_imap, probe_smtp
-from imap_verifier.adapters.resolver import resolve_endpoint
 from imap_verifier.config import SERVICE_NAME, Settings
 from imap_verifier.entrypoints.events import register_subscribers
 from imap_verifier.handlers import VerifierDeps
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
+from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
+from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.topics import Topics
 
 

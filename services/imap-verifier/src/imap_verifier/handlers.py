@@ -6,7 +6,6 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
 from imap_verifier.config import SERVICE_NAME
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox
@@ -21,6 +20,7 @@ from mailbox_link_shared.events import (
     VerificationFailedData,
 )
 from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_probes import Endpoint, Probe, ProbeFailed
 from mailbox_link_shared.mail_settings import ConnectionSecurity
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import EventPublisher
@@ -48,7 +48,6 @@ CONNECTION_FAILURES = frozenset(
 )
 
 Resolve = Callable[[ServerSettings, Sequence[IPNetwork], float], Awaitable[Endpoint]]
-Probe = Callable[[Endpoint, str, str, ssl.SSLContext, float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ class VerifierDeps:
 async def when_link_requested_verify_mailbox(event: LinkRequested, deps: VerifierDeps) -> None:
     """Logs in to the mailbox's IMAP and SMTP servers and emits the verdict."""
     data = event.data
-    if data.provider is not ProviderType.IMAP:
-        return  # another verifier's provider type
+    if data.provider is not ProviderType.IMAP or data.credentials is None:
+        return  # another verifier's provider type (OAuth links carry no password)
     try:
         opened = deps.secret_box.open(data.credentials, context=data.address)
         await verify_mailbox(data.imap, data.smtp, MailboxCredentials.from_json(opened), deps)

@@ -1,20 +1,24 @@
 """Protocol adapters that prove we can really log in to a person's own IMAP and SMTP servers.
 
-Both probes connect to an address that was vetted beforehand and never re-resolve the host name
+Every probe connects to an address that was vetted beforehand and never re-resolves the host name
 (so DNS cannot move us onto another network between the check and the connection), while TLS is
-verified against the host name the person typed. A probe either returns None or raises
-ProbeFailed with a FailureCode and a short detail; the password never appears in a detail, a log
-line or a chained exception.
+verified against the host name the person typed. A probe logs in with a password
+(`probe_imap`, `probe_smtp`) or with an OAuth access token over XOAUTH2 (`probe_imap_xoauth2`,
+`probe_smtp_xoauth2`); all four share the `Probe` signature. A probe either returns None or
+raises ProbeFailed with a FailureCode and a short detail; the password or token never appears in
+a detail, a log line or a chained exception.
 """
 
 import asyncio
 import base64
+import collections
 import contextlib
+import enum
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
 import aiosmtplib
@@ -54,6 +58,10 @@ class ProbeFailed(Exception):
         self.detail = detail
 
 
+# (endpoint, username, password or access token, TLS context, timeout in seconds)
+Probe = Callable[[Endpoint, str, str, ssl.SSLContext, float], Awaitable[None]]
+
+
 async def probe_imap(
     endpoint: Endpoint,
     username: str,
@@ -62,7 +70,8 @@ async def probe_imap(
     timeout: float,
 ) -> None:
     """Logs in over IMAP and opens INBOX read-only; raises ProbeFailed on any failure."""
-    await _drive(_ImapProbe(endpoint, username, password, tls), timeout, password)
+    credentials = _Credentials(_Mechanism.PASSWORD, username, password)
+    await _drive(_ImapProbe, endpoint, credentials, tls, timeout)
 
 
 async def probe_smtp(
@@ -73,10 +82,68 @@ async def probe_smtp(
     timeout: float,
 ) -> None:
     """Authenticates to an SMTP submission server; raises ProbeFailed on any failure."""
-    await _drive(_SmtpProbe(endpoint, username, password, tls), timeout, password)
+    credentials = _Credentials(_Mechanism.PASSWORD, username, password)
+    await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
+
+
+async def probe_imap_xoauth2(
+    endpoint: Endpoint,
+    username: str,
+    access_token: str,
+    tls: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Logs in over IMAP with an OAuth access token (AUTHENTICATE XOAUTH2) and opens INBOX
+    read-only; raises ProbeFailed on any failure."""
+    credentials = _Credentials(_Mechanism.XOAUTH2, username, access_token)
+    await _drive(_ImapProbe, endpoint, credentials, tls, timeout)
+
+
+async def probe_smtp_xoauth2(
+    endpoint: Endpoint,
+    username: str,
+    access_token: str,
+    tls: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Authenticates to an SMTP submission server with an OAuth access token (AUTH XOAUTH2);
+    raises ProbeFailed on any failure."""
+    credentials = _Credentials(_Mechanism.XOAUTH2, username, access_token)
+    await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
 
 
 # --- shared ------------------------------------------------------------------------------
+
+
+class _Mechanism(enum.Enum):
+    """How a probe logs in; the value names it in failure details."""
+
+    PASSWORD = "password login"  # noqa: S105 (names the mechanism in details)
+    XOAUTH2 = "XOAUTH2"
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """Who logs in and how; the secret is kept out of repr (tracebacks, debug logs)."""
+
+    mechanism: _Mechanism
+    username: str
+    secret: str = field(repr=False)
+
+    def initial_response(self) -> str:
+        """The base64 SASL response: PLAIN (RFC 4616) for a password, else XOAUTH2."""
+        if self.mechanism is _Mechanism.XOAUTH2:
+            raw = f"user={self.username}\x01auth=Bearer {self.secret}\x01\x01"
+        else:
+            raw = f"\0{self.username}\0{self.secret}"
+        return base64.b64encode(raw.encode()).decode("ascii")
+
+    def redact(self, text: str) -> str:
+        """Masks the secret, raw or as sent on the wire, in server text."""
+        for form in (self.secret, self.initial_response()):
+            if form:
+                text = text.replace(form, "***")
+        return text
 
 
 class _Probe(Protocol):
@@ -89,8 +156,15 @@ class _Probe(Protocol):
     def close(self) -> None: ...
 
 
-async def _drive(probe: _Probe, seconds: float, password: str) -> None:
+async def _drive(
+    make: Callable[[Endpoint, _Credentials, ssl.SSLContext], _Probe],
+    endpoint: Endpoint,
+    credentials: _Credentials,
+    tls: ssl.SSLContext,
+    seconds: float,
+) -> None:
     """Runs a probe under one deadline and always tears its connection down."""
+    probe = make(endpoint, credentials, tls)
     try:
         async with asyncio.timeout(seconds):
             await probe.run()
@@ -99,17 +173,19 @@ async def _drive(probe: _Probe, seconds: float, password: str) -> None:
         if not probe.verified:
             raise ProbeFailed(FailureCode.TIMEOUT, f"no answer within {seconds:g} s") from None
     except ProbeFailed as failure:
-        # Server text goes into details; a hostile server could echo the password back.
+        # Server text goes into details; a hostile server could echo the secret back.
         # `from None` keeps library exceptions (which may quote commands) out of the chain.
-        raise ProbeFailed(failure.code, _redact(failure.detail, password)) from None
+        raise ProbeFailed(failure.code, credentials.redact(failure.detail)) from None
     except (AioImapException, aiosmtplib.SMTPException, OSError) as exc:
         raise probe.unexpected(exc) from None
     finally:
         probe.close()
 
 
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+def _not_offered(code: FailureCode, mechanism: _Mechanism, offered: Iterable[str]) -> ProbeFailed:
+    """Says the server lacks our way of logging in, and which ways it has instead."""
+    listed = " ".join(sorted(name.upper() for name in offered)) or "none"
+    return ProbeFailed(code, f"server does not offer {mechanism.value} (it offers {listed})")
 
 
 def _printable(raw: bytes | str) -> str:
@@ -181,6 +257,9 @@ class _ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
         super().__init__(loop, self._on_connection_lost)
         self.greeting: asyncio.Future[bytes] = loop.create_future()
         self.lost: asyncio.Future[ProbeFailed] = loop.create_future()
+        # How to answer AUTHENTICATE's `+` challenges: the queued lines first, then the other.
+        self.sasl_answers: collections.deque[bytes] = collections.deque()
+        self.sasl_after_rejection = b"*"
         self._held: bytearray | None = bytearray()
 
     def data_received(self, data: bytes) -> None:
@@ -201,17 +280,20 @@ class _ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
         try:
             super().data_received(data)
         except Exception:
-            # aioimaplib's parse errors quote the pending command, which may be LOGIN with the
-            # password; letting them reach the event loop would log it. Drop the session instead.
+            # aioimaplib's parse errors quote the pending command, which may be LOGIN or
+            # AUTHENTICATE with the secret; letting them reach the event loop would log it.
+            # Drop the session instead.
             self._fail(FailureCode.NOT_AN_IMAP_SERVER, "server sent a response out of sequence")
             self.transport.abort()
 
     def _continuation(self, line: bytes) -> None:
         pending = self.pending_sync_command
         if pending is not None and pending.name == "AUTHENTICATE":
-            # The SASL answer always goes with the command; another challenge means the server
-            # rejected it. Cancelling (RFC 9051 6.2.2) gets a tagged NO instead of a hang.
-            self.transport.write(b"*\r\n")
+            # A queued answer is the SASL response the command could not carry (no SASL-IR);
+            # any other challenge means the server rejected it, and only answering it gets the
+            # tagged NO instead of a hang. Written directly, so aioimaplib never logs it.
+            answer = self.sasl_answers.popleft() if self.sasl_answers else self.sasl_after_rejection
+            self.transport.write(answer + b"\r\n")
             return
         super()._continuation(line)
 
@@ -237,11 +319,10 @@ class _Reply:
 
 
 class _ImapProbe:
-    def __init__(self, endpoint: Endpoint, username: str, password: str, tls: ssl.SSLContext):
+    def __init__(self, endpoint: Endpoint, credentials: _Credentials, tls: ssl.SSLContext):
         self.verified = False
         self._endpoint = endpoint
-        self._username = username
-        self._password = password
+        self._credentials = credentials
         self._tls = tls
         self._loop = asyncio.get_running_loop()
         self._proto = _ImapProtocol(self._loop)
@@ -271,7 +352,7 @@ class _ImapProbe:
                 await self._execute(self._command("LOGOUT"))
 
     def unexpected(self, exc: Exception) -> ProbeFailed:
-        # Only the class name: aioimaplib's messages may quote the LOGIN command.
+        # Only the class name: aioimaplib's messages may quote the LOGIN/AUTHENTICATE command.
         if isinstance(exc, OSError):
             reason = exc.strerror or type(exc).__name__
             return ProbeFailed(FailureCode.IMAP_UNREACHABLE, f"connection failed: {reason}")
@@ -331,31 +412,51 @@ class _ImapProbe:
             await self._guard("CAPABILITY", self._proto.capability())
 
     async def _login(self) -> None:
-        capabilities = self._capabilities()
-        if {"AUTH=PLAIN", "SASL-IR"} <= capabilities:
-            # AUTHENTICATE PLAIN carries any UTF-8 credentials; LOGIN's quoted strings may not.
-            plain = f"\0{self._username}\0{self._password}".encode()
-            secret = base64.b64encode(plain).decode("ascii")
-            words = ("AUTHENTICATE", "PLAIN", secret)
-        elif "LOGINDISABLED" not in capabilities:
-            secret = quoted(self._password)
-            words = ("LOGIN", quoted(self._username), secret)
+        if self._credentials.mechanism is _Mechanism.XOAUTH2:
+            command, secret = self._xoauth2_command()
         else:
-            raise ProbeFailed(
-                FailureCode.IMAP_AUTH_FAILED, "server does not allow password login (LOGINDISABLED)"
-            )
-        try:
-            command = self._command(*words)
-        except ValueError:
-            raise ProbeFailed(
-                FailureCode.IMAP_AUTH_FAILED, "username or password contains a line break"
-            ) from None
-        # Sent through execute() rather than aioimaplib's login(): login() scrubs the raw
-        # password from its debug log but sends the quoted one, so an escaped password leaks.
+            command, secret = self._password_command()
+        # Sent through execute() rather than aioimaplib's login()/xoauth2(): login() scrubs the
+        # raw password from its debug log but sends the quoted one, so an escaped password
+        # leaks; xoauth2() never answers the error challenge, so a bad token hangs.
         reply = await self._execute(command, scrub=secret)
         if reply.result != "OK":
             raise ProbeFailed(FailureCode.IMAP_AUTH_FAILED, f"login rejected: {reply.text}")
         self._proto.state = AUTH
+
+    def _password_command(self) -> tuple[Any, str | None]:
+        """AUTHENTICATE PLAIN or LOGIN, and the secret in it to keep out of the wire log."""
+        capabilities = self._capabilities()
+        if "AUTH=PLAIN" in capabilities and capabilities & {"SASL-IR", "LOGINDISABLED"}:
+            # AUTHENTICATE PLAIN carries any UTF-8 credentials; LOGIN's quoted strings may not.
+            # Without SASL-IR it costs a round trip, so LOGIN is preferred unless disabled.
+            return self._authenticate("PLAIN")
+        if "LOGINDISABLED" in capabilities:
+            raise _not_offered(FailureCode.IMAP_AUTH_FAILED, _Mechanism.PASSWORD, self._sasl())
+        secret = quoted(self._credentials.secret)
+        try:
+            return self._command("LOGIN", quoted(self._credentials.username), secret), secret
+        except ValueError:
+            raise ProbeFailed(
+                FailureCode.IMAP_AUTH_FAILED, "username or password contains a line break"
+            ) from None
+
+    def _xoauth2_command(self) -> tuple[Any, str | None]:
+        if "AUTH=XOAUTH2" not in self._capabilities():
+            raise _not_offered(FailureCode.IMAP_AUTH_FAILED, _Mechanism.XOAUTH2, self._sasl())
+        # A rejected token comes back as a `+` challenge carrying the error; XOAUTH2 expects
+        # an empty answer to it, and only then sends the tagged NO.
+        self._proto.sasl_after_rejection = b""
+        return self._authenticate("XOAUTH2")
+
+    def _authenticate(self, mechanism: str) -> tuple[Any, str | None]:
+        """AUTHENTICATE with the credentials' SASL response, in the command if SASL-IR allows."""
+        response = self._credentials.initial_response()
+        if "SASL-IR" in self._capabilities():
+            return self._command("AUTHENTICATE", mechanism, response), response
+        # Otherwise it answers the server's first `+` (RFC 9051 6.2.2), never in the command.
+        self._proto.sasl_answers.append(response.encode("ascii"))
+        return self._command("AUTHENTICATE", mechanism), None
 
     async def _examine_inbox(self) -> None:
         # EXAMINE is SELECT read-only: it proves the mailbox opens without touching \Recent.
@@ -367,6 +468,10 @@ class _ImapProbe:
 
     def _capabilities(self) -> set[str]:
         return {str(capability).upper() for capability in self._proto.capabilities}
+
+    def _sasl(self) -> list[str]:
+        """The SASL mechanisms the server offers (its AUTH= capabilities)."""
+        return [name[5:] for name in self._capabilities() if name.startswith("AUTH=")]
 
     def _command(self, name: str, *args: str) -> Any:
         return Command(name, self._proto.new_tag(), *args, loop=self._loop)
@@ -424,11 +529,10 @@ def _address_literal(sock: socket.socket) -> str:
 
 
 class _SmtpProbe:
-    def __init__(self, endpoint: Endpoint, username: str, password: str, tls: ssl.SSLContext):
+    def __init__(self, endpoint: Endpoint, credentials: _Credentials, tls: ssl.SSLContext):
         self.verified = False
         self._endpoint = endpoint
-        self._username = username
-        self._password = password
+        self._credentials = credentials
         self._tls = tls
         self._sock: socket.socket | None = None
         self._smtp: _AbortingSMTP | None = None
@@ -538,18 +642,9 @@ class _SmtpProbe:
     async def _login(self, smtp: aiosmtplib.SMTP) -> None:
         if not smtp.supports_extension("auth"):
             raise ProbeFailed(FailureCode.SMTP_AUTH_FAILED, "server does not offer AUTH")
-        # One mechanism only: aiosmtplib's login() falls through to the next one after a
-        # rejection, doubling failed attempts (and the server's penalty) for a wrong password.
-        offered = smtp.server_auth_methods
-        mechanisms = {"plain": smtp.auth_plain, "login": smtp.auth_login}
-        name = next((name for name in mechanisms if name in offered), None)
-        if name is None:
-            listed = " ".join(offered).upper()
-            raise ProbeFailed(
-                FailureCode.SMTP_AUTH_FAILED, f"server offers no password mechanism ({listed})"
-            )
+        authenticate = self._mechanism(smtp)
         try:
-            await mechanisms[name](self._username, self._password)
+            await authenticate(self._credentials.username, self._credentials.secret)
         except aiosmtplib.SMTPAuthenticationError as exc:
             text = _printable(exc.message)
             raise ProbeFailed(
@@ -559,3 +654,19 @@ class _SmtpProbe:
             raise ProbeFailed(
                 FailureCode.SMTP_UNREACHABLE, "server closed the connection during AUTH"
             ) from None
+
+    def _mechanism(self, smtp: aiosmtplib.SMTP) -> Callable[[str, str], Awaitable[object]]:
+        """The one AUTH mechanism to try, out of those the server offers."""
+        wanted: dict[str, Callable[[str, str], Awaitable[object]]]
+        if self._credentials.mechanism is _Mechanism.XOAUTH2:
+            # aiosmtplib answers XOAUTH2's error challenge itself, so a bad token fails fast.
+            wanted = {"xoauth2": smtp.auth_xoauth2}
+        else:
+            # One mechanism only: aiosmtplib's login() falls through to the next one after a
+            # rejection, doubling failed attempts (and the server's penalty) for a wrong password.
+            wanted = {"plain": smtp.auth_plain, "login": smtp.auth_login}
+        offered = smtp.server_auth_methods
+        name = next((name for name in wanted if name in offered), None)
+        if name is None:
+            raise _not_offered(FailureCode.SMTP_AUTH_FAILED, self._credentials.mechanism, offered)
+        return wanted[name]

@@ -2,10 +2,10 @@
 
 import pytest
 
-from imap_verifier.adapters.mail_probes import ProbeFailed
-from imap_verifier.adapters.resolver import resolve_endpoint
 from mailbox_link_shared.events import ServerSettings
 from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_probes import ProbeFailed
+from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.network_policy import parse_networks
 
 

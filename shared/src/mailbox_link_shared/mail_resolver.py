@@ -5,9 +5,9 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed
 from mailbox_link_shared.events import ServerSettings
 from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_probes import Endpoint, ProbeFailed
 from mailbox_link_shared.network_policy import HostNotAllowed, IPNetwork, vet_addresses
 
 

@@ -4,17 +4,27 @@ import asyncio
 import base64
 import contextlib
 import logging
+import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
-from imap_verifier.adapters import mail_probes
-from imap_verifier.adapters.mail_probes import Endpoint, ProbeFailed, probe_imap, probe_smtp
+from localinfra.stack import LocalStack
+from mailbox_link_shared import mail_probes
 from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_probes import (
+    Endpoint,
+    Probe,
+    ProbeFailed,
+    probe_imap,
+    probe_imap_xoauth2,
+    probe_smtp,
+    probe_smtp_xoauth2,
+)
 from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 pytestmark = pytest.mark.connected
@@ -45,6 +55,10 @@ class MailServers(Protocol):
     def untrusted_imaps_port(self) -> int: ...
     @property
     def closed_port(self) -> int: ...
+    @property
+    def oauth_imaps_port(self) -> int: ...
+    @property
+    def oauth_submissions_port(self) -> int: ...
     @property
     def ca_file(self) -> Path: ...
     @property
@@ -328,21 +342,44 @@ async def test_smtp_without_starttls(
     assert failed.value.detail == "server does not offer STARTTLS"
 
 
-@pytest.mark.parametrize("sasl_ir", [True, False])
+def _pretend_capabilities(
+    monkeypatch: pytest.MonkeyPatch, *, hide: set[str], add: frozenset[str] = frozenset()
+) -> None:
+    """Dovecot always offers SASL-IR and LOGIN; this makes the IMAP probe see otherwise."""
+    offered = mail_probes._ImapProbe._capabilities
+    monkeypatch.setattr(
+        mail_probes._ImapProbe, "_capabilities", lambda self: (offered(self) - hide) | add
+    )
+
+
+# Which way the password probe logs in when Dovecot's capabilities are pretended otherwise.
+PASSWORD_LOGINS = {
+    "plain-with-sasl-ir": (set(), frozenset()),
+    "login": ({"SASL-IR"}, frozenset()),
+    "plain-after-challenge": ({"SASL-IR"}, frozenset({"LOGINDISABLED"})),
+}
+
+
+@pytest.mark.parametrize("login", PASSWORD_LOGINS)
+async def test_every_password_login_works(
+    mail_servers: MailServers, monkeypatch: pytest.MonkeyPatch, login: str
+) -> None:
+    hide, add = PASSWORD_LOGINS[login]
+    _pretend_capabilities(monkeypatch, hide=hide, add=add)
+    await _imap(mail_servers, mail_servers.imaps_port, SSL)
+
+
+@pytest.mark.parametrize("login", PASSWORD_LOGINS)
 @pytest.mark.parametrize("right_password", [True, False])
 async def test_password_never_logged(
     mail_servers: MailServers,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    sasl_ir: bool,
+    login: str,
     right_password: bool,
 ) -> None:
-    if not sasl_ir:
-        # Dovecot always offers SASL-IR; hiding it makes the probe fall back to LOGIN.
-        offered = mail_probes._ImapProbe._capabilities
-        monkeypatch.setattr(
-            mail_probes._ImapProbe, "_capabilities", lambda self: offered(self) - {"SASL-IR"}
-        )
+    hide, add = PASSWORD_LOGINS[login]
+    _pretend_capabilities(monkeypatch, hide=hide, add=add)
     password = mail_servers.password if right_password else 'wr"ong \\ pässword'
     caplog.set_level(logging.DEBUG)
     for port, security in (
@@ -357,4 +394,146 @@ async def test_password_never_logged(
     escaped = password.replace("\\", "\\\\").replace('"', '\\"')
     assert "Sending" in caplog.text  # aioimaplib's wire log was really captured
     for secret in (password, plain, escaped):
+        assert secret not in caplog.text
+
+
+# --- XOAUTH2 -----------------------------------------------------------------------------
+
+XOAUTH2_PROBES = [probe_imap_xoauth2, probe_smtp_xoauth2]
+
+
+@pytest.fixture
+def oauth_token(local_stack: LocalStack, mail_servers: MailServers) -> Iterator[str]:
+    """An access token the OAuth Dovecot accepts for the test user."""
+    token = secrets.token_urlsafe(24)
+    local_stack.grant_oauth_token(token, mail_servers.user)
+    yield token
+    local_stack.revoke_oauth_token(token)
+
+
+async def _probe(servers: MailServers, probe: Probe, secret: str, *, oauth: bool = True) -> None:
+    """Runs `probe` over implicit TLS against the OAuth Dovecot, or the password one."""
+    imap = probe in (probe_imap, probe_imap_xoauth2)
+    if oauth:
+        port = servers.oauth_imaps_port if imap else servers.oauth_submissions_port
+    else:
+        port = servers.imaps_port if imap else servers.submissions_port
+    await probe(_at(servers, port, SSL), servers.user, secret, _trusting(servers), TIMEOUT)
+
+
+def _xoauth2_response(user: str, token: str) -> str:
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception and every one it was raised from or while handling, even suppressed."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+@pytest.mark.parametrize("probe", XOAUTH2_PROBES)
+async def test_xoauth2_logs_in_with_a_granted_token(
+    mail_servers: MailServers, oauth_token: str, probe: Probe
+) -> None:
+    await _probe(mail_servers, probe, oauth_token)
+
+
+@pytest.mark.parametrize(
+    ("probe", "code", "reason"),
+    [
+        (probe_imap_xoauth2, FailureCode.IMAP_AUTH_FAILED, "AUTHENTICATIONFAILED"),
+        (probe_smtp_xoauth2, FailureCode.SMTP_AUTH_FAILED, "535"),
+    ],
+)
+@pytest.mark.parametrize("revoked", [False, True])
+async def test_xoauth2_refused_token_fails_fast_and_stays_secret(
+    mail_servers: MailServers,
+    local_stack: LocalStack,
+    oauth_token: str,
+    probe: Probe,
+    code: FailureCode,
+    reason: str,
+    revoked: bool,
+) -> None:
+    token = oauth_token if revoked else secrets.token_urlsafe(24)
+    local_stack.revoke_oauth_token(token)
+    started = time.monotonic()
+    with pytest.raises(ProbeFailed) as failed:
+        await _probe(mail_servers, probe, token)
+    # The server's error challenge was answered, so the refusal came long before the deadline.
+    assert time.monotonic() - started < TIMEOUT / 2
+    assert failed.value.code is code
+    assert failed.value.detail.startswith("login rejected: ")
+    assert reason in failed.value.detail
+    secrets_sent = (token, _xoauth2_response(mail_servers.user, token))
+    for exc in _chain(failed.value):
+        for secret in secrets_sent:
+            assert secret not in str(exc)
+            assert secret not in repr(exc)
+
+
+async def test_imap_xoauth2_without_sasl_ir_answers_the_first_challenge(
+    mail_servers: MailServers, oauth_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pretend_capabilities(monkeypatch, hide={"SASL-IR"})
+    await _probe(mail_servers, probe_imap_xoauth2, oauth_token)
+    started = time.monotonic()
+    with pytest.raises(ProbeFailed) as failed:
+        await _probe(mail_servers, probe_imap_xoauth2, "not-a-token")
+    assert time.monotonic() - started < TIMEOUT / 2
+    assert failed.value.code is FailureCode.IMAP_AUTH_FAILED
+    assert "AUTHENTICATIONFAILED" in failed.value.detail
+
+
+@pytest.mark.parametrize(
+    ("probe", "code"),
+    [(probe_imap, FailureCode.IMAP_AUTH_FAILED), (probe_smtp, FailureCode.SMTP_AUTH_FAILED)],
+)
+async def test_password_probe_on_the_oauth_server(
+    mail_servers: MailServers, probe: Probe, code: FailureCode
+) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _probe(mail_servers, probe, mail_servers.password)
+    assert failed.value.code is code
+    assert failed.value.detail == (
+        "server does not offer password login (it offers OAUTHBEARER XOAUTH2)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("probe", "code"),
+    [
+        (probe_imap_xoauth2, FailureCode.IMAP_AUTH_FAILED),
+        (probe_smtp_xoauth2, FailureCode.SMTP_AUTH_FAILED),
+    ],
+)
+async def test_xoauth2_probe_on_a_password_server(
+    mail_servers: MailServers, oauth_token: str, probe: Probe, code: FailureCode
+) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _probe(mail_servers, probe, oauth_token, oauth=False)
+    assert failed.value.code is code
+    assert failed.value.detail.startswith("server does not offer XOAUTH2 (it offers ")
+
+
+@pytest.mark.parametrize("sasl_ir", [True, False])
+@pytest.mark.parametrize("granted", [True, False])
+async def test_token_never_logged(
+    mail_servers: MailServers,
+    oauth_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    sasl_ir: bool,
+    granted: bool,
+) -> None:
+    if not sasl_ir:
+        _pretend_capabilities(monkeypatch, hide={"SASL-IR"})
+    token = oauth_token if granted else secrets.token_urlsafe(24)
+    caplog.set_level(logging.DEBUG)
+    for probe in XOAUTH2_PROBES:
+        with contextlib.suppress(ProbeFailed):
+            await _probe(mail_servers, probe, token)
+    assert "Sending" in caplog.text  # aioimaplib's wire log was really captured
+    for secret in (token, _xoauth2_response(mail_servers.user, token)):
         assert secret not in caplog.text

@@ -1,4 +1,4 @@
-"""The probes' tests run against the session's real Dovecot servers (localinfra)."""
+"""The mail probes' tests run against the session's real Dovecot servers (localinfra)."""
 
 import secrets
 from dataclasses import dataclass
@@ -23,6 +23,8 @@ class ProbeTargets:
     untrusted_imaps_port: int
     untrusted_submissions_port: int
     closed_port: int
+    oauth_imaps_port: int  # the OAuth Dovecot: XOAUTH2/OAUTHBEARER logins only
+    oauth_submissions_port: int
     ca_file: Path
     user: str
     password: str
@@ -44,6 +46,8 @@ def mail_servers(local_stack: LocalStack) -> ProbeTargets:
         untrusted_imaps_port=e.untrusted_imaps_port,
         untrusted_submissions_port=e.untrusted_submissions_port,
         closed_port=e.closed_port,
+        oauth_imaps_port=e.oauth_imaps_port,
+        oauth_submissions_port=e.oauth_submissions_port,
         ca_file=Path(e.ca_file),
         user=user,
         password=password,
