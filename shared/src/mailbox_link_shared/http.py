@@ -139,12 +139,14 @@ Hook = Callable[[], Awaitable[None]]
 def build_http_app(
     *,
     title: str,
-    router: APIRouter,
+    router: APIRouter | None,
     service_keys: Mapping[str, SecretStr],
     on_start: Sequence[Hook],
     on_stop: Sequence[Hook],
+    public_router: APIRouter | None = None,
 ) -> FastAPI:
-    """Returns an app whose routes need a service token, with /healthz open and start/stop hooks."""
+    """Returns an app whose `router` routes need a service token, with `public_router` routes
+    (pages a browser visits) and /healthz open, and start/stop hooks."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -173,7 +175,10 @@ def build_http_app(
             return JSONResponse(body, status_code=413)
         return await call_next(request)
 
-    app.include_router(router, dependencies=[Depends(bearer_auth(service_keys))])
+    if router is not None:
+        app.include_router(router, dependencies=[Depends(bearer_auth(service_keys))])
+    if public_router is not None:
+        app.include_router(public_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

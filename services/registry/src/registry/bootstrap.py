@@ -12,7 +12,7 @@ from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
 from registry.entrypoints.events import register_subscribers
-from registry.entrypoints.housekeeping import Housekeeper
+from registry.entrypoints.housekeeping import make_housekeeper
 from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps
 
@@ -30,7 +30,7 @@ def build_app(settings: Settings) -> FastAPI:
         reservation_ttl=settings.reservation_ttl,
     )
     register_subscribers(broker, settings, topics, deps)
-    housekeeper = Housekeeper(deps, settings.housekeeping_interval_seconds)
+    housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
 
     return build_http_app(
         title="mailbox-link registry",
