@@ -30,6 +30,7 @@ from localinfra.docker import DockerServers, docker_available
 from localinfra.dovecot import DovecotKind, MailServers, check_credentials
 from localinfra.kafka import KafkaServer
 from localinfra.mongo import MongoServer, mongo_backend
+from localinfra.oauth_server import LocalOAuthServer
 from localinfra.ports import free_port
 from localinfra.procs import install_sigterm_cleanup
 from localinfra.token_introspection import TokenIntrospection
@@ -62,6 +63,9 @@ class Endpoints:
     # A DNS server for the `test` zone: DISCOVERABLE_DOMAIN's IMAP and submission servers are
     # published as SRV records pointing at the trusted Dovecot; NO_MAIL_DOMAIN has no MX.
     dns_server: str = ""
+    # The local OAuth server (LocalOAuthServer): Google, Microsoft, Yahoo and AOL under
+    # /google, /microsoft, ... over HTTPS with the trusted certificate (trust ca_file).
+    oauth_server_url: str = ""
 
     def to_json(self) -> str:
         """Serialise (e.g. to a state file for other processes)."""
@@ -114,6 +118,7 @@ class LocalStack:
         self._stoppers: list[Callable[[], None]] = []
         self._mail: MailServers | None = None
         self._introspection: TokenIntrospection | None = None
+        self._oauth_server: LocalOAuthServer | None = None
         self._mail_users: dict[str, str] = {}
         self._endpoints: Endpoints | None = None
         self._workdir: Path | None = None
@@ -125,6 +130,13 @@ class LocalStack:
         if self._endpoints is None:
             raise RuntimeError("LocalStack not started")
         return self._endpoints
+
+    @property
+    def oauth_server(self) -> LocalOAuthServer:
+        """The running stack's OAuth server (in-process: register clients, add users)."""
+        if self._oauth_server is None:
+            raise RuntimeError("LocalStack not started")
+        return self._oauth_server
 
     def start(self, workdir: Path | None = None) -> Endpoints:
         """Start everything (in parallel) and return the endpoints once all answer.
@@ -169,6 +181,10 @@ class LocalStack:
         introspection.start()
         self._introspection = introspection
         self._stoppers.append(introspection.stop)
+        oauth_server = LocalOAuthServer(introspection, trusted.cert_file, trusted.key_file)
+        oauth_server.start()
+        self._oauth_server = oauth_server
+        self._stoppers.append(oauth_server.stop)
         mail = MailServers(root / "mail", trusted, untrusted, introspection.url)
         for username, password in self._mail_users.items():
             mail.add_user(username, password)  # before start: no reload wait
@@ -220,6 +236,7 @@ class LocalStack:
             started_in_seconds=round(time.monotonic() - began, 3),
             workdir=str(root),
             dns_server=f"127.0.0.1:{dns_port}",
+            oauth_server_url=oauth_server.base_url,
         )
 
     def grant_oauth_token(self, token: str, username: str) -> None:
@@ -256,6 +273,7 @@ class LocalStack:
         atexit.unregister(self.stop)
         self._endpoints = None
         self._mail = None
+        self._oauth_server = None
         if self._own_workdir and self._workdir is not None:
             if remove_workdir and os.environ.get("MBL_KEEP_WORKDIR") != "1":
                 shutil.rmtree(self._workdir, ignore_errors=True)
