@@ -86,14 +86,14 @@ async def test_a_mailbox_links_with_only_its_address_and_password(
 @pytest.mark.parametrize(
     ("body", "code", "field"),
     [
-        ({"email": "carol@outlook.com", "password": "x"}, "oauth_required", "provider"),
+        ({"email": "carol@outlook.com", "password": "x"}, "oauth_required", "password"),
         ({"email": f"x@{NO_MAIL_DOMAIN}", "password": "x"}, "no_mail_server", "email"),
         ({"email": f"x@{DISCOVERABLE_DOMAIN}"}, "invalid_request", "password"),
         ({"email": f"x@{OWN_MX_DOMAIN}", "password": "x"}, "settings_required", "imap"),
         (
             {"email": "x@icloud.com", "provider": "microsoft", "password": "x"},
             "oauth_required",
-            "provider",
+            "password",
         ),
     ],
 )

@@ -1,11 +1,17 @@
-"""Hand-written in-memory stand-ins for link-api's storage, for handler tests."""
+"""Hand-written in-memory stand-ins for link-api's storage, DNS and autoconfig, for tests."""
 
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from link_api.adapters.dns_lookup import Answer, SrvTarget
 from link_api.adapters.link_store import IdempotencyRecord
 from link_api.domain.link_status import LinkStatus, LinkView
+from link_api.domain.providers import Discovered
 from mailbox_link_shared.events import Failure
+
+DNS_TTL = 300
+R = TypeVar("R")
 
 
 class InMemoryLinkStore:
@@ -34,11 +40,18 @@ class InMemoryLinkStore:
         failure: Failure | None = None,
         mailbox_id: str | None = None,
         already_linked: bool = False,
+        authorize_url: str | None = None,
+        authorization_expires_at: datetime | None = None,
     ) -> LinkView | None:
         link = self.links.get(link_id)
         if link is None or link.status not in allowed_from:
             return None
-        changes: dict[str, Any] = {"status": status, "updated_at": at}
+        changes: dict[str, Any] = {
+            "status": status,
+            "updated_at": at,
+            "authorize_url": authorize_url,
+            "authorization_expires_at": authorization_expires_at,
+        }
         if already_linked:
             changes["already_linked"] = True
         if failure is not None:
@@ -68,3 +81,56 @@ class InMemoryLinkStore:
         self, scope: str, record: IdempotencyRecord
     ) -> IdempotencyRecord:
         return self.keys.setdefault(scope, record)
+
+
+@dataclass
+class FakeDns:
+    """Answers from dicts (absent names have no records); raises what `errors` names.
+
+    `errors` is keyed by "<kind> <name>", e.g. "mx example.org"; every question is counted.
+    """
+
+    mx_records: dict[str, list[str]] = field(default_factory=dict)
+    txt_records: dict[str, list[str]] = field(default_factory=dict)
+    srv_records: dict[str, list[SrvTarget]] = field(default_factory=dict)
+    ttls: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, Exception] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def fail(self, domain: str, error: Exception) -> None:
+        self.errors[f"mx {domain}"] = error
+        self.errors[f"txt {domain}"] = error
+
+    async def mx(self, domain: str) -> Answer[list[str]]:
+        records = self._ask("mx", domain, self.mx_records)
+        return Answer(records, self.ttls.get(f"mx {domain}", DNS_TTL))
+
+    async def txt(self, domain: str) -> Answer[list[str]]:
+        records = self._ask("txt", domain, self.txt_records)
+        return Answer(records, self.ttls.get(f"txt {domain}", DNS_TTL))
+
+    async def srv(self, name: str) -> Answer[list[SrvTarget]]:
+        records = self._ask("srv", name, self.srv_records)
+        return Answer(records, self.ttls.get(f"srv {name}", DNS_TTL))
+
+    def _ask(self, kind: str, name: str, table: dict[str, list[R]]) -> list[R]:
+        key = f"{kind} {name}"
+        self.calls.append(key)
+        if key in self.errors:
+            raise self.errors[key]
+        return list(table.get(name, []))
+
+    def asked(self, kind: str) -> list[str]:
+        return [c for c in self.calls if c.startswith(kind + " ")]
+
+
+@dataclass
+class FakeAutoconfig:
+    """Returns `found` (or None) for every domain, and counts the fetches."""
+
+    found: Discovered | None = None
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    async def fetch(self, domain: str, address: str) -> Discovered | None:
+        self.calls.append((domain, address))
+        return self.found

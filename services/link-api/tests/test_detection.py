@@ -1,11 +1,10 @@
 """The Detector's rules, in order, with hand-written DNS and autoconfig fakes and a fake clock."""
 
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
 
 import pytest
 
-from link_api.adapters.dns_lookup import Answer, LookupFailed, NoSuchDomain, SrvTarget
+from link_api.adapters.dns_lookup import LookupFailed, NoSuchDomain, SrvTarget
 from link_api.detection import FAILURE_TTL, MAX_TTL, MIN_TTL, Detector
 from link_api.domain.providers import (
     PROVIDERS,
@@ -15,66 +14,15 @@ from link_api.domain.providers import (
     Provider,
     Server,
 )
+from link_api_fakes import DNS_TTL as TTL
+from link_api_fakes import FakeAutoconfig, FakeDns
 from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 SSL, STARTTLS = ConnectionSecurity.SSL, ConnectionSecurity.STARTTLS
-TTL = 300
-R = TypeVar("R")
 
 
 def _srv(host: str, port: int) -> list[SrvTarget]:
     return [SrvTarget(host, port, priority=0, weight=0)]
-
-
-@dataclass
-class FakeDns:
-    """Answers from dicts (absent names have no records); raises what `errors` names.
-
-    `errors` is keyed by "<kind> <name>", e.g. "mx example.org"; every question is counted.
-    """
-
-    mx_records: dict[str, list[str]] = field(default_factory=dict)
-    txt_records: dict[str, list[str]] = field(default_factory=dict)
-    srv_records: dict[str, list[SrvTarget]] = field(default_factory=dict)
-    ttls: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, Exception] = field(default_factory=dict)
-    calls: list[str] = field(default_factory=list)
-
-    def fail(self, domain: str, error: Exception) -> None:
-        self.errors[f"mx {domain}"] = error
-        self.errors[f"txt {domain}"] = error
-
-    async def mx(self, domain: str) -> Answer[list[str]]:
-        return Answer(self._ask("mx", domain, self.mx_records), self.ttls.get(f"mx {domain}", TTL))
-
-    async def txt(self, domain: str) -> Answer[list[str]]:
-        records = self._ask("txt", domain, self.txt_records)
-        return Answer(records, self.ttls.get(f"txt {domain}", TTL))
-
-    async def srv(self, name: str) -> Answer[list[SrvTarget]]:
-        return Answer(self._ask("srv", name, self.srv_records), self.ttls.get(f"srv {name}", TTL))
-
-    def _ask(self, kind: str, name: str, table: dict[str, list[R]]) -> list[R]:
-        key = f"{kind} {name}"
-        self.calls.append(key)
-        if key in self.errors:
-            raise self.errors[key]
-        return list(table.get(name, []))
-
-    def asked(self, kind: str) -> list[str]:
-        return [c for c in self.calls if c.startswith(kind + " ")]
-
-
-@dataclass
-class FakeAutoconfig:
-    """Returns `found` (or None) for every domain, and counts the fetches."""
-
-    found: Discovered | None = None
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    async def fetch(self, domain: str, address: str) -> Discovered | None:
-        self.calls.append((domain, address))
-        return self.found
 
 
 @dataclass

@@ -11,6 +11,9 @@ from link_api_fakes import InMemoryLinkStore
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.events import (
+    AuthMethod,
+    AuthorizationRequired,
+    AuthorizationRequiredData,
     Failure,
     LinkRejected,
     LinkRejectedData,
@@ -33,11 +36,20 @@ OWNER = MailboxOwner(account_id="acme", user_id="u1")
 PASSWORD = "correct-horse-battery"
 
 
+SIGN_IN_URL = "https://accounts.google.com/o/oauth2/v2/auth?state=s1"
+
+
 def _request(address: str = "alice@example.org", host: str = "imap.example.org") -> LinkRequest:
     server = ServerSettings(host=host, port=993, security="ssl", username=address)
     return LinkRequest(
         OWNER, address, ProviderType.IMAP, server, server, MailboxCredentials(PASSWORD, PASSWORD)
     )
+
+
+def _oauth_request(address: str = "alice@example.org") -> LinkRequest:
+    imap = ServerSettings(host="imap.gmail.com", port=993, security="ssl", username=address)
+    smtp = ServerSettings(host="smtp.gmail.com", port=465, security="ssl", username=address)
+    return LinkRequest(OWNER, address, ProviderType.GOOGLE, imap, smtp, None, AuthMethod.OAUTH)
 
 
 @pytest.fixture
@@ -58,6 +70,7 @@ async def test_request_emits_one_event_with_the_password_sealed(deps: LinkApiDep
     [event] = _published(deps)
     assert event.correlation_id == result.link.link_id
     assert PASSWORD not in event.model_dump_json()
+    assert event.data.credentials is not None
     assert PASSWORD in deps.secret_box.open(event.data.credentials, "alice@example.org")
 
 
@@ -97,6 +110,7 @@ async def test_status_only_moves_forward(deps: LinkApiDeps) -> None:
     await handlers.when_registry_answer_update_status(_linked(link_id), deps)
     await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
     await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    await handlers.when_authorization_required_show_url(_authorization_required(link_id), deps)
     link = await _status(link_id, deps)
     assert link.status is LinkStatus.LINKED
     assert link.mailbox_id == "mb1"
@@ -195,7 +209,67 @@ async def test_a_final_status_never_changes(deps: LinkApiDeps, final: str) -> No
     for answer in [*answers.values(), _reserved(link_id)]:
         await handlers.when_registry_answer_update_status(answer, deps)
     await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    await handlers.when_authorization_required_show_url(_authorization_required(link_id), deps)
     assert await _status(link_id, deps) == settled
+
+
+async def test_an_oauth_request_emits_no_credentials(deps: LinkApiDeps) -> None:
+    result = await handlers.request_link(_oauth_request(), None, deps)
+    assert result.link.auth is AuthMethod.OAUTH
+    assert result.link.provider is ProviderType.GOOGLE
+    [event] = _published(deps)
+    assert (event.data.provider, event.data.auth) == (ProviderType.GOOGLE, AuthMethod.OAUTH)
+    assert event.data.credentials is None
+    assert event.data.imap.host == "imap.gmail.com"
+
+
+@pytest.mark.parametrize("reserved_first", [True, False], ids=["reserved-first", "pending"])
+async def test_authorization_required_shows_the_sign_in_url(
+    deps: LinkApiDeps, reserved_first: bool
+) -> None:
+    link_id = (await handlers.request_link(_oauth_request(), None, deps)).link.link_id
+    if reserved_first:
+        await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    required = _authorization_required(link_id)
+    await handlers.when_authorization_required_show_url(required, deps)
+    link = await _status(link_id, deps)
+    assert link.status is LinkStatus.AUTHORIZATION_REQUIRED
+    assert link.authorize_url == SIGN_IN_URL
+    assert link.authorization_expires_at == required.data.expires_at
+
+
+async def test_a_late_reservation_does_not_hide_the_sign_in_url(deps: LinkApiDeps) -> None:
+    link_id = (await handlers.request_link(_oauth_request(), None, deps)).link.link_id
+    await handlers.when_authorization_required_show_url(_authorization_required(link_id), deps)
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    link = await _status(link_id, deps)
+    assert link.status is LinkStatus.AUTHORIZATION_REQUIRED
+    assert link.authorize_url == SIGN_IN_URL
+
+
+@pytest.mark.parametrize("outcome", ["verified", "linked", "failed"])
+async def test_the_sign_in_url_goes_once_the_user_signed_in_or_the_link_ended(
+    deps: LinkApiDeps, outcome: str
+) -> None:
+    link_id = (await handlers.request_link(_oauth_request(), None, deps)).link.link_id
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    await handlers.when_authorization_required_show_url(_authorization_required(link_id), deps)
+    await _finish(link_id, outcome, deps)
+    link = await _status(link_id, deps)
+    assert link.status.value == outcome
+    assert (link.authorize_url, link.authorization_expires_at) == (None, None)
+
+
+@pytest.mark.parametrize("outcome", ["verified", "linked", "failed"])
+async def test_authorization_required_after_the_outcome_changes_nothing(
+    deps: LinkApiDeps, outcome: str
+) -> None:
+    link_id = (await handlers.request_link(_oauth_request(), None, deps)).link.link_id
+    await _finish(link_id, outcome, deps)
+    settled = await _status(link_id, deps)
+    await handlers.when_authorization_required_show_url(_authorization_required(link_id), deps)
+    assert await _status(link_id, deps) == settled
+    assert settled.authorize_url is None
 
 
 async def test_another_user_cannot_see_the_link(deps: LinkApiDeps) -> None:
@@ -208,6 +282,28 @@ async def _status(link_id: str, deps: LinkApiDeps) -> LinkView:
     link = await handlers.get_link(OWNER, link_id, deps)
     assert link is not None
     return link
+
+
+async def _finish(link_id: str, outcome: str, deps: LinkApiDeps) -> None:
+    if outcome == "verified":
+        await handlers.when_mailbox_verified_update_status(_verified(link_id), deps)
+    elif outcome == "linked":
+        await handlers.when_registry_answer_update_status(_linked(link_id), deps)
+    else:
+        rejected = _rejected(link_id, FailureCode.RESERVATION_EXPIRED)
+        await handlers.when_registry_answer_update_status(rejected, deps)
+
+
+def _authorization_required(link_id: str) -> AuthorizationRequired:
+    data = AuthorizationRequiredData(
+        link_id=link_id,
+        owner=OWNER,
+        address="alice@example.org",
+        provider=ProviderType.GOOGLE,
+        authorize_url=SIGN_IN_URL,
+        expires_at=utc_now() + timedelta(minutes=10),
+    )
+    return AuthorizationRequired(correlation_id=link_id, producer="oauth-broker", data=data)
 
 
 def _reserved(link_id: str) -> LinkReserved:

@@ -10,7 +10,7 @@ from pymongo import AsyncMongoClient
 
 from link_api.adapters.link_store import IdempotencyRecord, MongoLinkStore
 from link_api.domain.link_status import LinkStatus, LinkView
-from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType, utc_now
+from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType, utc_now
 from mailbox_link_shared.failures import FailureCode
 
 pytestmark = pytest.mark.connected
@@ -73,6 +73,36 @@ async def test_status_moves_only_from_the_allowed_statuses(store: MongoLinkStore
     stored = await store.get_link("l1")
     assert stored is not None
     assert stored.status is LinkStatus.FAILED
+
+
+async def test_an_oauth_link_keeps_its_sign_in_url_only_while_authorization_is_required(
+    store: MongoLinkStore,
+) -> None:
+    now = utc_now()
+    link = LinkView(
+        "l1", OWNER, "a@gmail.com", ProviderType.GOOGLE, LinkStatus.PENDING, now, now,
+        auth=AuthMethod.OAUTH,
+    )  # fmt: skip
+    await store.insert_link(link)
+    expires_at = (now + timedelta(minutes=10)).replace(microsecond=0)  # MongoDB keeps ms
+    waiting = await store.advance_link(
+        "l1",
+        LinkStatus.AUTHORIZATION_REQUIRED,
+        frozenset({LinkStatus.PENDING}),
+        utc_now(),
+        authorize_url="https://accounts.google.com/o/oauth2/v2/auth?state=s1",
+        authorization_expires_at=expires_at,
+    )
+    assert waiting is not None
+    assert (waiting.auth, waiting.provider) == (AuthMethod.OAUTH, ProviderType.GOOGLE)
+    assert waiting.authorize_url == "https://accounts.google.com/o/oauth2/v2/auth?state=s1"
+    assert waiting.authorization_expires_at == expires_at
+    verified = await store.advance_link(
+        "l1", LinkStatus.VERIFIED, frozenset({LinkStatus.AUTHORIZATION_REQUIRED}), utc_now()
+    )
+    assert verified is not None
+    assert (verified.authorize_url, verified.authorization_expires_at) == (None, None)
+    assert verified.auth is AuthMethod.OAUTH
 
 
 async def test_an_idempotency_key_keeps_its_first_link(store: MongoLinkStore) -> None:

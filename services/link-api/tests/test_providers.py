@@ -4,6 +4,7 @@ import pytest
 
 from link_api.domain.providers import (
     CONSUMER_DOMAINS,
+    OAUTH_PROVIDER_TYPES,
     PROVIDERS,
     AuthMethod,
     MailSettings,
@@ -189,3 +190,11 @@ def test_password_providers_have_settings_except_imap(provider: Provider) -> Non
 
 def test_every_provider_but_unknown_is_in_the_catalogue() -> None:
     assert set(PROVIDERS) == set(Provider) - {Provider.UNKNOWN}
+
+
+def test_every_provider_with_sign_in_has_its_servers_and_a_verifier_type() -> None:
+    with_sign_in = {p for p, info in PROVIDERS.items() if AuthMethod.OAUTH in info.auth_methods}
+    assert with_sign_in == set(OAUTH_PROVIDER_TYPES)
+    for provider, provider_type in OAUTH_PROVIDER_TYPES.items():
+        assert provider_type.value == provider.value
+        assert PROVIDERS[provider].settings is not None  # the servers the broker logs in to

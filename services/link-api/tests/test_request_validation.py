@@ -5,8 +5,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from link_api.domain.link_request import LinkRequest
 from link_api.entrypoints.schemas import LinkRequestIn
-from mailbox_link_shared.events import MailboxOwner
+from mailbox_link_shared.credentials import MailboxCredentials
+from mailbox_link_shared.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
 
 
 def _body(**changes: Any) -> dict[str, Any]:
@@ -26,6 +28,7 @@ def test_defaults_usernames_to_the_email_and_smtp_password_to_imap() -> None:
     )
     assert request.address == "alice@example.org"
     assert request.imap.username == request.smtp.username == "alice@example.org"
+    assert request.credentials is not None
     assert request.credentials.smtp_password == "pw-123"
     assert "pw-123" not in repr(request)
 
@@ -60,6 +63,8 @@ def test_defaults_usernames_to_the_email_and_smtp_password_to_imap() -> None:
             "password",
         ),
         ({"surprise": 1}, "surprise"),
+        ({"auth": "sso"}, "auth"),
+        ({"auth": "OAuth"}, "auth"),
     ],
 )
 def test_bad_input_names_the_field(changes: dict[str, Any], field: str) -> None:
@@ -67,3 +72,26 @@ def test_bad_input_names_the_field(changes: dict[str, Any], field: str) -> None:
         LinkRequestIn.model_validate(_body(**changes))
     locations = [".".join(str(p) for p in error["loc"]) for error in refused.value.errors()]
     assert any(field in loc for loc in locations), locations
+
+
+def test_auth_is_optional_and_takes_password_or_oauth() -> None:
+    assert LinkRequestIn.model_validate(_body()).auth is None
+    assert LinkRequestIn.model_validate(_body(auth="oauth")).auth is AuthMethod.OAUTH
+    assert LinkRequestIn.model_validate(_body(auth="password")).auth is AuthMethod.PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("auth", "credentials"),
+    [
+        (AuthMethod.PASSWORD, None),
+        (AuthMethod.OAUTH, MailboxCredentials("pw", "pw")),
+    ],
+    ids=["password-link-without-passwords", "oauth-link-with-passwords"],
+)
+def test_a_link_request_carries_passwords_exactly_when_it_links_with_them(
+    auth: AuthMethod, credentials: MailboxCredentials | None
+) -> None:
+    server = ServerSettings(host="imap.gmail.com", port=993, security="ssl", username="a@gmail.com")
+    owner = MailboxOwner(account_id="acme", user_id="u1")
+    with pytest.raises(ValueError, match="credentials"):
+        LinkRequest(owner, "a@gmail.com", ProviderType.GOOGLE, server, server, credentials, auth)

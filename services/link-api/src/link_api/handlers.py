@@ -4,16 +4,17 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from link_api.adapters.link_store import IdempotencyRecord, LinkStore
 from link_api.config import SERVICE_NAME
 from link_api.detection import DetectsProviders
-from link_api.domain.link_request import LinkRequest
+from link_api.domain.link_request import CannotLink, LinkPlan, LinkRequest, auth_for
 from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
 from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.events import (
+    AuthorizationRequired,
     Failure,
     LinkRejected,
     LinkRequested,
@@ -65,7 +66,14 @@ async def request_link(
     link_id = uuid.uuid4().hex
     now = utc_now()
     link = LinkView(
-        link_id, request.owner, request.address, request.provider, LinkStatus.PENDING, now, now
+        link_id,
+        request.owner,
+        request.address,
+        request.provider,
+        LinkStatus.PENDING,
+        now,
+        now,
+        auth=request.auth,
     )
     # Store first, then claim: whoever holds the claim has a link document a caller can read.
     await deps.store.insert_link(link)
@@ -82,7 +90,10 @@ async def request_link(
         await deps.store.release_in_flight(link_id)
         await deps.store.delete_link(link_id)
         raise
-    logger.info("link %s requested for %s (%s)", link_id, request.address, request.provider)
+    logger.info(
+        "link %s requested for %s (%s, %s)",
+        link_id, request.address, request.provider, request.auth,
+    )  # fmt: skip
     if scope is not None:
         await deps.store.remember_idempotency_key(
             scope, IdempotencyRecord(link_id, request.fingerprint())
@@ -132,6 +143,24 @@ async def when_mailbox_verified_update_status(event: MailboxVerified, deps: Link
     await _advance(event.data.link_id, LinkStatus.VERIFIED, deps)
 
 
+async def when_authorization_required_show_url(
+    event: AuthorizationRequired, deps: LinkApiDeps
+) -> None:
+    """Shows where the user signs in to finish an OAuth link, and until when.
+
+    Only a link still waiting (pending or reserved) shows it: once it is verified or has
+    ended, a late or repeated event must not bring a sign-in URL back.
+    """
+    data = event.data
+    await _advance(
+        data.link_id,
+        LinkStatus.AUTHORIZATION_REQUIRED,
+        deps,
+        authorize_url=data.authorize_url,
+        authorization_expires_at=data.expires_at,
+    )
+
+
 async def when_registry_answer_update_status(
     event: LinkReserved | MailboxLinked | LinkRejected, deps: LinkApiDeps
 ) -> None:
@@ -158,55 +187,82 @@ async def _advance(
     failure: Failure | None = None,
     mailbox_id: str | None = None,
     already_linked: bool = False,
+    authorize_url: str | None = None,
+    authorization_expires_at: datetime | None = None,
 ) -> None:
     allowed_from = statuses_that_may_become(status)
     moved = await deps.store.advance_link(
-        link_id, status, allowed_from, utc_now(), failure, mailbox_id, already_linked
+        link_id,
+        status,
+        allowed_from,
+        utc_now(),
+        failure,
+        mailbox_id,
+        already_linked,
+        authorize_url,
+        authorization_expires_at,
     )
     if moved is not None and status in (LinkStatus.LINKED, LinkStatus.FAILED):
         await deps.store.release_in_flight(link_id)
         logger.info("link %s is %s", link_id, status.value)
 
 
-class CannotLink(Exception):
-    """The request names no servers and none could be found, or needs a sign-in we lack."""
+async def plan_link(
+    address: str,
+    provider: Provider | None,
+    asked: AuthMethod | None,
+    has_password: bool,
+    detector: DetectsProviders,
+) -> LinkPlan:
+    """Returns who hosts a mailbox given without servers, how it links, and its servers.
 
-    def __init__(self, code: str, message: str, field: str, fix: str) -> None:
-        super().__init__(message)
-        self.code, self.message, self.field, self.fix = code, message, field, fix
-
-
-async def settings_for(
-    address: str, provider: Provider | None, detector: DetectsProviders
-) -> tuple[Provider, MailSettings]:
-    """Returns who hosts the mailbox and its servers, for a password link.
-
-    An explicit provider wins over detection; a provider that only signs in with OAuth, or a
-    mailbox whose servers cannot be found, is refused with the field to fix.
+    An explicit provider wins over detection. Without a password, a provider with a sign-in
+    (Google, Microsoft, Yahoo, AOL) links by OAuth; with one, by password, except at Microsoft.
+    Whatever cannot be linked as asked is refused with the field to fix.
     """
-    settings = PROVIDERS[provider].settings if provider in PROVIDERS else None
-    if provider is None or settings is None:
-        detection = await detector.detect(address)
-        if detection.reason == "no_mail_server":
-            raise CannotLink(
-                "no_mail_server", "This domain has no mail server (no MX record).",
-                "email", "check the address for typos",
-            )  # fmt: skip
-        provider = provider or detection.provider
-        settings = detection.settings if detection.provider is provider else None
+    provider, found = await _provider_and_settings(address, provider, detector)
     info = PROVIDERS.get(provider)
-    if info is not None and AuthMethod.PASSWORD not in info.auth_methods:
-        raise CannotLink(
-            "oauth_required", f"{info.name} mailboxes link through the provider's sign-in, "
-            "which this deployment does not offer yet.",
-            "provider", "use another mailbox, or link this one when sign-in is available",
-        )  # fmt: skip
+    auth = auth_for(info, asked, has_password)
+    # An OAuth link logs in to the provider's own servers, whatever detection found.
+    settings = info.settings if info is not None and auth is AuthMethod.OAUTH else found
     if info is None or settings is None:
         raise CannotLink(
             "settings_required", "We could not find this mailbox's servers.",
             "imap", "choose your provider (GET /v1/providers) or enter IMAP and SMTP settings",
         )  # fmt: skip
-    return provider, settings
+    if auth is AuthMethod.PASSWORD and not has_password:
+        where = f" (create one at {info.app_password_url})" if info.app_password_url else ""
+        raise CannotLink(
+            "invalid_request", "A password is needed to link this mailbox.",
+            "password", f"give the mailbox's password or app password{where}",
+        )  # fmt: skip
+    return LinkPlan(provider, auth, settings)
+
+
+async def settings_for(
+    address: str, provider: Provider | None, detector: DetectsProviders
+) -> tuple[Provider, MailSettings]:
+    """Returns who hosts the mailbox and its servers, for a link with a password (what
+    bench/detection.py times as detection's cost to a link request)."""
+    plan = await plan_link(address, provider, AuthMethod.PASSWORD, True, detector)
+    return plan.provider, plan.settings
+
+
+async def _provider_and_settings(
+    address: str, provider: Provider | None, detector: DetectsProviders
+) -> tuple[Provider, MailSettings | None]:
+    """Returns who hosts the mailbox and its servers if known; asks detection only if needed."""
+    settings = PROVIDERS[provider].settings if provider in PROVIDERS else None
+    if provider is not None and settings is not None:
+        return provider, settings
+    detection = await detector.detect(address)
+    if detection.reason == "no_mail_server":
+        raise CannotLink(
+            "no_mail_server", "This domain has no mail server (no MX record).",
+            "email", "check the address for typos",
+        )  # fmt: skip
+    provider = provider or detection.provider
+    return provider, detection.settings if detection.provider is provider else None
 
 
 async def detect_provider(address: str, detector: DetectsProviders) -> Detection:
@@ -215,12 +271,15 @@ async def detect_provider(address: str, detector: DetectsProviders) -> Detection
 
 
 def _link_requested(link_id: str, request: LinkRequest, box: SecretBox) -> LinkRequested:
-    sealed = box.seal(request.credentials.to_json(), context=request.address)
+    # Only password links carry credentials; an OAuth link's tokens come from the broker.
+    credentials = request.credentials
+    sealed = box.seal(credentials.to_json(), context=request.address) if credentials else None
     data = LinkRequestedData(
         link_id=link_id,
         owner=request.owner,
         address=request.address,
         provider=request.provider,
+        auth=request.auth,
         imap=request.imap,
         smtp=request.smtp,
         credentials=sealed,

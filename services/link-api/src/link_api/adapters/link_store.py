@@ -9,7 +9,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from link_api.domain.link_status import LinkStatus, LinkView
-from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType
+from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,16 @@ class LinkStore(Protocol):
         failure: Failure | None = None,
         mailbox_id: str | None = None,
         already_linked: bool = False,
-    ) -> LinkView | None: ...
+        authorize_url: str | None = None,
+        authorization_expires_at: datetime | None = None,
+    ) -> LinkView | None:
+        """Moves the link to `status` if it is in one of `allowed_from`; returns it, or None.
+
+        The sign-in URL and its expiry are replaced by the given ones (None clears them), so
+        they are only ever kept while authorization is required.
+        """
+        ...
+
     async def claim_in_flight(
         self, key: str, link_id: str, now: datetime, expires_at: datetime
     ) -> str: ...
@@ -78,8 +87,16 @@ class MongoLinkStore:
         failure: Failure | None = None,
         mailbox_id: str | None = None,
         already_linked: bool = False,
+        authorize_url: str | None = None,
+        authorization_expires_at: datetime | None = None,
     ) -> LinkView | None:
-        changes: dict[str, Any] = {"status": status.value, "updated_at": at}
+        changes: dict[str, Any] = {
+            "status": status.value,
+            "updated_at": at,
+            # Top-level fields, not a sub-document: FerretDB is slow with nested documents.
+            "authorize_url": authorize_url,
+            "authorization_expires_at": authorization_expires_at,
+        }
         if already_linked:
             changes["already_linked"] = True
         if failure is not None:
@@ -148,6 +165,9 @@ def _to_document(link: LinkView) -> dict[str, Any]:
         "failure": link.failure.model_dump(mode="json") if link.failure else None,
         "mailbox_id": link.mailbox_id,
         "already_linked": link.already_linked,
+        "auth": link.auth.value,
+        "authorize_url": link.authorize_url,
+        "authorization_expires_at": link.authorization_expires_at,
     }
 
 
@@ -164,4 +184,8 @@ def _from_document(document: dict[str, Any]) -> LinkView:
         failure=Failure.model_validate(failure) if failure else None,
         mailbox_id=document.get("mailbox_id"),
         already_linked=bool(document.get("already_linked", False)),
+        # Links stored before OAuth existed were all password links.
+        auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
+        authorize_url=document.get("authorize_url"),
+        authorization_expires_at=document.get("authorization_expires_at"),
     )

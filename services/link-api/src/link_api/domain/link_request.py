@@ -1,23 +1,40 @@
-"""A validated request to link a custom-IMAP mailbox, in normalized form."""
+"""A validated request to link a mailbox, in normalized form, and the rules for how it links."""
 
 import hashlib
 import json
 from dataclasses import dataclass
 
+from link_api.domain.providers import (
+    OAUTH_PROVIDER_TYPES,
+    AuthMethod,
+    MailSettings,
+    Provider,
+    ProviderInfo,
+)
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
 
 
 @dataclass(frozen=True)
 class LinkRequest:
-    """Everything needed to verify and link one mailbox, already validated and normalized."""
+    """Everything needed to verify and link one mailbox, already validated and normalized.
+
+    A password link carries the passwords; an OAuth link carries none (the user signs in at
+    the provider), and its servers are the provider's own.
+    """
 
     owner: MailboxOwner
     address: str
     provider: ProviderType
     imap: ServerSettings
     smtp: ServerSettings
-    credentials: MailboxCredentials
+    credentials: MailboxCredentials | None
+    auth: AuthMethod = AuthMethod.PASSWORD
+
+    def __post_init__(self) -> None:
+        # The event contract refuses the other combinations; fail here, before anything is stored.
+        if (self.auth is AuthMethod.PASSWORD) != (self.credentials is not None):
+            raise ValueError("a password link carries credentials and an oauth link none")
 
     def fingerprint(self) -> str:
         """Identifies the request's non-secret content, to tell a retry from a different request."""
@@ -25,6 +42,7 @@ class LinkRequest:
             "owner": self.owner.model_dump(),
             "address": self.address,
             "provider": self.provider.value,
+            "auth": self.auth.value,
             "imap": self.imap.model_dump(mode="json"),
             "smtp": self.smtp.model_dump(mode="json"),
         }
@@ -33,3 +51,80 @@ class LinkRequest:
     def in_flight_key(self) -> str:
         """Names 'this user linking this mailbox', of which only one may be under way at a time."""
         return f"{self.owner.account_id}\x1f{self.owner.user_id}\x1f{self.address}"
+
+
+class CannotLink(Exception):
+    """The request cannot become a link as given: a code, a sentence, the field and its fix."""
+
+    def __init__(self, code: str, message: str, field: str, fix: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field, self.fix = code, message, field, fix
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    """How a mailbox given without servers links: who hosts it, how we log in, its servers."""
+
+    provider: Provider
+    auth: AuthMethod
+    settings: MailSettings
+
+    @property
+    def provider_type(self) -> ProviderType:
+        """Who verifies the link: the OAuth broker for this provider, or the IMAP verifier."""
+        if self.auth is AuthMethod.OAUTH:
+            return OAUTH_PROVIDER_TYPES[self.provider]
+        return ProviderType.IMAP
+
+
+def auth_for(info: ProviderInfo | None, asked: AuthMethod | None, has_password: bool) -> AuthMethod:
+    """Returns how a mailbox of this provider (None: not known) links, or refuses the request.
+
+    Unless the caller asks for a method, a password means a password link, and no password
+    means the provider's sign-in where it has one.
+    """
+    methods = info.auth_methods if info is not None else (AuthMethod.PASSWORD,)
+    if asked is not None:
+        wanted = asked
+    elif has_password or AuthMethod.OAUTH not in methods:
+        wanted = AuthMethod.PASSWORD
+    else:
+        wanted = AuthMethod.OAUTH
+    if wanted not in methods:
+        raise _not_offered(info, wanted, has_password)
+    if wanted is AuthMethod.OAUTH and has_password:
+        raise CannotLink(
+            "invalid_request", "A link that signs in at the provider takes no password.",
+            "password", 'omit the password, or set auth to "password" to link with it',
+        )  # fmt: skip
+    return wanted
+
+
+def _not_offered(info: ProviderInfo | None, wanted: AuthMethod, has_password: bool) -> CannotLink:
+    if info is None:
+        with_sign_in = ", ".join(OAUTH_PROVIDER_TYPES)
+        return CannotLink(
+            "oauth_not_supported",
+            "We could not tell who hosts this mailbox; only some providers link by signing in.",
+            "auth",
+            f"set provider ({with_sign_in}) if the mailbox is there; "
+            "otherwise omit auth and give the password",
+        )
+    if wanted is AuthMethod.PASSWORD:
+        # Microsoft: passwords no longer work over IMAP or SMTP, whatever the user types.
+        field, fix = (
+            ("password", f"omit the password to sign in with {info.name}")
+            if has_password
+            else ("auth", f'omit auth, or set it to "oauth", to sign in with {info.name}')
+        )
+        message = f"{info.name} mailboxes link only by signing in; passwords are not accepted."
+        return CannotLink("oauth_required", message, field, fix)
+    methods = " or ".join(m.value for m in info.auth_methods)
+    who = "This IMAP server" if info.provider is Provider.IMAP else info.name
+    return CannotLink(
+        "oauth_not_supported",
+        f"{who} links with {methods} only, not by signing in at the provider.",
+        "auth",
+        'omit auth, or set it to "password", and give the password'
+        + (f" (an app password: {info.app_password_url})" if info.app_password_url else ""),
+    )

@@ -4,11 +4,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from mailbox_link_shared.events import Failure, MailboxOwner, ProviderType
+from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType
 
 
 class LinkStatus(StrEnum):
-    """Where a link stands: pending -> reserved -> verified -> linked, or failed at any point.
+    """Where a link stands: pending -> reserved -> authorization_required (OAuth links only)
+    -> verified -> linked, or failed at any point.
 
     Only the registry's answer (MailboxLinked or LinkRejected) ends a link, so every link has
     one final status, the same one the registry recorded.
@@ -16,6 +17,7 @@ class LinkStatus(StrEnum):
 
     PENDING = "pending"
     RESERVED = "reserved"  # the registry holds the address and a plan slot for it
+    AUTHORIZATION_REQUIRED = "authorization_required"  # the user must sign in at the provider
     VERIFIED = "verified"
     LINKED = "linked"
     FAILED = "failed"
@@ -23,11 +25,14 @@ class LinkStatus(StrEnum):
 
 TERMINAL = frozenset({LinkStatus.LINKED, LinkStatus.FAILED})
 
-# Events arrive on different topics, so 'linked' may overtake 'verified': only move forward.
-_OPEN = frozenset({LinkStatus.PENDING, LinkStatus.RESERVED, LinkStatus.VERIFIED})
+# Events arrive on different topics, so 'linked' may overtake 'verified', and 'verified' the
+# sign-in URL: only move forward.
+_WAITING = frozenset({LinkStatus.PENDING, LinkStatus.RESERVED})
+_OPEN = _WAITING | {LinkStatus.AUTHORIZATION_REQUIRED, LinkStatus.VERIFIED}
 _MAY_FOLLOW: dict[LinkStatus, frozenset[LinkStatus]] = {
     LinkStatus.RESERVED: frozenset({LinkStatus.PENDING}),
-    LinkStatus.VERIFIED: frozenset({LinkStatus.PENDING, LinkStatus.RESERVED}),
+    LinkStatus.AUTHORIZATION_REQUIRED: _WAITING,
+    LinkStatus.VERIFIED: _WAITING | {LinkStatus.AUTHORIZATION_REQUIRED},
     LinkStatus.LINKED: _OPEN,
     LinkStatus.FAILED: _OPEN,
 }
@@ -52,3 +57,7 @@ class LinkView:
     failure: Failure | None = None
     mailbox_id: str | None = None
     already_linked: bool = False  # linked before this request: nothing new was linked
+    auth: AuthMethod = AuthMethod.PASSWORD
+    # Where the user signs in, and until when; set only while authorization is required.
+    authorize_url: str | None = None
+    authorization_expires_at: datetime | None = None

@@ -7,6 +7,8 @@ settings; they are data, so adding a domain or an MX pattern is a one-line chang
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from mailbox_link_shared.events import AuthMethod as AuthMethod  # the contract's, re-exported
+from mailbox_link_shared.events import ProviderType
 from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 
@@ -20,13 +22,6 @@ class Provider(StrEnum):
     ICLOUD = "icloud"
     IMAP = "imap"
     UNKNOWN = "unknown"
-
-
-class AuthMethod(StrEnum):
-    """How the user proves they own the mailbox."""
-
-    OAUTH = "oauth"  # the provider's sign-in and consent screen
-    PASSWORD = "password"  # noqa: S105 - an (app) password, checked over IMAP and SMTP
 
 
 @dataclass(frozen=True)
@@ -137,6 +132,14 @@ PROVIDERS: dict[Provider, ProviderInfo] = {
         "Any mailbox with IMAP and SMTP access: enter the servers your provider documents. "
         "If the provider uses two-step verification, create an app password.",
     ),
+}
+
+# Who verifies an OAuth link: the OAuth broker signs the user in at this provider.
+OAUTH_PROVIDER_TYPES: dict[Provider, ProviderType] = {
+    Provider.GOOGLE: ProviderType.GOOGLE,
+    Provider.MICROSOFT: ProviderType.MICROSOFT,
+    Provider.YAHOO: ProviderType.YAHOO,
+    Provider.AOL: ProviderType.AOL,
 }
 
 # Consumer domains: the address alone decides. Yahoo Japan (yahoo.co.jp) is another company.

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 
 from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable
-from link_api.detection import Detector
-from link_api.domain.link_request import LinkRequest
-from link_api.domain.providers import PROVIDERS
+from link_api.detection import DetectsProviders
+from link_api.domain.link_request import CannotLink, LinkRequest
+from link_api.domain.providers import AuthMethod
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
-from link_api.handlers import CannotLink, IdempotencyKeyReused, LinkApiDeps
+from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
 from mailbox_link_shared.events import MailboxOwner
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 
@@ -25,7 +25,7 @@ T = TypeVar("T")
 USER_PATH = "/v1/accounts/{account_id}/users/{user_id}"
 
 
-def build_router(deps: LinkApiDeps, registry: Registry, detector: Detector) -> APIRouter:
+def build_router(deps: LinkApiDeps, registry: Registry, detector: DetectsProviders) -> APIRouter:
     """Returns the routes, bound to the handlers' dependencies."""
     router = APIRouter(prefix=USER_PATH)
 
@@ -58,7 +58,8 @@ def build_router(deps: LinkApiDeps, registry: Registry, detector: Detector) -> A
     async def get_link(
         account_id: AccountId, user_id: UserId, link_id: str, request: Request
     ) -> dict[str, Any]:
-        """Shows where a link stands: pending, verified, linked, or failed and why."""
+        """Shows where a link stands: pending, reserved, authorization_required (with the
+        sign-in URL), verified, linked, or failed and why."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         link = await handlers.get_link(owner, link_id, deps)
         if link is None:
@@ -121,26 +122,32 @@ def _status_url(request: Request, owner: MailboxOwner, link_id: str) -> str:
 
 
 async def _link_request(
-    body: LinkRequestIn, owner: MailboxOwner, detector: Detector
+    body: LinkRequestIn, owner: MailboxOwner, detector: DetectsProviders
 ) -> LinkRequest:
-    """Typed servers win; otherwise the provider's or the detected ones, with the password."""
+    """Typed servers win; otherwise the provider's or the detected ones, with the password or
+    the provider's sign-in."""
     if body.imap is not None or body.smtp is not None:
-        if body.imap is None or body.smtp is None:
-            missing = "imap" if body.imap is None else "smtp"
-            raise ApiError(
-                422, "invalid_request", "Give both IMAP and SMTP settings, or neither.",
-                [(missing, "add it, or leave both out to have them found")],
-            )  # fmt: skip
+        _check_typed_servers(body)
         return body.to_domain(owner)
+    has_password = body.password is not None
     try:
-        provider, settings = await handlers.settings_for(body.email, body.provider, detector)
+        plan = await handlers.plan_link(
+            body.email, body.provider, body.auth, has_password, detector
+        )
     except CannotLink as exc:
         raise ApiError(422, exc.code, exc.message, [(exc.field, exc.fix)]) from None
-    if body.password is None:
-        info = PROVIDERS[provider]
-        where = f" (create one at {info.app_password_url})" if info.app_password_url else ""
+    return body.with_plan(owner, plan)
+
+
+def _check_typed_servers(body: LinkRequestIn) -> None:
+    if body.imap is None or body.smtp is None:
+        missing = "imap" if body.imap is None else "smtp"
         raise ApiError(
-            422, "invalid_request", "A password is needed to link this mailbox.",
-            [("password", f"give the mailbox's password or app password{where}")],
+            422, "invalid_request", "Give both IMAP and SMTP settings, or neither.",
+            [(missing, "add it, or leave both out to have them found")],
         )  # fmt: skip
-    return body.with_settings(owner, provider, settings)
+    if body.auth is AuthMethod.OAUTH:
+        raise ApiError(
+            422, "invalid_request", "Typed IMAP and SMTP settings link with a password.",
+            [("auth", 'omit imap and smtp to sign in at the provider, or set auth to "password"')],
+        )  # fmt: skip

@@ -4,9 +4,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
 
-from link_api.domain.link_request import LinkRequest
-from link_api.domain.link_status import LinkView
-from link_api.domain.providers import MailSettings, Provider
+from link_api.domain.link_request import LinkPlan, LinkRequest
+from link_api.domain.link_status import LinkStatus, LinkView
+from link_api.domain.providers import AuthMethod, Provider, Server
 from mailbox_link_shared.addresses import normalize_address, normalize_host
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
@@ -70,9 +70,10 @@ class SmtpIn(ServerIn):
 class LinkRequestIn(_Strict):
     """POST body: link a mailbox.
 
-    Give `imap` and `smtp` to use exactly those servers. Otherwise give the `password` (an app
-    password where the provider needs one): the servers come from `provider`, or from
-    detection when it is omitted.
+    Give `imap` and `smtp` to use exactly those servers. Otherwise the servers come from
+    `provider`, or from detection when it is omitted: give the `password` (an app password
+    where the provider needs one) to link with it, or no password to sign in at a provider
+    that offers it (Google, Microsoft, Yahoo, AOL).
     """
 
     email: str = Field(examples=["alice@example.org"])
@@ -81,6 +82,11 @@ class LinkRequestIn(_Strict):
         default=None, description="Overrides detection: who hosts the mailbox."
     )
     password: Password | None = None
+    auth: AuthMethod | None = Field(
+        default=None,
+        description="password or oauth (sign in at the provider). Omitted: oauth when no "
+        "password is given and the provider offers it, otherwise password.",
+    )
     imap: ImapIn | None = None
     smtp: SmtpIn | None = None
 
@@ -114,24 +120,20 @@ class LinkRequestIn(_Strict):
             credentials=MailboxCredentials(imap_password, smtp_password),
         )
 
-    def with_settings(
-        self, owner: MailboxOwner, provider: Provider, settings: MailSettings
-    ) -> LinkRequest:
-        """Returns the request with known servers and the given (app) password."""
+    def with_plan(self, owner: MailboxOwner, plan: LinkPlan) -> LinkRequest:
+        """Returns the request with the plan's servers, and the (app) password for a password
+        link; an OAuth link carries no password."""
+        imap = _known_server(plan.settings.imap, self.email)
+        smtp = _known_server(plan.settings.smtp, self.email)
+        if plan.auth is AuthMethod.OAUTH:
+            return LinkRequest(
+                owner, self.email, plan.provider_type, imap, smtp, None, AuthMethod.OAUTH
+            )
         if self.password is None:
-            raise ValueError("with_settings needs a password")
-        password = app_password(provider, self.password.get_secret_value())
-        imap, smtp = settings.imap, settings.smtp
-        return LinkRequest(
-            owner=owner,
-            address=self.email,
-            provider=ProviderType.IMAP,
-            imap=ServerSettings(host=imap.host, port=imap.port, security=imap.security,
-                                username=imap.username_for(self.email)),
-            smtp=ServerSettings(host=smtp.host, port=smtp.port, security=smtp.security,
-                                username=smtp.username_for(self.email)),
-            credentials=MailboxCredentials(password, password),
-        )  # fmt: skip
+            raise ValueError("a password link needs the password")
+        password = app_password(plan.provider, self.password.get_secret_value())
+        credentials = MailboxCredentials(password, password)
+        return LinkRequest(owner, self.email, plan.provider_type, imap, smtp, credentials)
 
 
 def app_password(provider: Provider, password: str) -> str:
@@ -148,6 +150,13 @@ def _server(server: ServerIn, username: str) -> ServerSettings:
     )
 
 
+def _known_server(server: Server, address: str) -> ServerSettings:
+    username = server.username_for(address)
+    return ServerSettings(
+        host=server.host, port=server.port, security=server.security, username=username
+    )
+
+
 def link_body(link: LinkView, status_url: str) -> dict[str, Any]:
     """Returns the JSON view of a link."""
     return {
@@ -158,7 +167,17 @@ def link_body(link: LinkView, status_url: str) -> dict[str, Any]:
         "failure": link.failure.model_dump(mode="json") if link.failure else None,
         "mailbox_id": link.mailbox_id,
         "already_linked": link.already_linked,
+        "auth": link.auth.value,
+        "authorization": _authorization_body(link),
         "created_at": link.created_at.isoformat(),
         "updated_at": link.updated_at.isoformat(),
         "status_url": status_url,
     }
+
+
+def _authorization_body(link: LinkView) -> dict[str, Any] | None:
+    # Only while the user must sign in: a URL shown after the link ended could not finish it.
+    if link.status is not LinkStatus.AUTHORIZATION_REQUIRED or link.authorize_url is None:
+        return None
+    expires_at = link.authorization_expires_at
+    return {"url": link.authorize_url, "expires_at": expires_at.isoformat() if expires_at else None}
