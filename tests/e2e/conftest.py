@@ -40,18 +40,36 @@ def infra(local_stack: LocalStack) -> Endpoints:
 def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
     """Returns the services' configuration for this stack, with test overrides."""
     # The local DNS server only: no test may send DNS questions to the internet.
-    return ServiceConfig(
-        kafka_bootstrap=infra.kafka_bootstrap,
-        mongodb_uri=infra.mongodb_uri,
-        ca_file=infra.ca_file,
-        dns_servers=(infra.dns_server,),
-        **overrides,
+    # The OAuth broker signs in at the local OAuth server and checks mailboxes on the OAuth
+    # Dovecot (register the client with `register_oauth_client` once the services run).
+    settings: dict[str, Any] = {
+        "kafka_bootstrap": infra.kafka_bootstrap,
+        "mongodb_uri": infra.mongodb_uri,
+        "ca_file": infra.ca_file,
+        "dns_servers": (infra.dns_server,),
+        "oauth_server_url": infra.oauth_server_url,
+        "oauth_mail_host": infra.tls_hostname,
+        "oauth_imaps_port": infra.oauth_imaps_port,
+        "oauth_submissions_port": infra.oauth_submissions_port,
+    }
+    return ServiceConfig(**{**settings, **overrides})
+
+
+def register_oauth_client(
+    stack: LocalStack, config: ServiceConfig, running: RunningServices
+) -> None:
+    """Registers the broker's app (its client id, secret and callback) at the OAuth server."""
+    callback = f"{running.broker_url}/v1/oauth/callback"
+    stack.oauth_server.register_client(
+        config.oauth_client_id, config.oauth_client_secret, [callback]
     )
 
 
 @pytest.fixture(scope="session")
-def services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
-    running = start_services(service_config(infra, namespace="e2e"), workdir / "services")
+def services(infra: Endpoints, workdir: Path, local_stack: LocalStack) -> Iterator[RunningServices]:
+    config = service_config(infra, namespace="e2e")
+    running = start_services(config, workdir / "services")
+    register_oauth_client(local_stack, config, running)
     try:
         yield running
     finally:

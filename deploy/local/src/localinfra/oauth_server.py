@@ -279,6 +279,10 @@ class _Store:
                 if mail_login and token.kind == "access_token":
                     self._introspection.grant(token.value, token.email)
 
+    def issued(self, email: str) -> list[_IssuedToken]:
+        with self._lock:
+            return [t for t in self._tokens.values() if t.email.lower() == email.strip().lower()]
+
     def token(self, value: str, provider: str) -> _IssuedToken | None:
         with self._lock:
             token = self._tokens.get(value)
@@ -799,6 +803,10 @@ class LocalOAuthServer:
     def revoked_tokens(self) -> set[str]:
         """Every access or refresh token revoked so far (revocation, rotation, test controls)."""
         return set(self._store.revoked)
+
+    def issued_tokens(self, email: str, kind: str | None = None) -> list[str]:
+        """Returns every token issued to the account (of `kind`: access_token, refresh_token)."""
+        return [t.value for t in self._store.issued(email) if kind in (None, t.kind)]
 
     def was_revoked(self, token: str) -> bool:
         """Whether `token` (access or refresh) has been revoked."""

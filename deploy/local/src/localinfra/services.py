@@ -1,4 +1,4 @@
-"""Starts the four mailbox-link services as real processes wired to a running stack.
+"""Starts the mailbox-link services as real processes wired to a running stack.
 
 `make run`, the end-to-end tests and the benchmark all use this, so what they exercise is what
 an operator runs: `python -m <service>` configured only through MBL_* environment variables.
@@ -21,7 +21,13 @@ from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
 
 # The modules started, in start order; the registry first so link-api can reach it at once.
-SERVICE_MODULES = ("registry", "imap_verifier", "link_api")
+SERVICE_MODULES = ("registry", "imap_verifier", "oauth_broker", "link_api")
+OAUTH_PROVIDERS = ("google", "microsoft", "yahoo", "aol")
+# Not in the providers' discovery documents: where the broker reads which mailbox signed in.
+_PROFILE_PATHS = {
+    "google": "google/gmail/v1/users/me/profile",
+    "microsoft": "microsoft/graph/v1.0/me",
+}
 READY_TIMEOUT = 60.0
 
 
@@ -46,6 +52,15 @@ class ServiceConfig:
     registry_port: int = 0
     # DNS servers for link-api's provider detection; empty: the system's.
     dns_servers: tuple[str, ...] = ()
+    # The local OAuth server the broker signs in at (LocalOAuthServer.base_url), and the
+    # OAuth Dovecot it checks mailboxes on; empty: the broker has no provider configured.
+    oauth_server_url: str = ""
+    oauth_mail_host: str = "localhost"
+    oauth_imaps_port: int = 0
+    oauth_submissions_port: int = 0
+    oauth_client_id: str = field(default_factory=lambda: f"mailbox-link-{secrets.token_hex(4)}")
+    oauth_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    broker_port: int = 0
     # Further MBL_* settings, e.g. a short reservation expiry for a test.
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -56,6 +71,7 @@ class RunningServices:
 
     api_url: str
     registry_url: str
+    broker_url: str
     caller_token: str
     logs: dict[str, Path]
     processes: list[ManagedProcess]
@@ -72,10 +88,18 @@ def start_services(
     config: ServiceConfig, workdir: Path, modules: tuple[str, ...] = SERVICE_MODULES
 ) -> RunningServices:
     """Starts the services (by default all) and waits until each answers /healthz."""
-    fixed = {"link_api": config.api_port, "registry": config.registry_port}
+    fixed = {
+        "link_api": config.api_port,
+        "registry": config.registry_port,
+        "oauth_broker": config.broker_port,
+    }
     ports = {module: fixed.get(module) or free_port() for module in SERVICE_MODULES}
     internal_token = secrets.token_urlsafe(32)
-    base_env = _environment(config, internal_token, registry_port=ports["registry"])
+    base_env = {
+        **_environment(config, internal_token, registry_port=ports["registry"]),
+        **_broker_environment(config, ports["oauth_broker"]),
+        **config.extra_env,
+    }
     processes: list[ManagedProcess] = []
     logs: dict[str, Path] = {}
     try:
@@ -95,6 +119,7 @@ def start_services(
     return RunningServices(
         api_url=f"http://127.0.0.1:{ports['link_api']}",
         registry_url=f"http://127.0.0.1:{ports['registry']}",
+        broker_url=f"http://127.0.0.1:{ports['oauth_broker']}",
         caller_token=config.caller_token,
         logs=logs,
         processes=processes,
@@ -122,8 +147,37 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_MONGODB_MAX_POOL_SIZE": str(mongo_pool_size()),
         **({"MBL_DNS_SERVERS": json.dumps(list(config.dns_servers))} if config.dns_servers else {}),
         "PYTHONUNBUFFERED": "1",
-        **config.extra_env,
     }
+
+
+def oauth_redirect_uri(broker_port: int) -> str:
+    """Returns the broker's callback URL, to register with the OAuth server."""
+    return f"http://127.0.0.1:{broker_port}/v1/oauth/callback"
+
+
+def _broker_environment(config: ServiceConfig, broker_port: int) -> dict[str, str]:
+    """The broker's app at each provider of the local OAuth server, and the OAuth Dovecot."""
+    env = {"MBL_OAUTH_REDIRECT_URI": oauth_redirect_uri(broker_port)}
+    if not config.oauth_server_url:
+        return env
+    env["MBL_OAUTH_CA_FILE"] = config.ca_file
+    for provider in OAUTH_PROVIDERS:
+        prefix = f"MBL_OAUTH_{provider.upper()}__"
+        base = f"{config.oauth_server_url}/{provider}"
+        env[f"{prefix}CLIENT_ID"] = config.oauth_client_id
+        env[f"{prefix}CLIENT_SECRET"] = config.oauth_client_secret
+        env[f"{prefix}DISCOVERY_URL"] = f"{base}/.well-known/openid-configuration"
+        if provider in _PROFILE_PATHS:
+            env[f"{prefix}PROFILE_URL"] = f"{config.oauth_server_url}/{_PROFILE_PATHS[provider]}"
+        if config.oauth_imaps_port:
+            env[f"{prefix}IMAP"] = json.dumps(
+                {"host": config.oauth_mail_host, "port": config.oauth_imaps_port, "security": "ssl"}
+            )
+            env[f"{prefix}SMTP"] = json.dumps(
+                {"host": config.oauth_mail_host, "port": config.oauth_submissions_port,
+                 "security": "ssl"}
+            )  # fmt: skip
+    return env
 
 
 def _answers(url: str) -> bool:

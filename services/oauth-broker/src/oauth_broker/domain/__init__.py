@@ -1,0 +1,1 @@
+"""The broker's rules: providers, authorization sessions, grants, and whose mailbox signed in."""

@@ -1,0 +1,244 @@
+"""MongoDB storage of the broker: authorization sessions and the grants of linked mailboxes.
+
+Every write is a single-document insert or conditional update. Secrets are sealed, the state
+is stored only hashed, and nested values are kept as JSON text (FerretDB updates documents
+with nested fields several times slower; see docs/adr/0005).
+"""
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+
+from mailbox_link_shared.crypto import EncryptedSecret
+from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
+from oauth_broker.domain.grants import GrantStatus, StoredGrant
+from oauth_broker.domain.sessions import (
+    AuthorizationSession,
+    LinkToAuthorize,
+    SessionStatus,
+)
+
+
+class BrokerStore(Protocol):
+    """What the handlers need from storage."""
+
+    async def save_request(
+        self, session: AuthorizationSession, sealed: EncryptedSecret
+    ) -> None: ...
+    async def mark_reserved(self, link_id: str, now: datetime) -> None: ...
+    async def get_session(
+        self, link_id: str
+    ) -> tuple[AuthorizationSession, EncryptedSecret] | None: ...
+    async def find_session_by_state(self, digest: str) -> str | None: ...
+    async def claim_session(self, link_id: str, now: datetime) -> bool: ...
+    async def end_session(self, link_id: str) -> bool: ...
+    async def expired_sessions(self, now: datetime) -> list[str]: ...
+    async def delete_stray_markers(self, before: datetime) -> int: ...
+    async def save_grant(self, grant: StoredGrant) -> None: ...
+    async def get_grant(self, link_id: str) -> StoredGrant | None: ...
+    async def activate_grant(self, link_id: str, mailbox_id: str) -> bool: ...
+    async def grants_due(self, before: datetime) -> list[StoredGrant]: ...
+    async def renew_grant(
+        self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+    ) -> bool: ...
+    async def mark_reconnect_required(self, link_id: str) -> bool: ...
+    async def delete_grant(self, link_id: str) -> bool: ...
+
+
+class MongoBrokerStore:
+    """The broker's collections: `sessions` and `grants`, both keyed by link id."""
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
+        db = client[database]
+        self._sessions = db["sessions"]
+        self._grants = db["grants"]
+
+    async def create_indexes(self) -> None:
+        """Creates the lookup indexes (idempotent)."""
+        await self._sessions.create_index([("state_digest", ASCENDING)])
+        await self._sessions.create_index([("status", ASCENDING), ("expires_at", ASCENDING)])
+        await self._grants.create_index([("status", ASCENDING), ("expires_at", ASCENDING)])
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
+        """Stores a link request's session once; a redelivered request keeps the first one."""
+        link = session.link
+        fields = {
+            "requested": True,
+            "account_id": link.owner.account_id,
+            "user_id": link.owner.user_id,
+            "address": link.address,
+            "provider": link.provider.value,
+            "imap": link.imap.model_dump_json(),
+            "smtp": link.smtp.model_dump_json(),
+            "secrets": sealed.model_dump_json(),
+            "state_digest": session.state_digest,
+            "created_at": session.created_at,
+            "expires_at": session.expires_at,
+        }
+        try:
+            # Matches a marker LinkReserved left first, or inserts; never a stored request.
+            await self._sessions.update_one(
+                {"_id": link.link_id, "requested": {"$ne": True}},
+                {
+                    "$set": fields,
+                    "$setOnInsert": {"status": session.status.value, "reserved": False},
+                },
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return  # redelivered: the first session stands
+
+    async def mark_reserved(self, link_id: str, now: datetime) -> None:
+        """Records that the registry reserved the link, even if its request is not here yet."""
+        await self._sessions.update_one(
+            {"_id": link_id},
+            {
+                "$set": {"reserved": True},
+                "$setOnInsert": {"status": SessionStatus.OPEN.value, "marked_at": now},
+            },
+            upsert=True,
+        )
+
+    async def get_session(
+        self, link_id: str
+    ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
+        """Returns a requested session and its sealed secrets, or None."""
+        document = await self._sessions.find_one({"_id": link_id, "requested": True})
+        return _session(document) if document else None
+
+    async def find_session_by_state(self, digest: str) -> str | None:
+        """Returns the link id whose session has this state digest."""
+        document = await self._sessions.find_one({"state_digest": digest}, {"_id": 1})
+        return str(document["_id"]) if document else None
+
+    async def claim_session(self, link_id: str, now: datetime) -> bool:
+        """Uses up an open, unexpired session; False if another callback got there first."""
+        result = await self._sessions.update_one(
+            {"_id": link_id, "status": SessionStatus.OPEN.value, "expires_at": {"$gt": now}},
+            {"$set": {"status": SessionStatus.USED.value}},
+        )
+        return result.modified_count == 1
+
+    async def end_session(self, link_id: str) -> bool:
+        """Ends an open session (the link ended, or it expired); False if it was not open."""
+        result = await self._sessions.update_one(
+            {"_id": link_id, "status": SessionStatus.OPEN.value},
+            {"$set": {"status": SessionStatus.ENDED.value}},
+        )
+        return result.modified_count == 1
+
+    async def expired_sessions(self, now: datetime) -> list[str]:
+        """Returns the link ids of open sessions past their expiry."""
+        cursor = self._sessions.find(
+            {"status": SessionStatus.OPEN.value, "requested": True, "expires_at": {"$lte": now}},
+            {"_id": 1},
+        )
+        return [str(document["_id"]) async for document in cursor]
+
+    async def delete_stray_markers(self, before: datetime) -> int:
+        """Deletes reservation markers of links that never became OAuth sessions (password
+        links are reserved too, and the broker cannot tell them apart on arrival)."""
+        result = await self._sessions.delete_many(
+            {"requested": {"$ne": True}, "marked_at": {"$lt": before}}
+        )
+        return result.deleted_count
+
+    # --- grants -----------------------------------------------------------------------------
+
+    async def save_grant(self, grant: StoredGrant) -> None:
+        """Stores (or replaces) the grant of a verified link."""
+        await self._grants.replace_one({"_id": grant.link_id}, _grant_document(grant), upsert=True)
+
+    async def get_grant(self, link_id: str) -> StoredGrant | None:
+        """Returns the link's grant, or None."""
+        document = await self._grants.find_one({"_id": link_id})
+        return _grant(document) if document else None
+
+    async def activate_grant(self, link_id: str, mailbox_id: str) -> bool:
+        """Starts keeping a verified grant fresh, now that its mailbox is linked."""
+        result = await self._grants.update_one(
+            {"_id": link_id, "status": GrantStatus.VERIFIED.value},
+            {"$set": {"status": GrantStatus.ACTIVE.value, "mailbox_id": mailbox_id}},
+        )
+        return result.modified_count == 1
+
+    async def grants_due(self, before: datetime) -> list[StoredGrant]:
+        """Returns active grants whose access token expires before the given time."""
+        cursor = self._grants.find(
+            {"status": GrantStatus.ACTIVE.value, "expires_at": {"$lt": before}}
+        )
+        return [_grant(document) async for document in cursor]
+
+    async def renew_grant(
+        self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+    ) -> bool:
+        """Stores refreshed tokens, unless the grant was deleted or ended meanwhile."""
+        result = await self._grants.update_one(
+            {"_id": link_id, "status": GrantStatus.ACTIVE.value},
+            {"$set": {"sealed": sealed.model_dump_json(), "expires_at": expires_at}},
+        )
+        return result.modified_count == 1
+
+    async def mark_reconnect_required(self, link_id: str) -> bool:
+        """Stops refreshing a grant the provider refused for good; True the first time."""
+        result = await self._grants.update_one(
+            {"_id": link_id, "status": GrantStatus.ACTIVE.value},
+            {"$set": {"status": GrantStatus.RECONNECT_REQUIRED.value}},
+        )
+        return result.modified_count == 1
+
+    async def delete_grant(self, link_id: str) -> bool:
+        """Deletes the grant's tokens; False if there were none."""
+        result = await self._grants.delete_one({"_id": link_id})
+        return result.deleted_count == 1
+
+
+def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedSecret]:
+    link = LinkToAuthorize(
+        link_id=str(document["_id"]),
+        owner=MailboxOwner(account_id=document["account_id"], user_id=document["user_id"]),
+        address=document["address"],
+        provider=ProviderType(document["provider"]),
+        imap=ServerSettings.model_validate_json(document["imap"]),
+        smtp=ServerSettings.model_validate_json(document["smtp"]),
+    )
+    session = AuthorizationSession(
+        link=link,
+        state_digest=document["state_digest"],
+        status=SessionStatus(document["status"]),
+        created_at=document["created_at"],
+        expires_at=document["expires_at"],
+        reserved=bool(document.get("reserved")),
+    )
+    return session, EncryptedSecret.model_validate_json(document["secrets"])
+
+
+def _grant_document(grant: StoredGrant) -> dict[str, Any]:
+    return {
+        "_id": grant.link_id,
+        "account_id": grant.owner.account_id,
+        "user_id": grant.owner.user_id,
+        "address": grant.address,
+        "provider": grant.provider.value,
+        "status": grant.status.value,
+        "expires_at": grant.expires_at,
+        "sealed": grant.sealed.model_dump_json(),
+        "mailbox_id": grant.mailbox_id,
+    }
+
+
+def _grant(document: dict[str, Any]) -> StoredGrant:
+    return StoredGrant(
+        link_id=str(document["_id"]),
+        owner=MailboxOwner(account_id=document["account_id"], user_id=document["user_id"]),
+        address=document["address"],
+        provider=ProviderType(document["provider"]),
+        status=GrantStatus(document["status"]),
+        expires_at=document["expires_at"],
+        sealed=EncryptedSecret.model_validate_json(document["sealed"]),
+        mailbox_id=document.get("mailbox_id"),
+    )

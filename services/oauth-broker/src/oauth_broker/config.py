@@ -1,0 +1,133 @@
+"""Settings of the OAuth broker: our app at each provider, and how the sign-in behaves."""
+
+import ssl
+from datetime import timedelta
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from mailbox_link_shared.events import ProviderType
+from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_shared.network_policy import IPNetwork, parse_networks
+from mailbox_link_shared.settings import ENV_PREFIX, MongoSettings, ServiceSettings
+
+SERVICE_NAME = "oauth-broker"
+
+
+class MailServerIn(BaseModel):
+    """A mail server to check OAuth mailboxes on, instead of the provider's usual one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    security: ConnectionSecurity
+
+
+class ProviderSettings(BaseModel):
+    """Our registered app at one provider. Endpoints default to the real provider's.
+
+    Set in the environment as MBL_OAUTH_<PROVIDER>__<FIELD>, e.g. MBL_OAUTH_GOOGLE__CLIENT_ID.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    # The provider's OpenID discovery document; its endpoints override the defaults.
+    discovery_url: str | None = None
+    authorize_url: str | None = None
+    token_url: str | None = None
+    userinfo_url: str | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    revocation_url: str | None = None
+    profile_url: str | None = None
+    scopes: list[str] | None = None
+    imap: MailServerIn | None = None
+    smtp: MailServerIn | None = None
+
+    @property
+    def configured(self) -> bool:
+        """True once the operator supplied the app's credentials."""
+        return bool(self.client_id and self.client_secret.get_secret_value())
+
+
+class Settings(ServiceSettings, MongoSettings):
+    """Everything the broker reads from the environment (MBL_*)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8083
+    oauth_redirect_uri: str = Field(
+        default="http://127.0.0.1:8083/v1/oauth/callback",
+        description="The callback URL registered with every provider: this service's "
+        "/v1/oauth/callback as browsers reach it (HTTPS in production).",
+    )
+    oauth_return_url: str | None = Field(
+        default=None,
+        description="Where to send the browser after the callback (with link_id, result and "
+        "error in the query); without it the broker shows a small page.",
+    )
+    oauth_google: ProviderSettings = ProviderSettings()
+    oauth_microsoft: ProviderSettings = ProviderSettings()
+    oauth_yahoo: ProviderSettings = ProviderSettings()
+    oauth_aol: ProviderSettings = ProviderSettings()
+    oauth_ca_file: str | None = Field(
+        default=None, description="Extra CA certificates (PEM) to trust for provider endpoints."
+    )
+    oauth_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    oauth_session_ttl_seconds: float = Field(
+        default=600, gt=0, description="How long a sign-in URL works."
+    )
+    oauth_refresh_margin_seconds: float = Field(
+        default=300, ge=0, description="Refresh an access token this long before it expires."
+    )
+    housekeeping_interval_seconds: float = Field(default=10.0, gt=0)
+    verifier_ca_file: str | None = Field(
+        default=None, description="Extra CA certificates (PEM) to trust for mail servers."
+    )
+    verifier_allowed_networks: list[str] = Field(default_factory=list)
+    verifier_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+    def providers(self) -> dict[ProviderType, ProviderSettings]:
+        """Returns the settings of each provider whose app credentials are configured."""
+        every = {
+            ProviderType.GOOGLE: self.oauth_google,
+            ProviderType.MICROSOFT: self.oauth_microsoft,
+            ProviderType.YAHOO: self.oauth_yahoo,
+            ProviderType.AOL: self.oauth_aol,
+        }
+        return {name: settings for name, settings in every.items() if settings.configured}
+
+    def oauth_tls(self) -> ssl.SSLContext:
+        """Returns a verifying TLS context for provider endpoints."""
+        return _tls(self.oauth_ca_file)
+
+    def mail_tls(self) -> ssl.SSLContext:
+        """Returns a verifying TLS context for mail servers."""
+        return _tls(self.verifier_ca_file)
+
+    def allowlist(self) -> tuple[IPNetwork, ...]:
+        """Returns the non-public networks mail checks may reach (tests only)."""
+        return parse_networks(self.verifier_allowed_networks)
+
+    @property
+    def session_lifetime(self) -> timedelta:
+        """How long a sign-in URL works."""
+        return timedelta(seconds=self.oauth_session_ttl_seconds)
+
+    @property
+    def refresh_margin(self) -> timedelta:
+        """How early tokens are refreshed."""
+        return timedelta(seconds=self.oauth_refresh_margin_seconds)
+
+
+def _tls(ca_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context

@@ -1,0 +1,116 @@
+"""The OAuth providers mailboxes link through: endpoints, scopes, and what each one offers.
+
+The endpoints and scopes here are the real providers' defaults; an operator supplies only the
+client credentials and the redirect URI, and may override any endpoint (tests point them at a
+local authorization server).
+"""
+
+# ruff: noqa: S106 - "token_url" names an endpoint, not a secret
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from mailbox_link_shared.events import ProviderType
+
+
+class MailboxProfile(StrEnum):
+    """Where the broker reads which mailbox the user signed in to."""
+
+    GMAIL = "gmail"  # OIDC userinfo, then the Gmail profile (fails when Gmail is turned off)
+    GRAPH = "graph"  # Microsoft Graph /me: the primary SMTP address and the UPN
+    USERINFO = "userinfo"  # OIDC userinfo's verified email (Yahoo, AOL)
+
+
+@dataclass(frozen=True)
+class ProviderEndpoints:
+    """One provider's OAuth endpoints and scopes."""
+
+    authorize_url: str
+    token_url: str
+    userinfo_url: str
+    jwks_url: str
+    # None for Microsoft's multi-tenant endpoint, whose issuer names the user's tenant: the
+    # id token's signature, audience and nonce are still checked.
+    issuer: str | None
+    revocation_url: str | None  # None where the provider offers no revocation
+    profile: MailboxProfile
+    profile_url: str | None
+    scopes: tuple[str, ...]  # asked for at sign-in
+    mail_scopes: tuple[str, ...]  # without these we cannot read or send: scope_missing
+    authorize_params: tuple[tuple[str, str], ...] = ()
+    # Microsoft issues a token per resource: the mail token comes from the code, and Graph's
+    # token for /me from the refresh token with these scopes.
+    profile_scopes: tuple[str, ...] = ()
+    token_scopes: tuple[str, ...] = ()
+
+
+GOOGLE = ProviderEndpoints(
+    authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+    token_url="https://oauth2.googleapis.com/token",
+    userinfo_url="https://openidconnect.googleapis.com/v1/userinfo",
+    jwks_url="https://www.googleapis.com/oauth2/v3/certs",
+    issuer="https://accounts.google.com",
+    revocation_url="https://oauth2.googleapis.com/revoke",
+    profile=MailboxProfile.GMAIL,
+    profile_url="https://gmail.googleapis.com/gmail/v1/users/me/profile",
+    scopes=("openid", "email", "https://mail.google.com/"),
+    mail_scopes=("https://mail.google.com/",),
+    # offline + consent: Google only grants a refresh token on a consent it just showed.
+    authorize_params=(("access_type", "offline"), ("prompt", "consent")),
+)
+
+_OUTLOOK_MAIL = (
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/SMTP.Send",
+)
+MICROSOFT = ProviderEndpoints(
+    authorize_url="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+    token_url="https://login.microsoftonline.com/common/oauth2/v2.0/token",
+    userinfo_url="https://graph.microsoft.com/oidc/userinfo",
+    jwks_url="https://login.microsoftonline.com/common/discovery/v2.0/keys",
+    issuer=None,
+    revocation_url=None,
+    profile=MailboxProfile.GRAPH,
+    profile_url="https://graph.microsoft.com/v1.0/me",
+    scopes=("openid", "email", "offline_access", "User.Read", *_OUTLOOK_MAIL),
+    mail_scopes=_OUTLOOK_MAIL,
+    authorize_params=(("prompt", "select_account"),),
+    profile_scopes=("User.Read",),
+    token_scopes=("openid", "offline_access", *_OUTLOOK_MAIL),
+)
+
+YAHOO = ProviderEndpoints(
+    authorize_url="https://api.login.yahoo.com/oauth2/request_auth",
+    token_url="https://api.login.yahoo.com/oauth2/get_token",
+    userinfo_url="https://api.login.yahoo.com/openid/v1/userinfo",
+    jwks_url="https://api.login.yahoo.com/openid/v1/certs",
+    issuer="https://api.login.yahoo.com",
+    revocation_url=None,
+    profile=MailboxProfile.USERINFO,
+    profile_url=None,
+    scopes=("openid", "email", "mail-w"),
+    mail_scopes=("mail-w",),
+    authorize_params=(("prompt", "login"),),
+)
+
+AOL = ProviderEndpoints(
+    authorize_url="https://api.login.aol.com/oauth2/request_auth",
+    token_url="https://api.login.aol.com/oauth2/get_token",
+    userinfo_url="https://api.login.aol.com/openid/v1/userinfo",
+    jwks_url="https://api.login.aol.com/openid/v1/certs",
+    issuer="https://api.login.aol.com",
+    revocation_url=None,
+    profile=MailboxProfile.USERINFO,
+    profile_url=None,
+    scopes=("openid", "email", "mail-w"),
+    mail_scopes=("mail-w",),
+    authorize_params=(("prompt", "login"),),
+)
+
+DEFAULT_ENDPOINTS: dict[ProviderType, ProviderEndpoints] = {
+    ProviderType.GOOGLE: GOOGLE,
+    ProviderType.MICROSOFT: MICROSOFT,
+    ProviderType.YAHOO: YAHOO,
+    ProviderType.AOL: AOL,
+}
+OAUTH_PROVIDERS = frozenset(DEFAULT_ENDPOINTS)

@@ -1,0 +1,129 @@
+"""An authorization session: one link's trip through a provider's sign-in, from URL to callback.
+
+A session is opened when the link is requested, offered (its URL published) only once the
+registry has reserved the link, and completed at most once: its state is random, single-use
+and short-lived, and PKCE and the OIDC nonce bind the answer to this session.
+"""
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from mailbox_link_shared.events import LinkRequested, MailboxOwner, ProviderType, ServerSettings
+
+
+class SessionStatus(StrEnum):
+    """Where a session stands."""
+
+    OPEN = "open"  # waiting for the user to come back from the provider
+    USED = "used"  # its callback arrived: the state never works again
+    ENDED = "ended"  # the registry ended the link, or the session expired unused
+
+
+@dataclass(frozen=True)
+class SessionSecrets:
+    """What only this session knows; sealed at rest, and the state only ever stored hashed."""
+
+    state: str
+    code_verifier: str
+    nonce: str
+
+    def __repr__(self) -> str:
+        return "SessionSecrets(<redacted>)"
+
+    def to_json(self) -> str:
+        """Returns the JSON object that gets sealed."""
+        return json.dumps(
+            {"state": self.state, "code_verifier": self.code_verifier, "nonce": self.nonce}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "SessionSecrets":
+        """Reads an opened JSON object back."""
+        raw = json.loads(text)
+        return cls(str(raw["state"]), str(raw["code_verifier"]), str(raw["nonce"]))
+
+    @classmethod
+    def generate(cls) -> "SessionSecrets":
+        """Returns fresh random values (PKCE's verifier is 43-128 characters: 64 here)."""
+        return cls(
+            state=secrets.token_urlsafe(32),
+            code_verifier=secrets.token_urlsafe(48),
+            nonce=secrets.token_urlsafe(24),
+        )
+
+
+def state_digest(state: str) -> str:
+    """Returns how a state is looked up: hashed, so a database reader cannot complete a sign-in."""
+    return hashlib.sha256(state.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class LinkToAuthorize:
+    """The link request a session serves."""
+
+    link_id: str
+    owner: MailboxOwner
+    address: str
+    provider: ProviderType
+    imap: ServerSettings
+    smtp: ServerSettings
+
+    @classmethod
+    def of(cls, event: LinkRequested) -> "LinkToAuthorize":
+        """Returns the part of a link request the sign-in needs."""
+        data = event.data
+        return cls(data.link_id, data.owner, data.address, data.provider, data.imap, data.smtp)
+
+
+@dataclass(frozen=True)
+class AuthorizationSession:
+    """One link's sign-in, as stored."""
+
+    link: LinkToAuthorize
+    state_digest: str
+    status: SessionStatus
+    created_at: datetime
+    expires_at: datetime
+    reserved: bool = False  # the registry holds the address and a plan slot for the link
+
+    @classmethod
+    def open(
+        cls, link: LinkToAuthorize, now: datetime, lifetime: timedelta
+    ) -> tuple["AuthorizationSession", SessionSecrets]:
+        """Returns a new session for a link request, and its secrets."""
+        fresh = SessionSecrets.generate()
+        session = cls(link, state_digest(fresh.state), SessionStatus.OPEN, now, now + lifetime)
+        return session, fresh
+
+    def may_be_offered(self) -> bool:
+        """True when its URL may be shown: reserved by the registry, and still open."""
+        return self.reserved and self.status is SessionStatus.OPEN
+
+
+class CallbackRefusal(StrEnum):
+    """Why a callback changes nothing (answered 400)."""
+
+    UNKNOWN_STATE = "unknown_state"  # forged, mistyped, or from another deployment
+    STATE_USED = "state_used"  # a replay: the callback already came
+    LINK_ENDED = "link_ended"  # the registry rejected or ended the link
+    NOT_RESERVED = "not_reserved"  # the registry has not reserved the link
+    SESSION_EXPIRED = "session_expired"
+
+
+def refuse_callback(session: AuthorizationSession | None, now: datetime) -> CallbackRefusal | None:
+    """Returns why a callback for this session must be refused, or None to go on."""
+    if session is None:
+        return CallbackRefusal.UNKNOWN_STATE
+    if session.status is SessionStatus.USED:
+        return CallbackRefusal.STATE_USED
+    if session.status is SessionStatus.ENDED:
+        return CallbackRefusal.LINK_ENDED
+    if session.expires_at <= now:
+        return CallbackRefusal.SESSION_EXPIRED
+    if not session.reserved:
+        return CallbackRefusal.NOT_RESERVED
+    return None

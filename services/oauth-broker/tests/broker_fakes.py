@@ -1,0 +1,204 @@
+"""Hand-written in-memory stand-ins for the broker's storage, provider and mail servers."""
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mailbox_link_shared.crypto import EncryptedSecret
+from mailbox_link_shared.events import ProviderType, ServerSettings
+from mailbox_link_shared.failures import FailureCode
+from mailbox_link_shared.mail_probes import ProbeFailed
+from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
+from oauth_broker.domain.grants import GrantStatus, StoredGrant
+from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused
+from oauth_broker.domain.sessions import AuthorizationSession, SessionSecrets, SessionStatus
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
+
+
+@dataclass
+class _Session:
+    session: AuthorizationSession | None = None
+    sealed: EncryptedSecret | None = None
+    reserved: bool = False
+    status: SessionStatus = SessionStatus.OPEN
+
+
+class InMemoryBrokerStore:
+    """The MongoDB store's semantics, in dictionaries."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, _Session] = {}
+        self.grants: dict[str, StoredGrant] = {}
+
+    async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
+        entry = self.sessions.setdefault(session.link.link_id, _Session())
+        if entry.session is None:
+            entry.session, entry.sealed = session, sealed
+
+    async def mark_reserved(self, link_id: str, now: datetime) -> None:
+        self.sessions.setdefault(link_id, _Session()).reserved = True
+
+    async def get_session(
+        self, link_id: str
+    ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
+        entry = self.sessions.get(link_id)
+        if entry is None or entry.session is None or entry.sealed is None:
+            return None
+        return replace(entry.session, reserved=entry.reserved, status=entry.status), entry.sealed
+
+    async def find_session_by_state(self, digest: str) -> str | None:
+        for link_id, entry in self.sessions.items():
+            if entry.session is not None and entry.session.state_digest == digest:
+                return link_id
+        return None
+
+    async def claim_session(self, link_id: str, now: datetime) -> bool:
+        entry = self.sessions.get(link_id)
+        if entry is None or entry.session is None or entry.status is not SessionStatus.OPEN:
+            return False
+        if entry.session.expires_at <= now:
+            return False
+        entry.status = SessionStatus.USED
+        return True
+
+    async def end_session(self, link_id: str) -> bool:
+        entry = self.sessions.get(link_id)
+        if entry is None or entry.status is not SessionStatus.OPEN:
+            return False
+        entry.status = SessionStatus.ENDED
+        return True
+
+    async def expired_sessions(self, now: datetime) -> list[str]:
+        return [
+            link_id
+            for link_id, entry in self.sessions.items()
+            if entry.session is not None
+            and entry.status is SessionStatus.OPEN
+            and entry.session.expires_at <= now
+        ]
+
+    async def delete_stray_markers(self, before: datetime) -> int:
+        return 0
+
+    async def save_grant(self, grant: StoredGrant) -> None:
+        self.grants[grant.link_id] = grant
+
+    async def get_grant(self, link_id: str) -> StoredGrant | None:
+        return self.grants.get(link_id)
+
+    async def activate_grant(self, link_id: str, mailbox_id: str) -> bool:
+        grant = self.grants.get(link_id)
+        if grant is None or grant.status is not GrantStatus.VERIFIED:
+            return False
+        self.grants[link_id] = replace(grant, status=GrantStatus.ACTIVE, mailbox_id=mailbox_id)
+        return True
+
+    async def grants_due(self, before: datetime) -> list[StoredGrant]:
+        return [
+            g
+            for g in self.grants.values()
+            if g.status is GrantStatus.ACTIVE and g.expires_at < before
+        ]
+
+    async def renew_grant(
+        self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+    ) -> bool:
+        grant = self.grants.get(link_id)
+        if grant is None or grant.status is not GrantStatus.ACTIVE:
+            return False
+        self.grants[link_id] = replace(grant, sealed=sealed, expires_at=expires_at)
+        return True
+
+    async def mark_reconnect_required(self, link_id: str) -> bool:
+        grant = self.grants.get(link_id)
+        if grant is None or grant.status is not GrantStatus.ACTIVE:
+            return False
+        self.grants[link_id] = replace(grant, status=GrantStatus.RECONNECT_REQUIRED)
+        return True
+
+    async def delete_grant(self, link_id: str) -> bool:
+        return self.grants.pop(link_id, None) is not None
+
+
+@dataclass
+class FakeProvider:
+    """A provider that grants what it is told to; records what the broker asked."""
+
+    app: OAuthApp
+    signed_in_as: tuple[str, ...] = ()
+    scopes: frozenset[str] = frozenset()
+    refresh_token: str | None = "refresh-1"
+    lifetime: timedelta = timedelta(hours=1)
+    exchange_error: Exception | None = None
+    profile_error: Exception | None = None
+    refresh_error: Exception | None = None
+    nonce_seen: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    refreshed: int = 0
+
+    def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
+        return f"https://provider.test/authorize?state={secrets.state}&login_hint={login_hint}"
+
+    async def exchange_code(self, code: str, code_verifier: str, now: datetime) -> TokenResponse:
+        if self.exchange_error is not None:
+            raise self.exchange_error
+        scopes = self.scopes or frozenset(self.app.endpoints.scopes)
+        return TokenResponse("access-1", self.refresh_token, now + self.lifetime, scopes, "idt")
+
+    async def refresh(
+        self, refresh_token: str, now: datetime, scopes: tuple[str, ...] = ()
+    ) -> TokenResponse:
+        if self.refresh_error is not None:
+            raise self.refresh_error
+        self.refreshed += 1
+        token = f"access-{self.refreshed + 1}"
+        return TokenResponse(token, None, now + self.lifetime, frozenset(), None)
+
+    async def revoke(self, token: str) -> bool:
+        self.revoked.append(token)
+        return True
+
+    async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
+        self.nonce_seen.append(nonce)
+        return {"nonce": nonce}
+
+    async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
+        if self.profile_error is not None:
+            raise self.profile_error
+        return SignedInMailbox(self.signed_in_as)
+
+
+def gmail_disabled() -> AuthorizationFailed:
+    return AuthorizationFailed(FailureCode.GMAIL_DISABLED, "Mail service not enabled")
+
+
+def invalid_grant() -> ProviderRefused:
+    return ProviderRefused("invalid_grant", "Token has been expired or revoked.")
+
+
+class FakeMailServers:
+    """XOAUTH2 logins that succeed, or fail as told; records the servers and tokens used."""
+
+    def __init__(self) -> None:
+        self.refuse: FailureCode | None = None
+        self.logins: list[tuple[str, str, str]] = []
+
+    async def __call__(self, imap: ServerSettings, smtp: ServerSettings, token: str) -> None:
+        self.logins.append((imap.host, imap.username, token))
+        if self.refuse is not None:
+            raise ProbeFailed(self.refuse, "login rejected: [AUTHENTICATIONFAILED]")
+
+
+PROVIDER = ProviderType.GOOGLE

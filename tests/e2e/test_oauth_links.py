@@ -1,0 +1,454 @@
+"""OAuth links end to end: link-api, the registry, the OAuth broker and a browser walking the
+local authorization server's sign-in, on real Kafka, FerretDB and the OAuth Dovecot."""
+
+import asyncio
+import html
+import re
+import secrets
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from localinfra import LocalOAuthServer
+from localinfra.services import RunningServices, start_services
+from localinfra.stack import Endpoints, LocalStack
+
+from .conftest import (
+    TERMINAL,
+    register_oauth_client,
+    request_link,
+    service_config,
+    unique_user_id,
+    wait_for_outcome,
+)
+from .probes import dump_databases, read_topics
+
+pytestmark = pytest.mark.connected
+
+NAMESPACE = "e2e-oauth"
+SESSION_TTL_SECONDS = 10
+DOMAINS = {
+    "google": "gmail.com",
+    "microsoft": "outlook.com",
+    "yahoo": "yahoo.com",
+    "aol": "aol.com",
+}
+GMAIL_SCOPE = "https://mail.google.com/"
+
+
+@pytest.fixture(scope="module")
+def oauth_services(
+    infra: Endpoints, workdir: Path, local_stack: LocalStack
+) -> Iterator[RunningServices]:
+    # Short sign-in sessions and a fast timer, so expiry and refresh show within seconds.
+    config = service_config(
+        infra,
+        namespace=NAMESPACE,
+        extra_env={
+            "MBL_OAUTH_SESSION_TTL_SECONDS": str(SESSION_TTL_SECONDS),
+            "MBL_OAUTH_REFRESH_MARGIN_SECONDS": "30",
+            "MBL_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
+        },
+    )
+    running = start_services(config, workdir / NAMESPACE)
+    register_oauth_client(local_stack, config, running)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def api(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {oauth_services.caller_token}"}
+    async with httpx.AsyncClient(
+        base_url=oauth_services.api_url, headers=headers, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def registry(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {oauth_services.caller_token}"}
+    async with httpx.AsyncClient(
+        base_url=oauth_services.registry_url, headers=headers, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def oauth(local_stack: LocalStack) -> LocalOAuthServer:
+    return local_stack.oauth_server
+
+
+@pytest.fixture
+async def browser(infra: Endpoints) -> AsyncIterator["Browser"]:
+    async with Browser(infra.ca_file) as opened:
+        yield opened
+
+
+class Browser:
+    """A person's browser: opens the sign-in URL, answers the consent page, follows redirects."""
+
+    def __init__(self, ca_file: str) -> None:
+        self._client = httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=ca_file), timeout=15
+        )
+
+    async def __aenter__(self) -> "Browser":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._client.aclose()
+
+    async def consent(
+        self,
+        authorize_url: str,
+        account: str,
+        decision: str = "allow",
+        uncheck: tuple[str, ...] = (),
+    ) -> str:
+        """Signs in as `account` and answers the consent page; returns where it redirects."""
+        page = await self._client.get(authorize_url)
+        assert page.status_code == 200, page.text
+        offered = [html.unescape(s) for s in re.findall(r'name="scope" value="([^"]+)"', page.text)]
+        form = {
+            "account": account,
+            "decision": decision,
+            "scope": [s for s in offered if s not in uncheck],
+        }
+        answer = await self._client.post(authorize_url, data=form)
+        assert answer.status_code in (302, 303), answer.text
+        return answer.headers["location"]
+
+    async def open(self, url: str) -> httpx.Response:
+        """Visits a URL (the broker's callback) without following further redirects."""
+        return await self._client.get(url)
+
+
+def new_account(oauth: LocalOAuthServer, provider: str, **modes: bool) -> str:
+    address = f"{provider}-{secrets.token_hex(4)}@{DOMAINS[provider]}"
+    oauth.add_user(provider, address, **modes)
+    return address
+
+
+async def wait_for_sign_in_url(
+    api: httpx.AsyncClient, status_url: str, seconds: float = 20
+) -> dict[str, Any]:
+    """Polls a link until it shows the sign-in URL (or ends, which the caller asserts on)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        link: dict[str, Any] = (await api.get(status_url)).json()
+        if link["status"] == "authorization_required" or link["status"] in TERMINAL:
+            return link
+        assert time.monotonic() < deadline, f"no sign-in URL after {seconds} s: {link}"
+        await asyncio.sleep(0.05)
+
+
+async def start_link(
+    api: httpx.AsyncClient, address: str, account_id: str = "acme", user_id: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """Requests an OAuth link and returns the link (showing its sign-in URL) and the URL."""
+    body = {"email": address, "terms_accepted": True}
+    accepted = await request_link(api, account_id, user_id or unique_user_id(), body)
+    assert accepted["auth"] == "oauth"
+    link = await wait_for_sign_in_url(api, accepted["status_url"])
+    assert link["status"] == "authorization_required", link
+    return link, link["authorization"]["url"]
+
+
+async def link_through_sign_in(
+    api: httpx.AsyncClient, browser: Browser, address: str, **consent: Any
+) -> tuple[dict[str, Any], httpx.Response]:
+    """Walks the whole flow; returns the link's final state and the callback page."""
+    link, url = await start_link(api, address)
+    callback = await browser.open(
+        await browser.consent(url, consent.pop("account", address), **consent)
+    )
+    final = await wait_for_outcome(api, link["status_url"])
+    return final, callback
+
+
+# --- the happy paths --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["google", "microsoft", "yahoo", "aol"])
+async def test_a_mailbox_links_through_its_providers_sign_in(
+    provider: str,
+    api: httpx.AsyncClient,
+    registry: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+    oauth_services: RunningServices,
+) -> None:
+    address = new_account(oauth, provider)
+    link, url = await start_link(api, address)
+    assert link["provider"] == provider
+    state = parse_qs(urlsplit(url).query)["state"][0]
+
+    redirect = await browser.consent(url, address)
+    assert redirect.startswith(f"{oauth_services.broker_url}/v1/oauth/callback?")
+    page = await browser.open(redirect)
+    assert page.status_code == 200
+    assert 'data-result="verified"' in page.text
+
+    final = await wait_for_outcome(api, link["status_url"])
+    assert final["status"] == "linked", final
+    assert final["authorization"] is None
+    sent = oauth.last_authorize_params(state)
+    assert sent["code_challenge_method"] == "S256"
+    assert sent["login_hint"] == address
+    assert sent["prompt"]
+    assert sent["nonce"]
+    listed = await registry.get(f"/v1/accounts/acme/users/{final_owner(final)}/mailboxes")
+    [mailbox] = listed.json()["mailboxes"]
+    assert (mailbox["email"], mailbox["auth"], mailbox["status"]) == (address, "oauth", "active")
+
+
+def final_owner(link: dict[str, Any]) -> str:
+    return str(link["status_url"]).split("/users/")[1].split("/")[0]
+
+
+# --- the errors users hit ---------------------------------------------------------------------
+
+
+async def test_pressing_cancel_fails_with_consent_denied(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "google")
+    final, page = await link_through_sign_in(api, browser, address, decision="deny")
+    assert final["failure"]["code"] == "consent_denied"
+    assert 'data-code="consent_denied"' in page.text
+
+
+async def test_signing_in_as_another_account_fails_with_account_mismatch(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    # How a Google Group or an alias shows up: the person signs in as their own mailbox.
+    group = f"sales-{secrets.token_hex(4)}@gmail.com"
+    member = new_account(oauth, "google")
+    final, _ = await link_through_sign_in(api, browser, group, account=member)
+    assert final["failure"]["code"] == "account_mismatch"
+    assert "group or an alias" in final["failure"]["remediation"]
+    assert member in final["failure"]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "mode", "code"),
+    [
+        ("google", "gmail_disabled", "gmail_disabled"),
+        ("microsoft", "imap_disabled", "imap_disabled"),
+        ("google", "no_refresh_token", "no_refresh_token"),
+        ("yahoo", "token_error", "provider_error"),
+    ],
+)
+async def test_provider_side_refusals_fail_with_their_code(
+    provider: str,
+    mode: str,
+    code: str,
+    api: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+) -> None:
+    address = new_account(oauth, provider, **{mode: True})
+    final, page = await link_through_sign_in(api, browser, address)
+    assert final["status"] == "failed"
+    assert final["failure"]["code"] == code, final
+    assert final["failure"]["message"]
+    assert final["failure"]["remediation"]
+    assert f'data-code="{code}"' in page.text
+
+
+async def test_unchecking_the_mail_permission_fails_with_scope_missing(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "google")
+    final, _ = await link_through_sign_in(api, browser, address, uncheck=(GMAIL_SCOPE,))
+    assert final["failure"]["code"] == "scope_missing"
+    assert GMAIL_SCOPE in final["failure"]["detail"]
+
+
+async def test_a_sign_in_not_finished_in_time_fails_with_session_expired(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "microsoft")
+    link, url = await start_link(api, address)
+    final = await wait_for_outcome(api, link["status_url"], seconds=SESSION_TTL_SECONDS + 20)
+    assert final["failure"]["code"] == "session_expired"
+    # The user comes back late: nothing changes, and the page says why.
+    late = await browser.open(await browser.consent(url, address))
+    assert late.status_code == 400
+    assert 'data-code="link_ended"' in late.text or 'data-code="session_expired"' in late.text
+    assert (await api.get(link["status_url"])).json()["status"] == "failed"
+
+
+# --- tampering, replay, and the registry first ------------------------------------------------
+
+
+async def test_forged_and_replayed_callbacks_change_nothing(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "google")
+    link, url = await start_link(api, address)
+    redirect = await browser.consent(url, address)
+    query = parse_qs(urlsplit(redirect).query)
+    base = redirect.split("?")[0]
+
+    forged = await browser.open(f"{base}?state={secrets.token_urlsafe(32)}&code={query['code'][0]}")
+    assert forged.status_code == 400
+    assert 'data-code="unknown_state"' in forged.text
+    missing = await browser.open(f"{base}?code={query['code'][0]}")
+    assert missing.status_code == 400
+    assert (await api.get(link["status_url"])).json()["status"] == "authorization_required"
+
+    assert (await browser.open(redirect)).status_code == 200
+    replayed = await browser.open(redirect)
+    assert replayed.status_code == 400
+    assert 'data-code="state_used"' in replayed.text
+    final = await wait_for_outcome(api, link["status_url"])
+    assert final["status"] == "linked"
+
+
+async def test_a_request_the_registry_rejects_never_shows_a_sign_in_url(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer, infra: Endpoints
+) -> None:
+    address = new_account(oauth, "google")
+    first, _ = await link_through_sign_in(api, browser, address)
+    assert first["status"] == "linked"
+    accepted = await request_link(
+        api, "globex", unique_user_id(), {"email": address, "terms_accepted": True}
+    )
+    second = await wait_for_outcome(api, accepted["status_url"])
+    assert second["failure"]["code"] == "already_linked_elsewhere"
+    records = await read_topics(infra.kafka_bootstrap, NAMESPACE)
+    offers = [v for t, _, v in records if t.endswith("authorizations.v1")]
+    assert any(first["link_id"].encode() in v for v in offers)
+    assert not [v for v in offers if second["link_id"].encode() in v]
+
+
+# --- tokens: refresh, reconnect, revocation, secrecy ------------------------------------------
+
+
+async def wait_until(condition: Any, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_tokens_are_refreshed_and_a_refusal_for_good_asks_to_reconnect(
+    api: httpx.AsyncClient,
+    registry: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+) -> None:
+    address = new_account(oauth, "google")
+    # Inside the broker's 30 s refresh margin: every housekeeping round refreshes it.
+    oauth.access_token_lifetime = 20
+    try:
+        final, _ = await link_through_sign_in(api, browser, address)
+        assert final["status"] == "linked"
+        mailboxes = f"/v1/accounts/acme/users/{final_owner(final)}/mailboxes"
+        signed_in = len(oauth.issued_tokens(address, "access_token"))
+
+        async def refreshed() -> bool:
+            return len(oauth.issued_tokens(address, "access_token")) > signed_in
+
+        await wait_until(refreshed)
+
+        async def reconnect_required() -> bool:
+            [mailbox] = (await registry.get(mailboxes)).json()["mailboxes"]
+            return bool(mailbox["status"] == "reconnect_required")
+
+        assert not await reconnect_required()
+        oauth.revoke_refresh_tokens("google", address)  # the user removed our app
+        await wait_until(reconnect_required)
+    finally:
+        oauth.access_token_lifetime = 3600
+
+
+async def test_unlinking_revokes_the_tokens_at_the_provider(
+    api: httpx.AsyncClient, registry: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "google")
+    final, _ = await link_through_sign_in(api, browser, address)
+    [refresh_token] = oauth.issued_tokens(address, "refresh_token")
+    owner = final_owner(final)
+    response = await registry.delete(f"/v1/accounts/acme/users/{owner}/mailboxes/{address}")
+    assert response.status_code == 204
+
+    async def revoked() -> bool:
+        return oauth.was_revoked(refresh_token)
+
+    await wait_until(revoked)
+
+
+async def test_no_token_appears_in_plaintext_in_topics_documents_or_logs(
+    api: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+    infra: Endpoints,
+    workdir: Path,
+) -> None:
+    address = new_account(oauth, "google")
+    final, _ = await link_through_sign_in(api, browser, address)
+    assert final["status"] == "linked"
+    tokens = [t.encode() for t in oauth.issued_tokens(address)]
+    assert len(tokens) >= 2
+    records = await read_topics(infra.kafka_bootstrap, NAMESPACE)
+    documents = await dump_databases(infra.mongodb_uri, NAMESPACE)
+    logs = [p.read_bytes() for p in (workdir / NAMESPACE).rglob("*.log")]
+    assert records
+    assert documents
+    assert logs
+    for token in tokens:
+        assert not [r for r in records if token in r[1] or token in r[2]], "token in Kafka"
+        assert not [d for d in documents if token in d], "token in MongoDB"
+        assert not [log for log in logs if token in log], "token in a log"
+
+
+# --- a link the registry ends while the user is signing in ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def expiring_services(
+    infra: Endpoints, workdir: Path, local_stack: LocalStack
+) -> Iterator[RunningServices]:
+    # The registry gives up on reservations after 3 s, long before the sign-in expires.
+    namespace = "e2e-oauth-expiring"
+    config = service_config(
+        infra,
+        namespace=namespace,
+        extra_env={"MBL_RESERVATION_TTL_SECONDS": "3", "MBL_HOUSEKEEPING_INTERVAL_SECONDS": "0.5"},
+    )
+    running = start_services(
+        config, workdir / namespace, modules=("registry", "oauth_broker", "link_api")
+    )
+    register_oauth_client(local_stack, config, running)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_a_callback_for_a_link_the_registry_ended_gets_a_400(
+    expiring_services: RunningServices, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    headers = {"Authorization": f"Bearer {expiring_services.caller_token}"}
+    async with httpx.AsyncClient(
+        base_url=expiring_services.api_url, headers=headers, timeout=10
+    ) as api:
+        address = new_account(oauth, "google")
+        link, url = await start_link(api, address)
+        final = await wait_for_outcome(api, link["status_url"])
+        assert final["failure"]["code"] == "reservation_expired"
+        page = await browser.open(await browser.consent(url, address))
+        assert page.status_code == 400
+        assert 'data-code="link_ended"' in page.text
+        assert (await api.get(link["status_url"])).json()["status"] == "failed"
