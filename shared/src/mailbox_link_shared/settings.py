@@ -1,9 +1,12 @@
 """Typed settings every service builds on; all read from environment variables prefixed MBL_."""
 
+import ssl
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailbox_link_shared.crypto import SecretBox
+from mailbox_link_shared.network_policy import IPNetwork, parse_networks
 
 ENV_PREFIX = "MBL_"
 
@@ -62,6 +65,38 @@ class MongoSettings(BaseSettings):
             "only atomic when one connection serializes them (docs/adr/0005)."
         ),
     )
+
+
+class MailCheckSettings(BaseSettings):
+    """How a service that logs in to mailboxes (verifier, OAuth broker) reaches mail servers."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    verifier_ca_file: str | None = Field(
+        default=None, description="Extra CA certificates (PEM) to trust beside the system store."
+    )
+    verifier_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDR blocks mail checks may reach although they are not public, "
+        'e.g. ["127.0.0.0/8"] for tests. Empty in production.',
+    )
+    verifier_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+    def allowlist(self) -> tuple[IPNetwork, ...]:
+        """Returns the allowlisted networks."""
+        return parse_networks(self.verifier_allowed_networks)
+
+    def mail_tls(self) -> ssl.SSLContext:
+        """Returns a verifying TLS context: the system store plus the configured CA file."""
+        return tls_context(self.verifier_ca_file)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Returns a verifying TLS context that also trusts the given CA file, if any."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 class HttpSettings(BaseSettings):

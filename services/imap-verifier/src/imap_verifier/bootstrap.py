@@ -23,7 +23,7 @@ def build_app(settings: Settings) -> AsgiFastStream:
         resolve=resolve_endpoint,
         probe_imap=probe_imap,
         probe_smtp=probe_smtp,
-        tls=settings.tls_context(),
+        tls=settings.mail_tls(),
         allowlist=settings.allowlist(),
         timeout=settings.verifier_timeout_seconds,
     )

@@ -5,7 +5,13 @@ import ssl
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from mailbox_link_shared.settings import ENV_PREFIX, HttpSettings, MongoSettings, ServiceSettings
+from mailbox_link_shared.settings import (
+    ENV_PREFIX,
+    HttpSettings,
+    MongoSettings,
+    ServiceSettings,
+    tls_context,
+)
 
 SERVICE_NAME = "link-api"
 
@@ -38,7 +44,4 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
 
     def autoconfig_tls(self) -> ssl.SSLContext:
         """Returns the TLS context for autoconfig fetches: verified, system CAs plus extras."""
-        context = ssl.create_default_context()
-        if self.autoconfig_ca_file:
-            context.load_verify_locations(self.autoconfig_ca_file)
-        return context
+        return tls_context(self.autoconfig_ca_file)

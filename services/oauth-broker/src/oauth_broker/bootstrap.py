@@ -74,7 +74,7 @@ async def _build_clients(settings: Settings) -> dict[ProviderType, OAuthProvider
             provider=provider,
             client_id=configured.client_id,
             client_secret=configured.client_secret,
-            redirect_uri=settings.oauth_redirect_uri,
+            redirect_uri=configured.redirect_uri or settings.oauth_redirect_uri,
             endpoints=await _endpoints(provider, configured, settings),
         )
         clients[provider] = OAuthClient(app, settings.oauth_tls(), settings.oauth_timeout_seconds)

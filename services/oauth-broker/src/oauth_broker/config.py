@@ -8,8 +8,13 @@ from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_shared.events import ProviderType
 from mailbox_link_shared.mail_settings import ConnectionSecurity
-from mailbox_link_shared.network_policy import IPNetwork, parse_networks
-from mailbox_link_shared.settings import ENV_PREFIX, MongoSettings, ServiceSettings
+from mailbox_link_shared.settings import (
+    ENV_PREFIX,
+    MailCheckSettings,
+    MongoSettings,
+    ServiceSettings,
+    tls_context,
+)
 
 SERVICE_NAME = "oauth-broker"
 
@@ -34,6 +39,8 @@ class ProviderSettings(BaseModel):
 
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
+    # Only when this provider's app uses another callback than MBL_OAUTH_REDIRECT_URI.
+    redirect_uri: str | None = None
     # The provider's OpenID discovery document; its endpoints override the defaults.
     discovery_url: str | None = None
     authorize_url: str | None = None
@@ -53,7 +60,7 @@ class ProviderSettings(BaseModel):
         return bool(self.client_id and self.client_secret.get_secret_value())
 
 
-class Settings(ServiceSettings, MongoSettings):
+class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
     """Everything the broker reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(
@@ -87,11 +94,6 @@ class Settings(ServiceSettings, MongoSettings):
         default=300, ge=0, description="Refresh an access token this long before it expires."
     )
     housekeeping_interval_seconds: float = Field(default=10.0, gt=0)
-    verifier_ca_file: str | None = Field(
-        default=None, description="Extra CA certificates (PEM) to trust for mail servers."
-    )
-    verifier_allowed_networks: list[str] = Field(default_factory=list)
-    verifier_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
 
     def providers(self) -> dict[ProviderType, ProviderSettings]:
         """Returns the settings of each provider whose app credentials are configured."""
@@ -105,15 +107,7 @@ class Settings(ServiceSettings, MongoSettings):
 
     def oauth_tls(self) -> ssl.SSLContext:
         """Returns a verifying TLS context for provider endpoints."""
-        return _tls(self.oauth_ca_file)
-
-    def mail_tls(self) -> ssl.SSLContext:
-        """Returns a verifying TLS context for mail servers."""
-        return _tls(self.verifier_ca_file)
-
-    def allowlist(self) -> tuple[IPNetwork, ...]:
-        """Returns the non-public networks mail checks may reach (tests only)."""
-        return parse_networks(self.verifier_allowed_networks)
+        return tls_context(self.oauth_ca_file)
 
     @property
     def session_lifetime(self) -> timedelta:
@@ -124,10 +118,3 @@ class Settings(ServiceSettings, MongoSettings):
     def refresh_margin(self) -> timedelta:
         """How early tokens are refreshed."""
         return timedelta(seconds=self.oauth_refresh_margin_seconds)
-
-
-def _tls(ca_file: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    return context
