@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--state-dir", type=Path, default=Path(".run"))
     run.add_argument("--api-port", type=int, default=8080)
     run.add_argument("--registry-port", type=int, default=8081)
+    run.add_argument("--broker-port", type=int, default=8083)
     status = commands.add_parser("status", help="probe the endpoints of a running stack")
     status.add_argument("--state-file", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -54,15 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--demo-user and --demo-password go together")
         return _up(args.state_file, args.workdir, args.demo_user, args.demo_password)
     if args.command == "run":
-        return _run(args.state_dir, args.api_port, args.registry_port)
+        return _run(args.state_dir, (args.api_port, args.registry_port, args.broker_port))
     return _status(args.state_file)
 
 
-def _run(state_dir: Path, api_port: int, registry_port: int) -> int:
+def _run(state_dir: Path, ports: tuple[int, int, int]) -> int:
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    run_system(state_dir.resolve(), api_port, registry_port, stopping)
+    run_system(state_dir.resolve(), ports, stopping)
     return 0
 
 

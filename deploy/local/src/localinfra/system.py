@@ -13,12 +13,16 @@ from localinfra.stack import DISCOVERABLE_DOMAIN, LocalStack
 
 DEMO_ADDRESS = "alice@example.org"
 DISCOVERABLE_DEMO = f"erin@{DISCOVERABLE_DOMAIN}"
+# Accounts at the local OAuth server's Google and Microsoft, linked by signing in.
+OAUTH_DEMOS = {"google": "dana@gmail.com", "microsoft": "omar@outlook.com"}
 
 
-def run_system(
-    state_dir: Path, api_port: int, registry_port: int, stopping: threading.Event
-) -> None:
-    """Starts infrastructure and services, writes the demo files, and runs until `stopping`."""
+def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading.Event) -> None:
+    """Starts infrastructure and services, writes the demo files, and runs until `stopping`.
+
+    `ports` are link-api's, the registry's and the OAuth broker's (another is picked if taken).
+    """
+    api_port, registry_port, broker_port = ports
     state_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(dns_forwarding=True)
     demo_password = secrets.token_urlsafe(12)
@@ -34,9 +38,19 @@ def run_system(
             dns_servers=(endpoints.dns_server,),
             api_port=_port_if_free(api_port),
             registry_port=_port_if_free(registry_port),
+            broker_port=_port_if_free(broker_port),
+            oauth_server_url=endpoints.oauth_server_url,
+            oauth_mail_host=endpoints.tls_hostname,
+            oauth_imaps_port=endpoints.oauth_imaps_port,
+            oauth_submissions_port=endpoints.oauth_submissions_port,
         )
         services = start_services(config, state_dir / "logs")
         try:
+            _register_oauth_demo(stack, config.oauth_client_id, config.oauth_client_secret,
+                                 services.broker_url)  # fmt: skip
+            (state_dir / "demo-oauth-link.json").write_text(
+                json.dumps({"email": OAUTH_DEMOS["google"], "terms_accepted": True}, indent=2)
+            )
             (state_dir / "token").write_text(services.caller_token)
             (state_dir / "endpoints.json").write_text(endpoints.to_json())
             demo = _demo_request(
@@ -52,7 +66,8 @@ def run_system(
             print(
                 _instructions(
                     services.api_url, services.registry_url, state_dir, endpoints.started_in_seconds
-                ),
+                )
+                + _oauth_instructions(services.api_url, state_dir, endpoints.ca_file),
                 flush=True,
             )
             stopping.wait()
@@ -60,6 +75,16 @@ def run_system(
             services.stop()
     finally:
         stack.stop()
+
+
+def _register_oauth_demo(
+    stack: LocalStack, client_id: str, client_secret: str, broker_url: str
+) -> None:
+    """Registers the broker's app at the local OAuth server and creates the demo accounts."""
+    server = stack.oauth_server
+    server.register_client(client_id, client_secret, [f"{broker_url}/v1/oauth/callback"])
+    for provider, address in OAUTH_DEMOS.items():
+        server.add_user(provider, address)
 
 
 def _port_if_free(port: int) -> int:
@@ -92,6 +117,17 @@ Try it:
   curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
        -d @{state_dir}/demo-link.json {api_url}/v1/accounts/acme/users/u1/links
   curl -s -H "Authorization: Bearer $TOKEN" {api_url}/v1/accounts/acme/users/u1/mailboxes
+"""
+
+
+def _oauth_instructions(api_url: str, state_dir: Path, ca_file: str) -> str:
+    google, microsoft = OAUTH_DEMOS["google"], OAUTH_DEMOS["microsoft"]
+    return f"""
+Link by signing in (the local OAuth server plays Google for {google}, Microsoft for {microsoft}):
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d @{state_dir}/demo-oauth-link.json {api_url}/v1/accounts/acme/users/u2/links
+  then GET the returned status_url: "authorization".url is the sign-in page. Open it in a
+  browser (its certificate is signed by {ca_file}), press Allow, and the status turns linked.
 
 Ctrl-C stops everything.
 """
