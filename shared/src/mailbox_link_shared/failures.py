@@ -137,14 +137,16 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     ),
     FailureCode.IMAP_DISABLED: FailureText(
         "The provider accepted the sign-in, but IMAP access is turned off for this mailbox.",
-        "Turn IMAP on for the mailbox (Microsoft 365: your administrator enables IMAP in the "
-        "mailbox's Email apps settings in the Microsoft 365 admin center), then link again.",
+        "Ask your administrator to allow IMAP for the mailbox (Microsoft 365 admin center: the "
+        "user's Mail > Manage email apps; Google Workspace Admin console: Apps > Gmail > End "
+        "User Access > POP and IMAP access), then link again.",
     ),
     FailureCode.SMTP_DISABLED: FailureText(
         "The provider accepted the sign-in, but sending mail (authenticated SMTP) is turned off "
         "for this mailbox.",
-        "Turn authenticated SMTP on for the mailbox (Microsoft 365: your administrator enables "
-        "'Authenticated SMTP' in the mailbox's Email apps settings), then link again.",
+        "Ask your administrator to allow authenticated SMTP for the mailbox (Microsoft 365 "
+        "admin center: the user's Mail > Manage email apps > Authenticated SMTP), then link "
+        "again.",
     ),
     FailureCode.SCOPE_MISSING: FailureText(
         "You did not grant every permission we need to read and send your mail.",
