@@ -76,19 +76,21 @@ def services(infra: Endpoints, workdir: Path, local_stack: LocalStack) -> Iterat
         running.stop()
 
 
+def caller(base_url: str, services: RunningServices) -> httpx.AsyncClient:
+    """Returns a client of one service's API, calling as the product with its token."""
+    headers = {"Authorization": f"Bearer {services.caller_token}"}
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10)
+
+
 @pytest.fixture
 async def api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {services.caller_token}"}
-    async with httpx.AsyncClient(base_url=services.api_url, headers=headers, timeout=10) as client:
+    async with caller(services.api_url, services) as client:
         yield client
 
 
 @pytest.fixture
 async def registry_api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {services.caller_token}"}
-    async with httpx.AsyncClient(
-        base_url=services.registry_url, headers=headers, timeout=10
-    ) as client:
+    async with caller(services.registry_url, services) as client:
         yield client
 
 

@@ -21,6 +21,7 @@ from localinfra.stack import Endpoints, LocalStack
 
 from .conftest import (
     TERMINAL,
+    caller,
     register_oauth_client,
     request_link,
     service_config,
@@ -66,19 +67,13 @@ def oauth_services(
 
 @pytest.fixture
 async def api(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {oauth_services.caller_token}"}
-    async with httpx.AsyncClient(
-        base_url=oauth_services.api_url, headers=headers, timeout=10
-    ) as client:
+    async with caller(oauth_services.api_url, oauth_services) as client:
         yield client
 
 
 @pytest.fixture
 async def registry(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {oauth_services.caller_token}"}
-    async with httpx.AsyncClient(
-        base_url=oauth_services.registry_url, headers=headers, timeout=10
-    ) as client:
+    async with caller(oauth_services.registry_url, oauth_services) as client:
         yield client
 
 
@@ -440,10 +435,7 @@ def expiring_services(
 async def test_a_callback_for_a_link_the_registry_ended_gets_a_400(
     expiring_services: RunningServices, browser: Browser, oauth: LocalOAuthServer
 ) -> None:
-    headers = {"Authorization": f"Bearer {expiring_services.caller_token}"}
-    async with httpx.AsyncClient(
-        base_url=expiring_services.api_url, headers=headers, timeout=10
-    ) as api:
+    async with caller(expiring_services.api_url, expiring_services) as api:
         address = new_account(oauth, "google")
         link, url = await start_link(api, address)
         final = await wait_for_outcome(api, link["status_url"])

@@ -79,33 +79,26 @@ MICROSOFT = ProviderEndpoints(
     token_scopes=("openid", "offline_access", *_OUTLOOK_MAIL),
 )
 
-YAHOO = ProviderEndpoints(
-    authorize_url="https://api.login.yahoo.com/oauth2/request_auth",
-    token_url="https://api.login.yahoo.com/oauth2/get_token",
-    userinfo_url="https://api.login.yahoo.com/openid/v1/userinfo",
-    jwks_url="https://api.login.yahoo.com/openid/v1/certs",
-    issuer="https://api.login.yahoo.com",
-    revocation_url=None,
-    profile=MailboxProfile.USERINFO,
-    profile_url=None,
-    scopes=("openid", "email", "mail-w"),
-    mail_scopes=("mail-w",),
-    authorize_params=(("prompt", "login"),),
-)
 
-AOL = ProviderEndpoints(
-    authorize_url="https://api.login.aol.com/oauth2/request_auth",
-    token_url="https://api.login.aol.com/oauth2/get_token",
-    userinfo_url="https://api.login.aol.com/openid/v1/userinfo",
-    jwks_url="https://api.login.aol.com/openid/v1/certs",
-    issuer="https://api.login.aol.com",
-    revocation_url=None,
-    profile=MailboxProfile.USERINFO,
-    profile_url=None,
-    scopes=("openid", "email", "mail-w"),
-    mail_scopes=("mail-w",),
-    authorize_params=(("prompt", "login"),),
-)
+def _yahoo_login(host: str) -> ProviderEndpoints:
+    """Yahoo and AOL share one login platform; only the host differs."""
+    return ProviderEndpoints(
+        authorize_url=f"https://{host}/oauth2/request_auth",
+        token_url=f"https://{host}/oauth2/get_token",
+        userinfo_url=f"https://{host}/openid/v1/userinfo",
+        jwks_url=f"https://{host}/openid/v1/certs",
+        issuer=f"https://{host}",
+        revocation_url=None,
+        profile=MailboxProfile.USERINFO,
+        profile_url=None,
+        scopes=("openid", "email", "mail-w"),
+        mail_scopes=("mail-w",),
+        authorize_params=(("prompt", "login"),),
+    )
+
+
+YAHOO = _yahoo_login("api.login.yahoo.com")
+AOL = _yahoo_login("api.login.aol.com")
 
 DEFAULT_ENDPOINTS: dict[ProviderType, ProviderEndpoints] = {
     ProviderType.GOOGLE: GOOGLE,
