@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from localinfra import LocalStack
 from localinfra.certs import make_ca_and_server_cert, make_self_signed_cert
 from localinfra.dovecot import MailUsers
 from localinfra.ports import free_port, wait_for_banner
+from localinfra.token_introspection import TokenIntrospection
 
 
 def _tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
@@ -87,3 +92,23 @@ def test_stop_without_start_is_a_no_op() -> None:
     stack.stop()
     with pytest.raises(RuntimeError, match="not started"):
         _ = stack.endpoints
+
+
+def _introspect(url: str, token: str) -> object:
+    body = urllib.parse.urlencode({"token": token}).encode()
+    with urllib.request.urlopen(url, data=body, timeout=5) as answer:  # noqa: S310 - loopback
+        return json.loads(answer.read())
+
+
+def test_introspection_answers_inactive_for_expired_and_unknown_tokens() -> None:
+    introspection = TokenIntrospection()
+    introspection.start()
+    try:
+        introspection.grant("live", "alice@example.org", expires_at=time.time() + 60)
+        introspection.grant("expired", "alice@example.org", expires_at=time.time() - 1)
+        url = introspection.url
+        assert _introspect(url, "live") == {"active": True, "username": "alice@example.org"}
+        assert _introspect(url, "expired") == {"active": False}
+        assert _introspect(url, "unknown") == {"active": False}
+    finally:
+        introspection.stop()

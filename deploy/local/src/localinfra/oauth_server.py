@@ -277,7 +277,7 @@ class _Store:
             for token in tokens:
                 self._tokens[token.value] = token
                 if mail_login and token.kind == "access_token":
-                    self._introspection.grant(token.value, token.email)
+                    self._introspection.grant(token.value, token.email, token.expires_at)
 
     def issued(self, email: str) -> list[_IssuedToken]:
         with self._lock:

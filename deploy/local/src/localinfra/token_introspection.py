@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 import urllib.parse
 
 
@@ -17,7 +18,7 @@ class TokenIntrospection:
     """Answers POST /introspect {token} with {"active": true, "username": ...} or inactive."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, float | None]] = {}
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
         self.calls = 0
@@ -28,10 +29,10 @@ class TokenIntrospection:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/introspect"
 
-    def grant(self, token: str, username: str) -> None:
-        """Makes `token` log in as `username`."""
+    def grant(self, token: str, username: str, expires_at: float | None = None) -> None:
+        """Makes `token` log in as `username` (until `expires_at`, a time.time(), if given)."""
         with self._lock:
-            self._tokens[token] = username
+            self._tokens[token] = (username, expires_at)
 
     def revoke(self, token: str) -> None:
         """Makes `token` inactive."""
@@ -41,8 +42,10 @@ class TokenIntrospection:
     def _answer(self, token: str) -> dict[str, object]:
         with self._lock:
             self.calls += 1
-            username = self._tokens.get(token)
-        return {"active": True, "username": username} if username else {"active": False}
+            username, expires_at = self._tokens.get(token, ("", None))
+        if not username or (expires_at is not None and time.time() >= expires_at):
+            return {"active": False}
+        return {"active": True, "username": username}
 
     def start(self) -> None:
         """Starts serving on a free loopback port."""
