@@ -1,16 +1,21 @@
-"""Property-based fuzzing of link-api and the registry from their OpenAPI schemas: no 5xx.
+"""Property-based fuzzing of link-api, the registry and the OAuth broker's callback from their
+OpenAPI schemas: no 5xx, and no made-up sign-in state ever completes a sign-in.
 
-Runs link-api and the registry only, in their own namespace: without a verifier, no generated
-host name or address is ever connected to, whatever the fuzzer invents.
+Runs link-api, the registry and the OAuth broker, in their own namespace: without a verifier,
+no generated host name or address is ever connected to, whatever the fuzzer invents (the broker
+only talks to a provider and a mail server for a state it issued, which no fuzzer can guess).
 """
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
 from localinfra.services import RunningServices, start_services
@@ -25,7 +30,9 @@ MAX_EXAMPLES = 60  # per operation; bounded so the suite stays fast
 @pytest.fixture(scope="module")
 def fuzz_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
     config = service_config(infra, namespace="e2e-fuzz")
-    running = start_services(config, workdir / "services-fuzz", modules=("registry", "link_api"))
+    running = start_services(
+        config, workdir / "services-fuzz", modules=("registry", "link_api", "oauth_broker")
+    )
     try:
         yield running
     finally:
@@ -67,3 +74,49 @@ def _fuzz(operation: Any, base_url: str, headers: dict[str, str]) -> None:
             assert body["message"], body
 
     never_a_server_error()
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_made_up_state_completes_a_sign_in(
+    fuzz_services: RunningServices, mode: GenerationMode
+) -> None:
+    base_url = fuzz_services.broker_url
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
+    # The broker's only route: the page browsers come back to from the provider (no token).
+    assert [operation.label for operation in operations] == ["GET /v1/oauth/callback"]
+    (callback,) = operations
+
+    @given(case=callback.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def refused(case: Any) -> None:
+        response = case.call(base_url=base_url, timeout=10, allow_redirects=False)
+        status = response.status_code
+        assert status < 500, (case.query, status, response.text)
+        # Whatever the code, error or description: a state the broker did not issue is refused
+        # (400), or the query is malformed (422); it never verifies or fails a link.
+        assert status in (400, 422), (case.query, status, response.text)
+        if mode is GenerationMode.POSITIVE:
+            assert status == 400, (case.query, status, response.text)
+        if status == 400:
+            assert 'data-result="refused"' in response.text, response.text
+            assert 'data-code="unknown_state"' in response.text, response.text
+        else:
+            body = response.json()
+            assert body["error"] == "invalid_request", body
+            assert body["message"], body
+
+    refused()
+    # States shaped like the broker's own (32 random bytes, URL-safe), with a code or an error.
+    for query in (
+        {"state": secrets.token_urlsafe(32), "code": secrets.token_urlsafe(32)},
+        {"state": secrets.token_urlsafe(32), "error": "access_denied"},
+    ):
+        response = httpx.get(f"{base_url}/v1/oauth/callback", params=query, timeout=10)
+        assert response.status_code == 400, response.text
+        assert 'data-code="unknown_state"' in response.text, response.text

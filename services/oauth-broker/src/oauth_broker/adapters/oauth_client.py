@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -67,16 +69,20 @@ class OAuthClient:
     def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
         """Returns the provider sign-in URL for a session: state, PKCE S256, nonce, hint."""
         endpoints = self.app.endpoints
-        client = self._client()
-        url, _ = client.create_authorization_url(
+        url: str = prepare_grant_uri(
             endpoints.authorize_url,
+            client_id=self.app.client_id,
+            response_type="code",
+            redirect_uri=self.app.redirect_uri,
+            scope=" ".join(endpoints.scopes),
             state=secrets.state,
-            code_verifier=secrets.code_verifier,
+            code_challenge=create_s256_code_challenge(secrets.code_verifier),
+            code_challenge_method="S256",
             nonce=secrets.nonce,
             login_hint=login_hint,
             **dict(endpoints.authorize_params),
         )
-        return str(url)
+        return url
 
     async def exchange_code(self, code: str, code_verifier: str, now: datetime) -> TokenResponse:
         """Trades the callback's code (with the PKCE verifier) for tokens."""
@@ -103,7 +109,10 @@ class OAuthClient:
                 client.refresh_token(
                     self.app.endpoints.token_url,
                     refresh_token=refresh_token,
-                    **_scope_param(wanted),
+                    # Without scopes of our own, send none: the refresh then covers what was
+                    # granted (RFC 6749 section 6). authlib would otherwise send every scope
+                    # asked at sign-in, refused (invalid_scope) once the user unchecked one.
+                    scope=" ".join(wanted) or None,
                 )
             )
         return _token_response(token, wanted or self.app.endpoints.scopes, now)
