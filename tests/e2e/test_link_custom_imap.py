@@ -25,7 +25,12 @@ async def test_links_a_mailbox_over_imaps_and_smtps(
 
     listed = (await api.get(f"/v1/accounts/acme/users/{user_id}/mailboxes")).json()["mailboxes"]
     assert [m["email"] for m in listed] == [user.address]
-    assert "password" not in str(listed)
+    assert user.password not in str(listed)
+    [mailbox] = listed
+    assert "credentials" not in mailbox
+    assert "password" not in mailbox["imap"]
+    assert "password" not in mailbox["smtp"]
+    assert (mailbox["auth"], mailbox["status"]) == ("password", "active")
     owner = (await registry_api.get(f"/v1/mailboxes/{user.address}/owner")).json()
     assert owner == {"account_id": "acme", "user_id": user_id, "mailbox_id": link["mailbox_id"]}
 
