@@ -4,7 +4,7 @@ import dataclasses
 import ssl
 from typing import Any
 
-import httpx
+import httpx2
 
 from oauth_broker.domain.providers import ProviderEndpoints
 
@@ -21,7 +21,7 @@ _DISCOVERED = {
 
 async def fetch_discovery(url: str, tls: ssl.SSLContext, timeout: float) -> dict[str, Any]:
     """Returns a provider's OpenID Connect discovery document."""
-    async with httpx.AsyncClient(verify=tls, timeout=timeout) as client:
+    async with httpx2.AsyncClient(verify=tls, timeout=timeout) as client:
         response = await client.get(url)
         response.raise_for_status()
     document = response.json()

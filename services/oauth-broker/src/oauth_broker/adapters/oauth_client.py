@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
+import httpx2
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -129,7 +129,7 @@ class OAuthClient:
                     token=token,
                     token_type_hint="refresh_token",  # noqa: S106
                 )
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise ProviderUnreachable(f"revocation failed: {type(exc).__name__}") from None
         if response.status_code >= 400:
             raise ProviderRefused("revocation_refused", "", response.status_code)
@@ -194,9 +194,9 @@ class OAuthClient:
     async def _get_json(self, url: str, access_token: str | None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         try:
-            async with httpx.AsyncClient(verify=self._tls, timeout=self._timeout) as client:
+            async with httpx2.AsyncClient(verify=self._tls, timeout=self._timeout) as client:
                 response = await client.get(url, headers=headers)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise ProviderUnreachable(f"{url}: {type(exc).__name__}") from None
         if response.status_code >= 500:
             raise ProviderUnreachable(f"{url} answered {response.status_code}")
@@ -210,11 +210,11 @@ class OAuthClient:
             token: dict[str, Any] = dict(await call)
         except OAuthError as exc:
             raise ProviderRefused(str(exc.error), str(exc.description or "")) from None
-        except httpx.HTTPStatusError as exc:
+        except httpx2.HTTPStatusError as exc:
             raise ProviderUnreachable(
                 f"token endpoint answered {exc.response.status_code}"
             ) from None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx2.HTTPError, ValueError) as exc:
             raise ProviderUnreachable(f"token endpoint: {type(exc).__name__}") from None
         return token
 
@@ -256,7 +256,7 @@ def _verified_email(userinfo: dict[str, Any]) -> tuple[str, ...]:
     return (str(email),)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _json_object(response: httpx2.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
