@@ -31,7 +31,7 @@ class FakeClock:
 class _Session:
     session: AuthorizationSession | None = None
     sealed: EncryptedSecret | None = None
-    reserved: bool = False
+    reserved_until: datetime | None = None
     status: SessionStatus = SessionStatus.OPEN
 
 
@@ -47,8 +47,8 @@ class InMemoryBrokerStore:
         if entry.session is None:
             entry.session, entry.sealed = session, sealed
 
-    async def mark_reserved(self, link_id: str, now: datetime) -> None:
-        self.sessions.setdefault(link_id, _Session()).reserved = True
+    async def mark_reserved(self, link_id: str, until: datetime, now: datetime) -> None:
+        self.sessions.setdefault(link_id, _Session()).reserved_until = until
 
     async def get_session(
         self, link_id: str
@@ -56,7 +56,9 @@ class InMemoryBrokerStore:
         entry = self.sessions.get(link_id)
         if entry is None or entry.session is None or entry.sealed is None:
             return None
-        return replace(entry.session, reserved=entry.reserved, status=entry.status), entry.sealed
+        return replace(
+            entry.session, reserved_until=entry.reserved_until, status=entry.status
+        ), entry.sealed
 
     async def find_session_by_state(self, digest: str) -> str | None:
         for link_id, entry in self.sessions.items():
@@ -130,6 +132,16 @@ class InMemoryBrokerStore:
 
     async def delete_grant(self, link_id: str) -> bool:
         return self.grants.pop(link_id, None) is not None
+
+    async def delete_unanswered_grants(self, verified_before: datetime) -> int:
+        unanswered = [
+            link_id
+            for link_id, grant in self.grants.items()
+            if grant.status is GrantStatus.VERIFIED and grant.verified_at < verified_before
+        ]
+        for link_id in unanswered:
+            del self.grants[link_id]
+        return len(unanswered)
 
 
 @dataclass

@@ -233,6 +233,37 @@ async def test_forged_replayed_and_expired_states_change_nothing(
     assert len(_events(deps)) == published
 
 
+async def test_a_callback_after_the_reservation_lapsed_is_refused_before_the_registry_says_so(
+    deps: BrokerDeps, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_open_session(_requested("l1"), deps)
+    reserved = _reserved("l1")
+    short = reserved.data.model_copy(update={"expires_at": clock() + timedelta(minutes=2)})
+    await handlers.when_link_reserved_offer_sign_in(
+        reserved.model_copy(update={"data": short}), deps
+    )
+    offer = _events(deps)[-1]
+    assert isinstance(offer, AuthorizationRequired)
+    assert offer.data.expires_at == short.expires_at  # the reservation ends first
+    state = parse_qs(urlsplit(offer.data.authorize_url).query)["state"][0]
+    clock.advance(timedelta(minutes=3))
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps)
+    assert outcome.refusal is CallbackRefusal.LINK_ENDED
+    assert _events(deps) == [offer]
+
+
+async def test_a_verified_grant_the_registry_never_answers_is_forgotten(
+    deps: BrokerDeps, clock: FakeClock
+) -> None:
+    await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
+    clock.advance(timedelta(hours=23))
+    await handlers.end_expired_sessions(deps)
+    assert await deps.store.get_grant("l1") is not None
+    clock.advance(timedelta(hours=2))
+    await handlers.end_expired_sessions(deps)
+    assert await deps.store.get_grant("l1") is None
+
+
 async def test_a_link_the_registry_rejected_refuses_its_callback(deps: BrokerDeps) -> None:
     state = await _offered(deps)
     await handlers.when_link_rejected_discard(_rejected("l1"), deps)

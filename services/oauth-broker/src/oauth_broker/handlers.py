@@ -71,6 +71,10 @@ _LOGIN_REFUSALS = {
 }
 # Reservation markers of password links, which the broker sees but never serves.
 _MARKER_LIFETIME = timedelta(hours=1)
+# A verified grant the registry neither linked nor rejected by then lost a race with the
+# reservation's expiry (the rejection was handled before the grant was stored): forget it.
+# Generous, so a registry outage never costs a mailbox its tokens.
+_UNANSWERED_GRANT_LIFETIME = timedelta(days=1)
 
 
 class OAuthProviderClient(Protocol):
@@ -141,7 +145,7 @@ async def when_link_requested_open_session(event: LinkRequested, deps: BrokerDep
 
 async def when_link_reserved_offer_sign_in(event: LinkReserved, deps: BrokerDeps) -> None:
     """Publishes the sign-in URL now that the registry holds the address and a plan slot."""
-    await deps.store.mark_reserved(event.data.link_id, deps.clock())
+    await deps.store.mark_reserved(event.data.link_id, event.data.expires_at, deps.clock())
     await _offer_if_reserved(event.data.link_id, deps)
 
 
@@ -152,7 +156,7 @@ async def _offer_if_reserved(link_id: str, deps: BrokerDeps) -> None:
     if found is None:
         return
     session, sealed = found
-    if not session.may_be_offered() or session.expires_at <= deps.clock():
+    if not session.may_be_offered(deps.clock()):
         return
     link = session.link
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link_id))
@@ -163,12 +167,12 @@ async def _offer_if_reserved(link_id: str, deps: BrokerDeps) -> None:
         address=link.address,
         provider=link.provider,
         authorize_url=url,
-        expires_at=session.expires_at,
+        expires_at=session.usable_until,
     )
     await deps.publisher.publish(
         AuthorizationRequired(correlation_id=link_id, producer=SERVICE_NAME, data=data)
     )
-    logger.info("link %s: sign-in offered until %s", link_id, session.expires_at.isoformat())
+    logger.info("link %s: sign-in offered until %s", link_id, session.usable_until.isoformat())
 
 
 class CallbackResult(StrEnum):
@@ -299,7 +303,7 @@ async def _announce_verified(
     sealed = deps.secret_box.seal(grant.to_json(), context=link.address)
     stored = StoredGrant(
         link.link_id, link.owner, link.address, link.provider, GrantStatus.VERIFIED,
-        grant.expires_at, sealed,
+        grant.expires_at, sealed, verified_at=deps.clock(),
     )  # fmt: skip
     await deps.store.save_grant(stored)
     data = MailboxVerifiedData(
@@ -422,6 +426,9 @@ async def end_expired_sessions(deps: BrokerDeps) -> int:
             failure = Failure.of(FailureCode.SESSION_EXPIRED, detail)
             await deps.publisher.publish(_failed(session.link, failure))
     await deps.store.delete_stray_markers(now - _MARKER_LIFETIME)
+    forgotten = await deps.store.delete_unanswered_grants(now - _UNANSWERED_GRANT_LIFETIME)
+    if forgotten:
+        logger.warning("deleted %d verified grants the registry never answered", forgotten)
     return ended
 
 

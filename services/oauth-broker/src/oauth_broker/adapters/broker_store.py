@@ -27,7 +27,7 @@ class BrokerStore(Protocol):
     async def save_request(
         self, session: AuthorizationSession, sealed: EncryptedSecret
     ) -> None: ...
-    async def mark_reserved(self, link_id: str, now: datetime) -> None: ...
+    async def mark_reserved(self, link_id: str, until: datetime, now: datetime) -> None: ...
     async def get_session(
         self, link_id: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None: ...
@@ -45,6 +45,7 @@ class BrokerStore(Protocol):
     ) -> bool: ...
     async def mark_reconnect_required(self, link_id: str) -> bool: ...
     async def delete_grant(self, link_id: str) -> bool: ...
+    async def delete_unanswered_grants(self, verified_before: datetime) -> int: ...
 
 
 class MongoBrokerStore:
@@ -85,19 +86,19 @@ class MongoBrokerStore:
                 {"_id": link.link_id, "requested": {"$ne": True}},
                 {
                     "$set": fields,
-                    "$setOnInsert": {"status": session.status.value, "reserved": False},
+                    "$setOnInsert": {"status": session.status.value, "reserved_until": None},
                 },
                 upsert=True,
             )
         except DuplicateKeyError:
             return  # redelivered: the first session stands
 
-    async def mark_reserved(self, link_id: str, now: datetime) -> None:
-        """Records that the registry reserved the link, even if its request is not here yet."""
+    async def mark_reserved(self, link_id: str, until: datetime, now: datetime) -> None:
+        """Records until when the registry reserved the link, even before its request came."""
         await self._sessions.update_one(
             {"_id": link_id},
             {
-                "$set": {"reserved": True},
+                "$set": {"reserved_until": until},
                 "$setOnInsert": {"status": SessionStatus.OPEN.value, "marked_at": now},
             },
             upsert=True,
@@ -196,6 +197,13 @@ class MongoBrokerStore:
         result = await self._grants.delete_one({"_id": link_id})
         return result.deleted_count == 1
 
+    async def delete_unanswered_grants(self, verified_before: datetime) -> int:
+        """Deletes verified grants the registry never linked nor rejected in time."""
+        result = await self._grants.delete_many(
+            {"status": GrantStatus.VERIFIED.value, "verified_at": {"$lt": verified_before}}
+        )
+        return result.deleted_count
+
 
 def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedSecret]:
     link = LinkToAuthorize(
@@ -212,7 +220,7 @@ def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedS
         status=SessionStatus(document["status"]),
         created_at=document["created_at"],
         expires_at=document["expires_at"],
-        reserved=bool(document.get("reserved")),
+        reserved_until=document.get("reserved_until"),
     )
     return session, EncryptedSecret.model_validate_json(document["secrets"])
 
@@ -227,6 +235,7 @@ def _grant_document(grant: StoredGrant) -> dict[str, Any]:
         "status": grant.status.value,
         "expires_at": grant.expires_at,
         "sealed": grant.sealed.model_dump_json(),
+        "verified_at": grant.verified_at,
         "mailbox_id": grant.mailbox_id,
     }
 
@@ -240,5 +249,6 @@ def _grant(document: dict[str, Any]) -> StoredGrant:
         status=GrantStatus(document["status"]),
         expires_at=document["expires_at"],
         sealed=EncryptedSecret.model_validate_json(document["sealed"]),
+        verified_at=document["verified_at"],
         mailbox_id=document.get("mailbox_id"),
     )

@@ -80,6 +80,7 @@ class StoredGrant:
     status: GrantStatus
     expires_at: datetime
     sealed: EncryptedSecret  # TokenGrant JSON, bound to the address
+    verified_at: datetime
     mailbox_id: str | None = None
 
 

@@ -88,7 +88,8 @@ class AuthorizationSession:
     status: SessionStatus
     created_at: datetime
     expires_at: datetime
-    reserved: bool = False  # the registry holds the address and a plan slot for the link
+    # Until when the registry holds the address and a plan slot for the link (LinkReserved).
+    reserved_until: datetime | None = None
 
     @classmethod
     def open(
@@ -99,9 +100,22 @@ class AuthorizationSession:
         session = cls(link, state_digest(fresh.state), SessionStatus.OPEN, now, now + lifetime)
         return session, fresh
 
-    def may_be_offered(self) -> bool:
-        """True when its URL may be shown: reserved by the registry, and still open."""
-        return self.reserved and self.status is SessionStatus.OPEN
+    @property
+    def reserved(self) -> bool:
+        """True once the registry has reserved the link."""
+        return self.reserved_until is not None
+
+    def may_be_offered(self, now: datetime) -> bool:
+        """True when its URL may be shown: reserved by the registry, open, and not expired."""
+        return self.reserved and self.status is SessionStatus.OPEN and now < self.usable_until
+
+    @property
+    def usable_until(self) -> datetime:
+        """When the sign-in stops being able to complete the link: the session's own expiry,
+        or the reservation's, whichever comes first."""
+        if self.reserved_until is None:
+            return self.expires_at
+        return min(self.expires_at, self.reserved_until)
 
 
 class CallbackRefusal(StrEnum):
@@ -124,6 +138,9 @@ def refuse_callback(session: AuthorizationSession | None, now: datetime) -> Call
         return CallbackRefusal.LINK_ENDED
     if session.expires_at <= now:
         return CallbackRefusal.SESSION_EXPIRED
-    if not session.reserved:
+    if session.reserved_until is None:
         return CallbackRefusal.NOT_RESERVED
+    if session.reserved_until <= now:
+        # The registry has ended the link, or will as soon as it notices: do not race it.
+        return CallbackRefusal.LINK_ENDED
     return None
