@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from mailbox_link_shared.crypto import SecretBox
+from mailbox_link_shared.crypto import EncryptedSecret, SecretBox
 from mailbox_link_shared.events import (
     AuthMethod,
     AuthorizationRequired,
@@ -201,22 +201,11 @@ async def complete_sign_in(
 
     A forged, replayed or expired state, or one of a link the registry ended, changes nothing.
     """
-    now = deps.clock()
-    link_id = await deps.store.find_session_by_state(state_digest(state)) if state else None
-    found = await deps.store.get_session(link_id) if link_id else None
-    session = found[0] if found else None
-    refusal = refuse_callback(session, now)
-    if (
-        refusal is None
-        and found is not None
-        and not await deps.store.claim_session(found[0].link.link_id, now)
-    ):
-        refusal = CallbackRefusal.STATE_USED  # a concurrent replay won the claim
-    if refusal is not None or found is None:
-        logger.info("callback refused: %s", refusal)
-        return CallbackOutcome(CallbackResult.REFUSED, refusal=refusal)
-
-    session, sealed = found
+    claimed = await _claim_session(state, deps)
+    if isinstance(claimed, CallbackRefusal):
+        logger.info("callback refused: %s", claimed.value)
+        return CallbackOutcome(CallbackResult.REFUSED, refusal=claimed)
+    session, sealed = claimed
     link = session.link
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
     try:
@@ -234,6 +223,21 @@ async def complete_sign_in(
         return CallbackOutcome(CallbackResult.VERIFIED, link.link_id, link.address)
     await deps.publisher.publish(_failed(link, failure))
     return CallbackOutcome(CallbackResult.FAILED, link.link_id, link.address, failure)
+
+
+async def _claim_session(
+    state: str, deps: BrokerDeps
+) -> tuple[AuthorizationSession, EncryptedSecret] | CallbackRefusal:
+    """Finds the state's session and uses it up, or says why the callback must be refused."""
+    now = deps.clock()
+    link_id = await deps.store.find_session_by_state(state_digest(state)) if state else None
+    found = await deps.store.get_session(link_id) if link_id else None
+    refusal = refuse_callback(found[0] if found else None, now)
+    if refusal is not None or found is None:
+        return refusal or CallbackRefusal.UNKNOWN_STATE
+    if not await deps.store.claim_session(found[0].link.link_id, now):
+        return CallbackRefusal.STATE_USED  # a concurrent replay won the claim
+    return found
 
 
 async def _verify_sign_in(
@@ -371,7 +375,11 @@ async def refresh_due_grants(deps: BrokerDeps) -> int:
     """Refreshes every active grant whose access token expires within the margin."""
     due = await deps.store.grants_due(refresh_due_by(deps.clock(), deps.refresh_margin))
     for grant in due:
-        await refresh_grant(grant, deps)
+        try:
+            await refresh_grant(grant, deps)
+        except Exception as exc:
+            # One grant's trouble (a retired sealing key, a bug) must not stall the others.
+            logger.error("link %s: refresh broke: %s", grant.link_id, type(exc).__name__)
     return len(due)
 
 
@@ -395,7 +403,9 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> None:
 
 
 async def _require_reconnect(grant: StoredGrant, detail: str, deps: BrokerDeps) -> None:
-    if not await deps.store.mark_reconnect_required(grant.link_id) or grant.mailbox_id is None:
+    # Published before the grant is marked: a crash in between repeats the event next round
+    # (consumers deduplicate, the registry's flag is idempotent) instead of losing it.
+    if grant.mailbox_id is None:
         return
     data = MailboxReconnectRequiredData(
         mailbox_id=grant.mailbox_id,
@@ -408,6 +418,7 @@ async def _require_reconnect(grant: StoredGrant, detail: str, deps: BrokerDeps) 
     await deps.publisher.publish(
         MailboxReconnectRequired(correlation_id=grant.link_id, producer=SERVICE_NAME, data=data)
     )
+    await deps.store.mark_reconnect_required(grant.link_id)
     logger.info("link %s: reconnect required (%s)", grant.link_id, detail)
 
 
