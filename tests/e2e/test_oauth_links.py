@@ -279,7 +279,7 @@ async def test_a_sign_in_not_finished_in_time_fails_with_session_expired(
     # The user comes back late: nothing changes, and the page says why.
     late = await browser.open(await browser.consent(url, address))
     assert late.status_code == 400
-    assert 'data-code="link_ended"' in late.text or 'data-code="session_expired"' in late.text
+    assert 'data-code="session_expired"' in late.text
     assert (await api.get(link["status_url"])).json()["status"] == "failed"
 
 

@@ -134,10 +134,11 @@ def refuse_callback(session: AuthorizationSession | None, now: datetime) -> Call
         return CallbackRefusal.UNKNOWN_STATE
     if session.status is SessionStatus.USED:
         return CallbackRefusal.STATE_USED
-    if session.status is SessionStatus.ENDED:
-        return CallbackRefusal.LINK_ENDED
+    # Expiry first: an expired session was also ended, and "expired" is what the user needs.
     if session.expires_at <= now:
         return CallbackRefusal.SESSION_EXPIRED
+    if session.status is SessionStatus.ENDED:
+        return CallbackRefusal.LINK_ENDED
     if session.reserved_until is None:
         return CallbackRefusal.NOT_RESERVED
     if session.reserved_until <= now:
