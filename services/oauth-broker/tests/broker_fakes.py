@@ -3,15 +3,34 @@
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import ProviderType, ServerSettings
+from pydantic import SecretStr
+
+from mailbox_link_shared.crypto import EncryptedSecret, SecretBox, generate_key
+from mailbox_link_shared.events import (
+    AuthMethod,
+    AuthorizationRequired,
+    Failure,
+    LinkRejected,
+    LinkRejectedData,
+    LinkRequested,
+    LinkRequestedData,
+    LinkReserved,
+    LinkReservedData,
+    MailboxOwner,
+    ProviderType,
+    ServerSettings,
+)
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.mail_probes import ProbeFailed
+from mailbox_link_shared.publishing import RecordingPublisher
+from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.domain.grants import GrantStatus, StoredGrant
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused
 from oauth_broker.domain.sessions import AuthorizationSession, SessionSecrets, SessionStatus
+from oauth_broker.handlers import BrokerDeps
 
 
 class FakeClock:
@@ -213,4 +232,42 @@ class FakeMailServers:
             raise ProbeFailed(self.refuse, "login rejected: [AUTHENTICATIONFAILED]")
 
 
-PROVIDER = ProviderType.GOOGLE
+ADDRESS = "alice@gmail.com"
+ALICE = MailboxOwner(account_id="acme", user_id="u1")
+BOX = SecretBox({"k": SecretStr(generate_key())}, "k")
+
+
+def requested(link_id: str) -> LinkRequested:
+    """An OAuth link request for alice@gmail.com."""
+    imap = ServerSettings(host="imap.gmail.com", port=993, security="ssl", username=ADDRESS)
+    smtp = ServerSettings(host="smtp.gmail.com", port=465, security="ssl", username=ADDRESS)
+    data = LinkRequestedData(
+        link_id=link_id, owner=ALICE, address=ADDRESS, provider=ProviderType.GOOGLE,
+        auth=AuthMethod.OAUTH, imap=imap, smtp=smtp,
+    )  # fmt: skip
+    return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
+
+
+def reserved(link_id: str) -> LinkReserved:
+    """The registry's reservation of that request, for an hour."""
+    data = LinkReservedData(
+        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=FakeClock()() + timedelta(hours=1)
+    )
+    return LinkReserved(correlation_id=link_id, producer="registry", data=data)
+
+
+def rejected(link_id: str) -> LinkRejected:
+    """The registry ending that request (its reservation expired)."""
+    failure = Failure.of(FailureCode.RESERVATION_EXPIRED)
+    data = LinkRejectedData(link_id=link_id, owner=ALICE, address=ADDRESS, failure=failure)
+    return LinkRejected(correlation_id=link_id, producer="registry", data=data)
+
+
+async def offer_sign_in(deps: BrokerDeps, link_id: str = "l1") -> str:
+    """Opens and offers a sign-in; returns its state, as the browser would bring it back."""
+    await handlers.when_link_requested_open_session(requested(link_id), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved(link_id), deps)
+    assert isinstance(deps.publisher, RecordingPublisher)
+    offer = deps.publisher.events[-1]
+    assert isinstance(offer, AuthorizationRequired)
+    return parse_qs(urlsplit(offer.data.authorize_url).query)["state"][0]

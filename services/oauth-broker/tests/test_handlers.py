@@ -7,34 +7,34 @@ import pytest
 from pydantic import SecretStr
 
 from broker_fakes import (
+    ADDRESS,
+    ALICE,
+    BOX,
     FakeClock,
     FakeMailServers,
     FakeProvider,
     InMemoryBrokerStore,
     gmail_disabled,
     invalid_grant,
+    offer_sign_in,
+    rejected,
+    requested,
+    reserved,
 )
-from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.events import (
     AuthMethod,
     AuthorizationRequired,
     Envelope,
     Failure,
-    LinkRejected,
-    LinkRejectedData,
     LinkRequested,
     LinkRequestedData,
-    LinkReserved,
-    LinkReservedData,
     MailboxLinked,
     MailboxLinkedData,
-    MailboxOwner,
     MailboxReconnectRequired,
     MailboxUnlinked,
     MailboxUnlinkedData,
     MailboxVerified,
     ProviderType,
-    ServerSettings,
     VerificationFailed,
 )
 from mailbox_link_shared.failures import FailureCode
@@ -47,9 +47,6 @@ from oauth_broker.domain.providers import GOOGLE
 from oauth_broker.domain.sessions import CallbackRefusal
 from oauth_broker.handlers import BrokerDeps, CallbackResult
 
-ADDRESS = "alice@gmail.com"
-ALICE = MailboxOwner(account_id="acme", user_id="u1")
-BOX = SecretBox({"k": SecretStr(generate_key())}, "k")
 APP = OAuthApp(ProviderType.GOOGLE, "client", SecretStr("secret"), "https://cb.test/", GOOGLE)
 
 
@@ -86,9 +83,9 @@ def deps(provider: FakeProvider, mail: FakeMailServers, clock: FakeClock) -> Bro
 
 
 async def test_the_sign_in_url_is_published_only_after_the_reservation(deps: BrokerDeps) -> None:
-    await handlers.when_link_requested_open_session(_requested("l1"), deps)
+    await handlers.when_link_requested_open_session(requested("l1"), deps)
     assert _events(deps) == []
-    await handlers.when_link_reserved_offer_sign_in(_reserved("l1"), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved("l1"), deps)
     [offer] = _events(deps)
     assert isinstance(offer, AuthorizationRequired)
     assert offer.data.link_id == "l1"
@@ -96,35 +93,35 @@ async def test_the_sign_in_url_is_published_only_after_the_reservation(deps: Bro
 
 
 async def test_a_reservation_arriving_first_is_remembered(deps: BrokerDeps) -> None:
-    await handlers.when_link_reserved_offer_sign_in(_reserved("l1"), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved("l1"), deps)
     assert _events(deps) == []
-    await handlers.when_link_requested_open_session(_requested("l1"), deps)
+    await handlers.when_link_requested_open_session(requested("l1"), deps)
     [offer] = _events(deps)
     assert isinstance(offer, AuthorizationRequired)
 
 
 async def test_a_redelivered_request_keeps_the_first_sign_in(deps: BrokerDeps) -> None:
-    await handlers.when_link_requested_open_session(_requested("l1"), deps)
-    await handlers.when_link_reserved_offer_sign_in(_reserved("l1"), deps)
-    await handlers.when_link_requested_open_session(_requested("l1"), deps)
+    await handlers.when_link_requested_open_session(requested("l1"), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved("l1"), deps)
+    await handlers.when_link_requested_open_session(requested("l1"), deps)
     urls = {e.data.authorize_url for e in _events(deps) if isinstance(e, AuthorizationRequired)}
     assert len(urls) == 1
 
 
 async def test_password_links_are_not_the_brokers(deps: BrokerDeps) -> None:
-    fields = _requested("l1").data.model_dump()
+    fields = requested("l1").data.model_dump()
     sealed = BOX.seal("{}", ADDRESS)
     fields.update(auth=AuthMethod.PASSWORD, provider=ProviderType.IMAP, credentials=sealed)
     event = LinkRequested(
         correlation_id="l1", producer="link-api", data=LinkRequestedData(**fields)
     )
     await handlers.when_link_requested_open_session(event, deps)
-    await handlers.when_link_reserved_offer_sign_in(_reserved("l1"), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved("l1"), deps)
     assert _events(deps) == []
 
 
 async def test_a_provider_without_credentials_fails_at_once(deps: BrokerDeps) -> None:
-    data = _requested("l1").data.model_copy(update={"provider": ProviderType.YAHOO})
+    data = requested("l1").data.model_copy(update={"provider": ProviderType.YAHOO})
     event = LinkRequested(correlation_id="l1", producer="link-api", data=data)
     await handlers.when_link_requested_open_session(event, deps)
     [failed] = _events(deps)
@@ -139,7 +136,7 @@ async def test_a_provider_without_credentials_fails_at_once(deps: BrokerDeps) ->
 async def test_a_completed_sign_in_verifies_with_sealed_tokens(
     deps: BrokerDeps, provider: FakeProvider, mail: FakeMailServers
 ) -> None:
-    state = await _offered(deps)
+    state = await offer_sign_in(deps)
     outcome = await handlers.complete_sign_in(state, "code", None, "", deps)
     assert outcome.result is CallbackResult.VERIFIED
     verified = _events(deps)[-1]
@@ -158,7 +155,7 @@ async def test_a_completed_sign_in_verifies_with_sealed_tokens(
 async def test_an_error_from_the_provider_fails_the_link(
     deps: BrokerDeps, error: str, code: FailureCode
 ) -> None:
-    state = await _offered(deps)
+    state = await offer_sign_in(deps)
     outcome = await handlers.complete_sign_in(state, None, error, "", deps)
     assert outcome.result is CallbackResult.FAILED
     assert _failure(deps).code is code
@@ -168,7 +165,7 @@ async def test_another_account_is_an_account_mismatch(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.signed_in_as = ("bob@gmail.com",)
-    await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
     failure = _failure(deps)
     assert failure.code is FailureCode.ACCOUNT_MISMATCH
     assert "bob@gmail.com" in failure.detail
@@ -178,7 +175,7 @@ async def test_gmail_spellings_of_the_same_mailbox_match(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.signed_in_as = ("A.Lice+crm@googlemail.com",)
-    outcome = await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
+    outcome = await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
     assert outcome.result is CallbackResult.VERIFIED
 
 
@@ -186,10 +183,10 @@ async def test_a_missing_mail_scope_or_refresh_token_fails_with_its_code(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.scopes = frozenset({"openid", "email"})
-    await handlers.complete_sign_in(await _offered(deps, "l1"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps)
     assert _failure(deps).code is FailureCode.SCOPE_MISSING
     provider.scopes, provider.refresh_token = frozenset(), None
-    await handlers.complete_sign_in(await _offered(deps, "l2"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps)
     assert _failure(deps).code is FailureCode.NO_REFRESH_TOKEN
 
 
@@ -197,14 +194,14 @@ async def test_profile_and_mail_server_refusals_fail_with_their_code(
     deps: BrokerDeps, provider: FakeProvider, mail: FakeMailServers
 ) -> None:
     provider.profile_error = gmail_disabled()
-    await handlers.complete_sign_in(await _offered(deps, "l1"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps)
     assert _failure(deps).code is FailureCode.GMAIL_DISABLED
     provider.profile_error = None
     mail.refuse = FailureCode.IMAP_AUTH_FAILED
-    await handlers.complete_sign_in(await _offered(deps, "l2"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps)
     assert _failure(deps).code is FailureCode.IMAP_DISABLED
     mail.refuse = FailureCode.SMTP_AUTH_FAILED
-    await handlers.complete_sign_in(await _offered(deps, "l3"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l3"), "code", None, "", deps)
     assert _failure(deps).code is FailureCode.SMTP_DISABLED
 
 
@@ -212,18 +209,18 @@ async def test_a_provider_outage_at_the_exchange_is_a_provider_error(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.exchange_error = ProviderUnreachable("token endpoint answered 503")
-    await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
     assert _failure(deps).code is FailureCode.PROVIDER_ERROR
 
 
 async def test_forged_replayed_and_expired_states_change_nothing(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
-    state = await _offered(deps)
+    state = await offer_sign_in(deps)
     forged = await handlers.complete_sign_in("forged", "code", None, "", deps)
     assert forged.refusal is CallbackRefusal.UNKNOWN_STATE
     assert (await handlers.complete_sign_in(state, "code", None, "", deps)).refusal is None
-    late = await _offered(deps, "l2")
+    late = await offer_sign_in(deps, "l2")
     published = len(_events(deps))
     replay = await handlers.complete_sign_in(state, "code", None, "", deps)
     assert replay.refusal is CallbackRefusal.STATE_USED
@@ -236,11 +233,11 @@ async def test_forged_replayed_and_expired_states_change_nothing(
 async def test_a_callback_after_the_reservation_lapsed_is_refused_before_the_registry_says_so(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
-    await handlers.when_link_requested_open_session(_requested("l1"), deps)
-    reserved = _reserved("l1")
-    short = reserved.data.model_copy(update={"expires_at": clock() + timedelta(minutes=2)})
+    await handlers.when_link_requested_open_session(requested("l1"), deps)
+    reservation = reserved("l1")
+    short = reservation.data.model_copy(update={"expires_at": clock() + timedelta(minutes=2)})
     await handlers.when_link_reserved_offer_sign_in(
-        reserved.model_copy(update={"data": short}), deps
+        reservation.model_copy(update={"data": short}), deps
     )
     offer = _events(deps)[-1]
     assert isinstance(offer, AuthorizationRequired)
@@ -255,7 +252,7 @@ async def test_a_callback_after_the_reservation_lapsed_is_refused_before_the_reg
 async def test_a_verified_grant_the_registry_never_answers_is_forgotten(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
-    await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
     clock.advance(timedelta(hours=23))
     await handlers.end_expired_sessions(deps)
     assert await deps.store.get_grant("l1") is not None
@@ -265,8 +262,8 @@ async def test_a_verified_grant_the_registry_never_answers_is_forgotten(
 
 
 async def test_a_link_the_registry_rejected_refuses_its_callback(deps: BrokerDeps) -> None:
-    state = await _offered(deps)
-    await handlers.when_link_rejected_discard(_rejected("l1"), deps)
+    state = await offer_sign_in(deps)
+    await handlers.when_link_rejected_discard(rejected("l1"), deps)
     outcome = await handlers.complete_sign_in(state, "code", None, "", deps)
     assert outcome.refusal is CallbackRefusal.LINK_ENDED
 
@@ -274,7 +271,7 @@ async def test_a_link_the_registry_rejected_refuses_its_callback(deps: BrokerDep
 async def test_an_unfinished_sign_in_expires_with_session_expired(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
-    await _offered(deps)
+    await offer_sign_in(deps)
     clock.advance(timedelta(minutes=11))
     assert await handlers.end_expired_sessions(deps) == 1
     assert _failure(deps).code is FailureCode.SESSION_EXPIRED
@@ -318,8 +315,8 @@ async def test_unlinking_revokes_and_deletes_the_tokens(
 async def test_a_rejected_verified_link_loses_its_tokens_without_revoking(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
-    await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
-    await handlers.when_link_rejected_discard(_rejected("l1"), deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    await handlers.when_link_rejected_discard(rejected("l1"), deps)
     assert await deps.store.get_grant("l1") is None
     assert provider.revoked == []
 
@@ -327,40 +324,8 @@ async def test_a_rejected_verified_link_loses_its_tokens_without_revoking(
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _requested(link_id: str) -> LinkRequested:
-    imap = ServerSettings(host="imap.gmail.com", port=993, security="ssl", username=ADDRESS)
-    smtp = ServerSettings(host="smtp.gmail.com", port=465, security="ssl", username=ADDRESS)
-    data = LinkRequestedData(
-        link_id=link_id, owner=ALICE, address=ADDRESS, provider=ProviderType.GOOGLE,
-        auth=AuthMethod.OAUTH, imap=imap, smtp=smtp,
-    )  # fmt: skip
-    return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
-
-
-def _reserved(link_id: str) -> LinkReserved:
-    data = LinkReservedData(
-        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=FakeClock()() + timedelta(hours=1)
-    )
-    return LinkReserved(correlation_id=link_id, producer="registry", data=data)
-
-
-def _rejected(link_id: str) -> LinkRejected:
-    failure = Failure.of(FailureCode.RESERVATION_EXPIRED)
-    data = LinkRejectedData(link_id=link_id, owner=ALICE, address=ADDRESS, failure=failure)
-    return LinkRejected(correlation_id=link_id, producer="registry", data=data)
-
-
-async def _offered(deps: BrokerDeps, link_id: str = "l1") -> str:
-    """Opens and offers a sign-in; returns its state, as the browser would bring it back."""
-    await handlers.when_link_requested_open_session(_requested(link_id), deps)
-    await handlers.when_link_reserved_offer_sign_in(_reserved(link_id), deps)
-    offer = _events(deps)[-1]
-    assert isinstance(offer, AuthorizationRequired)
-    return parse_qs(urlsplit(offer.data.authorize_url).query)["state"][0]
-
-
 async def _linked(deps: BrokerDeps) -> None:
-    await handlers.complete_sign_in(await _offered(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
     data = MailboxLinkedData(
         link_id="l1", mailbox_id="m1", owner=ALICE, address=ADDRESS, provider=ProviderType.GOOGLE
     )
