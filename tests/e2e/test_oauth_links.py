@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
 
 from localinfra import LocalOAuthServer
 from localinfra.services import RunningServices, start_services
@@ -368,8 +369,12 @@ async def test_tokens_are_refreshed_and_a_refusal_for_good_asks_to_reconnect(
         oauth.access_token_lifetime = 3600
 
 
-async def test_unlinking_revokes_the_tokens_at_the_provider(
-    api: httpx.AsyncClient, registry: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+async def test_unlinking_revokes_the_tokens_at_the_provider_and_deletes_them(
+    api: httpx.AsyncClient,
+    registry: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+    infra: Endpoints,
 ) -> None:
     address = new_account(oauth, "google")
     final, _ = await link_through_sign_in(api, browser, address)
@@ -382,6 +387,17 @@ async def test_unlinking_revokes_the_tokens_at_the_provider(
         return oauth.was_revoked(refresh_token)
 
     await wait_until(revoked)
+    # Deleted everywhere: the broker's grant, and the registry's copy from the verification.
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_uri)
+    try:
+        grants = mongo[f"{NAMESPACE}-oauth-broker"]["grants"]
+        assert await grants.find_one({"address": address}) is None
+        record = await mongo[f"{NAMESPACE}-registry"]["links"].find_one({"address": address})
+        assert record is not None
+        assert record["state"] == "unlinked"
+        assert record["mailbox"]["credentials"] is None
+    finally:
+        await mongo.close()
 
 
 async def test_no_token_appears_in_plaintext_in_topics_documents_or_logs(

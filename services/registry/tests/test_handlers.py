@@ -718,6 +718,10 @@ async def test_unlinked_mailbox_is_announced_freed_and_linkable_by_another_accou
     assert unlinked.data.owner == ALICE
     assert unlinked.data.link_id == "l1"
     assert unlinked.data.unlinked_by is UnlinkedBy.USER
+    record = await deps.store.get_link("l1")
+    assert record is not None
+    assert record.mailbox is not None
+    assert record.mailbox.credentials is None  # deleted with the link
     assert await handlers.list_mailboxes(ALICE, deps) == []
     assert (await handlers.get_plan(ALICE, deps)).used == 0
     assert await handlers.find_owner(ADDRESS, deps) is None

@@ -209,7 +209,11 @@ async def unlink_mailbox(
     if record.state is not LinkState.LINKED:
         return UnlinkResult.NOT_FOUND
     unlinked = _unlinked(record, by)
-    decided = await _decide(record, {LinkState.LINKED}, LinkState.UNLINKED, unlinked, deps)
+    # An unlinked mailbox keeps no credentials: the sealed passwords or tokens go with it.
+    forgotten = replace(record.mailbox, credentials=None) if record.mailbox else None
+    decided = await _decide(
+        record, {LinkState.LINKED}, LinkState.UNLINKED, unlinked, deps, forgotten
+    )
     return UnlinkResult.UNLINKED if decided.state is LinkState.UNLINKED else UnlinkResult.NOT_FOUND
 
 

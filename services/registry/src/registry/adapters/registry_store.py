@@ -260,7 +260,7 @@ def _mailbox_document(mailbox: MailboxDetails) -> dict[str, Any]:
         "mailbox_id": mailbox.mailbox_id,
         "imap": mailbox.imap.model_dump(mode="json"),
         "smtp": mailbox.smtp.model_dump(mode="json"),
-        "credentials": mailbox.credentials.model_dump(),
+        "credentials": mailbox.credentials.model_dump() if mailbox.credentials else None,
         "linked_at": mailbox.linked_at,
         "auth": mailbox.auth.value,
         "reconnect_required": mailbox.reconnect_required,
@@ -286,11 +286,15 @@ def _mailbox(document: dict[str, Any]) -> MailboxDetails:
         mailbox_id=document["mailbox_id"],
         imap=ServerSettings.model_validate(document["imap"]),
         smtp=ServerSettings.model_validate(document["smtp"]),
-        credentials=EncryptedSecret.model_validate(document["credentials"]),
+        credentials=_optional_secret(document.get("credentials")),
         linked_at=document["linked_at"],
         auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
         reconnect_required=_optional_code(document.get("reconnect_required")),
     )
+
+
+def _optional_secret(value: dict[str, Any] | None) -> EncryptedSecret | None:
+    return EncryptedSecret.model_validate(value) if value else None
 
 
 def _optional_code(value: str | None) -> FailureCode | None:

@@ -38,8 +38,8 @@ class MailboxDetails:
     imap: ServerSettings
     smtp: ServerSettings
     # For OAuth mailboxes this is the grant as first verified; the OAuth broker keeps the
-    # refreshed tokens.
-    credentials: EncryptedSecret
+    # refreshed tokens. None once unlinked: the credentials are deleted with the link.
+    credentials: EncryptedSecret | None
     linked_at: datetime
     auth: AuthMethod = AuthMethod.PASSWORD
     # Set when the provider stopped accepting the mailbox's authorization for good.
