@@ -3,6 +3,7 @@ import pytest
 from mailbox_link_shared.addresses import (
     InvalidAddress,
     InvalidHost,
+    mailbox_key,
     normalize_address,
     normalize_host,
 )
@@ -80,3 +81,28 @@ def test_hosts_are_names_or_ips(raw: str, normalized: str) -> None:
 def test_invalid_hosts_are_refused(raw: str) -> None:
     with pytest.raises(InvalidHost):
         normalize_host(raw)
+
+
+@pytest.mark.parametrize(
+    ("address", "canonical"),
+    [
+        ("alice@gmail.com", "alice@gmail.com"),
+        ("  Alice.Smith@GMAIL.com ", "alicesmith@gmail.com"),
+        ("a.l.i.c.e+newsletters@gmail.com", "alice@gmail.com"),
+        ("alice+a+b@gmail.com", "alice@gmail.com"),
+        ("alice@googlemail.com", "alice@gmail.com"),
+        ("Al.ice+x@GoogleMail.com", "alice@gmail.com"),
+        ("bob+shop@outlook.com", "bob@outlook.com"),
+        ("Bob.Jones+x@Hotmail.com", "bob.jones@hotmail.com"),  # Outlook.com keeps dots
+        ("bob+x@live.com", "bob@live.com"),
+        ("bob+x@msn.com", "bob@msn.com"),
+        ("Carol.Lee@Acme.example", "carol.lee@acme.example"),
+        ("carol+x@acme.example", "carol+x@acme.example"),  # Workspace / Microsoft 365: as is
+        ("dave+x@yahoo.com", "dave+x@yahoo.com"),
+        ("d.ave@aol.com", "d.ave@aol.com"),
+    ],
+)
+def test_mailbox_key_is_the_one_spelling_a_mailbox_delivers_to(
+    address: str, canonical: str
+) -> None:
+    assert mailbox_key(address) == canonical

@@ -3,13 +3,16 @@
 from collections import defaultdict
 from typing import Any
 
+from mailbox_link_shared.addresses import mailbox_key
+
 HOLDING = ("reserving", "reserved", "linked")
 
 
 def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> None:
     """Checks guarantees 1 and 2 on the registry's own documents.
 
-    One link at most holds each address (and the lock names it); every slot a user holds
+    One link at most holds each mailbox, whatever its spelling (and the lock names it); every
+    slot a user holds
     belongs to a holding link of theirs, and every holding link holds one slot.
     """
     links = {d["_id"]: d for d in documents["links"]}
@@ -17,7 +20,7 @@ def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> No
     holding_by_user: dict[tuple[str, str], set[str]] = defaultdict(set)
     for link in links.values():
         if link["state"] in HOLDING:
-            holding_by_address[link["address"]].append(link["_id"])
+            holding_by_address[mailbox_key(link["address"])].append(link["_id"])
             holding_by_user[(link["account_id"], link["user_id"])].add(link["_id"])
     for address, holders in holding_by_address.items():
         assert len(holders) == 1, f"{address} held by {len(holders)} links"

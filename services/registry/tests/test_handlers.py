@@ -96,6 +96,21 @@ async def test_verified_mailbox_with_a_reservation_is_linked_and_listed(deps: Re
     assert await handlers.list_mailboxes(BOB, deps) == []
 
 
+async def test_another_spelling_of_a_linked_gmail_mailbox_is_linked_elsewhere(
+    deps: RegistryDeps,
+) -> None:
+    await _link(deps, ALICE, "l1", "bob.smith@gmail.com")
+    await handlers.when_link_requested_reserve(
+        _requested(BOB, "l2", "bobsmith+crm@googlemail.com"), deps
+    )
+    refused = _final(deps, "l2")
+    assert isinstance(refused, LinkRejected)
+    assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
+    owner = await handlers.find_owner("b.o.b.smith@gmail.com", deps)
+    assert owner is not None
+    assert owner.owner == ALICE
+
+
 async def test_reconnect_required_flags_a_linked_mailbox_which_stays_its_owners(
     deps: RegistryDeps,
 ) -> None:

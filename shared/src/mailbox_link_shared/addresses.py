@@ -46,6 +46,28 @@ def normalize_address(raw: str) -> str:
     return address
 
 
+# Providers that deliver one mailbox under several spellings. Gmail ignores dots and "+tags" in
+# the local part and treats googlemail.com as gmail.com; Outlook.com ignores "+tags". Elsewhere
+# (Workspace and Microsoft 365 domains, Yahoo, AOL, any server) only case is ignored, since an
+# alias or a group address is not the same mailbox as the one that receives its mail.
+_GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+_PLUS_TAG_DOMAINS = frozenset({"outlook.com", "hotmail.com", "live.com", "msn.com"})
+
+
+def mailbox_key(address: str) -> str:
+    """Returns the one spelling of the mailbox a normalized address delivers to.
+
+    Uniqueness is decided on this key, so "Bob.Smith+crm@googlemail.com" and
+    "bobsmith@gmail.com" cannot be linked to two accounts.
+    """
+    local, _, domain = address.strip().lower().rpartition("@")
+    if domain in _GMAIL_DOMAINS:
+        return f"{local.split('+', 1)[0].replace('.', '')}@gmail.com"
+    if domain in _PLUS_TAG_DOMAINS:
+        return f"{local.split('+', 1)[0]}@{domain}"
+    return f"{local}@{domain}"
+
+
 def _check_local_part(local: str) -> None:
     if not local:
         raise InvalidAddress("The part before the @ is empty.")

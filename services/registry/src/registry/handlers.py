@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from pydantic import TypeAdapter
 
+from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.events import (
     AuthorizationRequired,
     Envelope,
@@ -305,7 +306,7 @@ async def _refusal_on_sight(
     """Looks, without taking anything, for a reason the request must be refused; returns it
     and the user's slots as read."""
     now = deps.clock()
-    holder_id = await deps.store.address_holder(record.address)
+    holder_id = await deps.store.address_holder(record.mailbox_key)
     if holder_id == record.link_id:
         return None, None  # a redelivery: the link already holds its address
     if holder_id is not None:
@@ -339,7 +340,7 @@ async def _reserve(record: LinkRecord, slots: UserSlots | None, deps: RegistryDe
 
 async def _take_address(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
     for _ in range(MAX_ATTEMPTS):
-        holder_id = await deps.store.lock_address(record.address, record.link_id)
+        holder_id = await deps.store.lock_address(record.mailbox_key, record.link_id)
         if holder_id == record.link_id:
             return None
         holder = await deps.store.get_link(holder_id)
@@ -347,7 +348,7 @@ async def _take_address(record: LinkRecord, deps: RegistryDeps) -> LinkRejected 
         if verdict is not HolderVerdict.STALE:
             return _refusal(record, verdict, holder)
         if holder is None:
-            await deps.store.unlock_address(record.address, holder_id)
+            await deps.store.unlock_address(record.mailbox_key, holder_id)
         else:
             await _let_go(holder, deps)
     raise RuntimeError(f"address {record.address} kept changing hands")
@@ -450,7 +451,7 @@ async def _settle(record: LinkRecord, deps: RegistryDeps, known_open: bool = Fal
     if unfinished and record.outbox is not None:
         await deps.publisher.publish(_MAILBOX_EVENT.validate_python(record.outbox))
     if record.state not in HOLDING:
-        await deps.store.unlock_address(record.address, record.link_id)
+        await deps.store.unlock_address(record.mailbox_key, record.link_id)
         await deps.store.free_slot(record.owner, record.link_id)
     if unfinished and decision_id is not None:
         await deps.store.close_decision(record.link_id, decision_id)
@@ -458,7 +459,7 @@ async def _settle(record: LinkRecord, deps: RegistryDeps, known_open: bool = Fal
 
 
 async def _current_link(address: str, deps: RegistryDeps) -> LinkRecord | None:
-    holder_id = await deps.store.address_holder(address)
+    holder_id = await deps.store.address_holder(mailbox_key(address))
     return await deps.store.get_link(holder_id) if holder_id else None
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.crypto import EncryptedSecret
 from mailbox_link_shared.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_shared.failures import FailureCode
@@ -67,6 +68,11 @@ class LinkRecord:
     def decision_id(self) -> str | None:
         """The event id announcing the latest decision, if any."""
         return str(self.outbox["event_id"]) if self.outbox else None
+
+    @property
+    def mailbox_key(self) -> str:
+        """What the address lock is taken on: one key for every spelling of the mailbox."""
+        return mailbox_key(self.address)
 
     def has_expired(self, now: datetime) -> bool:
         """True if the link is still in flight past its reservation's end."""
