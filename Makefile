@@ -45,8 +45,9 @@ test: lint typecheck infra ## Lint, type-check, then every test against real ser
 asyncapi: setup ## Regenerate shared/asyncapi.yaml from the event models
 	$(UV) run python -m mailbox_link_shared.asyncapi
 
-bench: setup ## Link latency, registry throughput, detection speed (figures in bench/results/)
+bench: setup ## Link latency, registry throughput, detection speed, OAuth link (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
+	$(UV) run python bench/oauth_link.py
 	$(UV) run python bench/registry_throughput.py
 	$(UV) run python bench/detection.py
 
