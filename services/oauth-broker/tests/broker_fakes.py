@@ -248,10 +248,11 @@ def requested(link_id: str) -> LinkRequested:
     return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
 
 
-def reserved(link_id: str) -> LinkReserved:
+def reserved(link_id: str, provider: ProviderType = ProviderType.GOOGLE) -> LinkReserved:
     """The registry's reservation of that request, for an hour."""
+    expires_at = FakeClock()() + timedelta(hours=1)
     data = LinkReservedData(
-        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=FakeClock()() + timedelta(hours=1)
+        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=expires_at, provider=provider
     )
     return LinkReserved(correlation_id=link_id, producer="registry", data=data)
 

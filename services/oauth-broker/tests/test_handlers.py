@@ -116,8 +116,10 @@ async def test_password_links_are_not_the_brokers(deps: BrokerDeps) -> None:
         correlation_id="l1", producer="link-api", data=LinkRequestedData(**fields)
     )
     await handlers.when_link_requested_open_session(event, deps)
-    await handlers.when_link_reserved_offer_sign_in(reserved("l1"), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved("l1", ProviderType.IMAP), deps)
     assert _events(deps) == []
+    assert isinstance(deps.store, InMemoryBrokerStore)
+    assert deps.store.sessions == {}  # not even a note of the reservation
 
 
 async def test_a_provider_without_credentials_fails_at_once(deps: BrokerDeps) -> None:

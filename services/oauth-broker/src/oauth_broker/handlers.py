@@ -145,6 +145,8 @@ async def when_link_requested_open_session(event: LinkRequested, deps: BrokerDep
 
 async def when_link_reserved_offer_sign_in(event: LinkReserved, deps: BrokerDeps) -> None:
     """Publishes the sign-in URL now that the registry holds the address and a plan slot."""
+    if event.data.provider is ProviderType.IMAP:
+        return  # a password link's reservation: nothing to remember
     await deps.store.mark_reserved(event.data.link_id, event.data.expires_at, deps.clock())
     await _offer_if_reserved(event.data.link_id, deps)
 
@@ -331,6 +333,8 @@ async def _announce_verified(
 
 async def when_mailbox_linked_keep_fresh(event: MailboxLinked, deps: BrokerDeps) -> None:
     """Starts refreshing the grant of a link the registry linked."""
+    if event.data.provider is ProviderType.IMAP:
+        return  # a password mailbox: no grant to keep fresh
     if await deps.store.activate_grant(event.data.link_id, event.data.mailbox_id):
         logger.info("link %s linked: its tokens are kept fresh", event.data.link_id)
 

@@ -485,6 +485,7 @@ def _reserved(record: LinkRecord) -> LinkReserved:
         owner=record.owner,
         address=record.address,
         expires_at=record.expires_at,
+        provider=record.provider,
     )
     return LinkReserved(correlation_id=record.link_id, producer=SERVICE_NAME, data=data)
 

@@ -149,6 +149,11 @@ class LinkReservedData(_Data):
     expires_at: datetime = Field(
         description="When the reservation lapses if verification has not finished by then."
     )
+    provider: ProviderType | None = Field(
+        default=None,
+        description="The link request's provider (since 1.2.0), so a verifier can skip "
+        "reservations of links it does not serve.",
+    )
 
 
 class LinkReserved(Envelope):

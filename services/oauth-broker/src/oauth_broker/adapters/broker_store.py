@@ -142,7 +142,7 @@ class MongoBrokerStore:
 
     async def delete_stray_markers(self, before: datetime) -> int:
         """Deletes reservation markers of links that never became OAuth sessions (password
-        links are reserved too, and the broker cannot tell them apart on arrival)."""
+        links' reservations from before contract 1.2.0 carry no provider to tell them apart)."""
         result = await self._sessions.delete_many(
             {"requested": {"$ne": True}, "marked_at": {"$lt": before}}
         )
