@@ -387,11 +387,16 @@ async def test_unlinking_revokes_the_tokens_at_the_provider_and_deletes_them(
         return oauth.was_revoked(refresh_token)
 
     await wait_until(revoked)
-    # Deleted everywhere: the broker's grant, and the registry's copy from the verification.
+    # Deleted everywhere: the broker's grant (just after revoking), and the registry's copy
+    # from the verification (when it unlinked).
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_uri)
     try:
         grants = mongo[f"{NAMESPACE}-oauth-broker"]["grants"]
-        assert await grants.find_one({"address": address}) is None
+
+        async def grant_deleted() -> bool:
+            return await grants.find_one({"address": address}) is None
+
+        await wait_until(grant_deleted)
         record = await mongo[f"{NAMESPACE}-registry"]["links"].find_one({"address": address})
         assert record is not None
         assert record["state"] == "unlinked"

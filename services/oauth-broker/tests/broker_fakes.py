@@ -210,6 +210,9 @@ class FakeProvider:
             raise self.profile_error
         return SignedInMailbox(self.signed_in_as)
 
+    async def aclose(self) -> None:
+        return None
+
 
 def gmail_disabled() -> AuthorizationFailed:
     return AuthorizationFailed(FailureCode.GMAIL_DISABLED, "Mail service not enabled")

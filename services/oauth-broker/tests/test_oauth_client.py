@@ -59,7 +59,9 @@ def tls(local_stack: LocalStack) -> ssl.SSLContext:
 
 
 @pytest.fixture(scope="module")
-async def clients(oauth: LocalOAuthServer, tls: ssl.SSLContext) -> dict[ProviderType, OAuthClient]:
+async def clients(
+    oauth: LocalOAuthServer, tls: ssl.SSLContext
+) -> AsyncIterator[dict[ProviderType, OAuthClient]]:
     """One client per provider, registered at the server under a fresh app id."""
     client_id, client_secret = f"adapter-{secrets.token_hex(4)}", secrets.token_urlsafe(32)
     oauth.register_client(client_id, client_secret, [REDIRECT_URI])
@@ -74,7 +76,9 @@ async def clients(oauth: LocalOAuthServer, tls: ssl.SSLContext) -> dict[Provider
         endpoints = apply_overrides(endpoints, {"profile_url": profile_url})
         app = OAuthApp(provider, client_id, SecretStr(client_secret), REDIRECT_URI, endpoints)
         built[provider] = OAuthClient(app, tls, TIMEOUT)
-    return built
+    yield built
+    for client in built.values():
+        await client.aclose()
 
 
 @pytest.fixture
@@ -212,6 +216,7 @@ async def test_google_exchange_and_id_token(
     with pytest.raises(AuthorizationFailed) as wrong_audience:
         await other.check_id_token(tokens.id_token, fresh.nonce)
     assert wrong_audience.value.code is FailureCode.PROVIDER_ERROR
+    await other.aclose()
 
     mailbox = await client.signed_in_mailbox(tokens, now())
 
@@ -424,3 +429,4 @@ async def test_an_unreachable_provider_is_provider_unreachable(
         await offline.signed_in_mailbox(
             TokenResponse("access", None, now(), frozenset(), None), now()
         )
+    await offline.aclose()

@@ -51,6 +51,10 @@ def build_app(settings: Settings) -> FastAPI:
     async def load_providers() -> None:
         clients.update(await _build_clients(settings))
 
+    async def close_providers() -> None:
+        for client in clients.values():
+            await client.aclose()
+
     return build_http_app(
         title="mailbox-link oauth-broker",
         router=None,
@@ -63,7 +67,7 @@ def build_app(settings: Settings) -> FastAPI:
             broker.start,
             housekeeper.start,
         ],
-        on_stop=[housekeeper.stop, broker.stop, mongo.close],
+        on_stop=[housekeeper.stop, broker.stop, close_providers, mongo.close],
     )
 
 

@@ -3,6 +3,7 @@ refresh, revocation, id token checks, and reading which mailbox signed in."""
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from oauth_broker.domain.providers import MailboxProfile, ProviderEndpoints
 from oauth_broker.domain.sessions import SessionSecrets
 
 logger = logging.getLogger(__name__)
+JWKS_LIFETIME = 3600.0  # seconds a provider's signing keys are trusted without asking again
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,16 @@ class OAuthClient:
         self.app = app
         self._tls = tls
         self._timeout = timeout
+        # One pooled client for the provider's APIs (keys, userinfo, profiles): a sign-in makes
+        # several calls, and a TLS handshake each costs more than the call.
+        self._http: httpx2.AsyncClient | None = None
+        self._keys: tuple[float, KeySet] | None = None  # (fetched at, monotonic), the JWKS
+
+    async def aclose(self) -> None:
+        """Closes the pooled connections."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
         """Returns the provider sign-in URL for a session: state, PKCE S256, nonce, hint."""
@@ -138,9 +150,8 @@ class OAuthClient:
     async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         """Verifies the id token's signature, issuer, audience, expiry and our nonce."""
         endpoints = self.app.endpoints
-        keys = KeySet.import_key_set(await self._get_json(endpoints.jwks_url, None))  # type: ignore[arg-type]
         try:
-            claims = jwt.decode(id_token, keys).claims
+            claims = await self._decode(id_token)
             expected: dict[str, Any] = {
                 "aud": {"essential": True, "value": self.app.client_id},
                 "nonce": {"essential": True, "value": nonce},
@@ -154,6 +165,19 @@ class OAuthClient:
                 FailureCode.PROVIDER_ERROR, f"the id token did not check out ({exc})"
             ) from None
         return dict(claims)
+
+    async def _decode(self, id_token: str) -> dict[str, Any]:
+        # Keys are cached for an hour; a token signed with a key we do not have yet (the
+        # provider rotated) fetches them again once.
+        cached = self._keys is not None and time.monotonic() - self._keys[0] < JWKS_LIFETIME
+        if self._keys is not None and cached:
+            try:
+                return dict(jwt.decode(id_token, self._keys[1]).claims)
+            except (JoseError, ValueError):
+                pass
+        document = await self._get_json(self.app.endpoints.jwks_url, None)
+        self._keys = (time.monotonic(), KeySet.import_key_set(document))  # type: ignore[arg-type]
+        return dict(jwt.decode(id_token, self._keys[1]).claims)
 
     async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         """Reads which mailbox the user signed in to, the provider's way."""
@@ -193,9 +217,10 @@ class OAuthClient:
 
     async def _get_json(self, url: str, access_token: str | None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
+        if self._http is None:
+            self._http = httpx2.AsyncClient(verify=self._tls, timeout=self._timeout)
         try:
-            async with httpx2.AsyncClient(verify=self._tls, timeout=self._timeout) as client:
-                response = await client.get(url, headers=headers)
+            response = await self._http.get(url, headers=headers)
         except httpx2.HTTPError as exc:
             raise ProviderUnreachable(f"{url}: {type(exc).__name__}") from None
         if response.status_code >= 500:
