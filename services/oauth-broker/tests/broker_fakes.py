@@ -60,6 +60,7 @@ class InMemoryBrokerStore:
     def __init__(self) -> None:
         self.sessions: dict[str, _Session] = {}
         self.grants: dict[str, StoredGrant] = {}
+        self.leases: dict[str, datetime] = {}
 
     async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
         entry = self.sessions.setdefault(session.link.link_id, _Session())
@@ -133,6 +134,16 @@ class InMemoryBrokerStore:
             if g.status is GrantStatus.ACTIVE and g.expires_at < before
         ]
 
+    async def lease_refresh(self, link_id: str, now: datetime, until: datetime) -> bool:
+        grant = self.grants.get(link_id)
+        if grant is None or grant.status is not GrantStatus.ACTIVE:
+            return False
+        held = self.leases.get(link_id)
+        if held is not None and held > now:
+            return False
+        self.leases[link_id] = until
+        return True
+
     async def renew_grant(
         self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
     ) -> bool:
@@ -140,6 +151,7 @@ class InMemoryBrokerStore:
         if grant is None or grant.status is not GrantStatus.ACTIVE:
             return False
         self.grants[link_id] = replace(grant, sealed=sealed, expires_at=expires_at)
+        self.leases.pop(link_id, None)
         return True
 
     async def mark_reconnect_required(self, link_id: str) -> bool:

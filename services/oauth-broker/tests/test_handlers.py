@@ -1,5 +1,6 @@
 """The broker's handlers with hand-written fakes: sessions, callbacks, grants, refresh."""
 
+import asyncio
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -297,10 +298,27 @@ async def test_linked_grants_refresh_before_expiry_and_reconnect_when_refused(
     assert not [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
     provider.refresh_error = invalid_grant()
     await handlers.refresh_due_grants(deps)
+    assert not [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
+    clock.advance(timedelta(minutes=1))  # the failed attempt's lease lapses: try again
+    await handlers.refresh_due_grants(deps)
     [reconnect] = [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
     assert reconnect.data.mailbox_id == "m1"
     assert reconnect.data.failure.code is FailureCode.RECONNECT_REQUIRED
     assert await handlers.refresh_due_grants(deps) == 0
+
+
+async def test_two_brokers_never_refresh_one_grant_at_once(
+    deps: BrokerDeps, provider: FakeProvider, clock: FakeClock
+) -> None:
+    await _linked(deps)
+    clock.advance(timedelta(minutes=56))
+    [grant] = await deps.store.grants_due(clock() + timedelta(minutes=5))
+    # Both brokers read the same due grant; whichever comes second must not use its old copy.
+    await asyncio.gather(handlers.refresh_grant(grant, deps), handlers.refresh_grant(grant, deps))
+    assert provider.refreshed == 1
+    clock.advance(timedelta(minutes=2))  # the leases are long gone: still nothing due
+    await handlers.refresh_grant(grant, deps)
+    assert provider.refreshed == 1
 
 
 async def test_unlinking_revokes_and_deletes_the_tokens(

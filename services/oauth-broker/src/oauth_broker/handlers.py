@@ -75,6 +75,9 @@ _MARKER_LIFETIME = timedelta(hours=1)
 # reservation's expiry (the rejection was handled before the grant was stored): forget it.
 # Generous, so a registry outage never costs a mailbox its tokens.
 _UNANSWERED_GRANT_LIFETIME = timedelta(days=1)
+# How long one broker may take to refresh a grant before another may try; a failed refresh is
+# retried when it lapses, which spaces out retries against a provider that is down.
+_REFRESH_LEASE = timedelta(minutes=1)
 
 
 class OAuthProviderClient(Protocol):
@@ -390,6 +393,16 @@ async def refresh_due_grants(deps: BrokerDeps) -> int:
 
 async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> None:
     """Renews one grant; a refusal for good marks the mailbox reconnect_required."""
+    now = deps.clock()
+    if not await deps.store.lease_refresh(grant.link_id, now, now + _REFRESH_LEASE):
+        return  # another broker is refreshing it
+    # Read again under the lease: another broker may have refreshed it since `grant` was read,
+    # and an old (rotated) refresh token would now be refused as if access were revoked.
+    current = await deps.store.get_grant(grant.link_id)
+    due_by = refresh_due_by(now, deps.refresh_margin)
+    if current is None or current.status is not GrantStatus.ACTIVE or current.expires_at >= due_by:
+        return
+    grant = current
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
     try:
         fresh = await deps.clients[grant.provider].refresh(tokens.refresh_token, deps.clock())

@@ -40,6 +40,7 @@ class BrokerStore(Protocol):
     async def get_grant(self, link_id: str) -> StoredGrant | None: ...
     async def activate_grant(self, link_id: str, mailbox_id: str) -> bool: ...
     async def grants_due(self, before: datetime) -> list[StoredGrant]: ...
+    async def lease_refresh(self, link_id: str, now: datetime, until: datetime) -> bool: ...
     async def renew_grant(
         self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
     ) -> bool: ...
@@ -174,13 +175,32 @@ class MongoBrokerStore:
         )
         return [_grant(document) async for document in cursor]
 
+    async def lease_refresh(self, link_id: str, now: datetime, until: datetime) -> bool:
+        """Takes the right to refresh an active grant until `until`; False if another broker
+        holds it. Two refreshes at once would, with rotating refresh tokens, revoke each other."""
+        result = await self._grants.update_one(
+            {
+                "_id": link_id,
+                "status": GrantStatus.ACTIVE.value,
+                "$or": [{"refresh_lease": None}, {"refresh_lease": {"$lte": now}}],
+            },
+            {"$set": {"refresh_lease": until}},
+        )
+        return result.modified_count == 1
+
     async def renew_grant(
         self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
     ) -> bool:
-        """Stores refreshed tokens, unless the grant was deleted or ended meanwhile."""
+        """Stores refreshed tokens and frees the lease, unless the grant ended meanwhile."""
         result = await self._grants.update_one(
             {"_id": link_id, "status": GrantStatus.ACTIVE.value},
-            {"$set": {"sealed": sealed.model_dump_json(), "expires_at": expires_at}},
+            {
+                "$set": {
+                    "sealed": sealed.model_dump_json(),
+                    "expires_at": expires_at,
+                    "refresh_lease": None,
+                }
+            },
         )
         return result.modified_count == 1
 
