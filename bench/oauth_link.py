@@ -11,9 +11,7 @@ Figures go to bench/results/oauth-link.json.
 
 import argparse
 import asyncio
-import html
 import json
-import re
 import secrets
 import ssl
 import statistics
@@ -26,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from localinfra.services import ServiceConfig, start_services
+from localinfra.oauth_server import consent_form
+from localinfra.services import ServiceConfig, register_broker_app, start_services
 from localinfra.stack import Endpoints, LocalStack
 from mailbox_link_shared.mail_probes import Endpoint, probe_imap_xoauth2, probe_smtp_xoauth2
 from mailbox_link_shared.mail_settings import ConnectionSecurity
@@ -61,10 +60,7 @@ async def one_link(
     offered = await _wait_for(api, accepted["status_url"], "authorization_required")
     url = offered["authorization"]["url"]
     page = await browser.get(url)
-    scopes = [html.unescape(s) for s in re.findall(r'name="scope" value="([^"]+)"', page.text)]
-    answer = await browser.post(
-        url, data={"account": address, "decision": "allow", "scope": scopes}
-    )
+    answer = await browser.post(url, data=consent_form(page.text, address))
     callback_began = time.time()
     callback = await browser.get(answer.headers["location"])
     callback_ended = time.time()
@@ -151,10 +147,7 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory(prefix="mbl-bench-") as logs:
             services = start_services(config, Path(logs))
-            callback = f"{services.broker_url}/v1/oauth/callback"
-            stack.oauth_server.register_client(
-                config.oauth_client_id, config.oauth_client_secret, [callback]
-            )
+            register_broker_app(stack.oauth_server, config, services)
             try:
                 run = measure(
                     stack, infra, services.api_url, services.caller_token, args.links, args.warmup

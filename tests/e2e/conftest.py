@@ -12,7 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from localinfra.services import RunningServices, ServiceConfig, start_services
+from localinfra.services import (
+    RunningServices,
+    ServiceConfig,
+    register_broker_app,
+    start_services,
+)
 from localinfra.stack import Endpoints, LocalStack
 
 TERMINAL = ("linked", "failed")
@@ -41,7 +46,7 @@ def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
     """Returns the services' configuration for this stack, with test overrides."""
     # The local DNS server only: no test may send DNS questions to the internet.
     # The OAuth broker signs in at the local OAuth server and checks mailboxes on the OAuth
-    # Dovecot (register the client with `register_oauth_client` once the services run).
+    # Dovecot (register the client with `register_broker_app` once the services run).
     settings: dict[str, Any] = {
         "kafka_bootstrap": infra.kafka_bootstrap,
         "mongodb_uri": infra.mongodb_uri,
@@ -55,21 +60,11 @@ def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
     return ServiceConfig(**{**settings, **overrides})
 
 
-def register_oauth_client(
-    stack: LocalStack, config: ServiceConfig, running: RunningServices
-) -> None:
-    """Registers the broker's app (its client id, secret and callback) at the OAuth server."""
-    callback = f"{running.broker_url}/v1/oauth/callback"
-    stack.oauth_server.register_client(
-        config.oauth_client_id, config.oauth_client_secret, [callback]
-    )
-
-
 @pytest.fixture(scope="session")
 def services(infra: Endpoints, workdir: Path, local_stack: LocalStack) -> Iterator[RunningServices]:
     config = service_config(infra, namespace="e2e")
     running = start_services(config, workdir / "services")
-    register_oauth_client(local_stack, config, running)
+    register_broker_app(local_stack.oauth_server, config, running)
     try:
         yield running
     finally:

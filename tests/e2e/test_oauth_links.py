@@ -2,8 +2,6 @@
 local authorization server's sign-in, on real Kafka, FerretDB and the OAuth Dovecot."""
 
 import asyncio
-import html
-import re
 import secrets
 import ssl
 import time
@@ -17,13 +15,13 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from localinfra import LocalOAuthServer
-from localinfra.services import RunningServices, start_services
+from localinfra.oauth_server import consent_form
+from localinfra.services import RunningServices, register_broker_app, start_services
 from localinfra.stack import Endpoints, LocalStack
 
 from .conftest import (
     TERMINAL,
     caller,
-    register_oauth_client,
     request_link,
     service_config,
     unique_user_id,
@@ -59,7 +57,7 @@ def oauth_services(
         },
     )
     running = start_services(config, workdir / NAMESPACE)
-    register_oauth_client(local_stack, config, running)
+    register_broker_app(local_stack.oauth_server, config, running)
     try:
         yield running
     finally:
@@ -113,12 +111,7 @@ class Browser:
         """Signs in as `account` and answers the consent page; returns where it redirects."""
         page = await self._client.get(authorize_url)
         assert page.status_code == 200, page.text
-        offered = [html.unescape(s) for s in re.findall(r'name="scope" value="([^"]+)"', page.text)]
-        form = {
-            "account": account,
-            "decision": decision,
-            "scope": [s for s in offered if s not in uncheck],
-        }
+        form = consent_form(page.text, account, decision, uncheck)
         answer = await self._client.post(authorize_url, data=form)
         assert answer.status_code in (302, 303), answer.text
         return answer.headers["location"]
@@ -446,7 +439,7 @@ def expiring_services(
     running = start_services(
         config, workdir / namespace, modules=("registry", "oauth_broker", "link_api")
     )
-    register_oauth_client(local_stack, config, running)
+    register_broker_app(local_stack.oauth_server, config, running)
     try:
         yield running
     finally:

@@ -1,14 +1,13 @@
 """Hand-written in-memory stand-ins for link-api's storage, DNS and autoconfig, for tests."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from link_api.adapters.dns_lookup import Answer, SrvTarget
 from link_api.adapters.link_store import IdempotencyRecord
-from link_api.domain.link_status import LinkStatus, LinkView
+from link_api.domain.link_status import LinkProgress, LinkView
 from link_api.domain.providers import Discovered
-from mailbox_link_shared.events import Failure
 
 DNS_TTL = 300
 R = TypeVar("R")
@@ -31,34 +30,11 @@ class InMemoryLinkStore:
     async def get_link(self, link_id: str) -> LinkView | None:
         return self.links.get(link_id)
 
-    async def advance_link(
-        self,
-        link_id: str,
-        status: LinkStatus,
-        allowed_from: frozenset[LinkStatus],
-        at: datetime,
-        failure: Failure | None = None,
-        mailbox_id: str | None = None,
-        already_linked: bool = False,
-        authorize_url: str | None = None,
-        authorization_expires_at: datetime | None = None,
-    ) -> LinkView | None:
+    async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
         link = self.links.get(link_id)
-        if link is None or link.status not in allowed_from:
+        if link is None or link.status not in progress.allowed_from:
             return None
-        changes: dict[str, Any] = {
-            "status": status,
-            "updated_at": at,
-            "authorize_url": authorize_url,
-            "authorization_expires_at": authorization_expires_at,
-        }
-        if already_linked:
-            changes["already_linked"] = True
-        if failure is not None:
-            changes["failure"] = failure
-        if mailbox_id is not None:
-            changes["mailbox_id"] = mailbox_id
-        moved = LinkView(**{**link.__dict__, **changes})
+        moved = replace(link, **progress.changes())
         self.links[link_id] = moved
         return moved
 

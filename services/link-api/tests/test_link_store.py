@@ -9,7 +9,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from link_api.adapters.link_store import IdempotencyRecord, MongoLinkStore
-from link_api.domain.link_status import LinkStatus, LinkView
+from link_api.domain.link_status import LinkProgress, LinkStatus, LinkView
 from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType, utc_now
 from mailbox_link_shared.failures import FailureCode
 
@@ -60,15 +60,11 @@ async def test_an_expired_claim_is_taken_over_and_a_released_one_is_free(
 async def test_status_moves_only_from_the_allowed_statuses(store: MongoLinkStore) -> None:
     await store.insert_link(_link("l1"))
     failure = Failure.of(FailureCode.TIMEOUT)
-    failed = await store.advance_link(
-        "l1", LinkStatus.FAILED, frozenset({LinkStatus.PENDING}), utc_now(), failure
-    )
+    failed = await store.advance_link("l1", LinkProgress(LinkStatus.FAILED, utc_now(), failure))
     assert failed is not None
     assert failed.status is LinkStatus.FAILED
     assert failed.failure == failure
-    again = await store.advance_link(
-        "l1", LinkStatus.LINKED, frozenset({LinkStatus.PENDING}), utc_now()
-    )
+    again = await store.advance_link("l1", LinkProgress(LinkStatus.LINKED, utc_now()))
     assert again is None
     stored = await store.get_link("l1")
     assert stored is not None
@@ -87,19 +83,18 @@ async def test_an_oauth_link_keeps_its_sign_in_url_only_while_authorization_is_r
     expires_at = (now + timedelta(minutes=10)).replace(microsecond=0)  # MongoDB keeps ms
     waiting = await store.advance_link(
         "l1",
-        LinkStatus.AUTHORIZATION_REQUIRED,
-        frozenset({LinkStatus.PENDING}),
-        utc_now(),
-        authorize_url="https://accounts.google.com/o/oauth2/v2/auth?state=s1",
-        authorization_expires_at=expires_at,
+        LinkProgress(
+            LinkStatus.AUTHORIZATION_REQUIRED,
+            utc_now(),
+            authorize_url="https://accounts.google.com/o/oauth2/v2/auth?state=s1",
+            authorization_expires_at=expires_at,
+        ),
     )
     assert waiting is not None
     assert (waiting.auth, waiting.provider) == (AuthMethod.OAUTH, ProviderType.GOOGLE)
     assert waiting.authorize_url == "https://accounts.google.com/o/oauth2/v2/auth?state=s1"
     assert waiting.authorization_expires_at == expires_at
-    verified = await store.advance_link(
-        "l1", LinkStatus.VERIFIED, frozenset({LinkStatus.AUTHORIZATION_REQUIRED}), utc_now()
-    )
+    verified = await store.advance_link("l1", LinkProgress(LinkStatus.VERIFIED, utc_now()))
     assert verified is not None
     assert (verified.authorize_url, verified.authorization_expires_at) == (None, None)
     assert verified.auth is AuthMethod.OAUTH

@@ -80,10 +80,12 @@ class InMemoryBrokerStore:
             entry.session, reserved_until=entry.reserved_until, status=entry.status
         ), entry.sealed
 
-    async def find_session_by_state(self, digest: str) -> str | None:
+    async def session_by_state(
+        self, digest: str
+    ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
         for link_id, entry in self.sessions.items():
             if entry.session is not None and entry.session.state_digest == digest:
-                return link_id
+                return await self.get_session(link_id)
         return None
 
     async def claim_session(self, link_id: str, now: datetime) -> bool:

@@ -7,8 +7,6 @@ from the redirect's Location without following it: the redirect URI is never vis
 
 import base64
 import hashlib
-import html
-import re
 import secrets
 import ssl
 from collections.abc import AsyncIterator
@@ -21,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from localinfra import LocalOAuthServer, LocalStack
+from localinfra.oauth_server import consent_form
 from mailbox_link_shared.events import ProviderType
 from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.settings import tls_context
@@ -105,13 +104,7 @@ async def sign_in(
     url = client.authorize_url(fresh, login_hint=address)
     page = await browser.get(url)
     assert page.status_code == 200, page.text
-    offered = [html.unescape(s) for s in re.findall(r'name="scope" value="([^"]+)"', page.text)]
-    form = {
-        "account": address,
-        "decision": "allow",
-        "scope": [s for s in offered if s not in uncheck],
-    }
-    answer = await browser.post(url, data=form)
+    answer = await browser.post(url, data=consent_form(page.text, address, uncheck=uncheck))
     assert answer.status_code in (302, 303), answer.text
     location = answer.headers["location"]
     assert location.startswith(f"{REDIRECT_URI}?"), location

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import re
 import secrets
 import ssl
 import threading
@@ -861,3 +862,17 @@ def _consent_html(
         "</form>",
     ]
     return "\n".join(lines)
+
+
+def consent_form(
+    page: str, account: str, decision: str = "allow", uncheck: Iterable[str] = ()
+) -> dict[str, str | list[str]]:
+    """Returns what a person's browser posts back from the consent page: `account` signed in,
+    `decision` (allow or deny), and every offered scope except those they `uncheck`."""
+    offered = [html.unescape(s) for s in re.findall(r'name="scope" value="([^"]+)"', page)]
+    left_out = set(uncheck)
+    return {
+        "account": account,
+        "decision": decision,
+        "scope": [scope for scope in offered if scope not in left_out],
+    }

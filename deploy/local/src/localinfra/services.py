@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localinfra.mongo import mongo_pool_size
+from localinfra.oauth_server import LocalOAuthServer
 from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
 
@@ -153,6 +154,15 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
 def oauth_redirect_uri(broker_port: int) -> str:
     """Returns the broker's callback URL, to register with the OAuth server."""
     return f"http://127.0.0.1:{broker_port}/v1/oauth/callback"
+
+
+def register_broker_app(
+    server: LocalOAuthServer, config: ServiceConfig, running: RunningServices
+) -> None:
+    """Registers the broker's app (client id, secret, callback) at the local OAuth server, as
+    an operator registers it with Google or Microsoft; do it once the services run."""
+    callback = f"{running.broker_url}/v1/oauth/callback"
+    server.register_client(config.oauth_client_id, config.oauth_client_secret, [callback])
 
 
 def _broker_environment(config: ServiceConfig, broker_port: int) -> dict[str, str]:

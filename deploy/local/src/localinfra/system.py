@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from localinfra.ports import port_is_open
-from localinfra.services import ServiceConfig, start_services
+from localinfra.services import ServiceConfig, register_broker_app, start_services
 from localinfra.stack import DISCOVERABLE_DOMAIN, LocalStack
 
 DEMO_ADDRESS = "alice@example.org"
@@ -46,8 +46,9 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
         )
         services = start_services(config, state_dir / "logs")
         try:
-            _register_oauth_demo(stack, config.oauth_client_id, config.oauth_client_secret,
-                                 services.broker_url)  # fmt: skip
+            register_broker_app(stack.oauth_server, config, services)
+            for provider, address in OAUTH_DEMOS.items():
+                stack.oauth_server.add_user(provider, address)
             (state_dir / "demo-oauth-link.json").write_text(
                 json.dumps({"email": OAUTH_DEMOS["google"], "terms_accepted": True}, indent=2)
             )
@@ -75,16 +76,6 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
             services.stop()
     finally:
         stack.stop()
-
-
-def _register_oauth_demo(
-    stack: LocalStack, client_id: str, client_secret: str, broker_url: str
-) -> None:
-    """Registers the broker's app at the local OAuth server and creates the demo accounts."""
-    server = stack.oauth_server
-    server.register_client(client_id, client_secret, [f"{broker_url}/v1/oauth/callback"])
-    for provider, address in OAUTH_DEMOS.items():
-        server.add_user(provider, address)
 
 
 def _port_if_free(port: int) -> int:

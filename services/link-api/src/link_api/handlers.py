@@ -4,18 +4,17 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from link_api.adapters.link_store import IdempotencyRecord, LinkStore
 from link_api.config import SERVICE_NAME
 from link_api.detection import DetectsProviders
 from link_api.domain.link_request import CannotLink, LinkPlan, LinkRequest, auth_for
-from link_api.domain.link_status import LinkStatus, LinkView, statuses_that_may_become
+from link_api.domain.link_status import TERMINAL, LinkProgress, LinkStatus, LinkView
 from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.events import (
     AuthorizationRequired,
-    Failure,
     LinkRejected,
     LinkRequested,
     LinkRequestedData,
@@ -140,7 +139,7 @@ async def when_mailbox_verified_update_status(event: MailboxVerified, deps: Link
 
     A VerificationFailed needs nothing here: the registry answers it with LinkRejected.
     """
-    await _advance(event.data.link_id, LinkStatus.VERIFIED, deps)
+    await _advance(event.data.link_id, LinkProgress(LinkStatus.VERIFIED, utc_now()), deps)
 
 
 async def when_authorization_required_show_url(
@@ -152,59 +151,39 @@ async def when_authorization_required_show_url(
     ended, a late or repeated event must not bring a sign-in URL back.
     """
     data = event.data
-    await _advance(
-        data.link_id,
+    progress = LinkProgress(
         LinkStatus.AUTHORIZATION_REQUIRED,
-        deps,
+        utc_now(),
         authorize_url=data.authorize_url,
         authorization_expires_at=data.expires_at,
     )
+    await _advance(data.link_id, progress, deps)
 
 
 async def when_registry_answer_update_status(
     event: LinkReserved | MailboxLinked | LinkRejected, deps: LinkApiDeps
 ) -> None:
     """Moves the link to reserved, linked, or failed with the reason, as the registry decided."""
-    data = event.data
+    now = utc_now()
     if isinstance(event, LinkReserved):
-        await _advance(data.link_id, LinkStatus.RESERVED, deps)
+        progress = LinkProgress(LinkStatus.RESERVED, now)
     elif isinstance(event, MailboxLinked):
-        await _advance(data.link_id, LinkStatus.LINKED, deps, mailbox_id=event.data.mailbox_id)
+        progress = LinkProgress(LinkStatus.LINKED, now, mailbox_id=event.data.mailbox_id)
     elif event.data.failure.code is FailureCode.ALREADY_LINKED:
         # Not an error for the caller: the mailbox they asked for is linked to them.
-        mailbox_id = event.data.mailbox_id
-        await _advance(
-            data.link_id, LinkStatus.LINKED, deps, mailbox_id=mailbox_id, already_linked=True
+        progress = LinkProgress(
+            LinkStatus.LINKED, now, mailbox_id=event.data.mailbox_id, already_linked=True
         )
     else:
-        await _advance(data.link_id, LinkStatus.FAILED, deps, failure=event.data.failure)
+        progress = LinkProgress(LinkStatus.FAILED, now, failure=event.data.failure)
+    await _advance(event.data.link_id, progress, deps)
 
 
-async def _advance(
-    link_id: str,
-    status: LinkStatus,
-    deps: LinkApiDeps,
-    failure: Failure | None = None,
-    mailbox_id: str | None = None,
-    already_linked: bool = False,
-    authorize_url: str | None = None,
-    authorization_expires_at: datetime | None = None,
-) -> None:
-    allowed_from = statuses_that_may_become(status)
-    moved = await deps.store.advance_link(
-        link_id,
-        status,
-        allowed_from,
-        utc_now(),
-        failure,
-        mailbox_id,
-        already_linked,
-        authorize_url,
-        authorization_expires_at,
-    )
-    if moved is not None and status in (LinkStatus.LINKED, LinkStatus.FAILED):
+async def _advance(link_id: str, progress: LinkProgress, deps: LinkApiDeps) -> None:
+    moved = await deps.store.advance_link(link_id, progress)
+    if moved is not None and progress.status in TERMINAL:
         await deps.store.release_in_flight(link_id)
-        logger.info("link %s is %s", link_id, status.value)
+        logger.info("link %s is %s", link_id, progress.status.value)
 
 
 async def plan_link(

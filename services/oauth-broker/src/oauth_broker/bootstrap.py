@@ -1,5 +1,6 @@
 """The one place that wires the broker together: settings in, a runnable ASGI app out."""
 
+import dataclasses
 import functools
 
 from fastapi import FastAPI
@@ -20,10 +21,11 @@ from oauth_broker.entrypoints.housekeeping import make_housekeeper
 from oauth_broker.entrypoints.http import build_public_router
 from oauth_broker.handlers import BrokerDeps, MailServers, OAuthProviderClient
 
-_ENDPOINT_FIELDS = (
-    "authorize_url", "token_url", "userinfo_url", "jwks_url", "issuer", "revocation_url",
-    "profile_url", "scopes",
-)  # fmt: skip
+# The endpoint settings an operator may override: ProviderEndpoints' fields that
+# ProviderSettings also has.
+_OVERRIDABLE = tuple(
+    f.name for f in dataclasses.fields(ProviderEndpoints) if f.name in ProviderSettings.model_fields
+)
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -94,7 +96,7 @@ async def _endpoints(
             configured.discovery_url, settings.oauth_tls(), settings.oauth_timeout_seconds
         )
         endpoints = apply_discovery(endpoints, document)
-    return apply_overrides(endpoints, {f: getattr(configured, f) for f in _ENDPOINT_FIELDS})
+    return apply_overrides(endpoints, {f: getattr(configured, f) for f in _OVERRIDABLE})
 
 
 def _mail_servers(settings: Settings) -> dict[ProviderType, MailServers]:

@@ -44,7 +44,6 @@ from oauth_broker.domain.grants import (
     StoredGrant,
     TokenGrant,
     missing_scopes,
-    refresh_due_by,
 )
 from oauth_broker.domain.mailbox_identity import matches_any
 from oauth_broker.domain.outcomes import (
@@ -236,8 +235,7 @@ async def _claim_session(
 ) -> tuple[AuthorizationSession, EncryptedSecret] | CallbackRefusal:
     """Finds the state's session and uses it up, or says why the callback must be refused."""
     now = deps.clock()
-    link_id = await deps.store.find_session_by_state(state_digest(state)) if state else None
-    found = await deps.store.get_session(link_id) if link_id else None
+    found = await deps.store.session_by_state(state_digest(state)) if state else None
     refusal = refuse_callback(found[0] if found else None, now)
     if refusal is not None or found is None:
         return refusal or CallbackRefusal.UNKNOWN_STATE
@@ -381,7 +379,7 @@ async def when_mailbox_unlinked_revoke(event: MailboxUnlinked, deps: BrokerDeps)
 
 async def refresh_due_grants(deps: BrokerDeps) -> int:
     """Refreshes every active grant whose access token expires within the margin."""
-    due = await deps.store.grants_due(refresh_due_by(deps.clock(), deps.refresh_margin))
+    due = await deps.store.grants_due(deps.clock() + deps.refresh_margin)
     for grant in due:
         try:
             await refresh_grant(grant, deps)
@@ -399,7 +397,7 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> None:
     # Read again under the lease: another broker may have refreshed it since `grant` was read,
     # and an old (rotated) refresh token would now be refused as if access were revoked.
     current = await deps.store.get_grant(grant.link_id)
-    due_by = refresh_due_by(now, deps.refresh_margin)
+    due_by = now + deps.refresh_margin
     if current is None or current.status is not GrantStatus.ACTIVE or current.expires_at >= due_by:
         return
     grant = current

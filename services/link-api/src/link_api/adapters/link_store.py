@@ -8,7 +8,7 @@ from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from link_api.domain.link_status import LinkStatus, LinkView
+from link_api.domain.link_status import LinkProgress, LinkStatus, LinkView
 from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType
 
 
@@ -26,24 +26,8 @@ class LinkStore(Protocol):
     async def insert_link(self, link: LinkView) -> None: ...
     async def delete_link(self, link_id: str) -> None: ...
     async def get_link(self, link_id: str) -> LinkView | None: ...
-    async def advance_link(
-        self,
-        link_id: str,
-        status: LinkStatus,
-        allowed_from: frozenset[LinkStatus],
-        at: datetime,
-        failure: Failure | None = None,
-        mailbox_id: str | None = None,
-        already_linked: bool = False,
-        authorize_url: str | None = None,
-        authorization_expires_at: datetime | None = None,
-    ) -> LinkView | None:
-        """Moves the link to `status` if it is in one of `allowed_from`; returns it, or None.
-
-        The sign-in URL and its expiry are replaced by the given ones (None clears them), so
-        they are only ever kept while authorization is required.
-        """
-        ...
+    async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
+        """Applies the step if the link is in a status it may follow; returns it, or None."""
 
     async def claim_in_flight(
         self, key: str, link_id: str, now: datetime, expires_at: datetime
@@ -78,34 +62,16 @@ class MongoLinkStore:
         document = await self._links.find_one({"_id": link_id})
         return _from_document(document) if document else None
 
-    async def advance_link(
-        self,
-        link_id: str,
-        status: LinkStatus,
-        allowed_from: frozenset[LinkStatus],
-        at: datetime,
-        failure: Failure | None = None,
-        mailbox_id: str | None = None,
-        already_linked: bool = False,
-        authorize_url: str | None = None,
-        authorization_expires_at: datetime | None = None,
-    ) -> LinkView | None:
-        changes: dict[str, Any] = {
-            "status": status.value,
-            "updated_at": at,
-            # Top-level fields, not a sub-document: FerretDB is slow with nested documents.
-            "authorize_url": authorize_url,
-            "authorization_expires_at": authorization_expires_at,
-        }
-        if already_linked:
-            changes["already_linked"] = True
-        if failure is not None:
-            changes["failure"] = failure.model_dump(mode="json")
-        if mailbox_id is not None:
-            changes["mailbox_id"] = mailbox_id
+    async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
+        # Top-level fields, not a sub-document: FerretDB is slow with nested documents.
+        changes = progress.changes()
+        changes["status"] = progress.status.value
+        if progress.failure is not None:
+            changes["failure"] = progress.failure.model_dump(mode="json")
         # The status filter makes the move conditional, so a late or repeated event is a no-op.
+        allowed = [s.value for s in progress.allowed_from]
         document = await self._links.find_one_and_update(
-            {"_id": link_id, "status": {"$in": [s.value for s in allowed_from]}},
+            {"_id": link_id, "status": {"$in": allowed}},
             {"$set": changes},
             return_document=ReturnDocument.AFTER,
         )

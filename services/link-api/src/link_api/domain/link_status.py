@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType
 
@@ -61,3 +62,38 @@ class LinkView:
     # Where the user signs in, and until when; set only while authorization is required.
     authorize_url: str | None = None
     authorization_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LinkProgress:
+    """One step forward of a link, with what the event that caused it tells."""
+
+    status: LinkStatus
+    at: datetime
+    failure: Failure | None = None
+    mailbox_id: str | None = None
+    already_linked: bool = False
+    authorize_url: str | None = None
+    authorization_expires_at: datetime | None = None
+
+    @property
+    def allowed_from(self) -> frozenset[LinkStatus]:
+        """The statuses the link may be in for this step to apply."""
+        return statuses_that_may_become(self.status)
+
+    def changes(self) -> dict[str, Any]:
+        """Returns the LinkView fields this step sets. The sign-in URL is always set (None
+        clears it), so it is only ever kept while authorization is required."""
+        changes: dict[str, Any] = {
+            "status": self.status,
+            "updated_at": self.at,
+            "authorize_url": self.authorize_url,
+            "authorization_expires_at": self.authorization_expires_at,
+        }
+        if self.already_linked:
+            changes["already_linked"] = True
+        if self.failure is not None:
+            changes["failure"] = self.failure
+        if self.mailbox_id is not None:
+            changes["mailbox_id"] = self.mailbox_id
+        return changes

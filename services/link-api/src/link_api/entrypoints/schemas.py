@@ -123,8 +123,8 @@ class LinkRequestIn(_Strict):
     def with_plan(self, owner: MailboxOwner, plan: LinkPlan) -> LinkRequest:
         """Returns the request with the plan's servers, and the (app) password for a password
         link; an OAuth link carries no password."""
-        imap = _known_server(plan.settings.imap, self.email)
-        smtp = _known_server(plan.settings.smtp, self.email)
+        imap = _server(plan.settings.imap, plan.settings.imap.username_for(self.email))
+        smtp = _server(plan.settings.smtp, plan.settings.smtp.username_for(self.email))
         if plan.auth is AuthMethod.OAUTH:
             return LinkRequest(
                 owner, self.email, plan.provider_type, imap, smtp, None, AuthMethod.OAUTH
@@ -144,14 +144,7 @@ def app_password(provider: Provider, password: str) -> str:
     return password
 
 
-def _server(server: ServerIn, username: str) -> ServerSettings:
-    return ServerSettings(
-        host=server.host, port=server.port, security=server.security, username=username
-    )
-
-
-def _known_server(server: Server, address: str) -> ServerSettings:
-    username = server.username_for(address)
+def _server(server: ServerIn | Server, username: str) -> ServerSettings:
     return ServerSettings(
         host=server.host, port=server.port, security=server.security, username=username
     )

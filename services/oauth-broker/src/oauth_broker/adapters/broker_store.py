@@ -31,7 +31,9 @@ class BrokerStore(Protocol):
     async def get_session(
         self, link_id: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None: ...
-    async def find_session_by_state(self, digest: str) -> str | None: ...
+    async def session_by_state(
+        self, digest: str
+    ) -> tuple[AuthorizationSession, EncryptedSecret] | None: ...
     async def claim_session(self, link_id: str, now: datetime) -> bool: ...
     async def end_session(self, link_id: str) -> bool: ...
     async def expired_sessions(self, now: datetime) -> list[str]: ...
@@ -112,10 +114,12 @@ class MongoBrokerStore:
         document = await self._sessions.find_one({"_id": link_id, "requested": True})
         return _session(document) if document else None
 
-    async def find_session_by_state(self, digest: str) -> str | None:
-        """Returns the link id whose session has this state digest."""
-        document = await self._sessions.find_one({"state_digest": digest}, {"_id": 1})
-        return str(document["_id"]) if document else None
+    async def session_by_state(
+        self, digest: str
+    ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
+        """Returns the session whose state has this digest, and its sealed secrets."""
+        document = await self._sessions.find_one({"state_digest": digest, "requested": True})
+        return _session(document) if document else None
 
     async def claim_session(self, link_id: str, now: datetime) -> bool:
         """Uses up an open, unexpired session; False if another callback got there first."""

@@ -2,7 +2,7 @@
 
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -82,8 +82,3 @@ class StoredGrant:
     sealed: EncryptedSecret  # TokenGrant JSON, bound to the address
     verified_at: datetime
     mailbox_id: str | None = None
-
-
-def refresh_due_by(now: datetime, margin: timedelta) -> datetime:
-    """Returns the expiry before which an active grant is refreshed now."""
-    return now + margin
