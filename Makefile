@@ -7,11 +7,11 @@ UV := $(PYTHON) -m uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-SOURCES := shared/src services/link-api/src services/imap-verifier/src services/registry/src services/oauth-broker/src deploy/local/src
-TEST_DIRS := shared/tests services/link-api/tests services/imap-verifier/tests services/registry/tests services/oauth-broker/tests deploy/local/tests tests
+SOURCES := shared/contract/src shared/src services/link-api/src services/imap-verifier/src services/registry/src services/oauth-broker/src deploy/local/src
+TEST_DIRS := shared/contract/tests shared/tests services/link-api/tests services/imap-verifier/tests services/registry/tests services/oauth-broker/tests deploy/local/tests tests
 
 .DEFAULT_GOAL := help
-.PHONY: help setup infra run test lint typecheck unit asyncapi bench clean
+.PHONY: help setup infra run test lint typecheck unit contract wheel bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,10 +27,11 @@ infra: setup ## Install/build Kafka, FerretDB and Dovecot into ~/.cache/mailbox-
 run: setup ## Start Kafka, MongoDB protocol, Dovecot and the services; Ctrl-C stops
 	$(UV) run python -m localinfra run
 
-lint: setup ## ruff lint and format check, and the AsyncAPI document is current
+lint: setup ## ruff lint and format check; the AsyncAPI document and JSON Schemas are current
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run python -m mailbox_link_shared.asyncapi --check || { echo "shared/asyncapi.yaml is stale: run make asyncapi"; exit 1; }
+	$(UV) run python -m mailbox_link_shared.asyncapi --check || { echo "shared/contract/asyncapi.yaml is stale: run make contract"; exit 1; }
+	$(UV) run python -m mailbox_link_contract.json_schemas --check || { echo "run make contract"; exit 1; }
 
 typecheck: setup ## mypy --strict on the code and the tests
 	$(UV) run mypy $(SOURCES)
@@ -42,8 +43,12 @@ unit: setup ## Only the tests that need no server
 test: lint typecheck infra ## Lint, type-check, then every test against real servers
 	$(UV) run pytest
 
-asyncapi: setup ## Regenerate shared/asyncapi.yaml from the event models
+contract: setup ## Regenerate the contract's AsyncAPI document and JSON Schemas from the catalogue
 	$(UV) run python -m mailbox_link_shared.asyncapi
+	$(UV) run python -m mailbox_link_contract.json_schemas
+
+wheel: setup ## Build the contract package's wheel into dist/ (what other services install)
+	$(UV) build --package mailbox-link-contract --wheel --out-dir dist
 
 bench: setup ## Link latency, registry throughput, detection speed, OAuth link (figures in bench/results/)
 	$(UV) run python bench/link_latency.py

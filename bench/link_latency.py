@@ -24,8 +24,8 @@ import httpx
 
 from localinfra.services import ServiceConfig, start_services
 from localinfra.stack import Endpoints, LocalStack
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.mail_probes import Endpoint, probe_imap, probe_smtp
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMEOUT = 10.0

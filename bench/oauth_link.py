@@ -27,8 +27,8 @@ import httpx
 from localinfra.oauth_server import consent_form
 from localinfra.services import ServiceConfig, register_broker_app, start_services
 from localinfra.stack import Endpoints, LocalStack
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.mail_probes import Endpoint, probe_imap_xoauth2, probe_smtp_xoauth2
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOMAINS = {"google": "gmail.com", "microsoft": "outlook.com"}

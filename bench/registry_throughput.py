@@ -33,7 +33,7 @@ from localinfra.mongo import mongo_pool_size
 from localinfra.registry_driver import EventSender, link_requested, owner
 from localinfra.services import ServiceConfig, start_services
 from localinfra.stack import LocalStack
-from mailbox_link_shared.topics import Topics
+from mailbox_link_contract.topics import Topics
 from registry.adapters.registry_store import MongoRegistryStore
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,18 +1,16 @@
-"""How a consumer handles a batch: decode, handle, retry, dead-letter, or leave uncommitted."""
+"""How a consumer handles a batch: read, route, skip, retry, dead-letter, or leave uncommitted."""
 
 import json
-from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
-from pydantic import TypeAdapter
 from pymongo.errors import ConnectionFailure
 
-from mailbox_link_shared import events, kafka
+from mailbox_link_contract import events
+from mailbox_link_contract.files import EXAMPLES_DIR as EXAMPLES
+from mailbox_link_shared import kafka
 from mailbox_link_shared.kafka import handle_records
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-ADAPTER: TypeAdapter[events.MailboxEvent] = TypeAdapter(events.MailboxEvent)
+from mailbox_link_shared.routing import EventRouter, ignore
 
 
 class RecordingDeadLetters:
@@ -30,11 +28,11 @@ class Handler:
 
     def __init__(self, *errors: Exception, always: Exception | None = None) -> None:
         self.calls = 0
-        self.handled: list[events.MailboxEvent] = []
+        self.handled: list[events.MailboxLinked] = []
         self._errors = list(errors)
         self._always = always
 
-    async def __call__(self, event: events.MailboxEvent) -> None:
+    async def __call__(self, event: events.MailboxLinked, deps: object = None) -> None:
         self.calls += 1
         if self._always is not None:
             raise self._always
@@ -70,6 +68,11 @@ def _record(value: bytes | None, offset: int = 0) -> ConsumerRecord[bytes, bytes
     )
 
 
+def _router(handler: Handler) -> EventRouter[None]:
+    """A consumer that handles MailboxLinked and knowingly ignores MailboxUnlinked."""
+    return EventRouter({events.MailboxLinked: handler, events.MailboxUnlinked: ignore}, None)
+
+
 def _linked(schema_version: int = 1, **data: object) -> bytes:
     raw = json.loads((EXAMPLES / "MailboxLinked" / "v1.json").read_text())
     raw["schema_version"] = schema_version
@@ -79,7 +82,7 @@ def _linked(schema_version: int = 1, **data: object) -> bytes:
 
 async def test_a_good_record_is_handled(dead_letters: RecordingDeadLetters) -> None:
     handler = Handler()
-    await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    await handle_records([_record(_linked())], _router(handler), dead_letters)
     [event] = handler.handled
     assert isinstance(event, events.MailboxLinked)
     assert event.data.address == "alice@example.org"
@@ -92,7 +95,7 @@ async def test_a_record_that_is_not_json_is_dead_lettered(
 ) -> None:
     handler = Handler()
     record = _record(value)
-    await handle_records([record], ADAPTER, handler, dead_letters)
+    await handle_records([record], _router(handler), dead_letters)
     [(sent, reason)] = dead_letters.sent
     assert sent is record
     assert reason.startswith("undecodable")
@@ -103,7 +106,7 @@ async def test_an_unknown_schema_version_is_dead_lettered(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler()
-    await handle_records([_record(_linked(schema_version=2))], ADAPTER, handler, dead_letters)
+    await handle_records([_record(_linked(schema_version=2))], _router(handler), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert reason.startswith("undecodable")
     assert "schema_version" in reason
@@ -114,7 +117,7 @@ async def test_a_dead_letter_reason_carries_no_record_content(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     value = _linked(mailbox_id={"password": "hunter2-secret"})
-    await handle_records([_record(value)], ADAPTER, Handler(), dead_letters)
+    await handle_records([_record(value)], _router(Handler()), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert "mailbox_id" in reason
     assert "hunter2" not in reason
@@ -125,7 +128,7 @@ async def test_an_undecodable_record_does_not_hold_up_the_rest_of_the_batch(
 ) -> None:
     handler = Handler()
     batch = [_record(b"garbage", 0), _record(_linked(), 1), _record(_linked(2), 2)]
-    await handle_records(batch, ADAPTER, handler, dead_letters)
+    await handle_records(batch, _router(handler), dead_letters)
     assert len(handler.handled) == 1
     assert [r.offset for r, _ in dead_letters.sent] == [0, 2]
 
@@ -135,7 +138,7 @@ async def test_a_handler_that_keeps_failing_gets_its_record_dead_lettered(
 ) -> None:
     handler = Handler(always=ValueError("no such plan"))
     record = _record(_linked())
-    await handle_records([record], ADAPTER, handler, dead_letters)
+    await handle_records([record], _router(handler), dead_letters)
     [(sent, reason)] = dead_letters.sent
     assert sent is record
     assert reason.startswith("handler failed")
@@ -147,7 +150,7 @@ async def test_a_fault_that_goes_away_on_retry_is_not_dead_lettered(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(ValueError("once"))
-    await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    await handle_records([_record(_linked())], _router(handler), dead_letters)
     assert len(handler.handled) == 1
     assert dead_letters.sent == []
 
@@ -157,7 +160,7 @@ async def test_storage_that_stays_away_fails_the_batch_and_dead_letters_nothing(
 ) -> None:
     handler = Handler(always=ConnectionFailure("mongo away"))
     with pytest.raises(ConnectionFailure):
-        await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+        await handle_records([_record(_linked())], _router(handler), dead_letters)
     assert dead_letters.sent == []
     assert handler.calls == 1 + len(kafka.TRANSIENT_RETRY_DELAYS)
 
@@ -166,7 +169,7 @@ async def test_a_transient_failure_is_retried_and_the_event_handled(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(ConnectionFailure("blip"))
-    await handle_records([_record(_linked())], ADAPTER, handler, dead_letters)
+    await handle_records([_record(_linked())], _router(handler), dead_letters)
     assert handler.calls == 2
     assert len(handler.handled) == 1
     assert dead_letters.sent == []
@@ -176,7 +179,7 @@ async def test_one_event_failing_for_now_fails_the_batch_after_the_others_are_ha
     dead_letters: RecordingDeadLetters,
 ) -> None:
     class FailsOnOneAddress(Handler):
-        async def __call__(self, event: events.MailboxEvent) -> None:
+        async def __call__(self, event: events.MailboxLinked, deps: object = None) -> None:
             if event.data.address == "down@example.org":
                 raise ConnectionFailure("its shard is away")
             await super().__call__(event)
@@ -184,6 +187,32 @@ async def test_one_event_failing_for_now_fails_the_batch_after_the_others_are_ha
     handler = FailsOnOneAddress()
     batch = [_record(_linked(address="down@example.org"), 0), _record(_linked(), 1)]
     with pytest.raises(ConnectionFailure):
-        await handle_records(batch, ADAPTER, handler, dead_letters)
+        await handle_records(batch, _router(handler), dead_letters)
     assert [e.data.address for e in handler.handled] == ["alice@example.org"]
     assert dead_letters.sent == []
+
+
+async def test_an_event_type_the_consumer_does_not_list_is_skipped_not_dead_lettered(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    handler = Handler()
+    never_seen = json.loads(_linked())
+    never_seen.update(type="MailboxRenamed", schema_version=3, data={"whatever": 1})
+    reserved = (EXAMPLES / "LinkReserved" / "v1.json").read_bytes()
+    batch = [_record(json.dumps(never_seen).encode(), 0), _record(reserved, 1)]
+    batch.append(_record(_linked(), 2))
+    await handle_records(batch, _router(handler), dead_letters)
+    assert dead_letters.sent == []
+    assert len(handler.handled) == 1
+
+
+async def test_an_unknown_schema_version_of_a_listed_type_is_dead_lettered_even_if_ignored(
+    dead_letters: RecordingDeadLetters,
+) -> None:
+    unlinked = json.loads((EXAMPLES / "MailboxUnlinked" / "v1.json").read_text())
+    unlinked["schema_version"] = 2
+    handler = Handler()
+    await handle_records([_record(json.dumps(unlinked).encode())], _router(handler), dead_letters)
+    [(_, reason)] = dead_letters.sent
+    assert "schema_version" in reason
+    assert handler.calls == 0

@@ -14,8 +14,9 @@ from typing import Protocol
 import pytest
 
 from localinfra.stack import LocalStack
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared import mail_probes
-from mailbox_link_shared.failures import FailureCode
 from mailbox_link_shared.mail_probes import (
     Endpoint,
     Probe,
@@ -25,7 +26,6 @@ from mailbox_link_shared.mail_probes import (
     probe_smtp,
     probe_smtp_xoauth2,
 )
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 pytestmark = pytest.mark.connected
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mailbox_link_shared.events import ServerSettings
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.events import ServerSettings
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.mail_probes import ProbeFailed
 from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.network_policy import parse_networks

@@ -6,7 +6,7 @@ import bson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
 
-from mailbox_link_shared.topics import Topics
+from mailbox_link_contract.topics import Topics
 
 
 async def read_topics(bootstrap: str, namespace: str) -> list[tuple[str, bytes, bytes]]:

@@ -24,14 +24,14 @@ from localinfra.registry_driver import (
 )
 from localinfra.services import RunningServices
 from localinfra.stack import Endpoints
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     LinkRejected,
     LinkRequested,
     MailboxLinked,
     MailboxOwner,
     utc_now,
 )
-from mailbox_link_shared.topics import Topics
+from mailbox_link_contract.topics import Topics
 
 from ..example_consumer.linked_mailboxes import build_view
 from .registry_checks import assert_registry_consistent

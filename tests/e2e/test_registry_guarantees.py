@@ -23,8 +23,8 @@ from localinfra.registry_driver import (
 )
 from localinfra.services import RunningServices, start_services
 from localinfra.stack import Endpoints
-from mailbox_link_shared.events import LinkRejected, MailboxLinked, utc_now
-from mailbox_link_shared.topics import Topics
+from mailbox_link_contract.events import LinkRejected, MailboxLinked, utc_now
+from mailbox_link_contract.topics import Topics
 
 from .conftest import service_config
 from .probes import read_topics

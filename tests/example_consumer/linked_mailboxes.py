@@ -9,11 +9,12 @@ types and fields they do not know.
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import TypeAdapter, ValidationError
 
-from mailbox_link_shared.events import MailboxEvent, MailboxLinked, MailboxOwner, MailboxUnlinked
+from mailbox_link_contract.events import MailboxLinked, MailboxOwner, MailboxUnlinked
+from mailbox_link_contract.reading import read_event
 
-_EVENT: TypeAdapter[MailboxEvent] = TypeAdapter(MailboxEvent)
+# The types this view needs; any other type on the topic is skipped, as the contract says.
+_HANDLED = {"MailboxLinked": MailboxLinked, "MailboxUnlinked": MailboxUnlinked}
 
 
 @dataclass
@@ -29,10 +30,9 @@ class LinkedMailboxesView:
 
     def apply(self, raw: bytes) -> None:
         """Applies one record's value; duplicates and unknown events change nothing."""
-        try:
-            event = _EVENT.validate_json(raw)
-        except ValidationError:
-            return  # a type this consumer does not know yet
+        event = read_event(raw, _HANDLED)
+        if not isinstance(event, MailboxLinked | MailboxUnlinked):
+            return  # a type this view does not need (or a record it cannot read)
         event_id = str(event.event_id)
         if event_id in self.seen_event_ids:
             return

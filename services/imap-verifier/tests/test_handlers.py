@@ -7,8 +7,7 @@ import pytest
 from pydantic import SecretStr
 
 from imap_verifier.handlers import VerifierDeps, when_link_requested_verify_mailbox
-from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     LinkRequested,
     LinkRequestedData,
     MailboxOwner,
@@ -16,7 +15,8 @@ from mailbox_link_shared.events import (
     ServerSettings,
     VerificationFailed,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import Endpoint, ProbeFailed
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import RecordingPublisher

@@ -16,7 +16,7 @@ from link_api.domain.providers import (
 )
 from link_api_fakes import DNS_TTL as TTL
 from link_api_fakes import FakeAutoconfig, FakeDns
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.values import ConnectionSecurity
 
 SSL, STARTTLS = ConnectionSecurity.SSL, ConnectionSecurity.STARTTLS
 

@@ -15,7 +15,7 @@ from link_api.detection import Detector
 from link_api.domain.providers import Provider
 from localinfra.autoconfig_server import AutoconfigServer, Reply
 from localinfra.dns import DnsRecords, DnsServer
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.network_policy import parse_networks
 
 pytestmark = pytest.mark.connected

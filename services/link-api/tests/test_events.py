@@ -3,16 +3,14 @@
 from datetime import timedelta
 
 import pytest
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr
 
 from link_api import handlers
 from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView
-from link_api.entrypoints.events import LinkApiInput, route_event
-from link_api.handlers import LinkApiDeps
+from link_api.handlers import EVENT_HANDLERS, LinkApiDeps
 from link_api_fakes import InMemoryLinkStore
-from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     AuthorizationRequired,
     AuthorizationRequiredData,
@@ -25,12 +23,13 @@ from mailbox_link_shared.events import (
     ServerSettings,
     utc_now,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.routing import EventRouter
 
 OWNER = MailboxOwner(account_id="acme", user_id="u1")
 ADDRESS = "alice@gmail.com"
-INPUT: TypeAdapter[LinkApiInput] = TypeAdapter(LinkApiInput)
 
 
 @pytest.fixture
@@ -47,9 +46,13 @@ async def _oauth_link(deps: LinkApiDeps) -> str:
     return (await handlers.request_link(request, None, deps)).link.link_id
 
 
-def _as_consumed(event: Envelope) -> LinkApiInput:
-    """The event as link-api's subscriber decodes it from a Kafka record."""
-    return INPUT.validate_json(event.model_dump_json())
+async def _consume(event: Envelope, deps: LinkApiDeps) -> None:
+    """Hands the event to link-api as its subscriber does: read from the record's JSON, routed
+    by the handler table."""
+    router = EventRouter(EVENT_HANDLERS, deps)
+    consumed = router.read(event.model_dump_json())
+    assert isinstance(consumed, type(event))
+    await router.handle(consumed)
 
 
 async def _link(link_id: str, deps: LinkApiDeps) -> LinkView:
@@ -69,7 +72,7 @@ async def test_authorization_required_from_its_topic_shows_the_url(deps: LinkApi
         expires_at=utc_now() + timedelta(minutes=10),
     )
     event = AuthorizationRequired(correlation_id=link_id, producer="oauth-broker", data=data)
-    await route_event(_as_consumed(event), deps)
+    await _consume(event, deps)
     link = await _link(link_id, deps)
     assert link.status is LinkStatus.AUTHORIZATION_REQUIRED
     assert link.authorize_url == data.authorize_url
@@ -87,7 +90,5 @@ async def test_reconnect_required_is_read_and_changes_no_link(deps: LinkApiDeps)
         failure=Failure.of(FailureCode.RECONNECT_REQUIRED),
     )
     event = MailboxReconnectRequired(correlation_id=link_id, producer="oauth-broker", data=data)
-    consumed = _as_consumed(event)
-    assert isinstance(consumed, MailboxReconnectRequired)
-    await route_event(consumed, deps)
+    await _consume(event, deps)
     assert await _link(link_id, deps) == before

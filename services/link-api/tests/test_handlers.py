@@ -8,9 +8,7 @@ from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
 from link_api_fakes import InMemoryLinkStore
-from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     AuthorizationRequired,
     AuthorizationRequiredData,
@@ -29,7 +27,9 @@ from mailbox_link_shared.events import (
     ServerSettings,
     utc_now,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.credentials import MailboxCredentials
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
 
 OWNER = MailboxOwner(account_id="acme", user_id="u1")

@@ -16,8 +16,7 @@ from link_api.detection import Detector
 from link_api.entrypoints.http import build_router
 from link_api.handlers import LinkApiDeps
 from link_api_fakes import FakeAutoconfig, FakeDns, InMemoryLinkStore
-from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     AuthorizationRequired,
     AuthorizationRequiredData,
@@ -29,6 +28,7 @@ from mailbox_link_shared.events import (
     ServerSettings,
     utc_now,
 )
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.publishing import RecordingPublisher
 

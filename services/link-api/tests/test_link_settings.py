@@ -15,7 +15,7 @@ from link_api.domain.providers import (
 )
 from link_api.entrypoints.schemas import app_password
 from link_api.handlers import plan_link, settings_for
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.values import ConnectionSecurity
 
 DISCOVERED = MailSettings(
     Server("imap.smallisp.net", 993, ConnectionSecurity.SSL),

@@ -13,7 +13,7 @@ from link_api.domain.providers import (
     match_mx,
     spf_hints,
 )
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.values import ConnectionSecurity
 
 
 @pytest.mark.parametrize(

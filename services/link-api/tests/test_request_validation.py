@@ -7,8 +7,8 @@ from pydantic import ValidationError
 
 from link_api.domain.link_request import LinkRequest
 from link_api.entrypoints.schemas import LinkRequestIn
+from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
 
 
 def _body(**changes: Any) -> dict[str, Any]:

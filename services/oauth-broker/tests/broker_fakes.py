@@ -7,8 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import SecretStr
 
-from mailbox_link_shared.crypto import EncryptedSecret, SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     AuthorizationRequired,
     Failure,
@@ -22,7 +21,9 @@ from mailbox_link_shared.events import (
     ProviderType,
     ServerSettings,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import EncryptedSecret
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import ProbeFailed
 from mailbox_link_shared.publishing import RecordingPublisher
 from oauth_broker import handlers

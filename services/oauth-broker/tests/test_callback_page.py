@@ -16,7 +16,7 @@ from broker_fakes import (
     InMemoryBrokerStore,
     offer_sign_in,
 )
-from mailbox_link_shared.events import ProviderType
+from mailbox_link_contract.events import ProviderType
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.publishing import RecordingPublisher
 from oauth_broker.adapters.oauth_client import OAuthApp

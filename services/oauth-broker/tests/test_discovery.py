@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mailbox_link_contract.events import ProviderType
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.crypto import generate_key
-from mailbox_link_shared.events import ProviderType
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 from oauth_broker.adapters.discovery import apply_discovery, apply_overrides
 from oauth_broker.config import Settings
 from oauth_broker.domain.providers import AOL, GOOGLE, MICROSOFT, YAHOO

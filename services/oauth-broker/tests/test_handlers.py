@@ -22,7 +22,7 @@ from broker_fakes import (
     requested,
     reserved,
 )
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     AuthorizationRequired,
     Envelope,
@@ -38,7 +38,7 @@ from mailbox_link_shared.events import (
     ProviderType,
     VerificationFailed,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.publishing import RecordingPublisher
 from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp

@@ -20,8 +20,8 @@ from pydantic import SecretStr
 
 from localinfra import LocalOAuthServer, LocalStack
 from localinfra.oauth_server import consent_form
-from mailbox_link_shared.events import ProviderType
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.events import ProviderType
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.settings import tls_context
 from oauth_broker.adapters.discovery import apply_discovery, apply_overrides, fetch_discovery
 from oauth_broker.adapters.oauth_client import OAuthApp, OAuthClient, TokenResponse

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mailbox_link_shared.events import Envelope, MailboxOwner, utc_now
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.events import Envelope, MailboxOwner, utc_now
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.publishing import RecordingPublisher
 from registry.adapters.registry_store import UserSlots
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails

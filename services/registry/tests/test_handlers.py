@@ -6,8 +6,7 @@ from typing import TypeVar
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     Envelope,
     Failure,
     LinkRejected,
@@ -29,8 +28,10 @@ from mailbox_link_shared.events import (
     VerificationFailed,
     VerificationFailedData,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.routing import EventRouter
 from registry import handlers
 from registry.domain.links import LinkState
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
@@ -130,7 +131,7 @@ async def test_reconnect_required_flags_a_linked_mailbox_which_stays_its_owners(
             failure=Failure.of(FailureCode.RECONNECT_REQUIRED, "invalid_grant"),
         ),
     )
-    await handlers.handle_event(reconnect, deps)
+    await _deliver(reconnect, deps)
     [mailbox] = await handlers.list_mailboxes(ALICE, deps)
     assert mailbox.mailbox is not None
     assert mailbox.mailbox.reconnect_required is FailureCode.RECONNECT_REQUIRED
@@ -442,8 +443,8 @@ async def test_an_expired_holder_is_taken_over_by_the_next_request(
 # --- redelivery and interrupted decisions -----------------------------------------------------
 
 
-async def _deliver(event: RegistryEvent, deps: RegistryDeps) -> None:
-    await handlers.handle_event(event, deps)
+async def _deliver(event: Envelope, deps: RegistryDeps) -> None:
+    await EventRouter(handlers.EVENT_HANDLERS, deps).handle(event)
 
 
 def _a_busy_day(clock: FakeClock) -> list[RegistryEvent]:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailbox_link_shared.events import MailboxOwner, ProviderType
+from mailbox_link_contract.events import MailboxOwner, ProviderType
 from registry.domain.links import (
     HolderVerdict,
     LinkRecord,

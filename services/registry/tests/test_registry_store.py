@@ -13,8 +13,8 @@ from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings, utc_now
 from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings, utc_now
 from registry.adapters.registry_store import MongoRegistryStore, UserSlots
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
 

@@ -11,20 +11,12 @@ from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import SecretStr
+
+from mailbox_link_contract.values import EncryptedSecret
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
-
-
-class EncryptedSecret(BaseModel):
-    """A sealed secret as it travels in events and rests in documents."""
-
-    model_config = ConfigDict(frozen=True)
-
-    key_id: str
-    nonce: str
-    ciphertext: str
 
 
 class SecretCannotBeOpened(Exception):

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,14 +17,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from pydantic import TypeAdapter, ValidationError
 from pymongo.errors import ConnectionFailure
 
-from mailbox_link_shared.events import Envelope
+from mailbox_link_contract.events import Envelope
+from mailbox_link_contract.reading import NotHandled, Unreadable
+from mailbox_link_contract.topics import CATALOGUE, Topics, TopicSpec, topics_consumed_by
+from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
-from mailbox_link_shared.topics import Topics
 
-PARTITIONS = 3
 # How long the broker may hold an empty fetch. It answers as soon as a record arrives
 # (fetch_min_bytes=1), so this adds no latency: measured here, a hop takes ~5 ms with 500 ms.
 # A short wait only makes idle consumers poll hundreds of times a second, which on 2 cores
@@ -46,7 +46,6 @@ TRANSIENT_RETRY_DELAYS = (0.1, 0.3, 1.0, 3.0)
 FAULT_RETRY_DELAYS = (0.05, 0.2)
 
 logger = logging.getLogger(__name__)
-E = TypeVar("E")
 
 
 def make_broker(settings: ServiceSettings, service_name: str) -> KafkaBroker:
@@ -66,21 +65,22 @@ def subscribe(
     broker: KafkaBroker,
     settings: ServiceSettings,
     service_name: str,
-    topics: Sequence[str],
-    event_type: Any,
-    handle: Callable[[E], Awaitable[None]],
+    router: "EventRouter[Any]",
 ) -> None:
-    """Consumes events of `event_type` (a model or a discriminated union) from `topics`.
+    """Consumes the topics the catalogue says `service_name` reads, routing through `router`.
 
-    Records that do not decode, or carry a schema version we do not know, go to the
-    dead-letter topic with the reason and do not hold up the partition. The events of a
-    batch are handled concurrently, so handlers must not depend on order within a batch.
+    Event types the router's table does not list are skipped and committed past (the contract
+    lets producers add types to any topic). Records it cannot read (not JSON, no envelope, an
+    unknown schema version of a listed type) go to the dead-letter topic with the reason and
+    do not hold up the partition. The events of a batch are handled concurrently, so handlers
+    must not depend on order within a batch.
     """
-    adapter: TypeAdapter[E] = TypeAdapter(event_type)
+    topics = Topics.for_namespace(settings.namespace)
+    names = [topics.name_of(spec) for spec in topics_consumed_by(service_name)]
     dead_letters = DeadLetters(broker, settings, service_name)
 
     @broker.subscriber(
-        *topics,
+        *names,
         batch=True,
         max_records=MAX_BATCH,
         group_id=f"{settings.namespace}.{service_name}",
@@ -91,48 +91,50 @@ def subscribe(
         # A batch that raises is rewound and fetched again, never committed.
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=_no_decoding,
-        title=f"{service_name}:{'+'.join(topics)}",
+        title=f"{service_name}:{'+'.join(names)}",
     )
     async def on_records(message: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
-        await handle_records(records, adapter, handle, dead_letters, settings.consumer_concurrency)
+        await handle_records(records, router, dead_letters, settings.consumer_concurrency)
 
 
 async def handle_records(
     records: Sequence["ConsumerRecord[bytes, bytes]"],
-    adapter: TypeAdapter[E],
-    handle: Callable[[E], Awaitable[None]],
+    router: "EventRouter[Any]",
     dead_letters: "DeadLetterSink",
     concurrency: int = 1,
 ) -> None:
-    """Decodes and handles a batch, `concurrency` events at a time, in order of arrival.
+    """Reads and handles a batch, `concurrency` events at a time, in order of arrival.
 
     Raises if any event could not be handled for now, so the batch is not committed.
     """
-    decoded: list[tuple[ConsumerRecord[bytes, bytes], E]] = []
+    readable: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
     for record in records:
-        try:
-            decoded.append((record, adapter.validate_json(record.value or b"")))
-        except ValidationError as exc:
-            await dead_letters.send(record, f"undecodable: {_summary(exc)}")
+        outcome = router.read(record.value or b"")
+        if isinstance(outcome, Unreadable):
+            await dead_letters.send(record, outcome.reason)
+        elif isinstance(outcome, NotHandled):
+            logger.debug("skipped %s: %s is not handled here", _where(record), outcome.event_type)
+        else:
+            readable.append((record, outcome))
     slots = asyncio.Semaphore(concurrency)
 
-    async def handle_in_turn(record: "ConsumerRecord[bytes, bytes]", event: E) -> None:
+    async def handle_in_turn(record: "ConsumerRecord[bytes, bytes]", event: Envelope) -> None:
         async with slots:
-            await _handle_one(record, event, handle, dead_letters)
+            await _handle_one(record, event, router.handle, dead_letters)
 
     outcomes = await asyncio.gather(
-        *(handle_in_turn(record, event) for record, event in decoded), return_exceptions=True
+        *(handle_in_turn(record, event) for record, event in readable), return_exceptions=True
     )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    for failure in outcomes:
+        if isinstance(failure, BaseException):
+            raise failure
 
 
 async def _handle_one(
     record: "ConsumerRecord[bytes, bytes]",
-    event: E,
-    handle: Callable[[E], Awaitable[None]],
+    event: Envelope,
+    handle: Callable[[Envelope], Awaitable[None]],
     dead_letters: "DeadLetterSink",
 ) -> None:
     transient_left = list(TRANSIENT_RETRY_DELAYS)
@@ -195,14 +197,6 @@ async def _no_decoding(message: Any) -> Any:
     return None
 
 
-def _summary(exc: ValidationError) -> str:
-    # Without the input: a record may carry sealed secrets, and reasons end up in logs.
-    return "; ".join(
-        f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
-        for error in exc.errors(include_input=False)[:3]
-    )
-
-
 def _where(record: "ConsumerRecord[bytes, bytes]") -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
 
@@ -238,9 +232,14 @@ async def ensure_topics(settings: ServiceSettings) -> None:
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)
-            for name in topics.all()
-            if name not in existing
+            NewTopic(
+                topics.name_of(spec),
+                num_partitions=spec.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": _retention_ms(spec)},
+            )
+            for spec in CATALOGUE
+            if topics.name_of(spec) not in existing
         ]
         if missing:
             # Another service may have created them in the meantime.
@@ -248,3 +247,7 @@ async def ensure_topics(settings: ServiceSettings) -> None:
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+def _retention_ms(spec: TopicSpec) -> str:
+    return str(int(spec.retention.total_seconds() * 1000)) if spec.retention else "-1"

@@ -24,8 +24,8 @@ from typing import Any, Final, Protocol, TypeVar
 import aiosmtplib
 from aioimaplib import AUTH, AioImapException, Command, IMAP4ClientProtocol, quoted
 
-from mailbox_link_shared.failures import FailureCode
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import ConnectionSecurity
 
 _T = TypeVar("_T")
 

@@ -5,8 +5,8 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from mailbox_link_shared.events import ServerSettings
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.events import ServerSettings
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.mail_probes import Endpoint, ProbeFailed
 from mailbox_link_shared.network_policy import HostNotAllowed, IPNetwork, vet_addresses
 

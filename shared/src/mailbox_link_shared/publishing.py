@@ -2,7 +2,7 @@
 
 from typing import Protocol
 
-from mailbox_link_shared.events import Envelope
+from mailbox_link_contract.events import Envelope
 
 
 class EventPublisher(Protocol):

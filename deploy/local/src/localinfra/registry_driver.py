@@ -10,17 +10,15 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
-from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     Envelope,
     Failure,
     LinkRejected,
     LinkRequested,
     LinkRequestedData,
-    MailboxEvent,
     MailboxLinked,
     MailboxOwner,
     MailboxVerified,
@@ -31,10 +29,11 @@ from mailbox_link_shared.events import (
     VerificationFailed,
     VerificationFailedData,
 )
-from mailbox_link_shared.failures import FailureCode
-from mailbox_link_shared.topics import Topics
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.reading import read_event
+from mailbox_link_contract.topics import EVENT_MODELS, Topics
+from mailbox_link_shared.crypto import SecretBox, generate_key
 
-_EVENT: TypeAdapter[MailboxEvent] = TypeAdapter(MailboxEvent)
 _BOX = SecretBox({"k1": SecretStr(generate_key())}, "k1")
 
 
@@ -115,9 +114,11 @@ class EventSender:
         ]
         await asyncio.gather(*futures)
 
-    async def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
-        """Publishes bytes as they are, e.g. a record no consumer can decode."""
-        await (await self._producer.send(topic, value, key=key))
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
+        """Publishes bytes as they are, e.g. a record no consumer can decode; returns the
+        record's partition and offset."""
+        stored = await (await self._producer.send(topic, value, key=key))
+        return int(stored.partition), int(stored.offset)
 
 
 class MailboxesTopic:
@@ -126,7 +127,7 @@ class MailboxesTopic:
     def __init__(self, bootstrap: str, namespace: str) -> None:
         self._bootstrap = bootstrap
         self._topic = Topics.for_namespace(namespace).mailboxes
-        self.events: list[MailboxEvent] = []
+        self.events: list[Envelope] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
@@ -159,7 +160,10 @@ class MailboxesTopic:
         while True:
             batch = await self._consumer.getmany(timeout_ms=200)
             for records in batch.values():
-                self.events.extend(_EVENT.validate_json(r.value or b"") for r in records)
+                for record in records:
+                    event = read_event(record.value or b"", EVENT_MODELS)
+                    if isinstance(event, Envelope):
+                        self.events.append(event)
             if batch:
                 self._arrived.set()
 

@@ -7,10 +7,10 @@ from faststream.asgi import AsgiFastStream, make_ping_asgi
 from imap_verifier.config import SERVICE_NAME, Settings
 from imap_verifier.entrypoints.events import register_subscribers
 from imap_verifier.handlers import VerifierDeps
+from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
-from mailbox_link_shared.topics import Topics
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
@@ -27,7 +27,7 @@ def build_app(settings: Settings) -> AsgiFastStream:
         allowlist=settings.allowlist(),
         timeout=settings.verifier_timeout_seconds,
     )
-    register_subscribers(broker, settings, topics, deps)
+    register_subscribers(broker, settings, deps)
 
     return AsgiFastStream(
         broker,

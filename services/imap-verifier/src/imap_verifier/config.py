@@ -2,9 +2,10 @@
 
 from pydantic_settings import SettingsConfigDict
 
+from mailbox_link_contract.topics import IMAP_VERIFIER
 from mailbox_link_shared.settings import ENV_PREFIX, MailCheckSettings, ServiceSettings
 
-SERVICE_NAME = "imap-verifier"
+SERVICE_NAME = IMAP_VERIFIER  # the catalogue's name: consumer group and producer
 
 
 class Settings(ServiceSettings, MailCheckSettings):

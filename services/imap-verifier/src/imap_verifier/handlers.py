@@ -7,9 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from imap_verifier.config import SERVICE_NAME
-from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.crypto import SecretBox
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     Failure,
     LinkRequested,
     MailboxVerified,
@@ -19,11 +17,14 @@ from mailbox_link_shared.events import (
     VerificationFailed,
     VerificationFailedData,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import ConnectionSecurity
+from mailbox_link_shared.credentials import MailboxCredentials
+from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.mail_probes import Endpoint, Probe, ProbeFailed
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import EventPublisher
+from mailbox_link_shared.routing import EventHandlers
 
 logger = logging.getLogger(__name__)
 
@@ -154,3 +155,8 @@ def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:
     return VerificationFailed(
         correlation_id=event.correlation_id, producer=SERVICE_NAME, data=failed
     )
+
+
+EVENT_HANDLERS: EventHandlers[VerifierDeps] = {
+    LinkRequested: when_link_requested_verify_mailbox,
+}

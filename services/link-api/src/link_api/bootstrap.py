@@ -16,11 +16,11 @@ from link_api.entrypoints.events import register_subscribers
 from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
+from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.network_policy import parse_networks
-from mailbox_link_shared.topics import Topics
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -40,7 +40,7 @@ def build_app(settings: Settings) -> FastAPI:
         headers={"Authorization": f"Bearer {settings.registry_token.get_secret_value()}"},
         timeout=httpx.Timeout(5.0),
     )
-    register_subscribers(broker, settings, topics, deps)
+    register_subscribers(broker, settings, deps)
     dns = DnsLookup(settings.dns_servers, settings.dns_timeout_seconds)
     autoconfig = AutoconfigFetcher(
         dns,

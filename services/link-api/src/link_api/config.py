@@ -5,6 +5,7 @@ import ssl
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from mailbox_link_contract.topics import LINK_API
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     HttpSettings,
@@ -13,7 +14,7 @@ from mailbox_link_shared.settings import (
     tls_context,
 )
 
-SERVICE_NAME = "link-api"
+SERVICE_NAME = LINK_API  # the catalogue's name: consumer group and producer
 
 
 class Settings(ServiceSettings, MongoSettings, HttpSettings):

@@ -34,7 +34,7 @@ from link_api.domain.providers import (
     match_mx,
     spf_hints,
 )
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.values import ConnectionSecurity
 
 TABLE_TTL = 86400
 MIN_TTL, MAX_TTL = 60, 3600

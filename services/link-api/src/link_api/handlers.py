@@ -12,8 +12,7 @@ from link_api.detection import DetectsProviders
 from link_api.domain.link_request import CannotLink, LinkPlan, LinkRequest, auth_for
 from link_api.domain.link_status import TERMINAL, LinkProgress, LinkStatus, LinkView
 from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
-from mailbox_link_shared.crypto import SecretBox
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthorizationRequired,
     LinkRejected,
     LinkRequested,
@@ -21,11 +20,16 @@ from mailbox_link_shared.events import (
     LinkReserved,
     MailboxLinked,
     MailboxOwner,
+    MailboxReconnectRequired,
+    MailboxUnlinked,
     MailboxVerified,
+    VerificationFailed,
     utc_now,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.publishing import EventPublisher
+from mailbox_link_shared.routing import EventHandlers, ignore
 
 logger = logging.getLogger(__name__)
 
@@ -270,3 +274,17 @@ def _idempotency_scope(owner: MailboxOwner, key: str) -> str:
     # Keys are the caller's; scoping by user keeps two users' identical keys apart.
     raw = f"{owner.account_id}\x1f{owner.user_id}\x1f{key}"
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+EVENT_HANDLERS: EventHandlers[LinkApiDeps] = {
+    MailboxVerified: when_mailbox_verified_update_status,
+    LinkReserved: when_registry_answer_update_status,
+    MailboxLinked: when_registry_answer_update_status,
+    LinkRejected: when_registry_answer_update_status,
+    AuthorizationRequired: when_authorization_required_show_url,
+    # The registry answers a failed verification with LinkRejected, which ends the link.
+    VerificationFailed: ignore,
+    # About mailboxes, not link requests: the registry keeps them.
+    MailboxUnlinked: ignore,
+    MailboxReconnectRequired: ignore,
+}

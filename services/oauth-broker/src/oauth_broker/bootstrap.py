@@ -5,11 +5,11 @@ import functools
 
 from fastapi import FastAPI
 
-from mailbox_link_shared.events import ProviderType, ServerSettings
+from mailbox_link_contract.events import ProviderType, ServerSettings
+from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
-from mailbox_link_shared.topics import Topics
 from oauth_broker.adapters.broker_store import MongoBrokerStore
 from oauth_broker.adapters.discovery import apply_discovery, apply_overrides, fetch_discovery
 from oauth_broker.adapters.mailbox_check import XOAuth2MailboxCheck
@@ -47,7 +47,7 @@ def build_app(settings: Settings) -> FastAPI:
         refresh_margin=settings.refresh_margin,
         mail_servers=_mail_servers(settings),
     )
-    register_subscribers(broker, settings, topics, deps)
+    register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
 
     async def load_providers() -> None:

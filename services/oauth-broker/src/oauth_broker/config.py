@@ -6,8 +6,9 @@ from datetime import timedelta
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from mailbox_link_shared.events import ProviderType
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.events import ProviderType
+from mailbox_link_contract.topics import OAUTH_BROKER
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     MailCheckSettings,
@@ -16,7 +17,7 @@ from mailbox_link_shared.settings import (
     tls_context,
 )
 
-SERVICE_NAME = "oauth-broker"
+SERVICE_NAME = OAUTH_BROKER  # the catalogue's name: consumer group and producer
 
 
 class MailServerIn(BaseModel):

@@ -12,8 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from mailbox_link_shared.crypto import EncryptedSecret, SecretBox
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     AuthorizationRequired,
     AuthorizationRequiredData,
@@ -33,9 +32,12 @@ from mailbox_link_shared.events import (
     VerificationFailedData,
     utc_now,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import EncryptedSecret
+from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.mail_probes import ProbeFailed
 from mailbox_link_shared.publishing import EventPublisher
+from mailbox_link_shared.routing import EventHandlers
 from oauth_broker.adapters.broker_store import BrokerStore
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.config import SERVICE_NAME
@@ -468,3 +470,12 @@ def _failed(link: LinkToAuthorize, failure: Failure) -> VerificationFailed:
         failure=failure,
     )
     return VerificationFailed(correlation_id=link.link_id, producer=SERVICE_NAME, data=data)
+
+
+EVENT_HANDLERS: EventHandlers[BrokerDeps] = {
+    LinkRequested: when_link_requested_open_session,
+    LinkReserved: when_link_reserved_offer_sign_in,
+    MailboxLinked: when_mailbox_linked_keep_fresh,
+    LinkRejected: when_link_rejected_discard,
+    MailboxUnlinked: when_mailbox_unlinked_revoke,
+}

@@ -4,10 +4,10 @@ import functools
 
 from fastapi import FastAPI
 
+from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
-from mailbox_link_shared.topics import Topics
 from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
@@ -29,7 +29,7 @@ def build_app(settings: Settings) -> FastAPI:
         plans=PlanTable(settings.plans, settings.default_plan),
         reservation_ttl=settings.reservation_ttl,
     )
-    register_subscribers(broker, settings, topics, deps)
+    register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
 
     return build_http_app(

@@ -5,10 +5,11 @@ from datetime import timedelta
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from mailbox_link_contract.topics import REGISTRY
 from mailbox_link_shared.settings import ENV_PREFIX, HttpSettings, MongoSettings, ServiceSettings
 from registry.domain.plans import DEFAULT_PLAN, DEFAULT_PLANS, MAX_MAILBOXES_PER_USER
 
-SERVICE_NAME = "registry"
+SERVICE_NAME = REGISTRY  # the catalogue's name: consumer group and producer
 
 
 class Settings(ServiceSettings, MongoSettings, HttpSettings):

@@ -10,11 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from pydantic import TypeAdapter
-
-from mailbox_link_shared.addresses import mailbox_key
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthorizationRequired,
     Envelope,
     Failure,
@@ -23,7 +21,6 @@ from mailbox_link_shared.events import (
     LinkRequested,
     LinkReserved,
     LinkReservedData,
-    MailboxEvent,
     MailboxLinked,
     MailboxLinkedData,
     MailboxOwner,
@@ -36,8 +33,12 @@ from mailbox_link_shared.events import (
     VerificationFailed,
     utc_now,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.reading import read_document
+from mailbox_link_contract.topics import event_type_of, spec_of
+from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.publishing import EventPublisher
+from mailbox_link_shared.routing import EventHandlers, ignore
 from registry.adapters.registry_store import RegistryStore, UserSlots
 from registry.config import SERVICE_NAME
 from registry.domain.links import (
@@ -53,7 +54,8 @@ from registry.domain.links import (
 from registry.domain.plans import PlanTable
 
 logger = logging.getLogger(__name__)
-_MAILBOX_EVENT: TypeAdapter[MailboxEvent] = TypeAdapter(MailboxEvent)
+# A decision announces one event of the mailboxes topic, kept in the record until published.
+_OUTBOX_EVENTS = {event_type_of(model): model for model in spec_of("mailboxes").events}
 # Each retry follows a change made by a competing request; a handful always suffices.
 MAX_ATTEMPTS = 10
 _REFUSALS = {
@@ -75,30 +77,6 @@ class RegistryDeps:
 
 
 # --- events in --------------------------------------------------------------------------------
-
-
-async def handle_event(
-    event: LinkRequested
-    | MailboxVerified
-    | VerificationFailed
-    | UserPlanChanged
-    | AuthorizationRequired
-    | MailboxReconnectRequired,
-    deps: RegistryDeps,
-) -> None:
-    """Routes one consumed event to its handler."""
-    if isinstance(event, AuthorizationRequired):
-        return  # for link-api: the registry already reserved this link
-    if isinstance(event, MailboxReconnectRequired):
-        await when_reconnect_required_flag_mailbox(event, deps)
-    elif isinstance(event, LinkRequested):
-        await when_link_requested_reserve(event, deps)
-    elif isinstance(event, MailboxVerified):
-        await when_mailbox_verified_link(event, deps)
-    elif isinstance(event, VerificationFailed):
-        await when_verification_failed_release(event, deps)
-    else:
-        await when_user_plan_changed_apply(event, deps)
 
 
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
@@ -158,6 +136,17 @@ async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDep
     changed_at = data.changed_at.replace(microsecond=data.changed_at.microsecond // 1000 * 1000)
     applied = await deps.store.set_plan(data.owner, data.plan, changed_at)
     logger.info("plan %s for %s: %s", data.plan, data.owner, "applied" if applied else "stale")
+
+
+EVENT_HANDLERS: EventHandlers[RegistryDeps] = {
+    LinkRequested: when_link_requested_reserve,
+    MailboxVerified: when_mailbox_verified_link,
+    VerificationFailed: when_verification_failed_release,
+    UserPlanChanged: when_user_plan_changed_apply,
+    MailboxReconnectRequired: when_reconnect_required_flag_mailbox,
+    # For link-api: the registry reserved this link before the broker offered the sign-in.
+    AuthorizationRequired: ignore,
+}
 
 
 # --- housekeeping -----------------------------------------------------------------------------
@@ -449,13 +438,20 @@ async def _settle(record: LinkRecord, deps: RegistryDeps, known_open: bool = Fal
         known_open or await deps.store.is_decision_open(record.link_id, decision_id)
     )
     if unfinished and record.outbox is not None:
-        await deps.publisher.publish(_MAILBOX_EVENT.validate_python(record.outbox))
+        await deps.publisher.publish(_outbox_event(record.outbox))
     if record.state not in HOLDING:
         await deps.store.unlock_address(record.mailbox_key, record.link_id)
         await deps.store.free_slot(record.owner, record.link_id)
     if unfinished and decision_id is not None:
         await deps.store.close_decision(record.link_id, decision_id)
     return record
+
+
+def _outbox_event(outbox: dict[str, Any]) -> Envelope:
+    event = read_document(outbox, _OUTBOX_EVENTS)
+    if not isinstance(event, Envelope):
+        raise ValueError(f"a decision's stored event does not read back: {event}")
+    return event
 
 
 async def _current_link(address: str, deps: RegistryDeps) -> LinkRecord | None:

@@ -22,7 +22,7 @@ from defusedxml.common import DefusedXmlException
 
 from link_api.adapters.dns_lookup import DnsLookup, LookupFailed, NoSuchDomain
 from link_api.domain.providers import Discovered, MailSettings, Server
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.network_policy import HostNotAllowed, IPNetwork, vet_addresses
 
 logger = logging.getLogger(__name__)

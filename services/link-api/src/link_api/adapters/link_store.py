@@ -9,7 +9,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from link_api.domain.link_status import LinkProgress, LinkStatus, LinkView
-from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType
+from mailbox_link_contract.events import AuthMethod, Failure, MailboxOwner, ProviderType
 
 
 @dataclass(frozen=True)

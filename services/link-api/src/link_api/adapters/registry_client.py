@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 import httpx
 
-from mailbox_link_shared.events import MailboxOwner
+from mailbox_link_contract.events import MailboxOwner
 
 
 class RegistryUnavailable(Exception):

@@ -11,8 +11,8 @@ from link_api.domain.providers import (
     Provider,
     ProviderInfo,
 )
+from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
 
 
 @dataclass(frozen=True)

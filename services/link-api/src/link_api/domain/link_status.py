@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from mailbox_link_shared.events import AuthMethod, Failure, MailboxOwner, ProviderType
+from mailbox_link_contract.events import AuthMethod, Failure, MailboxOwner, ProviderType
 
 
 class LinkStatus(StrEnum):

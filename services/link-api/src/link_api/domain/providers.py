@@ -7,9 +7,9 @@ settings; they are data, so adding a domain or an MX pattern is a one-line chang
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from mailbox_link_shared.events import AuthMethod as AuthMethod  # the contract's, re-exported
-from mailbox_link_shared.events import ProviderType
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.events import AuthMethod as AuthMethod  # the contract's, re-exported
+from mailbox_link_contract.events import ProviderType
+from mailbox_link_contract.values import ConnectionSecurity
 
 
 class Provider(StrEnum):

@@ -14,7 +14,7 @@ from link_api.domain.link_request import CannotLink, LinkRequest
 from link_api.domain.providers import AuthMethod
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
-from mailbox_link_shared.events import MailboxOwner
+from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")

@@ -7,10 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_
 from link_api.domain.link_request import LinkPlan, LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView
 from link_api.domain.providers import AuthMethod, Provider, Server
+from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.addresses import normalize_address, normalize_host
 from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
-from mailbox_link_shared.mail_settings import ConnectionSecurity
 
 MAX_USERNAME_LENGTH = 320
 MAX_PASSWORD_LENGTH = 1024

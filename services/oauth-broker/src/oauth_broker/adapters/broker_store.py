@@ -11,8 +11,8 @@ from typing import Any, Protocol
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.values import EncryptedSecret
 from oauth_broker.domain.grants import GrantStatus, StoredGrant
 from oauth_broker.domain.sessions import (
     AuthorizationSession,

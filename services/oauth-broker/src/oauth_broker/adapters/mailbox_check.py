@@ -5,7 +5,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailbox_link_shared.events import ServerSettings
+from mailbox_link_contract.events import ServerSettings
 from mailbox_link_shared.mail_probes import probe_imap_xoauth2, probe_smtp_xoauth2
 from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.network_policy import IPNetwork

@@ -17,8 +17,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pydantic import SecretStr
 
-from mailbox_link_shared.events import ProviderType
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.events import ProviderType
+from mailbox_link_contract.failures import FailureCode
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused, ProviderUnreachable
 from oauth_broker.domain.providers import MailboxProfile, ProviderEndpoints
 from oauth_broker.domain.sessions import SessionSecrets

@@ -6,8 +6,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import MailboxOwner, ProviderType
+from mailbox_link_contract.events import MailboxOwner, ProviderType
+from mailbox_link_contract.values import EncryptedSecret
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """How a sign-in or a refresh can go wrong, in the contract's failure codes."""
 
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
 
 
 class AuthorizationFailed(Exception):

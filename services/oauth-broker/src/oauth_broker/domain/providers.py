@@ -10,7 +10,7 @@ local authorization server).
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mailbox_link_shared.events import ProviderType
+from mailbox_link_contract.events import ProviderType
 
 
 class MailboxProfile(StrEnum):

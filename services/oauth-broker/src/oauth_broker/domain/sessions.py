@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from mailbox_link_shared.events import LinkRequested, MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.events import LinkRequested, MailboxOwner, ProviderType, ServerSettings
 
 
 class SessionStatus(StrEnum):

@@ -14,15 +14,15 @@ from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import (
+from mailbox_link_contract.events import (
     AuthMethod,
     MailboxOwner,
     ProviderType,
     ServerSettings,
     utc_now,
 )
-from mailbox_link_shared.failures import FailureCode
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import EncryptedSecret
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
 
 

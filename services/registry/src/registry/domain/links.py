@@ -10,10 +10,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import EncryptedSecret
 from mailbox_link_shared.addresses import mailbox_key
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
-from mailbox_link_shared.failures import FailureCode
 
 
 class LinkState(StrEnum):

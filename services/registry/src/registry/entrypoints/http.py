@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict
 
-from mailbox_link_shared.events import MailboxOwner, UnlinkedBy
+from mailbox_link_contract.events import MailboxOwner, UnlinkedBy
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 from registry import handlers
 from registry.domain.links import LinkRecord

@@ -1,9 +1,8 @@
 """The public, versioned event contract between the services and anyone else listening."""
 
-from mailbox_link_shared.events.envelope import Envelope, utc_now
-from mailbox_link_shared.events.link import (
+from mailbox_link_contract.events.envelope import Envelope, utc_now
+from mailbox_link_contract.events.link import (
     AuthMethod,
-    AuthorizationEvent,
     AuthorizationRequired,
     AuthorizationRequiredData,
     Failure,
@@ -13,7 +12,6 @@ from mailbox_link_shared.events.link import (
     LinkRequestedData,
     LinkReserved,
     LinkReservedData,
-    MailboxEvent,
     MailboxLinked,
     MailboxLinkedData,
     MailboxOwner,
@@ -24,19 +22,16 @@ from mailbox_link_shared.events.link import (
     MailboxVerified,
     MailboxVerifiedData,
     ProviderType,
-    RegistryInput,
     ServerSettings,
     UnlinkedBy,
     UserPlanChanged,
     UserPlanChangedData,
     VerificationFailed,
     VerificationFailedData,
-    VerificationResult,
 )
 
 __all__ = [
     "AuthMethod",
-    "AuthorizationEvent",
     "AuthorizationRequired",
     "AuthorizationRequiredData",
     "Envelope",
@@ -47,7 +42,6 @@ __all__ = [
     "LinkRequestedData",
     "LinkReserved",
     "LinkReservedData",
-    "MailboxEvent",
     "MailboxLinked",
     "MailboxLinkedData",
     "MailboxOwner",
@@ -58,13 +52,11 @@ __all__ = [
     "MailboxVerified",
     "MailboxVerifiedData",
     "ProviderType",
-    "RegistryInput",
     "ServerSettings",
     "UnlinkedBy",
     "UserPlanChanged",
     "UserPlanChangedData",
     "VerificationFailed",
     "VerificationFailedData",
-    "VerificationResult",
     "utc_now",
 ]

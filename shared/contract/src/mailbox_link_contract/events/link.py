@@ -6,10 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mailbox_link_shared.crypto import EncryptedSecret
-from mailbox_link_shared.events.envelope import Envelope, utc_now
-from mailbox_link_shared.failures import FailureCode, text_for
-from mailbox_link_shared.mail_settings import ConnectionSecurity
+from mailbox_link_contract.events.envelope import Envelope, utc_now
+from mailbox_link_contract.failures import FailureCode, text_for
+from mailbox_link_contract.values import ConnectionSecurity, EncryptedSecret
 
 
 class ProviderType(StrEnum):
@@ -289,22 +288,3 @@ class MailboxReconnectRequired(Envelope):
 
     type: Literal["MailboxReconnectRequired"] = "MailboxReconnectRequired"
     data: MailboxReconnectRequiredData
-
-
-VerificationResult = Annotated[MailboxVerified | VerificationFailed, Field(discriminator="type")]
-MailboxEvent = Annotated[
-    LinkReserved | MailboxLinked | LinkRejected | MailboxUnlinked, Field(discriminator="type")
-]
-AuthorizationEvent = Annotated[
-    AuthorizationRequired | MailboxReconnectRequired, Field(discriminator="type")
-]
-# Everything the registry consumes, on its four input topics.
-RegistryInput = Annotated[
-    LinkRequested
-    | MailboxVerified
-    | VerificationFailed
-    | UserPlanChanged
-    | AuthorizationRequired
-    | MailboxReconnectRequired,
-    Field(discriminator="type"),
-]

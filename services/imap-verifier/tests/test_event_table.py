@@ -1,0 +1,55 @@
+"""imap-verifier's handler table against the catalogue, and every example of the contract replayed
+through it: each is handled, knowingly ignored, or (not on imap-verifier's topics) skipped."""
+
+import ssl
+from collections.abc import Sequence
+
+from pydantic import SecretStr
+
+from imap_verifier.config import SERVICE_NAME
+from imap_verifier.handlers import EVENT_HANDLERS, VerifierDeps
+from mailbox_link_contract.events import ServerSettings
+from mailbox_link_contract.topics import topics_consumed_by
+from mailbox_link_shared.crypto import SecretBox, generate_key
+from mailbox_link_shared.mail_probes import Endpoint
+from mailbox_link_shared.network_policy import IPNetwork
+from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.routing import EventRouter, replay_examples, table_gaps
+
+
+async def _resolve(server: ServerSettings, allowlist: Sequence[IPNetwork], t: float) -> Endpoint:
+    return Endpoint(server.host, "192.0.2.10", server.port, server.security)
+
+
+async def _accept(ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float) -> None:
+    """Every login works: the replay is about routing, not about mail servers."""
+
+
+def _deps() -> VerifierDeps:
+    return VerifierDeps(
+        publisher=RecordingPublisher(),
+        # Not the examples' key: their sealed passwords do not open, which the handler answers.
+        secret_box=SecretBox({"k1": SecretStr(generate_key())}, "k1"),
+        resolve=_resolve,
+        probe_imap=_accept,
+        probe_smtp=_accept,
+        tls=ssl.create_default_context(),
+        allowlist=(),
+        timeout=5.0,
+    )
+
+
+def test_the_table_lists_every_event_type_of_its_topics_and_no_other() -> None:
+    assert table_gaps(SERVICE_NAME, EVENT_HANDLERS) == []
+
+
+async def test_every_example_is_handled_ignored_or_skipped() -> None:
+    outcomes = await replay_examples(SERVICE_NAME, EventRouter(EVENT_HANDLERS, _deps()))
+    consumed = {t for spec in topics_consumed_by(SERVICE_NAME) for t in spec.event_types}
+    for name, outcome in outcomes.items():
+        event_type = name.split("/")[0]
+        if event_type not in consumed:
+            assert outcome == "skipped", name
+        else:
+            assert outcome in ("handled", "ignored"), (name, outcome)
+    assert "handled" in outcomes.values()
