@@ -27,8 +27,6 @@ from mailbox_link_shared.mail_probes import (
     probe_smtp_xoauth2,
 )
 
-pytestmark = pytest.mark.connected
-
 SSL = ConnectionSecurity.SSL
 STARTTLS = ConnectionSecurity.STARTTLS
 TIMEOUT = 5.0

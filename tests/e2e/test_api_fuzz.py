@@ -23,7 +23,6 @@ from localinfra.stack import Endpoints
 
 from .conftest import service_config
 
-pytestmark = pytest.mark.connected
 MAX_EXAMPLES = 60  # per operation; bounded so the suite stays fast
 
 

@@ -10,8 +10,6 @@ from localinfra.stack import Endpoints
 from .conftest import MailUser, imap_body, links_path
 from .probes import count_documents, count_records
 
-pytestmark = pytest.mark.connected
-
 USER = MailUser("bad-input@example.org", "pw-bad-input")
 
 

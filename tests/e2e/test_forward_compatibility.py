@@ -20,7 +20,6 @@ from mailbox_link_contract.topics import CATALOGUE, Topics
 from .conftest import service_config
 from .probes import read_topics
 
-pytestmark = pytest.mark.connected
 NAMESPACE = "e2e-forward-compat"
 # How long the consumers may show no progress at all before the test gives up.
 STALL_SECONDS = 60

@@ -12,8 +12,6 @@ from localinfra.stack import Endpoints
 from .conftest import imap_body, link_and_wait, request_link, unique_user_id, wait_for_outcome
 from .probes import events_about
 
-pytestmark = pytest.mark.connected
-
 
 async def test_links_a_mailbox_over_imaps_and_smtps(
     api: httpx.AsyncClient, registry_api: httpx.AsyncClient, infra: Endpoints, new_mail_user: Any

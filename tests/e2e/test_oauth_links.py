@@ -29,8 +29,6 @@ from .conftest import (
 )
 from .probes import dump_databases, read_topics
 
-pytestmark = pytest.mark.connected
-
 NAMESPACE = "e2e-oauth"
 SESSION_TTL_SECONDS = 10
 DOMAINS = {

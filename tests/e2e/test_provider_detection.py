@@ -17,8 +17,6 @@ from localinfra.stack import (
 
 from .conftest import links_path, unique_user_id, wait_for_outcome
 
-pytestmark = pytest.mark.connected
-
 
 async def test_providers_are_listed_for_a_picker(api: httpx.AsyncClient) -> None:
     providers = (await api.get("/v1/providers")).json()["providers"]

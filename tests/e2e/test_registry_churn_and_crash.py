@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from localinfra.registry_driver import (
     EventSender,
@@ -37,7 +36,6 @@ from ..example_consumer.linked_mailboxes import build_view
 from .registry_checks import assert_registry_consistent
 from .test_registry_guarantees import start_registry
 
-pytestmark = pytest.mark.connected
 PLAN_LIMITS = {"free": 1, "basic": 3, "professional": 5}
 CHURN_SECONDS = 12.0
 KILLS = 4

@@ -30,7 +30,6 @@ from .conftest import service_config
 from .probes import read_topics
 from .registry_checks import assert_registry_consistent
 
-pytestmark = pytest.mark.connected
 NAMESPACE = "e2e-registry"
 
 

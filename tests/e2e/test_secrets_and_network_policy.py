@@ -15,8 +15,6 @@ from localinfra.stack import Endpoints, LocalStack
 from .conftest import MailUser, imap_body, link_and_wait, service_config, unique_user_id
 from .probes import dump_databases, read_topics
 
-pytestmark = pytest.mark.connected
-
 
 async def test_raw_passwords_appear_in_no_topic_document_or_log(
     api: httpx.AsyncClient,

@@ -17,8 +17,6 @@ from pymongo.errors import DuplicateKeyError
 
 from localinfra import Endpoints, LocalStack
 
-pytestmark = pytest.mark.connected
-
 USER, PASSWORD = "alice@example.org", "alice-secret"
 
 

@@ -21,8 +21,6 @@ from joserfc.jwk import KeySet
 
 from localinfra import LocalOAuthServer, LocalStack
 
-pytestmark = pytest.mark.connected
-
 CLIENT_ID, CLIENT_SECRET = "broker-tests", "broker-secret"
 REDIRECT_URI = "http://127.0.0.1:9/oauth/callback"
 PROVIDERS = ["google", "microsoft", "yahoo", "aol"]

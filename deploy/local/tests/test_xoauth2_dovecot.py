@@ -9,11 +9,8 @@ import secrets
 import ssl
 
 import aiosmtplib
-import pytest
 
 from localinfra import LocalStack
-
-pytestmark = pytest.mark.connected
 
 
 def _xoauth2(user: str, token: str) -> str:

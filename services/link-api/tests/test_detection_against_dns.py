@@ -18,6 +18,7 @@ from localinfra.dns import DnsRecords, DnsServer
 from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.network_policy import parse_networks
 
+# Starts its own dnsmasq rather than the shared stack, so it is marked by hand.
 pytestmark = pytest.mark.connected
 AUTOCONFIG_IP = "127.0.0.2"  # the only address autoconfig may be fetched from in these tests
 CONFIG_XML = b"""<?xml version="1.0"?>

@@ -13,7 +13,6 @@ from link_api.domain.link_status import LinkProgress, LinkStatus, LinkView
 from mailbox_link_contract.events import AuthMethod, Failure, MailboxOwner, ProviderType, utc_now
 from mailbox_link_contract.failures import FailureCode
 
-pytestmark = pytest.mark.connected
 OWNER = MailboxOwner(account_id="acme", user_id="u1")
 
 

@@ -29,8 +29,6 @@ from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused, P
 from oauth_broker.domain.providers import DEFAULT_ENDPOINTS
 from oauth_broker.domain.sessions import SessionSecrets
 
-pytestmark = pytest.mark.connected
-
 REDIRECT_URI = "https://cb.test/callback"  # registered, never visited
 TIMEOUT = 10.0
 # Not in the discovery documents: where the broker reads which mailbox signed in.

@@ -18,7 +18,6 @@ from mailbox_link_shared.crypto import SecretBox, generate_key
 from registry.adapters.registry_store import MongoRegistryStore, UserSlots
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
 
-pytestmark = pytest.mark.connected
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
 BOB = MailboxOwner(account_id="globex", user_id="bob")
 ADDRESS = "box@example.org"

@@ -1,6 +1,8 @@
 """Pytest fixture `local_stack`: one real stack per test session, shared by every suite.
 
-Registered by the repository's root conftest.py.
+Registered by the repository's root conftest.py. Every test that needs the stack, however
+indirectly (through `infra`, `mongo_client`, a service fixture...), is marked `connected`
+automatically, so `make unit` (`-m "not connected"`) never starts a server.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from pymongo import AsyncMongoClient
 
 from localinfra.mongo import mongo_pool_size
 from localinfra.stack import LocalStack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `connected` every test whose fixtures reach the local stack."""
+    for item in items:
+        if "local_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.connected)
 
 
 @pytest.fixture(scope="session")
