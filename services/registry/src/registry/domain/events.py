@@ -1,0 +1,68 @@
+"""The events the registry publishes, built from a link's record: pure, no I/O."""
+
+from mailbox_link_contract.events import (
+    Failure,
+    LinkRejected,
+    LinkRejectedData,
+    LinkReserved,
+    LinkReservedData,
+    MailboxLinked,
+    MailboxLinkedData,
+    MailboxUnlinked,
+    MailboxUnlinkedData,
+    UnlinkedBy,
+)
+from mailbox_link_contract.topics import REGISTRY
+from registry.domain.links import LinkRecord, MailboxDetails
+
+
+def reserved_event(record: LinkRecord) -> LinkReserved:
+    data = LinkReservedData(
+        link_id=record.link_id,
+        owner=record.owner,
+        address=record.address,
+        expires_at=record.expires_at,
+        provider=record.provider,
+    )
+    return LinkReserved(correlation_id=record.link_id, producer=REGISTRY, data=data)
+
+
+def rejected_event(
+    record: LinkRecord,
+    failure: Failure,
+    plan_limit: int | None = None,
+    mailbox_id: str | None = None,
+) -> LinkRejected:
+    data = LinkRejectedData(
+        link_id=record.link_id,
+        owner=record.owner,
+        address=record.address,
+        failure=failure,
+        plan_limit=plan_limit,
+        mailbox_id=mailbox_id,
+    )
+    return LinkRejected(correlation_id=record.link_id, producer=REGISTRY, data=data)
+
+
+def linked_event(record: LinkRecord, mailbox: MailboxDetails) -> MailboxLinked:
+    data = MailboxLinkedData(
+        link_id=record.link_id,
+        mailbox_id=mailbox.mailbox_id,
+        owner=record.owner,
+        address=record.address,
+        provider=record.provider,
+        linked_at=mailbox.linked_at,
+    )
+    return MailboxLinked(correlation_id=record.link_id, producer=REGISTRY, data=data)
+
+
+def unlinked_event(record: LinkRecord, by: UnlinkedBy) -> MailboxUnlinked:
+    mailbox_id = record.mailbox.mailbox_id if record.mailbox else record.link_id
+    data = MailboxUnlinkedData(
+        mailbox_id=mailbox_id,
+        owner=record.owner,
+        address=record.address,
+        link_id=record.link_id,
+        unlinked_by=by,
+    )
+    return MailboxUnlinked(correlation_id=record.link_id, producer=REGISTRY, data=data)
