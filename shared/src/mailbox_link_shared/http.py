@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
+from mailbox_link_shared.api_errors import ApiErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class ApiError(Exception):
     def __init__(
         self,
         status_code: int,
-        error: str,
+        error: ApiErrorCode,
         message: str,
         fields: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
@@ -46,7 +47,9 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_body(error: str, message: str, fields: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+def error_body(
+    error: ApiErrorCode, message: str, fields: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
     """Returns the JSON body of an error answer."""
     return {
         "error": error,
@@ -60,7 +63,7 @@ def address_from_path(email: str) -> str:
     try:
         return normalize_address(email)
     except InvalidAddress as exc:
-        raise ApiError(422, "invalid_request", str(exc), [("email", str(exc))]) from None
+        raise ApiError(422, ApiErrorCode.INVALID_REQUEST, str(exc), [("email", str(exc))]) from None
 
 
 def bearer_auth(service_keys: Mapping[str, SecretStr]) -> Callable[[Request], Awaitable[str]]:
@@ -76,7 +79,7 @@ def bearer_auth(service_keys: Mapping[str, SecretStr]) -> Callable[[Request], Aw
                     return name
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
-            "unauthorized",
+            ApiErrorCode.UNAUTHORIZED,
             "Send a valid service token in the header 'Authorization: Bearer <token>'.",
             [("Authorization", "missing or not a configured service token")],
             headers={"WWW-Authenticate": "Bearer"},
@@ -96,7 +99,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         fields = [(_field_name(err["loc"]), _clean_message(err)) for err in exc.errors()]
-        body = error_body("invalid_request", "Some fields are missing or invalid.", fields)
+        body = error_body(
+            ApiErrorCode.INVALID_REQUEST, "Some fields are missing or invalid.", fields
+        )
         return JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +111,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_backend_down(_: Request, exc: Exception) -> JSONResponse:
         logger.error("backend unavailable: %s", type(exc).__name__)
-        body = error_body("temporarily_unavailable", "A backend is not answering; retry shortly.")
+        body = error_body(
+            ApiErrorCode.TEMPORARILY_UNAVAILABLE, "A backend is not answering; retry shortly."
+        )
         return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
     app.add_exception_handler(ApiError, on_api_error)
@@ -129,8 +136,10 @@ def _clean_message(err: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _http_error_code(status_code: int) -> str:
-    return {404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
+def _http_error_code(status_code: int) -> ApiErrorCode:
+    return {404: ApiErrorCode.NOT_FOUND, 405: ApiErrorCode.METHOD_NOT_ALLOWED}.get(
+        status_code, ApiErrorCode.BAD_REQUEST
+    )
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -168,7 +177,7 @@ def build_http_app(
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
             body = error_body(
-                "request_too_large",
+                ApiErrorCode.REQUEST_TOO_LARGE,
                 f"Send at most {MAX_BODY_BYTES} bytes with a valid Content-Length.",
                 [("body", "too large")],
             )

@@ -27,6 +27,7 @@ from mailbox_link_contract.events import (
     utc_now,
 )
 from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.publishing import EventPublisher
 from mailbox_link_shared.routing import EventHandlers, ignore
@@ -210,13 +211,13 @@ async def plan_link(
     settings = info.settings if info is not None and auth is AuthMethod.OAUTH else found
     if info is None or settings is None:
         raise CannotLink(
-            "settings_required", "We could not find this mailbox's servers.",
+            ApiErrorCode.SETTINGS_REQUIRED, "We could not find this mailbox's servers.",
             "imap", "choose your provider (GET /v1/providers) or enter IMAP and SMTP settings",
         )  # fmt: skip
     if auth is AuthMethod.PASSWORD and not has_password:
         where = f" (create one at {info.app_password_url})" if info.app_password_url else ""
         raise CannotLink(
-            "invalid_request", "A password is needed to link this mailbox.",
+            ApiErrorCode.INVALID_REQUEST, "A password is needed to link this mailbox.",
             "password", f"give the mailbox's password or app password{where}",
         )  # fmt: skip
     return LinkPlan(provider, auth, settings)
@@ -241,7 +242,7 @@ async def _provider_and_settings(
     detection = await detector.detect(address)
     if detection.reason == "no_mail_server":
         raise CannotLink(
-            "no_mail_server", "This domain has no mail server (no MX record).",
+            ApiErrorCode.NO_MAIL_SERVER, "This domain has no mail server (no MX record).",
             "email", "check the address for typos",
         )  # fmt: skip
     provider = provider or detection.provider

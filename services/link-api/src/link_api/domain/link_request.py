@@ -12,6 +12,7 @@ from link_api.domain.providers import (
     ProviderInfo,
 )
 from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.credentials import MailboxCredentials
 
 
@@ -56,7 +57,7 @@ class LinkRequest:
 class CannotLink(Exception):
     """The request cannot become a link as given: a code, a sentence, the field and its fix."""
 
-    def __init__(self, code: str, message: str, field: str, fix: str) -> None:
+    def __init__(self, code: ApiErrorCode, message: str, field: str, fix: str) -> None:
         super().__init__(message)
         self.code, self.message, self.field, self.fix = code, message, field, fix
 
@@ -94,7 +95,7 @@ def auth_for(info: ProviderInfo | None, asked: AuthMethod | None, has_password: 
         raise _not_offered(info, wanted, has_password)
     if wanted is AuthMethod.OAUTH and has_password:
         raise CannotLink(
-            "invalid_request", "A link that signs in at the provider takes no password.",
+            ApiErrorCode.INVALID_REQUEST, "A link that signs in at the provider takes no password.",
             "password", 'omit the password, or set auth to "password" to link with it',
         )  # fmt: skip
     return wanted
@@ -104,7 +105,7 @@ def _not_offered(info: ProviderInfo | None, wanted: AuthMethod, has_password: bo
     if info is None:
         with_sign_in = ", ".join(OAUTH_PROVIDER_TYPES)
         return CannotLink(
-            "oauth_not_supported",
+            ApiErrorCode.OAUTH_NOT_SUPPORTED,
             "We could not tell who hosts this mailbox; only some providers link by signing in.",
             "auth",
             f"set provider ({with_sign_in}) if the mailbox is there; "
@@ -118,11 +119,11 @@ def _not_offered(info: ProviderInfo | None, wanted: AuthMethod, has_password: bo
             else ("auth", f'omit auth, or set it to "oauth", to sign in with {info.name}')
         )
         message = f"{info.name} mailboxes link only by signing in; passwords are not accepted."
-        return CannotLink("oauth_required", message, field, fix)
+        return CannotLink(ApiErrorCode.OAUTH_REQUIRED, message, field, fix)
     methods = " or ".join(m.value for m in info.auth_methods)
     who = "This IMAP server" if info.provider is Provider.IMAP else info.name
     return CannotLink(
-        "oauth_not_supported",
+        ApiErrorCode.OAUTH_NOT_SUPPORTED,
         f"{who} links with {methods} only, not by signing in at the provider.",
         "auth",
         'omit auth, or set it to "password", and give the password'

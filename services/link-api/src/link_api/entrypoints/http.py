@@ -15,6 +15,7 @@ from link_api.domain.providers import AuthMethod
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
 from mailbox_link_contract.events import MailboxOwner
+from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -46,7 +47,7 @@ def build_router(deps: LinkApiDeps, registry: Registry, detector: DetectsProvide
         except IdempotencyKeyReused:
             raise ApiError(
                 status.HTTP_409_CONFLICT,
-                "idempotency_key_reused",
+                ApiErrorCode.IDEMPOTENCY_KEY_REUSED,
                 "This Idempotency-Key was used for a different request.",
                 [("Idempotency-Key", "use a new key for a new request")],
             ) from None
@@ -65,7 +66,7 @@ def build_router(deps: LinkApiDeps, registry: Registry, detector: DetectsProvide
         if link is None:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
-                "link_not_found",
+                ApiErrorCode.LINK_NOT_FOUND,
                 "This user has no link with that id.",
                 [("link_id", "use the link_id returned when the link was requested")],
             )
@@ -85,7 +86,7 @@ def build_router(deps: LinkApiDeps, registry: Registry, detector: DetectsProvide
         if not await _ask_registry(registry.unlink_mailbox(owner, address)):
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
-                "mailbox_not_found",
+                ApiErrorCode.MAILBOX_NOT_FOUND,
                 "This user has no linked mailbox with that address.",
                 [("email", "use an address from GET .../mailboxes")],
             )
@@ -100,7 +101,7 @@ async def _ask_registry(call: Awaitable[T]) -> T:
     except RegistryUnavailable:
         raise ApiError(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            "registry_unavailable",
+            ApiErrorCode.REGISTRY_UNAVAILABLE,
             "The mailbox registry is not answering; try again shortly.",
             headers={"Retry-After": "2"},
         ) from None
@@ -110,7 +111,7 @@ def _check_idempotency_key(key: str | None) -> None:
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
             status.HTTP_400_BAD_REQUEST,
-            "invalid_request",
+            ApiErrorCode.INVALID_REQUEST,
             "The Idempotency-Key header is invalid.",
             [("Idempotency-Key", "use 1 to 255 visible ASCII characters, e.g. a UUID")],
         )
@@ -143,11 +144,11 @@ def _check_typed_servers(body: LinkRequestIn) -> None:
     if body.imap is None or body.smtp is None:
         missing = "imap" if body.imap is None else "smtp"
         raise ApiError(
-            422, "invalid_request", "Give both IMAP and SMTP settings, or neither.",
+            422, ApiErrorCode.INVALID_REQUEST, "Give both IMAP and SMTP settings, or neither.",
             [(missing, "add it, or leave both out to have them found")],
         )  # fmt: skip
     if body.auth is AuthMethod.OAUTH:
         raise ApiError(
-            422, "invalid_request", "Typed IMAP and SMTP settings link with a password.",
+            422, ApiErrorCode.INVALID_REQUEST, "Typed IMAP and SMTP settings link with a password.",
             [("auth", 'omit imap and smtp to sign in at the provider, or set auth to "password"')],
         )  # fmt: skip

@@ -8,6 +8,7 @@ from link_api import handlers
 from link_api.detection import Detector
 from link_api.domain.providers import PROVIDERS, Detection, MailSettings, ProviderInfo
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
+from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import ApiError
 
 REASONS = {
@@ -34,7 +35,10 @@ def build_providers_router(detector: Detector) -> APIRouter:
             address = normalize_address(email)
         except InvalidAddress as exc:
             raise ApiError(
-                422, "invalid_request", "The address is not valid.", [("email", str(exc))]
+                422,
+                ApiErrorCode.INVALID_REQUEST,
+                "The address is not valid.",
+                [("email", str(exc))],
             ) from None
         return _detection_body(address, await handlers.detect_provider(address, detector))
 

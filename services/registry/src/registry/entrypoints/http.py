@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict
 
 from mailbox_link_contract.events import MailboxOwner, UnlinkedBy
+from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
 from registry import handlers
 from registry.domain.links import LinkRecord
@@ -59,7 +60,7 @@ def build_router(deps: RegistryDeps) -> APIRouter:
         if record is None or record.mailbox is None:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
-                "mailbox_not_found",
+                ApiErrorCode.MAILBOX_NOT_FOUND,
                 "No user has linked this address.",
                 [("email", "check the address")],
             )
@@ -77,7 +78,10 @@ def build_router(deps: RegistryDeps) -> APIRouter:
         if body.plan not in deps.plans.limits:
             known = ", ".join(sorted(deps.plans.limits))
             raise ApiError(
-                422, "invalid_request", "Unknown plan.", [("plan", f"use one of {known}")]
+                422,
+                ApiErrorCode.INVALID_REQUEST,
+                "Unknown plan.",
+                [("plan", f"use one of {known}")],
             )
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         return _plan_body(await handlers.assign_plan(owner, body.plan, deps))
@@ -89,14 +93,14 @@ def _unlink_answer(result: UnlinkResult, not_found: str) -> Response:
     if result is UnlinkResult.NOT_FOUND:
         raise ApiError(
             status.HTTP_404_NOT_FOUND,
-            "mailbox_not_found",
+            ApiErrorCode.MAILBOX_NOT_FOUND,
             not_found,
             [("email", "use an address from GET .../mailboxes")],
         )
     if result is UnlinkResult.IN_PROGRESS:
         raise ApiError(
             status.HTTP_409_CONFLICT,
-            "link_in_progress",
+            ApiErrorCode.LINK_IN_PROGRESS,
             "This mailbox is being linked right now.",
             [("email", "wait until its link request ends (see its status), then try again")],
         )

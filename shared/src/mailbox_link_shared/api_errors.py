@@ -1,0 +1,78 @@
+"""The error codes of every HTTP API, like the failure codes of the events: each with its
+status and what it means, so a caller can act on the code alone.
+
+Every 4xx/5xx body is {"error": <code>, "message": <sentence>, "fields": [{field, message}]}.
+Codes are part of the API: add new ones, never rename or reuse one.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ApiErrorCode(StrEnum):
+    """Machine-readable reason a request was refused."""
+
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHORIZED = "unauthorized"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TOO_LARGE = "request_too_large"
+    TEMPORARILY_UNAVAILABLE = "temporarily_unavailable"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    LINK_NOT_FOUND = "link_not_found"
+    LINK_IN_PROGRESS = "link_in_progress"
+    MAILBOX_NOT_FOUND = "mailbox_not_found"
+    REGISTRY_UNAVAILABLE = "registry_unavailable"
+    NO_MAIL_SERVER = "no_mail_server"
+    OAUTH_NOT_SUPPORTED = "oauth_not_supported"
+    OAUTH_REQUIRED = "oauth_required"
+    SETTINGS_REQUIRED = "settings_required"
+
+
+@dataclass(frozen=True)
+class ApiErrorText:
+    """The HTTP status a code comes with, and when it is answered."""
+
+    status: int
+    meaning: str
+
+
+API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
+    ApiErrorCode.INVALID_REQUEST: ApiErrorText(
+        422, "A field is missing or invalid; `fields` names each and how to fix it."
+    ),
+    ApiErrorCode.UNAUTHORIZED: ApiErrorText(401, "No valid service token in Authorization."),
+    ApiErrorCode.BAD_REQUEST: ApiErrorText(400, "The request is malformed (body, headers)."),
+    ApiErrorCode.NOT_FOUND: ApiErrorText(404, "No such route."),
+    ApiErrorCode.METHOD_NOT_ALLOWED: ApiErrorText(405, "The route does not take this method."),
+    ApiErrorCode.REQUEST_TOO_LARGE: ApiErrorText(
+        413, "The body is over 64 KiB or its Content-Length is missing or invalid."
+    ),
+    ApiErrorCode.TEMPORARILY_UNAVAILABLE: ApiErrorText(
+        503, "Kafka or MongoDB is not answering; retry after Retry-After seconds."
+    ),
+    ApiErrorCode.IDEMPOTENCY_KEY_REUSED: ApiErrorText(
+        422, "The Idempotency-Key was used for a different request; send a new key."
+    ),
+    ApiErrorCode.LINK_NOT_FOUND: ApiErrorText(404, "No link with that id for this user."),
+    ApiErrorCode.LINK_IN_PROGRESS: ApiErrorText(
+        409, "The mailbox is still being linked; unlink it once the link has ended."
+    ),
+    ApiErrorCode.MAILBOX_NOT_FOUND: ApiErrorText(404, "No such mailbox linked to this user."),
+    ApiErrorCode.REGISTRY_UNAVAILABLE: ApiErrorText(
+        503, "link-api could not reach the registry; retry shortly."
+    ),
+    ApiErrorCode.NO_MAIL_SERVER: ApiErrorText(
+        422, "Detection found no mail server for the domain; give the IMAP/SMTP settings."
+    ),
+    ApiErrorCode.OAUTH_NOT_SUPPORTED: ApiErrorText(
+        422, "`auth: oauth` was asked for a provider without a sign-in; send a password."
+    ),
+    ApiErrorCode.OAUTH_REQUIRED: ApiErrorText(
+        422, "The provider accepts only its sign-in (no passwords); omit the password."
+    ),
+    ApiErrorCode.SETTINGS_REQUIRED: ApiErrorText(
+        422, "The address's servers could not be found; give the IMAP/SMTP settings."
+    ),
+}
