@@ -1,0 +1,35 @@
+"""Every OAuth provider of the contract is known everywhere it must be: the broker's endpoints
+and settings, link-api's hosting table, and the local OAuth server that e2e and `make run` use.
+
+`ProviderType` (the contract) says who verifies a link; link-api's `Provider` says who hosts a
+mailbox (iCloud hosts, but the imap-verifier verifies it with an app password), which is why
+both exist. This test is what keeps them, and the other lists, in step.
+"""
+
+import pytest
+
+from link_api.domain.providers import OAUTH_PROVIDER_TYPES
+from localinfra import oauth_server, services
+from mailbox_link_contract.events import ProviderType
+from oauth_broker.config import Settings as BrokerSettings
+from oauth_broker.domain.providers import DEFAULT_ENDPOINTS
+
+OAUTH_TYPES = [p for p in ProviderType if p is not ProviderType.IMAP]
+
+
+@pytest.mark.parametrize("provider", OAUTH_TYPES)
+def test_every_oauth_provider_is_known_to_the_broker_link_api_and_the_local_server(
+    provider: ProviderType,
+) -> None:
+    assert provider in DEFAULT_ENDPOINTS, "oauth_broker/domain/providers.py"
+    assert f"oauth_{provider.value}" in BrokerSettings.model_fields, "oauth_broker/config.py"
+    assert provider in OAUTH_PROVIDER_TYPES.values(), "link_api/domain/providers.py"
+    assert provider.value in oauth_server.PROVIDERS, "localinfra/oauth_server.py"
+    assert provider.value in services.OAUTH_PROVIDERS, "localinfra/services.py"
+
+
+def test_no_list_names_a_provider_the_contract_lacks() -> None:
+    known = {p.value for p in OAUTH_TYPES}
+    assert {p.value for p in DEFAULT_ENDPOINTS} == known
+    assert set(oauth_server.PROVIDERS) == known
+    assert set(services.OAUTH_PROVIDERS) == known
