@@ -127,7 +127,7 @@ async def test_guarantees_hold_after_a_churn_of_links_unlinks_plan_changes_and_d
             churn = Churn(sender, api, random.Random(20261126))
             await churn.run(workers=8, seconds=CHURN_SECONDS)
             link_ids = [r.data.link_id for r in churn.requests]
-            await topic.wait_for_finals(link_ids, timeout=60)
+            await topic.wait_for_finals(link_ids)
             # Plan changes travel on their own topic: give the last ones time to arrive.
             newest = {user: max(changes)[1] for user, changes in churn.plans.items()}
             plans = await _plans_once_settled(api, newest)
@@ -172,7 +172,7 @@ async def test_every_link_ends_once_when_the_registry_is_killed_mid_flight(
                 running = start_registry(
                     infra, workdir, namespace, MBL_RESERVATION_TTL_SECONDS="120"
                 )
-            await topic.wait_for_finals([r.data.link_id for r in requests], timeout=150)
+            await topic.wait_for_finals([r.data.link_id for r in requests], stall=60)
         assert kills == KILLS
         assert len(requests) == 500
         await _assert_guarantees(infra, namespace, topic, [r.data.link_id for r in requests])
