@@ -9,12 +9,11 @@ from pydantic import SecretStr
 from imap_verifier.config import SERVICE_NAME
 from imap_verifier.handlers import EVENT_HANDLERS, VerifierDeps
 from mailbox_link_contract.events import ServerSettings
-from mailbox_link_contract.topics import topics_consumed_by
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import Endpoint
 from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import RecordingPublisher
-from mailbox_link_shared.routing import EventRouter, replay_examples, table_gaps
+from mailbox_link_shared.routing import EventRouter, replay_problems, table_gaps
 
 
 async def _resolve(server: ServerSettings, allowlist: Sequence[IPNetwork], t: float) -> Endpoint:
@@ -44,12 +43,4 @@ def test_the_table_lists_every_event_type_of_its_topics_and_no_other() -> None:
 
 
 async def test_every_example_is_handled_ignored_or_skipped() -> None:
-    outcomes = await replay_examples(SERVICE_NAME, EventRouter(EVENT_HANDLERS, _deps()))
-    consumed = {t for spec in topics_consumed_by(SERVICE_NAME) for t in spec.event_types}
-    for name, outcome in outcomes.items():
-        event_type = name.split("/")[0]
-        if event_type not in consumed:
-            assert outcome == "skipped", name
-        else:
-            assert outcome in ("handled", "ignored"), (name, outcome)
-    assert "handled" in outcomes.values()
+    assert await replay_problems(SERVICE_NAME, EventRouter(EVENT_HANDLERS, _deps())) == []

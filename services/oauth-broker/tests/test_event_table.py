@@ -7,9 +7,8 @@ from pydantic import SecretStr
 
 from broker_fakes import BOX, FakeClock, FakeMailServers, FakeProvider, InMemoryBrokerStore
 from mailbox_link_contract.events import ProviderType
-from mailbox_link_contract.topics import topics_consumed_by
 from mailbox_link_shared.publishing import RecordingPublisher
-from mailbox_link_shared.routing import EventRouter, replay_examples, table_gaps
+from mailbox_link_shared.routing import EventRouter, replay_problems, table_gaps
 from oauth_broker.adapters.oauth_client import OAuthApp
 from oauth_broker.config import SERVICE_NAME
 from oauth_broker.domain.providers import GOOGLE
@@ -35,12 +34,4 @@ def test_the_table_lists_every_event_type_of_its_topics_and_no_other() -> None:
 
 
 async def test_every_example_is_handled_ignored_or_skipped() -> None:
-    outcomes = await replay_examples(SERVICE_NAME, EventRouter(EVENT_HANDLERS, _deps()))
-    consumed = {t for spec in topics_consumed_by(SERVICE_NAME) for t in spec.event_types}
-    for name, outcome in outcomes.items():
-        event_type = name.split("/")[0]
-        if event_type not in consumed:
-            assert outcome == "skipped", name
-        else:
-            assert outcome in ("handled", "ignored"), (name, outcome)
-    assert "handled" in outcomes.values()
+    assert await replay_problems(SERVICE_NAME, EventRouter(EVENT_HANDLERS, _deps())) == []

@@ -76,3 +76,18 @@ async def replay_examples(service: str, router: EventRouter[Any]) -> dict[str, s
             await router.handle(event)
             outcomes[name] = "ignored" if router.ignores(event) else "handled"
     return outcomes
+
+
+async def replay_problems(service: str, router: EventRouter[Any]) -> list[str]:
+    """Replays every example (replay_examples) and returns what went wrong: an example of a
+    topic the service reads that it neither handled nor ignored, one of another topic that it
+    did not skip, or a table that handled nothing at all."""
+    consumed = {t for spec in topics_consumed_by(service) for t in spec.event_types}
+    outcomes = await replay_examples(service, router)
+    problems = [
+        f"{name}: {outcome}"
+        for name, outcome in outcomes.items()
+        if outcome
+        not in (("handled", "ignored") if name.split("/")[0] in consumed else ("skipped",))
+    ]
+    return problems + ([] if "handled" in outcomes.values() else ["no example was handled"])
