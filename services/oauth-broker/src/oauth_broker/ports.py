@@ -1,0 +1,67 @@
+"""What the broker's handlers work with: the provider client and mailbox check they call
+(Protocols, implemented in adapters/ and faked in tests) and the dependencies bootstrap wires."""
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from mailbox_link_contract.events import (
+    ProviderType,
+    ServerSettings,
+    utc_now,
+)
+from mailbox_link_shared.crypto import SecretBox
+from mailbox_link_shared.publishing import EventPublisher
+from oauth_broker.adapters.broker_store import BrokerStore
+from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
+from oauth_broker.domain.sessions import (
+    SessionSecrets,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class OAuthProviderClient(Protocol):
+    """One provider's OAuth client (adapters/oauth_client.py; faked in unit tests)."""
+
+    app: OAuthApp
+
+    def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str: ...
+    async def exchange_code(
+        self, code: str, code_verifier: str, now: datetime
+    ) -> TokenResponse: ...
+    async def refresh(
+        self, refresh_token: str, now: datetime, scopes: tuple[str, ...] = ()
+    ) -> TokenResponse: ...
+    async def revoke(self, token: str) -> bool: ...
+    async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]: ...
+    async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox: ...
+    async def aclose(self) -> None: ...
+
+
+CheckMailbox = Callable[[ServerSettings, ServerSettings, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class MailServers:
+    """Where to check a provider's mailboxes with XOAUTH2, instead of the request's servers."""
+
+    imap: ServerSettings
+    smtp: ServerSettings
+
+
+@dataclass(frozen=True)
+class BrokerDeps:
+    """What the handlers work with; wired in bootstrap, faked in unit tests."""
+
+    store: BrokerStore
+    publisher: EventPublisher
+    secret_box: SecretBox
+    clients: Mapping[ProviderType, OAuthProviderClient]
+    check_mailbox: CheckMailbox
+    session_lifetime: timedelta = timedelta(minutes=10)
+    refresh_margin: timedelta = timedelta(minutes=5)
+    mail_servers: Mapping[ProviderType, MailServers] | None = None
+    clock: Callable[[], datetime] = utc_now

@@ -1,0 +1,299 @@
+"""A link's sign-in: a session per OAuth link request, the URL offered once the registry
+reserved the link, and the callback that exchanges the code and checks who signed in, the
+scopes, lasting access and the mailbox itself before announcing the verification."""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from mailbox_link_contract.events import (
+    AuthMethod,
+    AuthorizationRequired,
+    AuthorizationRequiredData,
+    Failure,
+    LinkRequested,
+    LinkReserved,
+    MailboxVerified,
+    MailboxVerifiedData,
+    ProviderType,
+    VerificationFailed,
+    VerificationFailedData,
+)
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import EncryptedSecret
+from mailbox_link_shared.mail_probes import ProbeFailed
+from oauth_broker.adapters.oauth_client import OAuthApp, TokenResponse
+from oauth_broker.config import SERVICE_NAME
+from oauth_broker.domain.grants import (
+    GrantStatus,
+    StoredGrant,
+    TokenGrant,
+    missing_scopes,
+)
+from oauth_broker.domain.mailbox_identity import matches_any
+from oauth_broker.domain.outcomes import (
+    AuthorizationFailed,
+    ProviderRefused,
+    ProviderUnreachable,
+    failure_for_callback_error,
+)
+from oauth_broker.domain.sessions import (
+    AuthorizationSession,
+    CallbackRefusal,
+    LinkToAuthorize,
+    SessionSecrets,
+    refuse_callback,
+    state_digest,
+)
+from oauth_broker.ports import BrokerDeps, MailServers
+
+logger = logging.getLogger(__name__)
+# Reservation markers of password links, which the broker sees but never serves.
+_MARKER_LIFETIME = timedelta(hours=1)
+# A verified grant the registry neither linked nor rejected by then lost a race with the
+# reservation's expiry (the rejection was handled before the grant was stored): forget it.
+# Generous, so a registry outage never costs a mailbox its tokens.
+_UNANSWERED_GRANT_LIFETIME = timedelta(days=1)
+
+# An XOAUTH2 login refused with a token the provider has just issued means the protocol is off.
+_LOGIN_REFUSALS = {
+    FailureCode.IMAP_AUTH_FAILED: FailureCode.IMAP_DISABLED,
+    FailureCode.SMTP_AUTH_FAILED: FailureCode.SMTP_DISABLED,
+}
+
+
+async def when_link_requested_open_session(event: LinkRequested, deps: BrokerDeps) -> None:
+    """Opens a sign-in session for an OAuth link request, and offers it if already reserved."""
+    data = event.data
+    if data.auth is not AuthMethod.OAUTH:
+        return  # a password link: the IMAP verifier's
+    if data.provider not in deps.clients:
+        failure = Failure.of(
+            FailureCode.PROVIDER_ERROR,
+            f"sign-in with {data.provider.value} is not configured in this deployment",
+        )
+        await deps.publisher.publish(_failed(LinkToAuthorize.of(event), failure))
+        return
+    session, fresh = AuthorizationSession.open(
+        LinkToAuthorize.of(event), deps.clock(), deps.session_lifetime
+    )
+    sealed = deps.secret_box.seal(fresh.to_json(), context=data.link_id)
+    await deps.store.save_request(session, sealed)
+    await _offer_if_reserved(data.link_id, deps)
+
+
+async def when_link_reserved_offer_sign_in(event: LinkReserved, deps: BrokerDeps) -> None:
+    """Publishes the sign-in URL now that the registry holds the address and a plan slot."""
+    if event.data.provider is ProviderType.IMAP:
+        return  # a password link's reservation: nothing to remember
+    await deps.store.mark_reserved(event.data.link_id, event.data.expires_at, deps.clock())
+    await _offer_if_reserved(event.data.link_id, deps)
+
+
+async def _offer_if_reserved(link_id: str, deps: BrokerDeps) -> None:
+    # Both the request and the reservation call this, in whichever order they come: the URL
+    # goes out once both are in (twice at worst, and link-api ignores the repeat).
+    found = await deps.store.get_session(link_id)
+    if found is None:
+        return
+    session, sealed = found
+    if not session.may_be_offered(deps.clock()):
+        return
+    link = session.link
+    fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link_id))
+    url = deps.clients[link.provider].authorize_url(fresh, login_hint=link.address)
+    data = AuthorizationRequiredData(
+        link_id=link_id,
+        owner=link.owner,
+        address=link.address,
+        provider=link.provider,
+        authorize_url=url,
+        expires_at=session.usable_until,
+    )
+    await deps.publisher.publish(
+        AuthorizationRequired(correlation_id=link_id, producer=SERVICE_NAME, data=data)
+    )
+    logger.info("link %s: sign-in offered until %s", link_id, session.usable_until.isoformat())
+
+
+class CallbackResult(StrEnum):
+    """How a callback ended, for the page the browser sees."""
+
+    VERIFIED = "verified"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    """What the callback page says: the result, the failure or refusal, and the link."""
+
+    result: CallbackResult
+    link_id: str | None = None
+    address: str | None = None
+    failure: Failure | None = None
+    refusal: CallbackRefusal | None = None
+
+
+async def complete_sign_in(
+    state: str, code: str | None, error: str | None, error_description: str, deps: BrokerDeps
+) -> CallbackOutcome:
+    """Handles the browser's return from the provider: verifies the mailbox, or says why not.
+
+    A forged, replayed or expired state, or one of a link the registry ended, changes nothing.
+    """
+    claimed = await _claim_session(state, deps)
+    if isinstance(claimed, CallbackRefusal):
+        logger.info("callback refused: %s", claimed.value)
+        return CallbackOutcome(CallbackResult.REFUSED, refusal=claimed)
+    session, sealed = claimed
+    link = session.link
+    fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
+    try:
+        grant, servers = await _verify_sign_in(link, fresh, code, error, error_description, deps)
+    except AuthorizationFailed as failed:
+        failure = Failure.of(failed.code, failed.detail)
+        logger.info("link %s sign-in failed: %s (%s)", link.link_id, failed.code, failed.detail)
+    except Exception as exc:
+        # A bug must still end the link (its session is used up); only the type is logged,
+        # as library messages may quote what was sent.
+        logger.error("link %s sign-in broke: %s", link.link_id, type(exc).__name__)
+        failure = Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
+    else:
+        await _announce_verified(link, grant, servers, deps)
+        return CallbackOutcome(CallbackResult.VERIFIED, link.link_id, link.address)
+    await deps.publisher.publish(_failed(link, failure))
+    return CallbackOutcome(CallbackResult.FAILED, link.link_id, link.address, failure)
+
+
+async def _claim_session(
+    state: str, deps: BrokerDeps
+) -> tuple[AuthorizationSession, EncryptedSecret] | CallbackRefusal:
+    """Finds the state's session and uses it up, or says why the callback must be refused."""
+    now = deps.clock()
+    found = await deps.store.session_by_state(state_digest(state)) if state else None
+    refusal = refuse_callback(found[0] if found else None, now)
+    if refusal is not None or found is None:
+        return refusal or CallbackRefusal.UNKNOWN_STATE
+    if not await deps.store.claim_session(found[0].link.link_id, now):
+        return CallbackRefusal.STATE_USED  # a concurrent replay won the claim
+    return found
+
+
+async def _verify_sign_in(
+    link: LinkToAuthorize,
+    fresh: SessionSecrets,
+    code: str | None,
+    error: str | None,
+    error_description: str,
+    deps: BrokerDeps,
+) -> tuple[TokenGrant, MailServers]:
+    """Exchanges the code and checks every promise the link needs; raises AuthorizationFailed."""
+    if error:
+        detail = f"{error}: {error_description}" if error_description else error
+        raise AuthorizationFailed(failure_for_callback_error(error), detail)
+    if not code:
+        raise AuthorizationFailed(FailureCode.PROVIDER_ERROR, "the provider sent no code")
+    client = deps.clients[link.provider]
+    now = deps.clock()
+    try:
+        tokens = await client.exchange_code(code, fresh.code_verifier, now)
+        if tokens.id_token:
+            await client.check_id_token(tokens.id_token, fresh.nonce)
+        _require_lasting_mail_access(tokens, client.app)
+        mailbox = await client.signed_in_mailbox(tokens, now)
+    except (ProviderRefused, ProviderUnreachable) as exc:
+        raise AuthorizationFailed(FailureCode.PROVIDER_ERROR, str(exc)) from None
+    if not matches_any(link.address, mailbox.addresses):
+        signed_in = ", ".join(mailbox.addresses) or "an account without a verified address"
+        raise AuthorizationFailed(FailureCode.ACCOUNT_MISMATCH, f"signed in as {signed_in}")
+    refresh_token = mailbox.rotated_refresh_token or tokens.refresh_token or ""
+    grant = TokenGrant(tokens.access_token, refresh_token, tokens.expires_at, tokens.scopes)
+    servers = _servers_for(link, deps)
+    await _check_mailbox(servers, grant.access_token, deps)
+    return grant, servers
+
+
+def _require_lasting_mail_access(tokens: TokenResponse, app: OAuthApp) -> None:
+    missing = missing_scopes(tokens.scopes, app.endpoints.mail_scopes)
+    if missing:
+        raise AuthorizationFailed(FailureCode.SCOPE_MISSING, f"not granted: {' '.join(missing)}")
+    if not tokens.refresh_token:
+        raise AuthorizationFailed(FailureCode.NO_REFRESH_TOKEN, "the token answer had none")
+
+
+async def _check_mailbox(servers: MailServers, access_token: str, deps: BrokerDeps) -> None:
+    try:
+        await deps.check_mailbox(servers.imap, servers.smtp, access_token)
+    except ProbeFailed as failed:
+        code = _LOGIN_REFUSALS.get(failed.code, failed.code)
+        raise AuthorizationFailed(code, failed.detail) from None
+
+
+def _servers_for(link: LinkToAuthorize, deps: BrokerDeps) -> MailServers:
+    configured = (deps.mail_servers or {}).get(link.provider)
+    if configured is None:
+        return MailServers(link.imap, link.smtp)
+    return MailServers(
+        configured.imap.model_copy(update={"username": link.address}),
+        configured.smtp.model_copy(update={"username": link.address}),
+    )
+
+
+async def _announce_verified(
+    link: LinkToAuthorize, grant: TokenGrant, servers: MailServers, deps: BrokerDeps
+) -> None:
+    # The grant is stored before the event goes out, so MailboxLinked always finds it.
+    sealed = deps.secret_box.seal(grant.to_json(), context=link.address)
+    stored = StoredGrant(
+        link.link_id, link.owner, link.address, link.provider, GrantStatus.VERIFIED,
+        grant.expires_at, sealed, verified_at=deps.clock(),
+    )  # fmt: skip
+    await deps.store.save_grant(stored)
+    data = MailboxVerifiedData(
+        link_id=link.link_id,
+        owner=link.owner,
+        address=link.address,
+        provider=link.provider,
+        auth=AuthMethod.OAUTH,
+        imap=servers.imap,
+        smtp=servers.smtp,
+        credentials=sealed,
+    )
+    await deps.publisher.publish(
+        MailboxVerified(correlation_id=link.link_id, producer=SERVICE_NAME, data=data)
+    )
+    logger.info("link %s verified by sign-in", link.link_id)
+
+
+async def end_expired_sessions(deps: BrokerDeps) -> int:
+    """Ends sign-ins nobody finished in time; a reserved link fails with session_expired."""
+    now = deps.clock()
+    ended = 0
+    for link_id in await deps.store.expired_sessions(now):
+        found = await deps.store.get_session(link_id)
+        if found is None or not await deps.store.end_session(link_id):
+            continue
+        ended += 1
+        session = found[0]
+        if session.reserved:
+            detail = f"no sign-in completed by {session.expires_at.isoformat()}"
+            failure = Failure.of(FailureCode.SESSION_EXPIRED, detail)
+            await deps.publisher.publish(_failed(session.link, failure))
+    await deps.store.delete_stray_markers(now - _MARKER_LIFETIME)
+    forgotten = await deps.store.delete_unanswered_grants(now - _UNANSWERED_GRANT_LIFETIME)
+    if forgotten:
+        logger.warning("deleted %d verified grants the registry never answered", forgotten)
+    return ended
+
+
+def _failed(link: LinkToAuthorize, failure: Failure) -> VerificationFailed:
+    data = VerificationFailedData(
+        link_id=link.link_id,
+        owner=link.owner,
+        address=link.address,
+        provider=link.provider,
+        failure=failure,
+    )
+    return VerificationFailed(correlation_id=link.link_id, producer=SERVICE_NAME, data=data)

@@ -1,0 +1,136 @@
+"""Tokens after the sign-in: kept fresh once the registry links the mailbox, forgotten when
+it rejects the link, revoked when it is unlinked, and a reconnect announced when the provider
+refuses them for good."""
+
+import logging
+from datetime import timedelta
+
+from mailbox_link_contract.events import (
+    Failure,
+    LinkRejected,
+    MailboxLinked,
+    MailboxReconnectRequired,
+    MailboxReconnectRequiredData,
+    MailboxUnlinked,
+    ProviderType,
+)
+from mailbox_link_contract.failures import FailureCode
+from oauth_broker.config import SERVICE_NAME
+from oauth_broker.domain.grants import (
+    GrantStatus,
+    StoredGrant,
+    TokenGrant,
+)
+from oauth_broker.domain.outcomes import (
+    ProviderRefused,
+    ProviderUnreachable,
+)
+from oauth_broker.ports import BrokerDeps
+
+logger = logging.getLogger(__name__)
+
+# How long one broker may take to refresh a grant before another may try; a failed refresh is
+# retried when it lapses, which spaces out retries against a provider that is down.
+_REFRESH_LEASE = timedelta(minutes=1)
+
+
+async def when_mailbox_linked_keep_fresh(event: MailboxLinked, deps: BrokerDeps) -> None:
+    """Starts refreshing the grant of a link the registry linked."""
+    if event.data.provider is ProviderType.IMAP:
+        return  # a password mailbox: no grant to keep fresh
+    if await deps.store.activate_grant(event.data.link_id, event.data.mailbox_id):
+        logger.info("link %s linked: its tokens are kept fresh", event.data.link_id)
+
+
+async def when_link_rejected_discard(event: LinkRejected, deps: BrokerDeps) -> None:
+    """Closes the link's sign-in and deletes tokens it no longer needs.
+
+    Not revoked at the provider: Google revokes a user's whole grant to our app, which would
+    cut off the mailbox this user (already_linked) or another account already has linked.
+    """
+    link_id = event.data.link_id
+    ended = await deps.store.end_session(link_id)
+    deleted = await deps.store.delete_grant(link_id)
+    if ended or deleted:
+        logger.info("link %s rejected: sign-in closed, tokens deleted", link_id)
+
+
+async def when_mailbox_unlinked_revoke(event: MailboxUnlinked, deps: BrokerDeps) -> None:
+    """Revokes the unlinked mailbox's tokens where the provider offers it, then deletes them."""
+    link_id = event.data.link_id
+    grant = await deps.store.get_grant(link_id) if link_id else None
+    if grant is None or link_id is None:
+        return  # a password mailbox, or already done
+    tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
+    client = deps.clients.get(grant.provider)
+    revoked = False
+    if client is not None:
+        try:
+            revoked = await client.revoke(tokens.refresh_token)
+        except (ProviderRefused, ProviderUnreachable) as exc:
+            # The tokens are deleted anyway, so nothing here can use them again.
+            logger.warning("link %s: revocation failed (%s)", link_id, exc)
+    await deps.store.delete_grant(link_id)
+    logger.info("link %s unlinked: tokens %s and deleted", link_id,
+                "revoked" if revoked else "not revocable")  # fmt: skip
+
+
+async def refresh_due_grants(deps: BrokerDeps) -> int:
+    """Refreshes every active grant whose access token expires within the margin."""
+    due = await deps.store.grants_due(deps.clock() + deps.refresh_margin)
+    for grant in due:
+        try:
+            await refresh_grant(grant, deps)
+        except Exception as exc:
+            # One grant's trouble (a retired sealing key, a bug) must not stall the others.
+            logger.error("link %s: refresh broke: %s", grant.link_id, type(exc).__name__)
+    return len(due)
+
+
+async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> None:
+    """Renews one grant; a refusal for good marks the mailbox reconnect_required."""
+    now = deps.clock()
+    if not await deps.store.lease_refresh(grant.link_id, now, now + _REFRESH_LEASE):
+        return  # another broker is refreshing it
+    # Read again under the lease: another broker may have refreshed it since `grant` was read,
+    # and an old (rotated) refresh token would now be refused as if access were revoked.
+    current = await deps.store.get_grant(grant.link_id)
+    due_by = now + deps.refresh_margin
+    if current is None or current.status is not GrantStatus.ACTIVE or current.expires_at >= due_by:
+        return
+    grant = current
+    tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
+    try:
+        fresh = await deps.clients[grant.provider].refresh(tokens.refresh_token, deps.clock())
+    except ProviderRefused as refused:
+        if refused.is_final:
+            await _require_reconnect(grant, str(refused), deps)
+        else:
+            logger.warning("link %s: refresh refused (%s); retrying", grant.link_id, refused)
+        return
+    except ProviderUnreachable as exc:
+        logger.warning("link %s: refresh failed (%s); retrying", grant.link_id, exc)
+        return
+    renewed = tokens.renewed(fresh.access_token, fresh.expires_at, fresh.refresh_token)
+    sealed = deps.secret_box.seal(renewed.to_json(), context=grant.address)
+    await deps.store.renew_grant(grant.link_id, sealed, renewed.expires_at)
+
+
+async def _require_reconnect(grant: StoredGrant, detail: str, deps: BrokerDeps) -> None:
+    # Published before the grant is marked: a crash in between repeats the event next round
+    # (consumers deduplicate, the registry's flag is idempotent) instead of losing it.
+    if grant.mailbox_id is None:
+        return
+    data = MailboxReconnectRequiredData(
+        mailbox_id=grant.mailbox_id,
+        link_id=grant.link_id,
+        owner=grant.owner,
+        address=grant.address,
+        provider=grant.provider,
+        failure=Failure.of(FailureCode.RECONNECT_REQUIRED, f"token refresh answered {detail}"),
+    )
+    await deps.publisher.publish(
+        MailboxReconnectRequired(correlation_id=grant.link_id, producer=SERVICE_NAME, data=data)
+    )
+    await deps.store.mark_reconnect_required(grant.link_id)
+    logger.info("link %s: reconnect required (%s)", grant.link_id, detail)
