@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from imap_verifier.config import SERVICE_NAME
+from imap_verifier.domain.port_switch import other_port_works_detail, other_way_to_try
 from mailbox_link_contract.events import (
     Failure,
     LinkRequested,
@@ -18,7 +19,6 @@ from mailbox_link_contract.events import (
     VerificationFailedData,
 )
 from mailbox_link_contract.failures import FailureCode
-from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.mail_probes import Endpoint, Probe, ProbeFailed
@@ -27,26 +27,6 @@ from mailbox_link_shared.publishing import EventPublisher
 from mailbox_link_shared.routing import EventHandlers
 
 logger = logging.getLogger(__name__)
-
-SSL, STARTTLS = ConnectionSecurity.SSL, ConnectionSecurity.STARTTLS
-# The standard other way to reach the same service: implicit TLS and STARTTLS, both ways.
-OTHER_WAY = {
-    (465, SSL): (587, STARTTLS),
-    (587, STARTTLS): (465, SSL),
-    (993, SSL): (143, STARTTLS),
-    (143, STARTTLS): (993, SSL),
-}
-# Failures that a different port or security may cure (not a wrong password or host).
-CONNECTION_FAILURES = frozenset(
-    {
-        FailureCode.IMAP_UNREACHABLE,
-        FailureCode.SMTP_UNREACHABLE,
-        FailureCode.TLS_FAILED,
-        FailureCode.TIMEOUT,
-        FailureCode.NOT_AN_IMAP_SERVER,
-        FailureCode.NOT_AN_SMTP_SERVER,
-    }
-)
 
 Resolve = Callable[[ServerSettings, Sequence[IPNetwork], float], Awaitable[Endpoint]]
 
@@ -113,34 +93,20 @@ async def _check(
     try:
         await _login(server, password, probe, deps)
     except ProbeFailed as failure:
-        other = OTHER_WAY.get((server.port, server.security))
-        if failure.code not in CONNECTION_FAILURES or other is None:
+        other = other_way_to_try(server, failure.code)
+        if other is None:
             raise
-        port, security = other
         try:
-            await _login(
-                server.model_copy(update={"port": port, "security": security}),
-                password,
-                probe,
-                deps,
-            )
+            await _login(other, password, probe, deps)
         except ProbeFailed:
             raise failure from None
-        detail = (
-            f"{kind} on port {server.port} with {_words(server.security)} failed "
-            f"({failure.code.value}), but port {port} with {_words(security)} works: "
-            f"use port {port}, security {security.value}."
-        )
+        detail = other_port_works_detail(kind, server, failure.code, other)
         raise ProbeFailed(FailureCode.OTHER_PORT_WORKS, detail) from None
 
 
 async def _login(server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps) -> None:
     endpoint = await deps.resolve(server, deps.allowlist, deps.timeout)
     await probe(endpoint, server.username, password, deps.tls, deps.timeout)
-
-
-def _words(security: ConnectionSecurity) -> str:
-    return "SSL/TLS" if security is SSL else "STARTTLS"
 
 
 def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:
