@@ -16,7 +16,6 @@ import pytest
 from localinfra.stack import LocalStack
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import ConnectionSecurity
-from mailbox_link_shared import mail_probes
 from mailbox_link_shared.mail_probes import (
     Endpoint,
     Probe,
@@ -26,6 +25,7 @@ from mailbox_link_shared.mail_probes import (
     probe_smtp,
     probe_smtp_xoauth2,
 )
+from mailbox_link_shared.mail_probes import imap as imap_probe
 
 SSL = ConnectionSecurity.SSL
 STARTTLS = ConnectionSecurity.STARTTLS
@@ -344,9 +344,9 @@ def _pretend_capabilities(
     monkeypatch: pytest.MonkeyPatch, *, hide: set[str], add: frozenset[str] = frozenset()
 ) -> None:
     """Dovecot always offers SASL-IR and LOGIN; this makes the IMAP probe see otherwise."""
-    offered = mail_probes._ImapProbe._capabilities
+    offered = imap_probe._ImapProbe._capabilities
     monkeypatch.setattr(
-        mail_probes._ImapProbe, "_capabilities", lambda self: (offered(self) - hide) | add
+        imap_probe._ImapProbe, "_capabilities", lambda self: (offered(self) - hide) | add
     )
 
 

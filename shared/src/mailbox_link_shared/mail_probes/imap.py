@@ -1,0 +1,305 @@
+"""The IMAP probe: greeting, STARTTLS, CAPABILITY, LOGIN or AUTHENTICATE (PLAIN, XOAUTH2), and
+EXAMINE INBOX, each reply read within bounds and classified into a failure code."""
+
+import asyncio
+import collections
+import contextlib
+import ssl
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from aioimaplib import AUTH, AioImapException, Command, IMAP4ClientProtocol, quoted
+
+from mailbox_link_contract.failures import FailureCode
+from mailbox_link_contract.values import ConnectionSecurity
+from mailbox_link_shared.mail_probes.common import (
+    _GOODBYE_GRACE,
+    _GREETING_LIMIT,
+    _IMAP_VERSIONS,
+    _LATE_REPLY_GRACE,
+    _T,
+    Endpoint,
+    ProbeFailed,
+    _connect_failure,
+    _Credentials,
+    _Mechanism,
+    _not_offered,
+    _printable,
+)
+
+
+def _classify_greeting(greeting: bytes) -> ProbeFailed | None:
+    """Tells IMAP from the other mail protocols before aioimaplib sees a byte.
+
+    aioimaplib answers a POP3 greeting with CAPABILITY and then waits for ever, so anything
+    that is not an IMAP greeting must be stopped here.
+    """
+    head = greeting[:16].upper()
+    if head.startswith((b"* OK", b"* PREAUTH")):
+        return None
+    if not greeting:
+        return ProbeFailed(
+            FailureCode.IMAP_UNREACHABLE, "server closed the connection before its greeting"
+        )
+    if head.startswith(b"+OK"):
+        return ProbeFailed(FailureCode.POP3_ONLY, "this is a POP3 server (greeting +OK)")
+    if head.startswith(b"* BYE"):
+        text = _printable(greeting[5:])
+        return ProbeFailed(FailureCode.IMAP_UNREACHABLE, f"server refused the session: {text}")
+    if head.startswith(b"220"):
+        return ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, "this is an SMTP port (greeting 220)")
+    return ProbeFailed(
+        FailureCode.NOT_AN_IMAP_SERVER, f"not an IMAP greeting: {_printable(greeting)[:60]}"
+    )
+
+
+# aioimaplib ships no type information, so its base class is Any to mypy.
+class _ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol, holding the greeting back until we have classified it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, self._on_connection_lost)
+        self.greeting: asyncio.Future[bytes] = loop.create_future()
+        self.lost: asyncio.Future[ProbeFailed] = loop.create_future()
+        # How to answer AUTHENTICATE's `+` challenges: the queued lines first, then the other.
+        self.sasl_answers: collections.deque[bytes] = collections.deque()
+        self.sasl_after_rejection = b"*"
+        self._held: bytearray | None = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self._held is None:
+            self._feed(data)
+            return
+        self._held += data
+        if (b"\n" in self._held or len(self._held) > _GREETING_LIMIT) and not self.greeting.done():
+            self.greeting.set_result(bytes(self._held).partition(b"\n")[0].rstrip(b"\r"))
+
+    def release_greeting(self) -> list[asyncio.Future[Any]]:
+        """Hands the held bytes to aioimaplib; returns the tasks it started (its welcome)."""
+        held, self._held = bytes(self._held or b""), None
+        self._feed(held)
+        return list(self.tasks)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except Exception:
+            # aioimaplib's parse errors quote the pending command, which may be LOGIN or
+            # AUTHENTICATE with the secret; letting them reach the event loop would log it.
+            # Drop the session instead.
+            self._fail(FailureCode.NOT_AN_IMAP_SERVER, "server sent a response out of sequence")
+            self.transport.abort()
+
+    def _continuation(self, line: bytes) -> None:
+        pending = self.pending_sync_command
+        if pending is not None and pending.name == "AUTHENTICATE":
+            # A queued answer is the SASL response the command could not carry (no SASL-IR);
+            # any other challenge means the server rejected it, and only answering it gets the
+            # tagged NO instead of a hang. Written directly, so aioimaplib never logs it.
+            answer = self.sasl_answers.popleft() if self.sasl_answers else self.sasl_after_rejection
+            self.transport.write(answer + b"\r\n")
+            return
+        super()._continuation(line)
+
+    def _on_connection_lost(self, _exc: Exception | None) -> None:
+        self._fail(FailureCode.IMAP_UNREACHABLE, "server closed the connection")
+        if not self.greeting.done():
+            self.greeting.set_result(b"")
+
+    def _fail(self, code: FailureCode, detail: str) -> None:
+        if not self.lost.done():
+            self.lost.set_result(ProbeFailed(code, detail))
+
+
+@dataclass(frozen=True)
+class _Reply:
+    result: str
+    text: str
+
+    @classmethod
+    def of(cls, response: Any) -> "_Reply":
+        lines = [line for line in response.lines if isinstance(line, bytes | bytearray)]
+        return cls(str(response.result), _printable(bytes(lines[-1])) if lines else "")
+
+
+class _ImapProbe:
+    def __init__(self, endpoint: Endpoint, credentials: _Credentials, tls: ssl.SSLContext):
+        self.verified = False
+        self._endpoint = endpoint
+        self._credentials = credentials
+        self._tls = tls
+        self._loop = asyncio.get_running_loop()
+        self._proto = _ImapProtocol(self._loop)
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def run(self) -> None:
+        await self._connect()
+        failure = _classify_greeting(await self._proto.greeting)
+        if failure is not None:
+            raise failure
+        welcome = self._proto.release_greeting()
+        # The welcome asks CAPABILITY; it raises for IMAP4rev2-only servers, which we accept,
+        # so its outcome is ignored and the capabilities are checked below.
+        await self._guard("the greeting", asyncio.gather(*welcome, return_exceptions=True))
+        if self._endpoint.security is ConnectionSecurity.STARTTLS:
+            await self._starttls()
+        if not self._capabilities() & _IMAP_VERSIONS:
+            raise ProbeFailed(
+                FailureCode.NOT_AN_IMAP_SERVER, "server does not announce IMAP4rev1 or IMAP4rev2"
+            )
+        if self._proto.state != AUTH:  # PREAUTH over implicit TLS: already logged in
+            await self._login()
+        await self._examine_inbox()
+        self.verified = True
+        with contextlib.suppress(ProbeFailed, AioImapException, OSError, TimeoutError):
+            async with asyncio.timeout(_GOODBYE_GRACE):
+                await self._execute(self._command("LOGOUT"))
+
+    def unexpected(self, exc: Exception) -> ProbeFailed:
+        # Only the class name: aioimaplib's messages may quote the LOGIN/AUTHENTICATE command.
+        if isinstance(exc, OSError):
+            reason = exc.strerror or type(exc).__name__
+            return ProbeFailed(FailureCode.IMAP_UNREACHABLE, f"connection failed: {reason}")
+        name = type(exc).__name__
+        return ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, f"unexpected IMAP exchange ({name})")
+
+    def close(self) -> None:
+        for task in list(self._proto.tasks):
+            task.cancel()
+        for transport in self._transports:
+            # abort, not close: a graceful TLS close would linger waiting for the peer.
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+
+    async def _connect(self) -> None:
+        implicit = self._endpoint.security is ConnectionSecurity.SSL
+        try:
+            transport, _ = await self._loop.create_connection(
+                lambda: self._proto,
+                self._endpoint.address,
+                self._endpoint.port,
+                ssl=self._tls if implicit else None,
+                server_hostname=self._endpoint.hostname if implicit else None,
+            )
+        except OSError as exc:
+            raise _connect_failure(exc, FailureCode.IMAP_UNREACHABLE, in_tls=implicit) from None
+        self._transports.append(transport)
+
+    async def _starttls(self) -> None:
+        if self._proto.state == AUTH:
+            # A plaintext PREAUTH cannot be secured any more (and may be injected).
+            raise ProbeFailed(FailureCode.TLS_FAILED, "server sent PREAUTH before STARTTLS")
+        if "STARTTLS" not in self._capabilities():
+            raise ProbeFailed(FailureCode.TLS_FAILED, "server does not offer STARTTLS")
+        reply = await self._execute(self._command("STARTTLS"))
+        if reply.result != "OK":
+            raise ProbeFailed(FailureCode.TLS_FAILED, f"STARTTLS refused: {reply.text}")
+        # Anything after the OK came in plaintext and may be injected: drop it (RFC 2595 3.1).
+        self._proto.incomplete_line = b""
+        try:
+            secured = await self._loop.start_tls(
+                self._proto.transport,
+                self._proto,
+                self._tls,
+                server_hostname=self._endpoint.hostname,
+            )
+        except OSError as exc:
+            raise _connect_failure(
+                exc, FailureCode.IMAP_UNREACHABLE, in_tls=True, after_starttls=True
+            ) from None
+        if secured is None:
+            raise ProbeFailed(FailureCode.TLS_FAILED, "connection closed during the TLS handshake")
+        self._transports.append(secured)
+        self._proto.transport = secured
+        # Capabilities seen before TLS must be forgotten (RFC 9051 6.2.1).
+        with contextlib.suppress(AioImapException):
+            await self._guard("CAPABILITY", self._proto.capability())
+
+    async def _login(self) -> None:
+        if self._credentials.mechanism is _Mechanism.XOAUTH2:
+            command, secret = self._xoauth2_command()
+        else:
+            command, secret = self._password_command()
+        # Sent through execute() rather than aioimaplib's login()/xoauth2(): login() scrubs the
+        # raw password from its debug log but sends the quoted one, so an escaped password
+        # leaks; xoauth2() never answers the error challenge, so a bad token hangs.
+        reply = await self._execute(command, scrub=secret)
+        if reply.result != "OK":
+            raise ProbeFailed(FailureCode.IMAP_AUTH_FAILED, f"login rejected: {reply.text}")
+        self._proto.state = AUTH
+
+    def _password_command(self) -> tuple[Any, str | None]:
+        """AUTHENTICATE PLAIN or LOGIN, and the secret in it to keep out of the wire log."""
+        capabilities = self._capabilities()
+        if "AUTH=PLAIN" in capabilities and capabilities & {"SASL-IR", "LOGINDISABLED"}:
+            # AUTHENTICATE PLAIN carries any UTF-8 credentials; LOGIN's quoted strings may not.
+            # Without SASL-IR it costs a round trip, so LOGIN is preferred unless disabled.
+            return self._authenticate("PLAIN")
+        if "LOGINDISABLED" in capabilities:
+            raise _not_offered(FailureCode.IMAP_AUTH_FAILED, _Mechanism.PASSWORD, self._sasl())
+        secret = quoted(self._credentials.secret)
+        try:
+            return self._command("LOGIN", quoted(self._credentials.username), secret), secret
+        except ValueError:
+            raise ProbeFailed(
+                FailureCode.IMAP_AUTH_FAILED, "username or password contains a line break"
+            ) from None
+
+    def _xoauth2_command(self) -> tuple[Any, str | None]:
+        if "AUTH=XOAUTH2" not in self._capabilities():
+            raise _not_offered(FailureCode.IMAP_AUTH_FAILED, _Mechanism.XOAUTH2, self._sasl())
+        # A rejected token comes back as a `+` challenge carrying the error; XOAUTH2 expects
+        # an empty answer to it, and only then sends the tagged NO.
+        self._proto.sasl_after_rejection = b""
+        return self._authenticate("XOAUTH2")
+
+    def _authenticate(self, mechanism: str) -> tuple[Any, str | None]:
+        """AUTHENTICATE with the credentials' SASL response, in the command if SASL-IR allows."""
+        response = self._credentials.initial_response()
+        if "SASL-IR" in self._capabilities():
+            return self._command("AUTHENTICATE", mechanism, response), response
+        # Otherwise it answers the server's first `+` (RFC 9051 6.2.2), never in the command.
+        self._proto.sasl_answers.append(response.encode("ascii"))
+        return self._command("AUTHENTICATE", mechanism), None
+
+    async def _examine_inbox(self) -> None:
+        # EXAMINE is SELECT read-only: it proves the mailbox opens without touching \Recent.
+        reply = await self._execute(self._command("EXAMINE", "INBOX"))
+        if reply.result != "OK":
+            raise ProbeFailed(
+                FailureCode.NOT_AN_IMAP_SERVER, f"INBOX could not be opened: {reply.text}"
+            )
+
+    def _capabilities(self) -> set[str]:
+        return {str(capability).upper() for capability in self._proto.capabilities}
+
+    def _sasl(self) -> list[str]:
+        """The SASL mechanisms the server offers (its AUTH= capabilities)."""
+        return [name[5:] for name in self._capabilities() if name.startswith("AUTH=")]
+
+    def _command(self, name: str, *args: str) -> Any:
+        return Command(name, self._proto.new_tag(), *args, loop=self._loop)
+
+    async def _execute(self, command: Any, scrub: str | None = None) -> _Reply:
+        response = await self._guard(str(command.name), self._proto.execute(command, scrub=scrub))
+        return _Reply.of(response)
+
+    async def _guard(self, step: str, awaitable: Awaitable[_T]) -> _T:
+        """Awaits a step of aioimaplib, which would wait for ever on a dropped connection."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            await asyncio.wait((task, self._proto.lost), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait((task,), timeout=_LATE_REPLY_GRACE)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))
+        if not task.cancelled():
+            return task.result()
+        failure = self._proto.lost.result()
+        raise ProbeFailed(failure.code, f"{failure.detail} during {step}")
+
+
+# --- SMTP --------------------------------------------------------------------------------
