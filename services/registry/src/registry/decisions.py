@@ -23,7 +23,6 @@ from mailbox_link_contract.reading import read_document
 from mailbox_link_contract.topics import event_type_of, spec_of
 from mailbox_link_shared.addresses import mailbox_key
 from registry.adapters.registry_store import UserSlots
-from registry.deps import RegistryDeps
 from registry.domain.events import rejected_event, reserved_event
 from registry.domain.links import (
     HOLDING,
@@ -35,6 +34,7 @@ from registry.domain.links import (
     is_stale,
     judge_address_holder,
 )
+from registry.ports import RegistryDeps
 
 logger = logging.getLogger(__name__)
 # A decision announces one event of the mailboxes topic, kept in the record until published.

@@ -22,9 +22,9 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_shared.routing import EventHandlers, ignore
 from registry.decisions import current_link, decide, expire, new_record, reserve, settle, start
-from registry.deps import RegistryDeps
 from registry.domain.events import linked_event, rejected_event, unlinked_event
 from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
+from registry.ports import RegistryDeps
 
 __all__ = ["EVENT_HANDLERS", "RegistryDeps"]
 logger = logging.getLogger(__name__)
