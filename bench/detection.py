@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from link_api.adapters.autoconfig import AutoconfigFetcher
+from link_api.adapters.detector import Detector
 from link_api.adapters.dns_lookup import DnsLookup
-from link_api.detection import Detector
 from link_api.domain.providers import Provider
 from link_api.handlers import settings_for
 from localinfra.dns import DnsRecords, DnsServer

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from link_api.adapters.detector import FAILURE_TTL, MAX_TTL, MIN_TTL, Detector
 from link_api.adapters.dns_lookup import LookupFailed, NoSuchDomain, SrvTarget
-from link_api.detection import FAILURE_TTL, MAX_TTL, MIN_TTL, Detector
 from link_api.domain.providers import (
     PROVIDERS,
     Discovered,

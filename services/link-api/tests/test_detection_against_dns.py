@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from link_api.adapters.autoconfig import AutoconfigFetcher
+from link_api.adapters.detector import Detector
 from link_api.adapters.dns_lookup import DnsLookup
-from link_api.detection import Detector
 from link_api.domain.providers import Provider
 from localinfra.autoconfig_server import AutoconfigServer, Reply
 from localinfra.dns import DnsRecords, DnsServer

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from link_api import handlers
-from link_api.detection import Detector
+from link_api.adapters.detector import Detector
 from link_api.entrypoints.http import build_router
 from link_api.handlers import LinkApiDeps
 from link_api_fakes import FakeAutoconfig, FakeDns, InMemoryLinkStore

@@ -7,11 +7,11 @@ import httpx
 from fastapi import APIRouter, FastAPI
 
 from link_api.adapters.autoconfig import AutoconfigFetcher
+from link_api.adapters.detector import Detector
 from link_api.adapters.dns_lookup import DnsLookup
 from link_api.adapters.link_store import MongoLinkStore
 from link_api.adapters.registry_client import HttpRegistry
 from link_api.config import SERVICE_NAME, Settings
-from link_api.detection import Detector
 from link_api.entrypoints.events import register_subscribers
 from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router

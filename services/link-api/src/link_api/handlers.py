@@ -8,10 +8,10 @@ from datetime import timedelta
 
 from link_api.adapters.link_store import IdempotencyRecord, LinkStore
 from link_api.config import SERVICE_NAME
-from link_api.detection import DetectsProviders
 from link_api.domain.link_request import CannotLink, LinkPlan, LinkRequest, auth_for
 from link_api.domain.link_status import TERMINAL, LinkProgress, LinkStatus, LinkView
 from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
+from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import (
     AuthorizationRequired,
     LinkRejected,

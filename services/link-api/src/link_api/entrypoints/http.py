@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 
 from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable
-from link_api.detection import DetectsProviders
 from link_api.domain.link_request import CannotLink, LinkRequest
 from link_api.domain.providers import AuthMethod
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from link_api import handlers
-from link_api.detection import Detector
+from link_api.adapters.detector import Detector
 from link_api.domain.providers import PROVIDERS, Detection, MailSettings, ProviderInfo
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.api_errors import ApiErrorCode

@@ -1,4 +1,6 @@
-"""Provider detection: from an address to who hosts it and how to reach its mailbox.
+"""Provider detection: from an address to who hosts it and how to reach its mailbox. The
+Detector implements the DetectsProviders port (ports.py) from the DNS and autoconfig adapters
+and the tables of domain/providers.py.
 
 Order (a later step runs only if the earlier ones did not decide):
 1. known consumer domains (gmail.com, outlook.com, yahoo.*, icloud.com, ...) and the built-in
@@ -17,7 +19,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from link_api.adapters.dns_lookup import Answer, LookupFailed, NoSuchDomain, SrvTarget
 from link_api.domain.providers import (
@@ -25,7 +26,6 @@ from link_api.domain.providers import (
     IMAP_DOMAINS,
     PROVIDERS,
     Detection,
-    Discovered,
     Evidence,
     MailSettings,
     Provider,
@@ -34,6 +34,7 @@ from link_api.domain.providers import (
     match_mx,
     spf_hints,
 )
+from link_api.ports import AutoconfigPort, DnsPort
 from mailbox_link_contract.values import ConnectionSecurity
 
 TABLE_TTL = 86400
@@ -46,26 +47,6 @@ SRV_SERVICES = (
     ("_submissions._tcp", ConnectionSecurity.SSL, "smtp"),
     ("_submission._tcp", ConnectionSecurity.STARTTLS, "smtp"),
 )
-
-
-class DnsPort(Protocol):
-    """The DNS questions detection asks."""
-
-    async def mx(self, domain: str) -> Answer[list[str]]: ...
-    async def txt(self, domain: str) -> Answer[list[str]]: ...
-    async def srv(self, name: str) -> Answer[list[SrvTarget]]: ...
-
-
-class DetectsProviders(Protocol):
-    """Anything that tells who hosts an address (the Detector, or a test's fake)."""
-
-    async def detect(self, address: str) -> Detection: ...
-
-
-class AutoconfigPort(Protocol):
-    """Fetches a domain's autoconfig document (only over HTTPS, to public addresses)."""
-
-    async def fetch(self, domain: str, address: str) -> Discovered | None: ...
 
 
 @dataclass
