@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pydantic import SecretStr
 
 from imap_verifier.config import SERVICE_NAME
-from imap_verifier.handlers import EVENT_HANDLERS, VerifierDeps
+from imap_verifier.handlers import EVENT_HANDLERS
+from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import ServerSettings
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import Endpoint

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import pytest
 from pydantic import SecretStr
 
-from imap_verifier.handlers import VerifierDeps, when_link_requested_verify_mailbox
+from imap_verifier.handlers import when_link_requested_verify_mailbox
+from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import (
     LinkRequested,
     LinkRequestedData,

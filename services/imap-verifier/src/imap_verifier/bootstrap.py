@@ -6,7 +6,7 @@ from faststream.asgi import AsgiFastStream, make_ping_asgi
 
 from imap_verifier.config import SERVICE_NAME, Settings
 from imap_verifier.entrypoints.events import register_subscribers
-from imap_verifier.handlers import VerifierDeps
+from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp

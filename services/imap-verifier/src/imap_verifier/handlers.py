@@ -2,12 +2,10 @@
 
 import asyncio
 import logging
-import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from imap_verifier.config import SERVICE_NAME
 from imap_verifier.domain.port_switch import other_port_works_detail, other_way_to_try
+from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import (
     Failure,
     LinkRequested,
@@ -20,29 +18,10 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.crypto import SecretBox
-from mailbox_link_shared.mail_probes import Endpoint, Probe, ProbeFailed
-from mailbox_link_shared.network_policy import IPNetwork
-from mailbox_link_shared.publishing import EventPublisher
+from mailbox_link_shared.mail_probes import Probe, ProbeFailed
 from mailbox_link_shared.routing import EventHandlers
 
 logger = logging.getLogger(__name__)
-
-Resolve = Callable[[ServerSettings, Sequence[IPNetwork], float], Awaitable[Endpoint]]
-
-
-@dataclass(frozen=True)
-class VerifierDeps:
-    """What the handler works with; wired in bootstrap, faked in unit tests."""
-
-    publisher: EventPublisher
-    secret_box: SecretBox
-    resolve: Resolve
-    probe_imap: Probe
-    probe_smtp: Probe
-    tls: ssl.SSLContext
-    allowlist: Sequence[IPNetwork]
-    timeout: float
 
 
 async def when_link_requested_verify_mailbox(event: LinkRequested, deps: VerifierDeps) -> None:

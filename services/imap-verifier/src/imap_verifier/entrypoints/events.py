@@ -3,7 +3,8 @@
 from faststream.kafka import KafkaBroker
 
 from imap_verifier.config import SERVICE_NAME
-from imap_verifier.handlers import EVENT_HANDLERS, VerifierDeps
+from imap_verifier.handlers import EVENT_HANDLERS
+from imap_verifier.ports import VerifierDeps
 from mailbox_link_shared.kafka import subscribe
 from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
