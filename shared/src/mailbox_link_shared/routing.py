@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from mailbox_link_contract.events import Envelope
 from mailbox_link_contract.files import example_paths
 from mailbox_link_contract.reading import NotHandled, Unreadable, read_event
-from mailbox_link_contract.topics import event_type_of, topics_consumed_by
+from mailbox_link_contract.topics import event_type_of, event_types_consumed_by
 
 D = TypeVar("D")
 # A handler gets one event (of the model it is listed under) and the service's dependencies.
@@ -37,10 +37,6 @@ class EventRouter(Generic[D]):
         """Reads a record's value as an event of a type in the table (see reading.py)."""
         return read_event(raw, self.models)
 
-    def handles(self, event_type: str) -> bool:
-        """Tells whether the table lists this type, handled or ignored."""
-        return event_type in self.models
-
     def ignores(self, event: Envelope) -> bool:
         """Tells whether the table knowingly ignores this event's type."""
         return self._handlers.get(type(event)) is ignore
@@ -53,7 +49,7 @@ class EventRouter(Generic[D]):
 def table_gaps(service: str, handlers: EventHandlers[Any]) -> list[str]:
     """Returns what is wrong with a service's table against the catalogue: types of its topics
     it neither handles nor ignores, and types it lists that none of its topics carries."""
-    carried = {t for spec in topics_consumed_by(service) for t in spec.event_types}
+    carried = event_types_consumed_by(service)
     listed = {event_type_of(model) for model in handlers}
     return [f"unlisted: {t}" for t in sorted(carried - listed)] + [
         f"not on its topics: {t}" for t in sorted(listed - carried)
@@ -63,7 +59,7 @@ def table_gaps(service: str, handlers: EventHandlers[Any]) -> list[str]:
 async def replay_examples(service: str, router: EventRouter[Any]) -> dict[str, str]:
     """Reads every example of the contract as `service` would and handles what it lists;
     returns each example's outcome: handled, ignored, or skipped (not on its topics)."""
-    consumed = {t for spec in topics_consumed_by(service) for t in spec.event_types}
+    consumed = event_types_consumed_by(service)
     outcomes = {}
     for path in example_paths():
         event = router.read(path.read_bytes())
@@ -82,7 +78,7 @@ async def replay_problems(service: str, router: EventRouter[Any]) -> list[str]:
     """Replays every example (replay_examples) and returns what went wrong: an example of a
     topic the service reads that it neither handled nor ignored, one of another topic that it
     did not skip, or a table that handled nothing at all."""
-    consumed = {t for spec in topics_consumed_by(service) for t in spec.event_types}
+    consumed = event_types_consumed_by(service)
     outcomes = await replay_examples(service, router)
     problems = [
         f"{name}: {outcome}"

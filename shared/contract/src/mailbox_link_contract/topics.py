@@ -156,6 +156,11 @@ def topics_consumed_by(service: str) -> tuple[TopicSpec, ...]:
     return tuple(spec for spec in CATALOGUE if service in spec.consumers)
 
 
+def event_types_consumed_by(service: str) -> frozenset[str]:
+    """Returns the `type` names of every event on the topics one of our services reads."""
+    return frozenset(t for spec in topics_consumed_by(service) for t in spec.event_types)
+
+
 @dataclass(frozen=True)
 class Topics:
     """The topic names of one namespace (see ServiceSettings.namespace); one field per role."""
