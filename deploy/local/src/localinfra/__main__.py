@@ -24,8 +24,15 @@ from localinfra.dns import install_dnsmasq
 from localinfra.docker import docker_available
 from localinfra.dovecot import install_dovecot
 from localinfra.kafka import install_kafka, metadata_ok
-from localinfra.mongo import install_ferretdb, mongo_backend, ping
+from localinfra.mongo import (
+    FERRETDB_BACKENDS,
+    FERRETDB_POSTGRESQL,
+    install_ferretdb,
+    mongo_backend,
+    ping,
+)
 from localinfra.ports import port_is_open, wait_for_banner
+from localinfra.postgres import install_postgres
 from localinfra.stack import Endpoints, LocalStack
 from localinfra.system import run_system
 
@@ -34,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m localinfra", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help="install/build Kafka, FerretDB and Dovecot")
+    commands.add_parser("install", help="install/build Kafka, FerretDB, PostgreSQL, Dovecot")
     up = commands.add_parser("up", help="start everything and block until Ctrl-C")
     up.add_argument("--state-file", type=Path, help="write the endpoints JSON here")
     up.add_argument("--workdir", type=Path, help="configs, data and logs (default: temp dir)")
@@ -73,10 +80,13 @@ def _install() -> int:
         print("docker engine found: Kafka and MongoDB will run from testcontainers images")
     else:
         steps.append(install_kafka)
-        if mongo_backend() == "ferretdb":
+        backend = mongo_backend()
+        if backend in FERRETDB_BACKENDS:
             steps.append(install_ferretdb)
+            if backend == FERRETDB_POSTGRESQL:
+                steps.append(install_postgres)
         else:
-            print(f"MongoDB: using {mongo_backend()} (nothing to build)")
+            print(f"MongoDB: using {backend} (nothing to build)")
     # Independent downloads/builds (apt, Maven, Go): run them side by side.
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(steps)) as pool:
         futures = [pool.submit(step) for step in steps]

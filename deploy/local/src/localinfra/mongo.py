@@ -1,8 +1,10 @@
-"""A MongoDB-protocol server: ``$MONGODB_URI``, else a local ``mongod``, else FerretDB/SQLite.
+"""A MongoDB-protocol server: ``$MONGODB_URI``, else a local ``mongod``, else FerretDB.
 
-FerretDB v1 speaks the MongoDB wire protocol over SQLite files, so tests need neither Docker
-nor a MongoDB install. It supports unique indexes but not multi-document transactions or
-change streams: code is tested against it but designed for real MongoDB.
+FerretDB v1 speaks the MongoDB wire protocol over PostgreSQL (the default here: a throwaway
+cluster from ``localinfra.postgres``, docs/adr/0012) or over SQLite files
+(``MBL_LOCAL_STORE=ferretdb-sqlite``), so tests need neither Docker nor a MongoDB install. It
+supports unique indexes but not multi-document transactions or change streams: code is tested
+against it but designed for real MongoDB.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pymongo import MongoClient
 
 from localinfra.cache import InstallResult, cache_dir, install_lock
 from localinfra.ports import free_port, port_is_open
+from localinfra.postgres import PostgresCluster
 from localinfra.procs import ManagedProcess, ServerFailedError, wait_until_ready
 
 FERRETDB_VERSION = "v1.24.2"
@@ -84,13 +87,26 @@ def _make_writable(root: Path) -> None:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+FERRETDB_POSTGRESQL = "ferretdb-postgresql"
+FERRETDB_SQLITE = "ferretdb-sqlite"
+FERRETDB_BACKENDS = (FERRETDB_POSTGRESQL, FERRETDB_SQLITE)
+LOCAL_STORE_ENV = "MBL_LOCAL_STORE"
+
+
 def mongo_backend() -> str:
-    """Which server ``MongoServer`` will use: "external", "mongod" or "ferretdb"."""
+    """Which server ``MongoServer`` will use.
+
+    "external" (``$MONGODB_URI``), else "mongod" (on PATH), else FerretDB on the backend
+    ``$MBL_LOCAL_STORE`` names: "ferretdb-postgresql" (the default) or "ferretdb-sqlite".
+    """
     if os.environ.get("MONGODB_URI"):
         return "external"
     if shutil.which("mongod"):
         return "mongod"
-    return "ferretdb"
+    store = os.environ.get(LOCAL_STORE_ENV) or FERRETDB_POSTGRESQL
+    if store not in FERRETDB_BACKENDS:
+        raise ValueError(f"{LOCAL_STORE_ENV}={store!r}: use one of {', '.join(FERRETDB_BACKENDS)}")
+    return store
 
 
 def mongo_pool_size() -> int:
@@ -100,16 +116,24 @@ def mongo_pool_size() -> int:
     concurrent connections (measured: 200 concurrent $inc on one document kept 13), so its
     clients use one connection, which it serves in order. MongoDB itself needs no limit.
     """
-    return 1 if mongo_backend() == "ferretdb" else 100
+    return 1 if mongo_backend() in FERRETDB_BACKENDS else 100
 
 
 class MongoServer:
     """Starts (or adopts, with ``$MONGODB_URI``) a MongoDB-protocol server on 127.0.0.1."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, backend: str | None = None, *, postgres_id_index: bool = True
+    ) -> None:
+        """``backend`` overrides ``mongo_backend()`` (the store bench runs each in turn);
+        ``postgres_id_index=False`` leaves out the cluster's ``_id`` GIN index and its plan
+        setting (``PostgresCluster``), for comparison only."""
         self.workdir = workdir
-        self.backend = mongo_backend()
-        self.uri = os.environ.get("MONGODB_URI", "")
+        self.backend = backend or mongo_backend()
+        self.uri = os.environ.get("MONGODB_URI", "") if self.backend == "external" else ""
+        self.postgres: PostgresCluster | None = None
+        if self.backend == FERRETDB_POSTGRESQL:
+            self.postgres = PostgresCluster(workdir / "postgres", id_index=postgres_id_index)
         self._proc: ManagedProcess | None = None
 
     def start(self, timeout: float = 30.0) -> str:
@@ -117,15 +141,21 @@ class MongoServer:
         if self.backend == "external":
             _wait_for_ping(self.uri, timeout)
             return self.uri
-        if self.backend == "ferretdb":
+        if self.backend in FERRETDB_BACKENDS:
             install_ferretdb()
-        for attempt in (1, 2):  # a picked port can be grabbed before the server binds it
-            try:
-                return self._start_once(timeout)
-            except ServerFailedError as exc:
-                self.stop()
-                if attempt == 2 or "address already in use" not in str(exc).lower():
-                    raise
+        try:
+            if self.postgres is not None:
+                self.postgres.start(timeout)
+            for attempt in (1, 2):  # a picked port can be grabbed before the server binds it
+                try:
+                    return self._start_once(timeout)
+                except ServerFailedError as exc:
+                    self._stop_server()
+                    if attempt == 2 or "address already in use" not in str(exc).lower():
+                        raise
+        except BaseException:
+            self.stop()
+            raise
         raise AssertionError("unreachable")
 
     def _start_once(self, timeout: float) -> str:
@@ -139,10 +169,13 @@ class MongoServer:
                 "--quiet", "--setParameter", "diagnosticDataCollectionEnabled=false",
             ]  # fmt: skip
         else:
+            if self.postgres is not None:
+                handler = ["--handler=postgresql", f"--postgresql-url={self.postgres.ferretdb_url}"]
+            else:
+                handler = ["--handler=sqlite", f"--sqlite-url=file:{data}/"]
             argv = [
                 str(ferretdb_binary()),
-                "--handler=sqlite",
-                f"--sqlite-url=file:{data}/",
+                *handler,
                 f"--listen-addr=127.0.0.1:{port}",
                 f"--state-dir={self.workdir}",
                 # Its default debug address 127.0.0.1:8088 would clash between instances.
@@ -164,10 +197,17 @@ class MongoServer:
         self.uri = uri
         return uri
 
-    def stop(self) -> None:
-        """Stop the server we started (never an external one). Idempotent."""
+    def _stop_server(self) -> None:
         if self._proc is not None:
             self._proc.stop(timeout=10.0)
+            self._proc = None
+
+    def stop(self) -> None:
+        """Stop what we started (never an external server): FerretDB, then PostgreSQL.
+        Idempotent."""
+        self._stop_server()
+        if self.postgres is not None:
+            self.postgres.stop()
 
 
 def ping(uri: str, timeout_ms: int = 500) -> bool:
