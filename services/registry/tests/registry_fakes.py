@@ -1,16 +1,34 @@
 """Hand-written in-memory stand-ins for the registry's storage, clock and publisher."""
 
+import asyncio
 import json
+import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mailbox_link_contract.events import Envelope, MailboxOwner, utc_now
+from pydantic import SecretStr
+
+from mailbox_link_contract.events import (
+    Envelope,
+    Failure,
+    LinkRequested,
+    LinkRequestedData,
+    MailboxOwner,
+    MailboxVerified,
+    MailboxVerifiedData,
+    ProviderType,
+    ServerSettings,
+    VerificationFailed,
+    VerificationFailedData,
+    utc_now,
+)
 from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
-from registry.adapters.registry_store import UserSlots
-from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
+from registry.adapters.registry_store import Claim, PendingEntry, UserPlan, Verification
+from registry.domain.links import Decision, LinkRecord, Progress
 
 
 class FakeClock:
@@ -26,42 +44,38 @@ class FakeClock:
         self.now += by
 
 
-@dataclass
-class _User:
-    plan: str | None = None
-    plan_changed_at: datetime | None = None
-    held: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OpenDecision:
-    """A marker of an unfinished decision, as the Mongo adapter's open_decisions documents."""
-
-    link_id: str
-    event_id: str
-    opened_at: datetime
-
-
 class InMemoryRegistryStore:
-    """RegistryStore in dicts, with the Mongo adapter's conditional semantics.
+    """RegistryStore in dicts, with the Mongo adapter's semantics: inserts keep the first
+    document under an id; hint writes simply overwrite.
 
-    The address-lock dict plays the unique index on the address, the marker dict the unique
-    _id of an open decision; every method is one conditional change of one entry, as each
-    Mongo method is one conditional update. Outboxes go through JSON, as the adapter keeps them.
-
-    Tests may make a competing request (or a crash) `cut_in` just before an add_link, a
-    decide or a lock_address, and see in `lock_requests` and `slot_requests` which links
-    tried to take anything.
+    `hint_loss` (0..1) drops that share of hint writes, as lost updates on a store without
+    isolation would: the protocol must stay correct with any of them lost. `interleave` lets
+    other tasks run before every operation, in a random order, as concurrent requests on many
+    connections would interleave their round trips. Tests may make a
+    competing request (or a crash) `cut_in` just before a method, and see in `claimants` which
+    links claimed anything.
     """
 
-    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = utc_now,
+        hint_loss: float = 0.0,
+        interleave: bool = False,
+        seed: int = 0,
+    ) -> None:
         self._clock = clock
         self.links: dict[str, LinkRecord] = {}
-        self.markers: dict[tuple[str, str], OpenDecision] = {}
-        self.locks: dict[str, str] = {}
-        self.users: dict[MailboxOwner, _User] = {}
-        self.lock_requests: list[str] = []
-        self.slot_requests: list[str] = []
+        self.decisions: dict[tuple[str, int], Decision] = {}
+        self.verifications: dict[str, Verification] = {}
+        self.claims: dict[str, Claim] = {}
+        self.plans: dict[MailboxOwner, UserPlan] = {}
+        self.slot_hints: dict[MailboxOwner, dict[int, str]] = {}
+        self.pending_entries: dict[str, PendingEntry] = {}
+        self.ended_at: dict[str, datetime] = {}
+        self.claimants: list[str] = []
+        self._hint_loss = hint_loss
+        self._interleave = interleave
+        self._random = random.Random(seed)
         self._cut_ins: dict[str, Callable[[], Awaitable[None]]] = {}
 
     def cut_in(self, before: str, action: Callable[[], Awaitable[None]]) -> None:
@@ -69,118 +83,131 @@ class InMemoryRegistryStore:
         self._cut_ins[before] = action
 
     async def _maybe_cut_in(self, method: str) -> None:
+        if self._interleave:
+            for _ in range(self._random.randrange(3)):
+                await asyncio.sleep(0)
         action = self._cut_ins.pop(method, None)
         if action is not None:
             await action()
 
-    async def add_link(self, record: LinkRecord) -> LinkRecord:
+    def _hint_lost(self) -> bool:
+        return self._hint_loss > 0 and self._random.random() < self._hint_loss
+
+    async def add_link(self, record: LinkRecord) -> LinkRecord | None:
         await self._maybe_cut_in("add_link")
         existing = self.links.get(record.link_id)
         if existing is not None:
             return existing
-        self.links[record.link_id] = replace(record, outbox=_through_json(record.outbox))
-        return record
+        self.links[record.link_id] = replace(record, latest=None)
+        return None
 
     async def get_link(self, link_id: str) -> LinkRecord | None:
+        await self._maybe_cut_in("get_link")
         return self.links.get(link_id)
 
-    async def get_links(self, link_ids: list[str]) -> list[LinkRecord]:
-        return [self.links[i] for i in link_ids if i in self.links]
-
-    async def decide(
-        self,
-        link_id: str,
-        from_states: frozenset[LinkState],
-        to_state: LinkState,
-        outbox: dict[str, Any],
-        mailbox: MailboxDetails | None = None,
-    ) -> LinkRecord | None:
-        await self._maybe_cut_in("decide")
+    async def note_progress(self, link_id: str, progress: Progress, at: datetime) -> None:
+        await self._maybe_cut_in("note_progress")
         record = self.links.get(link_id)
-        if record is None or record.state not in from_states:
-            return None
-        decided = replace(
-            record,
-            state=to_state,
-            outbox=_through_json(outbox),
-            mailbox=mailbox if mailbox is not None else record.mailbox,
-        )
-        self.links[link_id] = decided
-        return decided
+        if record is not None and not self._hint_lost():
+            self.links[link_id] = replace(record, progress=progress)
+            if progress.at_rest_ended:
+                self.ended_at[link_id] = at
 
-    async def open_decision(self, link_id: str, event_id: str) -> None:
-        # Opening twice keeps the first marker and its time, as the duplicate insert does.
-        self.markers.setdefault((link_id, event_id), OpenDecision(link_id, event_id, self._clock()))
+    async def add_decision(self, link_id: str, decision: Decision) -> bool:
+        await self._maybe_cut_in("add_decision")
+        key = (link_id, decision.step)
+        if key in self.decisions:
+            return False
+        self.decisions[key] = replace(decision, outbox=_through_json(decision.outbox))
+        return True
 
-    async def is_decision_open(self, link_id: str, event_id: str) -> bool:
-        return (link_id, event_id) in self.markers
+    async def get_decision(self, link_id: str, step: int) -> Decision | None:
+        await self._maybe_cut_in("get_decision")
+        return self.decisions.get((link_id, step))
 
-    async def close_decision(self, link_id: str, event_id: str) -> None:
-        self.markers.pop((link_id, event_id), None)
+    async def add_verification(self, link_id: str, verification: Verification) -> None:
+        await self._maybe_cut_in("add_verification")
+        self.verifications.setdefault(link_id, verification)
 
-    async def open_decisions(self, opened_before: datetime) -> list[tuple[str, str]]:
-        return [
-            (m.link_id, m.event_id) for m in self.markers.values() if m.opened_at < opened_before
-        ]
+    async def get_verification(self, link_id: str) -> Verification | None:
+        await self._maybe_cut_in("get_verification")
+        return self.verifications.get(link_id)
 
-    async def overdue(self, now: datetime) -> list[LinkRecord]:
-        return [r for r in self.links.values() if r.state in IN_FLIGHT and r.expires_at <= now]
+    async def drop_verification(self, link_id: str) -> None:
+        await self._maybe_cut_in("drop_verification")
+        self.verifications.pop(link_id, None)
 
-    async def lock_address(self, address: str, link_id: str) -> str:
-        await self._maybe_cut_in("lock_address")
-        self.lock_requests.append(link_id)
-        return self.locks.setdefault(address, link_id)
+    async def add_claim(self, claim: Claim) -> bool:
+        await self._maybe_cut_in("add_claim")
+        if claim.claim_id in self.claims:
+            return False
+        self.claimants.append(claim.link_id)
+        self.claims[claim.claim_id] = claim
+        return True
 
-    async def address_holder(self, address: str) -> str | None:
-        return self.locks.get(address)
+    async def get_claim(self, resource: str, generation: int) -> Claim | None:
+        await self._maybe_cut_in("get_claim")
+        return self.claims.get(Claim(resource, generation, "").claim_id)
 
-    async def unlock_address(self, address: str, link_id: str) -> None:
-        if self.locks.get(address) == link_id:
-            del self.locks[address]
+    async def note_latest_claim(self, resource: str, generation: int) -> None:
+        await self._maybe_cut_in("note_latest_claim")
+        head = self.claims.get(Claim(resource, 0, "").claim_id)
+        if head is not None and not self._hint_lost():
+            self.claims[head.claim_id] = replace(head, latest=generation)
 
-    async def get_slots(self, owner: MailboxOwner) -> UserSlots:
-        user = self.users.get(owner)
-        if user is None:
-            return UserSlots()
-        return UserSlots(plan=user.plan, held=dict(user.held))
+    async def get_plan(self, owner: MailboxOwner) -> UserPlan:
+        await self._maybe_cut_in("get_plan")
+        return self.plans.get(owner, UserPlan())
 
-    async def take_slot(
-        self, owner: MailboxOwner, link_id: str, address: str, plan: str | None, limit: int
+    async def set_plan(
+        self, owner: MailboxOwner, plan: str, changed_at: datetime, limit: int
     ) -> bool:
-        self.slot_requests.append(link_id)
-        user = self.users.get(owner)
-        if user is None:
-            # The upsert path: a user nobody has seen yet gets a document on `plan`.
-            self.users[owner] = _User(plan=plan, held={link_id: address})
-            return True
-        if user.plan != plan or len(user.held) >= limit or link_id in user.held:
+        await self._maybe_cut_in("set_plan")
+        stored = self.plans.get(owner)
+        if stored is not None and stored.changed_at is not None and stored.changed_at >= changed_at:
             return False
-        user.held[link_id] = address
+        max_limit = max(limit, stored.max_limit if stored else 0)
+        self.plans[owner] = UserPlan(plan, changed_at, max_limit)
         return True
 
-    async def free_slot(self, owner: MailboxOwner, link_id: str) -> None:
-        user = self.users.get(owner)
-        if user is not None:
-            user.held.pop(link_id, None)
+    async def get_slot_hints(self, owner: MailboxOwner) -> dict[int, str]:
+        await self._maybe_cut_in("get_slot_hints")
+        return dict(self.slot_hints.get(owner, {}))
 
-    async def set_plan(self, owner: MailboxOwner, plan: str, changed_at: datetime) -> bool:
-        user = self.users.get(owner)
-        if user is None:
-            self.users[owner] = _User(plan=plan, plan_changed_at=changed_at)
-            return True
-        if user.plan_changed_at is not None and user.plan_changed_at >= changed_at:
-            return False
-        user.plan = plan
-        user.plan_changed_at = changed_at
-        return True
+    async def note_slot(self, owner: MailboxOwner, slot: int, link_id: str) -> None:
+        await self._maybe_cut_in("note_slot")
+        if not self._hint_lost():
+            self.slot_hints.setdefault(owner, {})[slot] = link_id
 
-    async def mark_reconnect_required(self, link_id: str, code: FailureCode) -> bool:
-        record = self.links.get(link_id)
-        if record is None or record.state is not LinkState.LINKED or record.mailbox is None:
-            return False
-        mailbox = replace(record.mailbox, reconnect_required=code)
-        self.links[link_id] = replace(record, mailbox=mailbox)
-        return True
+    async def open_pending(self, entry: PendingEntry) -> None:
+        await self._maybe_cut_in("open_pending")
+        self.pending_entries.setdefault(entry.entry_id, entry)
+
+    async def pending(self, limit: int) -> list[PendingEntry]:
+        await self._maybe_cut_in("pending")
+        return list(self.pending_entries.values())[:limit]
+
+    async def close_pending(self, entry_id: str) -> None:
+        await self._maybe_cut_in("close_pending")
+        self.pending_entries.pop(entry_id, None)
+
+    async def ended_before(self, cutoff: datetime, limit: int) -> list[LinkRecord]:
+        await self._maybe_cut_in("ended_before")
+        ended = [self.links[i] for i, at in self.ended_at.items() if at < cutoff]
+        return ended[:limit]
+
+    async def forget_link(self, link_id: str, steps: int) -> None:
+        await self._maybe_cut_in("forget_link")
+        for step in range(1, steps + 1):
+            self.decisions.pop((link_id, step), None)
+            self.pending_entries.pop(f"{link_id}/{step}", None)
+        self.verifications.pop(link_id, None)
+        self.links.pop(link_id, None)
+        self.ended_at.pop(link_id, None)
+
+    async def forget_claim(self, resource: str, generation: int) -> None:
+        await self._maybe_cut_in("forget_claim")
+        self.claims.pop(Claim(resource, generation, "").claim_id, None)
 
 
 def _through_json(event: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -203,3 +230,48 @@ class FailingOncePublisher(RecordingPublisher):
             self._fail_type = None
             raise ConnectionError(f"broker away while publishing {event.type}")
         await super().publish(event)
+
+
+# --- the events other services send the registry --------------------------------------------
+
+
+def request_data(owner: MailboxOwner, link_id: str, address: str) -> LinkRequestedData:
+    imap = ServerSettings(host="imap.example.org", port=993, security="ssl", username=address)
+    smtp = ServerSettings(host="smtp.example.org", port=465, security="ssl", username=address)
+    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", address)
+    return LinkRequestedData(
+        link_id=link_id,
+        owner=owner,
+        address=address,
+        provider=ProviderType.IMAP,
+        imap=imap,
+        smtp=smtp,
+        credentials=sealed,
+    )
+
+
+def requested_event(
+    owner: MailboxOwner, link_id: str, address: str = "box@example.org"
+) -> LinkRequested:
+    data = request_data(owner, link_id, address)
+    return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
+
+
+def verified_event(
+    owner: MailboxOwner, link_id: str, address: str = "box@example.org"
+) -> MailboxVerified:
+    data = MailboxVerifiedData(**request_data(owner, link_id, address).model_dump())
+    return MailboxVerified(correlation_id=link_id, producer="imap-verifier", data=data)
+
+
+def failed_event(
+    owner: MailboxOwner, link_id: str, address: str = "box@example.org"
+) -> VerificationFailed:
+    data = VerificationFailedData(
+        link_id=link_id,
+        owner=owner,
+        address=address,
+        provider=ProviderType.IMAP,
+        failure=Failure.of(FailureCode.IMAP_AUTH_FAILED, "NO [AUTHENTICATIONFAILED]"),
+    )
+    return VerificationFailed(correlation_id=link_id, producer="imap-verifier", data=data)

@@ -4,14 +4,13 @@ from datetime import timedelta
 from typing import TypeVar
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from mailbox_link_contract.events import (
     Envelope,
     Failure,
     LinkRejected,
     LinkRequested,
-    LinkRequestedData,
     LinkReserved,
     MailboxLinked,
     MailboxOwner,
@@ -19,24 +18,39 @@ from mailbox_link_contract.events import (
     MailboxReconnectRequiredData,
     MailboxUnlinked,
     MailboxVerified,
-    MailboxVerifiedData,
     ProviderType,
-    ServerSettings,
     UnlinkedBy,
     UserPlanChanged,
     UserPlanChangedData,
     VerificationFailed,
-    VerificationFailedData,
 )
 from mailbox_link_contract.failures import FailureCode
-from mailbox_link_shared.crypto import SecretBox, generate_key
+from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.publishing import RecordingPublisher
 from mailbox_link_shared.routing import EventRouter
 from registry import handlers
-from registry.domain.links import LinkState
+from registry.adapters.registry_store import PendingEntry
+from registry.decisions import current_link, held_slots, load
+from registry.domain.links import LinkRecord, LinkState
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.handlers import RegistryDeps, UnlinkResult
-from registry_fakes import FailingOncePublisher, FakeClock, InMemoryRegistryStore
+from registry_fakes import (
+    FailingOncePublisher,
+    FakeClock,
+    InMemoryRegistryStore,
+)
+from registry_fakes import (
+    failed_event as _failed,
+)
+from registry_fakes import (
+    request_data as _request_data,
+)
+from registry_fakes import (
+    requested_event as _requested,
+)
+from registry_fakes import (
+    verified_event as _verified,
+)
 
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
 BOB = MailboxOwner(account_id="globex", user_id="bob")
@@ -78,7 +92,7 @@ async def test_request_reserves_the_address_and_a_slot_and_announces_it(
     assert reserved.data.owner == ALICE
     assert reserved.data.address == ADDRESS
     assert reserved.data.expires_at == clock() + TTL
-    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) == "l1"
     assert (await handlers.get_plan(ALICE, deps)).used == 1
 
 
@@ -138,13 +152,18 @@ async def test_reconnect_required_flags_a_linked_mailbox_which_stays_its_owners(
     assert (await handlers.find_owner(ADDRESS, deps)) is not None
 
 
-async def test_verification_before_the_request_still_reserves_then_links(
-    deps: RegistryDeps,
+async def test_verification_before_the_request_waits_for_it_then_links(
+    deps: RegistryDeps, store: InMemoryRegistryStore
 ) -> None:
+    # Only the request claims: a verification never races its own request for a plan slot.
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
-    assert _types(deps) == [LinkReserved, MailboxLinked]
+    assert _types(deps) == []
+    assert store.claimants == []
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
-    assert _types(deps) == [LinkReserved, MailboxLinked]  # the late request changes nothing
+    assert _types(deps) == [LinkReserved, MailboxLinked]
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)  # redelivered
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    assert _types(deps) == [LinkReserved, MailboxLinked]
     assert len(await handlers.list_mailboxes(ALICE, deps)) == 1
     assert (await handlers.get_plan(ALICE, deps)).used == 1
 
@@ -153,11 +172,12 @@ async def test_each_decision_is_published_once_when_nothing_fails(
     deps: RegistryDeps, store: InMemoryRegistryStore
 ) -> None:
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
     assert _types(deps) == [LinkReserved, MailboxLinked]
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
     await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER)
     assert _types(deps) == [LinkReserved, MailboxLinked, MailboxUnlinked]
-    assert store.markers == {}  # every decision finished
+    assert _at_rest(store)  # every decision finished
 
 
 async def test_second_account_cannot_link_a_linked_mailbox(deps: RegistryDeps) -> None:
@@ -172,7 +192,7 @@ async def test_second_account_cannot_link_a_linked_mailbox(deps: RegistryDeps) -
     # Nothing was taken for BOB, and the late verification of his request links nothing.
     await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
     assert _final(deps, "l2") == refused
-    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) == "l1"
     assert (await handlers.get_plan(BOB, deps)).used == 0
     assert await handlers.list_mailboxes(BOB, deps) == []
 
@@ -181,44 +201,48 @@ async def test_refusal_to_another_account_names_none_of_its_mailboxes(deps: Regi
     await _link(deps, ALICE, "l1")
     await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
     await handlers.when_mailbox_verified_link(_verified(BOB, "l3"), deps)  # verified first
+    await handlers.when_link_requested_reserve(_requested(BOB, "l3"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "l4"), deps)
     assert _rejection(deps, "l2").data.mailbox_id is None
     assert _rejection(deps, "l3").data.mailbox_id is None
     assert _rejection(deps, "l4").data.mailbox_id is not None  # the owner may know their own
 
 
-async def test_a_refusal_on_sight_takes_no_address_or_slot(
+async def test_a_refused_request_holds_nothing_and_claims_only_its_address(
     deps: RegistryDeps, store: InMemoryRegistryStore
 ) -> None:
     await handlers.assign_plan(ALICE, "free", deps)
     await _link(deps, ALICE, "l1")
-    store.lock_requests.clear()
-    store.slot_requests.clear()
+    store.claimants.clear()
     await handlers.when_link_requested_reserve(_requested(BOB, "elsewhere"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "again"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "full", "b@example.org"), deps)
-    await handlers.when_mailbox_verified_link(_verified(ALICE, "full-late", "c@example.org"), deps)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "late", "c@example.org"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "late", "c@example.org"), deps)
     codes = {
         link_id: _rejection(deps, link_id).data.failure.code
-        for link_id in ("elsewhere", "again", "full", "full-late")
+        for link_id in ("elsewhere", "again", "full", "late")
     }
     assert codes == {
         "elsewhere": FailureCode.ALREADY_LINKED_ELSEWHERE,
         "again": FailureCode.ALREADY_LINKED,
         "full": FailureCode.PLAN_LIMIT_REACHED,
-        "full-late": FailureCode.PLAN_LIMIT_REACHED,
+        "late": FailureCode.PLAN_LIMIT_REACHED,
     }
-    assert store.lock_requests == []
-    assert store.slot_requests == []
-    assert store.locks == {ADDRESS: "l1"}
-    assert (await deps.store.get_slots(ALICE)).held == {"l1": ADDRESS}
-    assert (await deps.store.get_slots(BOB)).held == {}
-    for link_id in codes:  # stored already decided: it never was in flight
-        record = await deps.store.get_link(link_id)
-        assert record is not None
+    # A held address is answered on sight; the plan is looked at once the address is claimed
+    # (so the answer about the address never depends on the plan), and no slot is claimed.
+    assert store.claimants == ["full", "late"]
+    assert await _holder(deps, ADDRESS) == "l1"
+    assert await _holder(deps, "b@example.org") is None  # the refusal ended its claim
+    assert await _held(deps, ALICE) == {"l1"}
+    assert await _held(deps, BOB) == set()
+    for link_id in codes:
+        record = await _record(deps, link_id)
         assert record.state is LinkState.REJECTED
-        assert record.decision_id == str(_rejection(deps, link_id).event_id)
-    assert store.markers == {}
+        assert record.latest is not None
+        assert record.latest.event_id == str(_rejection(deps, link_id).event_id)
+    assert "late" not in store.verifications  # the refused link's credentials are gone
+    assert _at_rest(store)
 
 
 async def test_a_plan_full_of_expired_reservations_is_not_refused_on_sight(
@@ -230,7 +254,7 @@ async def test_a_plan_full_of_expired_reservations_is_not_refused_on_sight(
     await handlers.when_link_requested_reserve(_requested(ALICE, "l2", "b@example.org"), deps)
     assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
     assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
-    assert (await deps.store.get_slots(ALICE)).held == {"l2": "b@example.org"}
+    assert await _held(deps, ALICE) == {"l2"}
 
 
 async def test_second_account_cannot_take_a_mailbox_being_linked(deps: RegistryDeps) -> None:
@@ -252,7 +276,7 @@ async def test_linking_your_own_mailbox_again_answers_already_linked_with_its_id
     again = _rejection(deps, "l2")
     assert again.data.failure.code is FailureCode.ALREADY_LINKED
     assert again.data.mailbox_id == linked.data.mailbox_id
-    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) == "l1"
     assert (await handlers.get_plan(ALICE, deps)).used == 1
 
 
@@ -264,7 +288,7 @@ async def test_linking_your_own_mailbox_while_its_link_is_in_flight_answers_in_p
     refused = _rejection(deps, "l2")
     assert refused.data.failure.code is FailureCode.LINK_IN_PROGRESS
     assert refused.data.mailbox_id is None
-    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) == "l1"
     assert (await handlers.get_plan(ALICE, deps)).used == 1
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
     assert isinstance(_final(deps, "l1"), MailboxLinked)
@@ -280,7 +304,7 @@ async def test_plan_limit_counts_links_still_in_flight(deps: RegistryDeps) -> No
     refused = _rejection(deps, "l2")
     assert refused.data.failure.code is FailureCode.PLAN_LIMIT_REACHED
     assert refused.data.plan_limit == 1
-    assert await deps.store.address_holder("b@example.org") is None  # given back
+    assert await _holder(deps, "b@example.org") is None  # given back
     # Once the first ends without a link, its slot is free again.
     await handlers.when_verification_failed_release(_failed(ALICE, "l1", "a@example.org"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "l3", "b@example.org"), deps)
@@ -355,7 +379,7 @@ async def test_failed_verification_gives_back_address_and_slot_with_the_verifier
     await handlers.when_verification_failed_release(failed, deps)
     rejected = _rejection(deps, "l1")
     assert rejected.data.failure == failed.data.failure
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
     await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
     assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
@@ -372,11 +396,10 @@ async def test_failed_verification_before_the_request_ends_the_link_with_the_ver
     assert isinstance(rejected, LinkRejected)
     assert rejected.data.failure == failed.data.failure
     assert (rejected.data.plan_limit, rejected.data.mailbox_id) == (None, None)
-    assert store.lock_requests == []
-    assert store.slot_requests == []
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert store.claimants == []
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
-    assert store.markers == {}
+    assert _at_rest(store)
 
 
 async def test_failed_verification_before_the_request_wins_over_a_refusal_on_sight(
@@ -387,7 +410,7 @@ async def test_failed_verification_before_the_request_wins_over_a_refusal_on_sig
     await handlers.when_verification_failed_release(failed, deps)
     await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
     assert _rejection(deps, "l2").data.failure == failed.data.failure
-    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) == "l1"
 
 
 async def test_overdue_reservation_expires_and_frees_address_and_slot(
@@ -395,17 +418,17 @@ async def test_overdue_reservation_expires_and_frees_address_and_slot(
 ) -> None:
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
     clock.advance(TTL - timedelta(seconds=1))
-    assert await handlers.expire_overdue_reservations(deps) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).expired == 0
     clock.advance(timedelta(seconds=1))
-    assert await handlers.expire_overdue_reservations(deps) == 1
+    assert (await handlers.finish_pending(deps, GRACE)).expired == 1
     assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
     # A verification that comes after the expiry links nothing.
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
     assert isinstance(_final(deps, "l1"), LinkRejected)
     assert await handlers.find_owner(ADDRESS, deps) is None
-    assert await handlers.expire_overdue_reservations(deps) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).expired == 0
 
 
 async def test_a_verification_after_the_expiry_expires_the_reservation_before_any_sweep(
@@ -417,9 +440,9 @@ async def test_a_verification_after_the_expiry_expires_the_reservation_before_an
     assert _types(deps) == [LinkReserved, LinkRejected]
     assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
     assert await handlers.find_owner(ADDRESS, deps) is None
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
-    assert await handlers.expire_overdue_reservations(deps) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).expired == 0
 
 
 async def test_an_expired_holder_is_taken_over_by_the_next_request(
@@ -431,9 +454,9 @@ async def test_an_expired_holder_is_taken_over_by_the_next_request(
     assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
     reserved = _event(deps, "l2", LinkReserved)
     assert reserved.data.expires_at == clock() + TTL
-    assert await deps.store.address_holder(ADDRESS) == "l2"
+    assert await _holder(deps, ADDRESS) == "l2"
     assert (await handlers.get_plan(ALICE, deps)).used == 0
-    assert await handlers.expire_overdue_reservations(deps) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).expired == 0
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
     await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
     assert isinstance(_final(deps, "l1"), LinkRejected)
@@ -479,7 +502,7 @@ async def test_redelivered_events_publish_nothing_new(
         await _deliver(event, deps)  # and again, much later
     assert _events(deps) == first_time
     assert len({e.event_id for e in first_time}) == len(first_time)  # none published twice
-    assert store.markers == {}
+    assert _at_rest(store)
     for link_id in {e.correlation_id for e in first_time}:
         answers = [e for e in first_time if e.correlation_id == link_id]
         assert len([e for e in answers if isinstance(e, FinalEvent)]) == 1, link_id
@@ -506,25 +529,24 @@ async def test_an_interrupted_decision_stays_open_and_the_relay_publishes_it_onc
     with pytest.raises(ConnectionError):
         await handlers.when_mailbox_verified_link(verified, deps)
     assert _types(deps) == [LinkReserved]
-    record = await store.get_link("l1")
-    assert record is not None
+    record = await _record(deps, "l1")
     assert record.state is LinkState.LINKED
-    assert record.decision_id is not None
-    assert await store.is_decision_open("l1", record.decision_id)
-    assert list(store.markers) == [("l1", record.decision_id)]
+    assert record.latest is not None
+    assert record.latest.event_id is not None
+    assert list(store.pending_entries) == ["l1/1"]
 
     # A decision younger than the grace is left to the request that is finishing it.
     clock.advance(GRACE)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 0
     clock.advance(timedelta(milliseconds=1))
-    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 1
     assert _types(deps) == [LinkReserved, MailboxLinked]
     linked = _final(deps, "l1")
-    assert str(linked.event_id) == record.decision_id
-    assert store.markers == {}
+    assert str(linked.event_id) == record.latest.event_id
+    assert _at_rest(store)
     # The consumer saw the error, so the verification comes again: nothing new.
     await handlers.when_mailbox_verified_link(verified, deps)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 0
     assert _types(deps) == [LinkReserved, MailboxLinked]
     owner = await handlers.find_owner(ADDRESS, deps)
     assert owner is not None
@@ -532,7 +554,7 @@ async def test_an_interrupted_decision_stays_open_and_the_relay_publishes_it_onc
     assert owner.mailbox.mailbox_id == linked.data.mailbox_id
 
 
-async def test_a_redelivery_finishes_an_interrupted_decision_before_the_relay(
+async def test_an_unannounced_rejection_is_announced_by_the_next_look_before_it_frees_anything(
     store: InMemoryRegistryStore, clock: FakeClock
 ) -> None:
     deps = _deps_failing_once(store, clock, "LinkRejected")
@@ -540,17 +562,16 @@ async def test_a_redelivery_finishes_an_interrupted_decision_before_the_relay(
     failed = _failed(ALICE, "l1")
     with pytest.raises(ConnectionError):
         await handlers.when_verification_failed_release(failed, deps)
-    # Unannounced, the rejection keeps the address: the next link's events must come after it.
-    assert await deps.store.address_holder(ADDRESS) == "l1"
-    assert (await handlers.get_plan(ALICE, deps)).used == 1
-    await handlers.when_verification_failed_release(failed, deps)  # redelivered
+    assert _types(deps) == [LinkReserved]
+    # Whoever looks at the address finds the rejection unannounced, announces it, and only
+    # then sees the address free: the next link's events come after it on the topic.
+    assert await _holder(deps, ADDRESS) is None
     assert _rejection(deps, "l1").data.failure == failed.data.failure
-    assert await deps.store.address_holder(ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
-    assert store.markers == {}
+    assert _at_rest(store)
+    await handlers.when_verification_failed_release(failed, deps)  # redelivered
     clock.advance(GRACE * 2)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 0
-    await handlers.when_verification_failed_release(failed, deps)
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 0
     assert _types(deps) == [LinkReserved, LinkRejected]
 
 
@@ -562,12 +583,12 @@ async def test_the_relay_announces_an_interrupted_rejection_then_gives_back_what
     with pytest.raises(ConnectionError):
         await handlers.when_verification_failed_release(_failed(ALICE, "l1"), deps)
     clock.advance(GRACE * 2)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 1
     assert _rejection(deps, "l1").data.failure.code is FailureCode.IMAP_AUTH_FAILED
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
-    assert store.markers == {}
-    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    assert _at_rest(store)
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 0
     assert _types(deps) == [LinkReserved, LinkRejected]
 
 
@@ -579,19 +600,18 @@ async def test_an_interrupted_refusal_on_sight_is_announced_once(
     requested = _requested(BOB, "l2")
     with pytest.raises(ConnectionError):
         await handlers.when_link_requested_reserve(requested, deps)
-    record = await store.get_link("l2")
-    assert record is not None
+    record = await _record(deps, "l2")
     assert record.state is LinkState.REJECTED
-    assert record.decision_id is not None
-    assert await store.is_decision_open("l2", record.decision_id)
+    assert record.latest is not None
+    assert "l2/1" in store.pending_entries
     clock.advance(GRACE * 2)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 1
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 1
     await handlers.when_link_requested_reserve(requested, deps)  # redelivered after the relay
     refused = _rejection(deps, "l2")
-    assert str(refused.event_id) == record.decision_id
+    assert str(refused.event_id) == record.latest.event_id
     assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
-    assert store.markers == {}
-    assert await deps.store.address_holder(ADDRESS) == "l1"
+    assert _at_rest(store)
+    assert await _holder(deps, ADDRESS) == "l1"
 
 
 async def test_a_lost_decision_closes_its_marker_and_announces_nothing(
@@ -604,17 +624,17 @@ async def test_a_lost_decision_closes_its_marker_and_announces_nothing(
         await handlers.when_verification_failed_release(failed, deps)
 
     # The verifier's failure is decided between the link's read and its conditional update.
-    store.cut_in("decide", verification_fails_meanwhile)
+    store.cut_in("add_decision", verification_fails_meanwhile)
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
     assert _types(deps) == [LinkReserved, LinkRejected]
     assert _rejection(deps, "l1").data.failure == failed.data.failure
-    assert store.markers == {}
+    assert _at_rest(store)
     assert await handlers.find_owner(ADDRESS, deps) is None
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
 
 
-async def test_a_request_that_takes_address_and_slot_after_its_link_ended_gives_them_back(
+async def test_claims_made_by_a_request_after_its_link_ended_hold_nothing(
     deps: RegistryDeps, store: InMemoryRegistryStore
 ) -> None:
     failed = _failed(ALICE, "l1")
@@ -622,17 +642,17 @@ async def test_a_request_that_takes_address_and_slot_after_its_link_ended_gives_
     async def verification_fails_meanwhile() -> None:
         await handlers.when_verification_failed_release(failed, deps)
 
-    # The link ends (and is settled, holding nothing yet) after the request created its record
-    # but before it took the address and the slot.
-    store.cut_in("lock_address", verification_fails_meanwhile)
+    # The link ends after the request read it but before it claimed the address and a slot.
+    store.cut_in("add_claim", verification_fails_meanwhile)
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
-    assert store.lock_requests == ["l1"]
-    assert store.slot_requests == ["l1"]
+    assert store.claimants == ["l1", "l1"]
     assert _types(deps) == [LinkRejected]
     assert _rejection(deps, "l1").data.failure == failed.data.failure
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None  # an ended link's claims count for nothing
     assert (await handlers.get_plan(ALICE, deps)).used == 0
-    assert store.markers == {}
+    assert _at_rest(store)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
 
 
 async def test_a_refusal_that_loses_the_records_creation_closes_its_marker(
@@ -648,43 +668,44 @@ async def test_a_refusal_that_loses_the_records_creation_closes_its_marker(
     await handlers.when_verification_failed_release(failed, deps)
     assert _types(deps) == [LinkReserved, LinkRejected]
     assert _rejection(deps, "l1").data.failure == failed.data.failure
-    assert store.markers == {}
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert _at_rest(store)
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 0
 
 
-async def test_the_relay_closes_the_marker_of_a_decision_a_crash_kept_from_being_stored(
+async def test_a_crash_before_a_decision_leaves_the_link_to_its_redelivery_or_its_expiry(
     deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
 ) -> None:
     async def crash() -> None:
         raise ConnectionError("storage away")
 
     requested = _requested(ALICE, "l1")
-    store.cut_in("decide", crash)  # after the marker was opened, before the decision
+    store.cut_in("add_decision", crash)  # after the claims, before the decision
     with pytest.raises(ConnectionError):
         await handlers.when_link_requested_reserve(requested, deps)
-    assert len(store.markers) == 1
     clock.advance(GRACE * 2)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 1
-    assert store.markers == {}
+    assert await handlers.finish_pending(deps, GRACE) == handlers.HousekeepingRound()
     assert _events(deps) == []  # nothing was decided, so nothing is announced
-    record = await store.get_link("l1")
-    assert record is not None
-    assert record.state is LinkState.RESERVING
+    assert (await _record(deps, "l1")).state is LinkState.RESERVING
     await handlers.when_link_requested_reserve(requested, deps)  # redelivered
     assert _types(deps) == [LinkReserved]
-    assert store.markers == {}
+    assert await _held(deps, ALICE) == {"l1"}  # the slot claimed before the crash, once
+    assert len(store.claims) == 2
+    clock.advance(TTL)
+    assert (await handlers.finish_pending(deps, GRACE)).expired == 1
+    assert _types(deps) == [LinkReserved, LinkRejected]
+    assert _at_rest(store)
 
 
-async def test_the_relay_only_closes_a_marker_a_newer_decision_replaced(
+async def test_the_relay_closes_an_entry_a_redelivery_reopened_and_announces_nothing_new(
     deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
 ) -> None:
-    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
-    await store.open_decision("l1", "00000000-0000-0000-0000-00000000000f")  # an older one
+    await _link(deps, ALICE, "l1")
+    await store.open_pending(PendingEntry("l1/1", "l1", clock()))
     clock.advance(GRACE * 2)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 1
-    assert _types(deps) == [LinkReserved]
-    assert store.markers == {}
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 1
+    assert _types(deps) == [LinkReserved, MailboxLinked]
+    assert _at_rest(store)
 
 
 async def test_a_stale_holder_with_an_unpublished_decision_is_announced_before_takeover(
@@ -700,9 +721,9 @@ async def test_a_stale_holder_with_an_unpublished_decision_is_announced_before_t
         (LinkRejected, "l1"),
         (LinkReserved, "l2"),
     ]
-    assert store.markers == {}
+    assert list(store.pending_entries) == ["l2/1"]  # only the link in flight
     clock.advance(GRACE * 2)
-    assert await handlers.finish_open_decisions(deps, GRACE) == 0
+    assert (await handlers.finish_pending(deps, GRACE)).finished == 0
 
 
 def test_link_ids_that_could_name_a_document_field_never_reach_the_registry() -> None:
@@ -719,7 +740,7 @@ def test_link_ids_that_could_name_a_document_field_never_reach_the_registry() ->
 
 
 async def test_unlinked_mailbox_is_announced_freed_and_linkable_by_another_account(
-    deps: RegistryDeps,
+    deps: RegistryDeps, store: InMemoryRegistryStore
 ) -> None:
     linked = await _link(deps, ALICE, "l1")
     assert await handlers.unlink_mailbox(ADDRESS, deps, BOB, UnlinkedBy.USER) is (
@@ -734,10 +755,8 @@ async def test_unlinked_mailbox_is_announced_freed_and_linkable_by_another_accou
     assert unlinked.data.owner == ALICE
     assert unlinked.data.link_id == "l1"
     assert unlinked.data.unlinked_by is UnlinkedBy.USER
-    record = await deps.store.get_link("l1")
-    assert record is not None
-    assert record.mailbox is not None
-    assert record.mailbox.credentials is None  # deleted with the link
+    assert (await _record(deps, "l1")).state is LinkState.UNLINKED
+    assert "l1" not in store.verifications  # the sealed credentials go with the link
     assert await handlers.list_mailboxes(ALICE, deps) == []
     assert (await handlers.get_plan(ALICE, deps)).used == 0
     assert await handlers.find_owner(ADDRESS, deps) is None
@@ -761,7 +780,7 @@ async def test_admin_unlinks_whoever_linked_the_mailbox(deps: RegistryDeps) -> N
     assert isinstance(unlinked, MailboxUnlinked)
     assert unlinked.data.owner == ALICE
     assert unlinked.data.unlinked_by is UnlinkedBy.ADMIN
-    assert await deps.store.address_holder(ADDRESS) is None
+    assert await _holder(deps, ADDRESS) is None
 
 
 async def test_unlink_while_the_link_is_in_flight_answers_in_progress(
@@ -810,42 +829,6 @@ async def test_mailboxes_are_listed_oldest_first(deps: RegistryDeps, clock: Fake
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _request_data(owner: MailboxOwner, link_id: str, address: str) -> LinkRequestedData:
-    imap = ServerSettings(host="imap.example.org", port=993, security="ssl", username=address)
-    smtp = ServerSettings(host="smtp.example.org", port=465, security="ssl", username=address)
-    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", address)
-    return LinkRequestedData(
-        link_id=link_id,
-        owner=owner,
-        address=address,
-        provider=ProviderType.IMAP,
-        imap=imap,
-        smtp=smtp,
-        credentials=sealed,
-    )
-
-
-def _requested(owner: MailboxOwner, link_id: str, address: str = ADDRESS) -> LinkRequested:
-    data = _request_data(owner, link_id, address)
-    return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
-
-
-def _verified(owner: MailboxOwner, link_id: str, address: str = ADDRESS) -> MailboxVerified:
-    data = MailboxVerifiedData(**_request_data(owner, link_id, address).model_dump())
-    return MailboxVerified(correlation_id=link_id, producer="imap-verifier", data=data)
-
-
-def _failed(owner: MailboxOwner, link_id: str, address: str = ADDRESS) -> VerificationFailed:
-    data = VerificationFailedData(
-        link_id=link_id,
-        owner=owner,
-        address=address,
-        provider=ProviderType.IMAP,
-        failure=Failure.of(FailureCode.IMAP_AUTH_FAILED, "NO [AUTHENTICATIONFAILED]"),
-    )
-    return VerificationFailed(correlation_id=link_id, producer="imap-verifier", data=data)
-
-
 def _plan_changed(owner: MailboxOwner, plan: str, clock: FakeClock) -> UserPlanChanged:
     data = UserPlanChangedData(owner=owner, plan=plan, changed_at=clock())
     return UserPlanChanged(correlation_id="billing", producer="billing", data=data)
@@ -891,7 +874,61 @@ def _final(deps: RegistryDeps, link_id: str) -> FinalEvent:
     return event
 
 
+async def _holder(deps: RegistryDeps, address: str) -> str | None:
+    """The link holding the address now, read from its claims."""
+    holder = await current_link(mailbox_key(address), deps)
+    return holder.link_id if holder else None
+
+
+async def _held(deps: RegistryDeps, owner: MailboxOwner) -> set[str]:
+    """The links holding the user's plan slots now, read from their claims."""
+    return {r.link_id for r in await held_slots(owner, deps, 15)}
+
+
+async def _record(deps: RegistryDeps, link_id: str) -> LinkRecord:
+    stored = await deps.store.get_link(link_id)
+    assert stored is not None
+    return await load(stored, deps)
+
+
+def _at_rest(store: InMemoryRegistryStore) -> bool:
+    """No relay entry left: every link linked or ended, and announced."""
+    return store.pending_entries == {}
+
+
 def _rejection(deps: RegistryDeps, link_id: str) -> LinkRejected:
     event = _final(deps, link_id)
     assert isinstance(event, LinkRejected), event
     return event
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+async def test_links_ended_longer_ago_than_the_retention_are_forgotten_with_their_old_claims(
+    deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    retention = timedelta(days=8)
+    for link_id, owner in (("l1", ALICE), ("l2", BOB)):  # claims 0 and 1 of the address
+        await _link(deps, owner, link_id)
+        await handlers.unlink_mailbox(ADDRESS, deps, owner, UnlinkedBy.USER)
+    await handlers.when_link_requested_reserve(_requested(BOB, "refused", "x@example.org"), deps)
+    await handlers.when_verification_failed_release(_failed(BOB, "refused", "x@example.org"), deps)
+    clock.advance(timedelta(days=1))
+    await _link(deps, ALICE, "l3")  # claim 2
+    assert await handlers.forget_ended_links(deps, retention) == 0
+    clock.advance(retention)
+    assert await handlers.forget_ended_links(deps, retention) == 3
+    assert set(store.links) == {"l3"}
+    assert {link_id for link_id, _ in store.decisions} == {"l3"}
+    # Generation 1 went; generation 0 (where readers start) and the latest stay.
+    address_claims = sorted(c for c in store.claims if c.startswith("mailbox:"))
+    assert address_claims == [
+        f"mailbox:{ADDRESS}#0",
+        f"mailbox:{ADDRESS}#2",
+        "mailbox:x@example.org#0",
+    ]
+    assert await _holder(deps, ADDRESS) == "l3"
+    assert await handlers.forget_ended_links(deps, retention) == 0
+    await _link(deps, ALICE, "l4", "x@example.org")  # a forgotten holder's claim is free
+    assert await _holder(deps, "x@example.org") == "l4"

@@ -1,14 +1,18 @@
 """The rules that decide whether a link may take an address, and when a link must let go."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mailbox_link_contract.events import MailboxOwner, ProviderType
 from registry.domain.links import (
+    Decision,
     HolderVerdict,
     LinkRecord,
     LinkState,
+    Progress,
+    counts_claim,
     is_stale,
     judge_address_holder,
 )
@@ -29,8 +33,8 @@ def _holder(
         owner=owner,
         address="a@example.org",
         provider=ProviderType.IMAP,
-        state=state,
         expires_at=expires_at,
+        latest=None if state is LinkState.RESERVING else Decision(1, state, NOW),
     )
 
 
@@ -118,3 +122,20 @@ def test_unknown_plans_fall_back_to_the_default_and_the_top_plan_allows_15() -> 
     assert table.plan_or_default("gold") == "basic"
     assert table.limit_for("free") == 1
     assert table.limit_for("organization") == 15
+
+
+def test_a_link_holds_every_claim_until_its_first_decision_then_only_those_it_names() -> None:
+    reserving = _holder(LinkState.RESERVING)
+    assert counts_claim(reserving, "slot:x:0#0")
+    assert counts_claim(reserving, "slot:x:1#0")
+    reserved = replace(
+        reserving, latest=Decision(1, LinkState.RESERVED, NOW, claims=("slot:x:1#0",))
+    )
+    assert not counts_claim(reserved, "slot:x:0#0")  # a duplicate claim from a redelivery
+    assert counts_claim(reserved, "slot:x:1#0")
+
+
+def test_progress_is_at_rest_only_once_an_end_is_announced() -> None:
+    assert not Progress(2, LinkState.REJECTED, announced=1).at_rest_ended
+    assert Progress(2, LinkState.REJECTED, announced=2).at_rest_ended
+    assert not Progress(2, LinkState.LINKED, announced=2).at_rest_ended

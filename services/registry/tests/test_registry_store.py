@@ -1,293 +1,249 @@
-"""MongoRegistryStore against the session's real MongoDB-protocol server."""
+"""MongoRegistryStore, and the decision protocol on it, against the session's real
+MongoDB-protocol server with a pool of 16 connections."""
 
 import asyncio
-import json
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
-from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings, utc_now
+from localinfra.stack import LocalStack
+from mailbox_link_contract.events import (
+    AuthMethod,
+    LinkRejected,
+    MailboxLinked,
+    MailboxOwner,
+    ProviderType,
+    ServerSettings,
+    utc_now,
+)
 from mailbox_link_shared.crypto import SecretBox, generate_key
-from registry.adapters.registry_store import MongoRegistryStore, UserSlots
-from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
+from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.routing import EventRouter
+from registry import handlers
+from registry.adapters.registry_store import Claim, MongoRegistryStore, PendingEntry, Verification
+from registry.domain.links import Decision, LinkRecord, LinkState, MailboxDetails, Progress
+from registry.domain.plans import DEFAULT_PLANS, PlanTable
+from registry.handlers import RegistryDeps
+from registry_fakes import requested_event, verified_event
 
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
-BOB = MailboxOwner(account_id="globex", user_id="bob")
 ADDRESS = "box@example.org"
-EVENT_1 = "00000000-0000-0000-0000-000000000001"
-EVENT_2 = "00000000-0000-0000-0000-000000000002"
+POOL = 16
 OUTBOX: dict[str, Any] = {
-    "event_id": EVENT_1,
+    "event_id": "00000000-0000-0000-0000-000000000001",
     "type": "LinkReserved",
     "data": {"link_id": "l1", "owner": {"account_id": "acme", "user_id": "alice"}},
 }
+SERVER = ServerSettings(host="imap.example.org", port=993, security="ssl", username=ADDRESS)
 
 
 @pytest.fixture
-async def database(
-    mongo_client: AsyncMongoClient[dict[str, Any]],
-) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+async def client(local_stack: LocalStack) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    uri = local_stack.endpoints.mongodb_uri
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, maxPoolSize=POOL)
+    try:
+        yield mongo
+    finally:
+        await mongo.close()
+
+
+@pytest.fixture
+async def store(client: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[MongoRegistryStore]:
     name = f"registry-test-{secrets.token_hex(4)}"
-    yield mongo_client[name]
-    await mongo_client.drop_database(name)
-
-
-@pytest.fixture
-async def store(
-    mongo_client: AsyncMongoClient[dict[str, Any]], database: AsyncDatabase[dict[str, Any]]
-) -> MongoRegistryStore:
-    store = MongoRegistryStore(mongo_client, database.name)
+    store = MongoRegistryStore(client, name)
     await store.create_indexes()
-    return store
+    yield store
+    await client.drop_database(name)
 
 
-def _record(
-    link_id: str,
-    owner: MailboxOwner = ALICE,
-    state: LinkState = LinkState.RESERVING,
-    expires_in: timedelta = timedelta(minutes=15),
-) -> LinkRecord:
+def _record(link_id: str, progress: Progress | None = None) -> LinkRecord:
     return LinkRecord(
         link_id=link_id,
-        owner=owner,
+        owner=ALICE,
         address=ADDRESS,
         provider=ProviderType.IMAP,
-        state=state,
-        expires_at=utc_now() + expires_in,
+        expires_at=utc_now() + timedelta(minutes=15),
+        progress=progress or Progress(),
     )
 
 
-def _mailbox() -> MailboxDetails:
-    server = ServerSettings(host="imap.example.org", port=993, security="ssl", username=ADDRESS)
-    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", ADDRESS)
-    return MailboxDetails("mb1", server, server, sealed, utc_now())
+def _decision(step: int, state: LinkState = LinkState.RESERVED) -> Decision:
+    mailbox = MailboxDetails("mb1", SERVER, SERVER, utc_now(), AuthMethod.PASSWORD)
+    return Decision(step, state, utc_now(), OUTBOX, mailbox, ("mailbox:box@example.org#0",))
 
 
-# --- link records -----------------------------------------------------------------------------
+# --- what decides: inserts under unique ids --------------------------------------------------
 
 
-async def test_adding_a_link_twice_keeps_the_first_record(store: MongoRegistryStore) -> None:
+async def test_adding_a_link_twice_keeps_the_first_request(store: MongoRegistryStore) -> None:
     first = _record("l1")
-    assert await store.add_link(first) == first
-    again = await store.add_link(_record("l1", BOB, LinkState.REJECTED))
-    assert again == first
-    assert await store.get_link("l1") == first
-    assert await store.get_link("nope") is None
-    assert [r.link_id for r in await store.get_links(["l1", "nope"])] == ["l1"]
-    assert await store.get_links([]) == []
+    assert await store.add_link(first) is None
+    later = _record("l1", Progress(step=2, state=LinkState.LINKED))
+    existing = await store.add_link(later)
+    assert existing is not None
+    assert existing.progress == Progress()
+    assert existing.expires_at == first.expires_at.replace(
+        microsecond=first.expires_at.microsecond // 1000 * 1000
+    )
 
 
-async def test_a_decision_is_taken_only_from_the_expected_states(
+async def test_a_decision_is_stored_once_per_step_and_reads_back_whole(
+    store: MongoRegistryStore,
+) -> None:
+    decision = _decision(1)
+    assert await store.add_decision("l1", decision)
+    assert not await store.add_decision("l1", _decision(1, LinkState.REJECTED))
+    stored = await store.get_decision("l1", 1)
+    assert stored is not None
+    assert (stored.state, stored.outbox, stored.claims) == (
+        LinkState.RESERVED,
+        OUTBOX,
+        decision.claims,
+    )
+    assert stored.mailbox is not None
+    assert stored.mailbox.imap == SERVER
+    assert await store.get_decision("l1", 2) is None
+
+
+async def test_of_concurrent_decisions_from_one_step_exactly_one_is_stored(
+    store: MongoRegistryStore,
+) -> None:
+    # The store does not isolate concurrent updates of one document; unique inserts it does.
+    results = await asyncio.gather(
+        *(store.add_decision("l1", _decision(2, LinkState.LINKED)) for _ in range(100))
+    )
+    assert results.count(True) == 1
+
+
+async def test_of_concurrent_claims_of_one_generation_exactly_one_wins(
+    store: MongoRegistryStore,
+) -> None:
+    results = await asyncio.gather(
+        *(store.add_claim(Claim("mailbox:x@example.org", 3, f"l{n}")) for n in range(100))
+    )
+    assert results.count(True) == 1
+    [winner] = [n for n, won in enumerate(results) if won]
+    claim = await store.get_claim("mailbox:x@example.org", 3)
+    assert claim is not None
+    assert claim.link_id == f"l{winner}"
+
+
+# --- hints and the rest ----------------------------------------------------------------------
+
+
+async def test_progress_and_the_latest_claim_are_hints_written_over(
     store: MongoRegistryStore,
 ) -> None:
     await store.add_link(_record("l1"))
-    reserved = await store.decide("l1", IN_FLIGHT, LinkState.RESERVED, OUTBOX)
-    assert reserved is not None
-    assert reserved.state is LinkState.RESERVED
-    assert reserved.outbox == OUTBOX
-    assert reserved.decision_id == EVENT_1
-    assert (
-        await store.decide("l1", frozenset({LinkState.RESERVING}), LinkState.REJECTED, {}) is None
-    )
-    assert await store.decide("nope", IN_FLIGHT, LinkState.REJECTED, OUTBOX) is None
-    mailbox = _mailbox()
-    linked_outbox = {**OUTBOX, "event_id": EVENT_2}
-    linked = await store.decide(
-        "l1", frozenset({LinkState.RESERVED}), LinkState.LINKED, linked_outbox, mailbox
-    )
-    assert linked is not None
-    assert linked.mailbox == mailbox
-    stored = await store.get_link("l1")
-    assert stored == linked
-    assert stored.decision_id == EVENT_2
-    # A later decision without mailbox details keeps the ones stored.
-    unlinked = await store.decide("l1", frozenset({LinkState.LINKED}), LinkState.UNLINKED, OUTBOX)
-    assert unlinked is not None
-    assert unlinked.mailbox == mailbox
-
-
-async def test_a_link_document_keeps_its_owner_flat_and_its_outbox_as_json_text(
-    store: MongoRegistryStore, database: AsyncDatabase[dict[str, Any]]
-) -> None:
-    await store.add_link(_record("l1"))
-    document = await database["links"].find_one({"_id": "l1"})
-    assert document is not None
-    assert (document["account_id"], document["user_id"]) == ("acme", "alice")
-    assert "owner" not in document
-    assert document["outbox"] is None
-    await store.decide("l1", IN_FLIGHT, LinkState.RESERVED, OUTBOX)
-    document = await database["links"].find_one({"_id": "l1"})
-    assert document is not None
-    assert isinstance(document["outbox"], str)
-    assert json.loads(document["outbox"]) == OUTBOX
+    progress = Progress(step=2, state=LinkState.LINKED, announced=2)
+    await store.note_progress("l1", progress, utc_now())
     stored = await store.get_link("l1")
     assert stored is not None
-    assert stored.owner == ALICE
+    assert stored.progress == progress
+    await store.add_claim(Claim("slot:x:0", 0, "l1"))
+    await store.note_latest_claim("slot:x:0", 4)
+    head = await store.get_claim("slot:x:0", 0)
+    assert head is not None
+    assert (head.link_id, head.latest) == ("l1", 4)
 
 
-async def test_a_record_stored_already_decided_reads_back_whole(
+async def test_only_links_ended_and_announced_before_the_cutoff_are_found_for_retention(
     store: MongoRegistryStore,
 ) -> None:
-    rejected = replace(_record("l1", BOB, LinkState.REJECTED), outbox=OUTBOX)
-    assert await store.add_link(rejected) == rejected
-    assert await store.get_link("l1") == rejected
-    assert [r.decision_id for r in await store.get_links(["l1"])] == [EVENT_1]
-
-
-# --- open decisions ---------------------------------------------------------------------------
-
-
-async def test_a_decision_is_open_from_its_opening_until_its_closing(
-    store: MongoRegistryStore,
-) -> None:
-    assert not await store.is_decision_open("l1", EVENT_1)
-    await store.open_decision("l1", EVENT_1)
-    await store.open_decision("l1", EVENT_1)  # opening twice keeps one marker
-    assert await store.is_decision_open("l1", EVENT_1)
-    assert not await store.is_decision_open("l1", EVENT_2)
-    assert not await store.is_decision_open("l2", EVENT_1)
-    assert await store.open_decisions(utc_now() + timedelta(seconds=1)) == [("l1", EVENT_1)]
-    await store.close_decision("l1", EVENT_2)  # another decision's closing changes nothing
-    await store.close_decision("l2", EVENT_1)
-    assert await store.is_decision_open("l1", EVENT_1)
-    await store.close_decision("l1", EVENT_1)
-    await store.close_decision("l1", EVENT_1)  # closing twice is harmless
-    assert not await store.is_decision_open("l1", EVENT_1)
-    assert await store.open_decisions(utc_now() + timedelta(seconds=1)) == []
-
-
-async def test_open_decisions_are_found_once_older_than_asked(store: MongoRegistryStore) -> None:
-    before = utc_now() - timedelta(seconds=1)
-    await store.open_decision("l1", EVENT_1)
-    await store.open_decision("l1", EVENT_2)
-    await store.open_decision("l2", EVENT_1)
-    after = utc_now() + timedelta(seconds=1)
-    assert await store.open_decisions(before) == []
-    assert sorted(await store.open_decisions(after)) == [
-        ("l1", EVENT_1),
-        ("l1", EVENT_2),
-        ("l2", EVENT_1),
-    ]
-    await store.close_decision("l1", EVENT_2)
-    assert sorted(await store.open_decisions(after)) == [("l1", EVENT_1), ("l2", EVENT_1)]
-
-
-async def test_reopening_a_decision_keeps_its_first_opening_time(
-    store: MongoRegistryStore,
-) -> None:
-    await store.open_decision("l1", EVENT_1)
-    opened = utc_now() + timedelta(milliseconds=1)
-    await asyncio.sleep(0.05)
-    await store.open_decision("l1", EVENT_1)
-    assert await store.open_decisions(opened) == [("l1", EVENT_1)]
-
-
-async def test_overdue_finds_only_links_in_flight_past_their_expiry(
-    store: MongoRegistryStore,
-) -> None:
-    past = -timedelta(minutes=1)
-    await store.add_link(_record("reserving", expires_in=past))
-    await store.add_link(_record("reserved", expires_in=past))
-    await store.decide("reserved", IN_FLIGHT, LinkState.RESERVED, OUTBOX)
-    await store.add_link(_record("linked", state=LinkState.LINKED, expires_in=past))
-    await store.add_link(_record("rejected", state=LinkState.REJECTED, expires_in=past))
-    await store.add_link(_record("young"))
-    overdue = await store.overdue(utc_now())
-    assert sorted(r.link_id for r in overdue) == ["reserved", "reserving"]
-    later = await store.overdue(utc_now() + timedelta(hours=1))
-    assert sorted(r.link_id for r in later) == ["reserved", "reserving", "young"]
-
-
-# --- address locks ----------------------------------------------------------------------------
-
-
-async def test_an_address_lock_names_its_holder_and_only_the_holder_unlocks(
-    store: MongoRegistryStore,
-) -> None:
-    assert await store.address_holder(ADDRESS) is None
-    assert await store.lock_address(ADDRESS, "l1") == "l1"
-    assert await store.lock_address(ADDRESS, "l2") == "l1"
-    assert await store.lock_address(ADDRESS, "l1") == "l1"
-    await store.unlock_address(ADDRESS, "l2")
-    assert await store.address_holder(ADDRESS) == "l1"
-    await store.unlock_address(ADDRESS, "l1")
-    assert await store.address_holder(ADDRESS) is None
-    assert await store.lock_address(ADDRESS, "l2") == "l2"
-
-
-async def test_only_one_of_concurrent_locks_wins(store: MongoRegistryStore) -> None:
-    holders = await asyncio.gather(*(store.lock_address(ADDRESS, f"l{i}") for i in range(8)))
-    assert len(set(holders)) == 1
-    assert await store.address_holder(ADDRESS) == holders[0]
-
-
-# --- plan slots -------------------------------------------------------------------------------
-
-
-async def test_a_new_user_takes_a_slot_on_no_plan(store: MongoRegistryStore) -> None:
-    assert await store.take_slot(ALICE, "l1", ADDRESS, None, 1)
-    slots = await store.get_slots(ALICE)
-    assert slots.plan is None
-    assert slots.held == {"l1": ADDRESS}
-    assert (await store.get_slots(BOB)).held == {}
-
-
-async def test_slots_respect_the_limit_and_are_taken_once_per_link(
-    store: MongoRegistryStore,
-) -> None:
-    assert await store.take_slot(ALICE, "l1", "a@example.org", None, 2)
-    assert not await store.take_slot(ALICE, "l1", "a@example.org", None, 2)  # already held
-    assert await store.take_slot(ALICE, "l2", "b@example.org", None, 2)
-    assert not await store.take_slot(ALICE, "l3", "c@example.org", None, 2)
-    assert (await store.get_slots(ALICE)).held == {"l1": "a@example.org", "l2": "b@example.org"}
-    await store.free_slot(ALICE, "l9")  # a link that holds no slot frees none
-    assert not await store.take_slot(ALICE, "l3", "c@example.org", None, 2)
-    await store.free_slot(ALICE, "l1")
-    await store.free_slot(ALICE, "l1")  # freeing twice frees one slot
-    assert (await store.get_slots(ALICE)).held == {"l2": "b@example.org"}
-    assert await store.take_slot(ALICE, "l3", "c@example.org", None, 2)
-    assert not await store.take_slot(ALICE, "l4", "d@example.org", None, 2)
-    await store.free_slot(BOB, "l1")  # nor does freeing for a user never seen create one
-    assert await store.get_slots(BOB) == UserSlots()
-
-
-async def test_a_slot_is_taken_only_on_the_plan_it_was_counted_for(
-    store: MongoRegistryStore,
-) -> None:
-    assert await store.set_plan(ALICE, "free", utc_now())
-    assert not await store.take_slot(ALICE, "l1", ADDRESS, None, 5)
-    assert not await store.take_slot(ALICE, "l1", ADDRESS, "basic", 5)
-    assert await store.take_slot(ALICE, "l1", ADDRESS, "free", 1)
-    assert not await store.take_slot(ALICE, "l2", "b@example.org", "free", 1)
-    slots = await store.get_slots(ALICE)
-    assert (slots.plan, slots.held) == ("free", {"l1": ADDRESS})
-
-
-async def test_concurrent_slot_takers_never_exceed_the_limit(store: MongoRegistryStore) -> None:
-    await store.set_plan(ALICE, "basic", utc_now())
-    taken = await asyncio.gather(
-        *(store.take_slot(ALICE, f"l{i}", f"{i}@example.org", "basic", 3) for i in range(8))
-    )
-    assert sum(taken) == 3
-    assert len((await store.get_slots(ALICE)).held) == 3
-
-
-async def test_an_older_plan_change_is_ignored(store: MongoRegistryStore) -> None:
     now = utc_now()
-    assert await store.take_slot(ALICE, "l1", ADDRESS, None, 3)  # user exists, on no plan
-    assert await store.set_plan(ALICE, "free", now)
-    assert not await store.set_plan(ALICE, "organization", now - timedelta(minutes=1))
-    assert not await store.set_plan(ALICE, "basic", now)
-    slots = await store.get_slots(ALICE)
-    assert (slots.plan, slots.held) == ("free", {"l1": ADDRESS})
-    assert await store.set_plan(ALICE, "professional", now + timedelta(minutes=1))
-    assert (await store.get_slots(ALICE)).plan == "professional"
-    assert await store.set_plan(BOB, "basic", now - timedelta(days=1))  # a new user
-    assert (await store.get_slots(BOB)).plan == "basic"
+    for link_id in ("ended", "linked", "recent"):
+        await store.add_link(_record(link_id))
+    await store.note_progress("ended", Progress(2, LinkState.REJECTED, 2), now - timedelta(days=9))
+    await store.note_progress("linked", Progress(2, LinkState.LINKED, 2), now - timedelta(days=9))
+    await store.note_progress("recent", Progress(1, LinkState.REJECTED, 1), now)
+    found = await store.ended_before(now - timedelta(days=8), 10)
+    assert [r.link_id for r in found] == ["ended"]
+
+
+async def test_forgetting_a_link_deletes_its_documents(store: MongoRegistryStore) -> None:
+    await store.add_link(_record("l1"))
+    await store.add_decision("l1", _decision(1))
+    await store.add_decision("l1", _decision(2, LinkState.REJECTED))
+    await store.add_verification("l1", Verification(SERVER, SERVER, AuthMethod.PASSWORD, None))
+    await store.open_pending(PendingEntry("l1/1", "l1", utc_now()))
+    await store.forget_link("l1", 2)
+    assert await store.get_link("l1") is None
+    assert await store.get_decision("l1", 1) is None
+    assert await store.get_decision("l1", 2) is None
+    assert await store.get_verification("l1") is None
+    assert await store.pending(10) == []
+
+
+async def test_a_verification_keeps_its_sealed_credentials_until_dropped(
+    store: MongoRegistryStore,
+) -> None:
+    sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", ADDRESS)
+    verification = Verification(SERVER, SERVER, AuthMethod.PASSWORD, sealed)
+    await store.add_verification("l1", verification)
+    await store.add_verification("l1", Verification(SERVER, SERVER, AuthMethod.OAUTH, None))
+    assert await store.get_verification("l1") == verification
+    await store.drop_verification("l1")
+    assert await store.get_verification("l1") is None
+
+
+async def test_an_older_plan_change_is_ignored_and_the_highest_limit_is_kept(
+    store: MongoRegistryStore,
+) -> None:
+    now = utc_now().replace(microsecond=0)
+    assert await store.set_plan(ALICE, "organization", now, 15)
+    assert await store.set_plan(ALICE, "free", now + timedelta(seconds=1), 1)
+    assert not await store.set_plan(ALICE, "basic", now, 3)
+    plan = await store.get_plan(ALICE)
+    assert (plan.plan, plan.max_limit) == ("free", 15)
+
+
+async def test_slot_hints_and_pending_entries(store: MongoRegistryStore) -> None:
+    await store.note_slot(ALICE, 0, "l1")
+    await store.note_slot(ALICE, 2, "l2")
+    assert await store.get_slot_hints(ALICE) == {0: "l1", 2: "l2"}
+    opened = utc_now()
+    await store.open_pending(PendingEntry("l1/1", "l1", opened))
+    await store.open_pending(PendingEntry("l1/1", "l1", opened + timedelta(hours=1)))
+    [entry] = await store.pending(10)
+    assert (entry.entry_id, entry.link_id) == ("l1/1", "l1")
+    assert abs(entry.opened_at - opened) < timedelta(milliseconds=1)
+    await store.close_pending("l1/1")
+    assert await store.pending(10) == []
+
+
+# --- the protocol on the real store, many connections at once --------------------------------
+
+
+async def test_on_sixteen_connections_one_of_two_hundred_requests_for_an_address_links_it(
+    store: MongoRegistryStore,
+) -> None:
+    deps = RegistryDeps(store, RecordingPublisher(), PlanTable(DEFAULT_PLANS, "basic"))
+    owners = [MailboxOwner(account_id=f"a{n}", user_id="u") for n in range(200)]
+    requests = [requested_event(o, f"l{n}", "contested@example.org") for n, o in enumerate(owners)]
+    events = [
+        e
+        for r in requests
+        for e in (r, verified_event(r.data.owner, r.data.link_id, r.data.address))
+    ]
+    router = EventRouter(handlers.EVENT_HANDLERS, deps)
+    await asyncio.gather(*(router.handle(e) for e in events))
+
+    assert isinstance(deps.publisher, RecordingPublisher)
+    finals: dict[str, set[str]] = {}
+    linked = set()
+    for event in deps.publisher.events:
+        if isinstance(event, MailboxLinked | LinkRejected):
+            finals.setdefault(event.correlation_id, set()).add(str(event.event_id))
+            if isinstance(event, MailboxLinked):
+                linked.add(event.correlation_id)
+    assert len(finals) == 200
+    assert all(len(ids) == 1 for ids in finals.values())
+    assert len(linked) == 1
+    owner = await handlers.find_owner("contested@example.org", deps)
+    assert owner is not None
+    assert {owner.link_id} == linked

@@ -12,7 +12,7 @@ from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
 from registry.entrypoints.events import register_subscribers
-from registry.entrypoints.housekeeping import make_housekeeper
+from registry.entrypoints.housekeeping import make_housekeeper, make_retention_sweeper
 from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps
 
@@ -31,6 +31,9 @@ def build_app(settings: Settings) -> FastAPI:
     )
     register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
+    sweeper = make_retention_sweeper(
+        deps, settings.retention_interval_seconds, settings.link_retention
+    )
 
     return build_http_app(
         title="mailbox-link registry",
@@ -41,6 +44,7 @@ def build_app(settings: Settings) -> FastAPI:
             functools.partial(ensure_topics, settings),
             broker.start,
             housekeeper.start,
+            sweeper.start,
         ],
-        on_stop=[housekeeper.stop, broker.stop, mongo.close],
+        on_stop=[sweeper.stop, housekeeper.stop, broker.stop, mongo.close],
     )

@@ -5,7 +5,7 @@ from datetime import timedelta
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from mailbox_link_contract.topics import REGISTRY
+from mailbox_link_contract.topics import REGISTRY, topics_consumed_by
 from mailbox_link_shared.settings import ENV_PREFIX, HttpSettings, MongoSettings, ServiceSettings
 from registry.domain.plans import DEFAULT_PLAN, DEFAULT_PLANS, MAX_MAILBOXES_PER_USER
 
@@ -34,10 +34,37 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
         description="How often to expire lapsed reservations and finish interrupted decisions.",
     )
 
+    link_retention_seconds: float = Field(
+        default=8 * 24 * 3600,
+        gt=0,
+        description="How long an ended link (rejected or unlinked) is kept before it is "
+        "forgotten; longer than Kafka keeps the events it answers, so a replayed event always "
+        "finds its link.",
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often ended links past their retention go."
+    )
+
     @property
     def reservation_ttl(self) -> timedelta:
         """The reservation lifetime as a timedelta."""
         return timedelta(seconds=self.reservation_ttl_seconds)
+
+    @property
+    def link_retention(self) -> timedelta:
+        return timedelta(seconds=self.link_retention_seconds)
+
+    @model_validator(mode="after")
+    def _retention_outlives_replays(self) -> "Settings":
+        longest = replayable_event_retention()
+        if self.link_retention <= longest:
+            raise ValueError(
+                f"link_retention_seconds must exceed {longest.total_seconds():.0f}, how long "
+                "Kafka keeps the events a link answers (a replay would find no link)"
+            )
+        if self.link_retention <= self.reservation_ttl:
+            raise ValueError("link_retention_seconds must exceed reservation_ttl_seconds")
+        return self
 
     @model_validator(mode="after")
     def _plans_valid(self) -> "Settings":
@@ -49,3 +76,10 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
                 f"default_plan {self.default_plan!r} is not one of {sorted(self.plans)}"
             )
         return self
+
+
+def replayable_event_retention() -> timedelta:
+    """How long Kafka keeps the link events the registry consumes (plan changes, kept for
+    ever, need no link: they are ordered by their own time)."""
+    kept = [spec.retention for spec in topics_consumed_by(SERVICE_NAME)]
+    return max(r for r in kept if r is not None)

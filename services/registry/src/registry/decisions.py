@@ -1,11 +1,15 @@
-"""The registry's crash-safe decision protocol: how a link takes its address and plan slot,
-is decided once, and has its decision announced and its effects applied (DESIGN.md).
+"""The registry's decision protocol: how a link claims its address and a plan slot, is decided
+step by step, and has each decision announced (DESIGN.md).
 
-Every step is safe to repeat and to run concurrently with any other: decisions are
-conditional updates of the link's own record, and their effects are idempotent.
+Every function is safe to repeat and to run concurrently with any other, on any number of
+connections and replicas: what decides is always an insert under a unique id (a decision
+under (link, step), a claim under (resource, generation)); every other write is a hint that
+readers check before relying on it.
 """
 
+import asyncio
 import logging
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -21,31 +25,37 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.reading import read_document
 from mailbox_link_contract.topics import event_type_of, spec_of
-from mailbox_link_shared.addresses import mailbox_key
-from registry.adapters.registry_store import UserSlots
-from registry.domain.events import rejected_event, reserved_event
+from registry.adapters.registry_store import PendingEntry, UserPlan
+from registry.claims import address_resource, holder_of, slot_resource, take
+from registry.domain.events import linked_event, rejected_event, reserved_event
 from registry.domain.links import (
+    ENDED,
     HOLDING,
     IN_FLIGHT,
+    Decision,
     HolderVerdict,
     LinkRecord,
     LinkState,
     MailboxDetails,
-    is_stale,
+    Progress,
+    counts_claim,
     judge_address_holder,
 )
 from registry.ports import RegistryDeps
 
 logger = logging.getLogger(__name__)
-# A decision announces one event of the mailboxes topic, kept in the record until published.
+# A decision announces one event of the mailboxes topic, kept in the decision until published.
 _OUTBOX_EVENTS = {event_type_of(model): model for model in spec_of("mailboxes").events}
-# Each retry follows a change made by a competing request; a handful always suffices.
+# Each retry follows a decision made by a competing request; a handful always suffices.
 MAX_ATTEMPTS = 10
 _REFUSALS = {
     HolderVerdict.ALREADY_LINKED: FailureCode.ALREADY_LINKED,
     HolderVerdict.LINK_IN_PROGRESS: FailureCode.LINK_IN_PROGRESS,
     HolderVerdict.ALREADY_LINKED_ELSEWHERE: FailureCode.ALREADY_LINKED_ELSEWHERE,
 }
+# The relay's entry opened with a link covers its reservation and its first two decisions.
+FIRST_ENTRY_STEP = 1
+_RESERVING = frozenset({LinkState.RESERVING})
 
 
 def new_record(
@@ -57,196 +67,120 @@ def new_record(
         owner=data.owner,
         address=data.address,
         provider=data.provider,
-        state=LinkState.RESERVING,
         expires_at=deps.clock() + deps.reservation_ttl,
     )
+
+
+def entry_id(link_id: str, step: int) -> str:
+    """The relay's entry for the decisions from `step` on (never reused, so safe to delete)."""
+    return f"{link_id}/{step}"
 
 
 async def start(
     event: LinkRequested | MailboxVerified | VerificationFailed,
     deps: RegistryDeps,
-    refusal: LinkRejected | None = None,
-) -> tuple[LinkRecord, UserSlots | None]:
-    """Returns the link's record, creating it if this is the first of its events to arrive,
-    and the user's slots if they were read on the way.
+    likely_new: bool,
+) -> LinkRecord:
+    """Returns the link's record with its latest decision, creating it if this is the first of
+    its events to arrive (the topics are not ordered with respect to each other).
 
-    The topics are not ordered with respect to each other, so a verification result may come
-    before the request. A request bound to be refused (`refusal`, or one `_refusal_on_sight`
-    finds) is stored already decided: no address or slot is taken only to be given back.
+    `likely_new` inserts before reading: one round trip for a new link request.
     """
-    # No lookup of the record first: a new link's record is missing, and on FerretDB a miss
-    # costs as much as a scan. The insert tells whether it existed.
+    if not likely_new:
+        stored = await deps.store.get_link(event.data.link_id)
+        if stored is not None:
+            return await load(stored, deps)
     fresh = new_record(event, deps)
-    slots: UserSlots | None = None
-    if refusal is None:
-        refusal, slots = await _refusal_on_sight(fresh, deps)
-    if refusal is None:
-        return await deps.store.add_link(fresh), slots
-    decided = replace(fresh, state=LinkState.REJECTED, outbox=refusal.model_dump(mode="json"))
-    await deps.store.open_decision(fresh.link_id, str(refusal.event_id))
-    stored = await deps.store.add_link(decided)
-    if stored.decision_id != str(refusal.event_id):
-        # Another event of this link created the record first; its decision stands.
-        await deps.store.close_decision(fresh.link_id, str(refusal.event_id))
-    return stored, None
-
-
-async def _refusal_on_sight(
-    record: LinkRecord, deps: RegistryDeps
-) -> tuple[LinkRejected | None, UserSlots | None]:
-    """Looks, without taking anything, for a reason the request must be refused; returns it
-    and the user's slots as read."""
+    # Opened first, so a crash right after the insert still leaves the link to housekeeping.
     now = deps.clock()
-    holder_id = await deps.store.address_holder(record.mailbox_key)
-    if holder_id == record.link_id:
-        return None, None  # a redelivery: the link already holds its address
-    if holder_id is not None:
-        holder = await deps.store.get_link(holder_id)
-        verdict = judge_address_holder(record.owner, holder, now)
-        if verdict is not HolderVerdict.STALE:
-            return _refusal(record, verdict, holder), None
-    slots = await deps.store.get_slots(record.owner)
-    limit = deps.plans.limit_for(slots.plan)
-    if len(slots.held) < limit:
-        return None, slots
-    holders = await deps.store.get_links(list(slots.held))
-    if len(holders) < len(slots.held) or any(is_stale(h, now) for h in holders):
-        return None, slots  # a slot may be free once cleared: take the careful path
-    return _plan_limit_reached(record, limit), None
+    await deps.store.open_pending(PendingEntry(entry_id(fresh.link_id, 1), fresh.link_id, now))
+    existing = await deps.store.add_link(fresh)
+    if existing is None:
+        return fresh
+    record = await load(existing, deps)
+    if record.state not in IN_FLIGHT:
+        # A redelivery reopened the entry of decisions long made: nothing left for it.
+        await deps.store.close_pending(entry_id(record.link_id, FIRST_ENTRY_STEP))
+    return record
 
 
-async def reserve(record: LinkRecord, slots: UserSlots | None, deps: RegistryDeps) -> LinkRecord:
-    """Takes the address, then a plan slot; ends in RESERVED or REJECTED. Safe to repeat."""
-    if record.state is not LinkState.RESERVING:
-        return await settle(record, deps)
-    if record.has_expired(deps.clock()):
-        return await expire(record, deps)
-    refusal = await _take_address(record, deps) or await _take_slot(record, slots, deps)
-    if refusal is not None:
-        # Settling the rejection gives back whatever was taken.
-        return await decide(record, {LinkState.RESERVING}, LinkState.REJECTED, refusal, deps)
-    reserved = reserved_event(record)
-    return await decide(record, {LinkState.RESERVING}, LinkState.RESERVED, reserved, deps)
+async def load(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Finds the link's latest decision, reading forward from its progress hint."""
+    step = record.progress.step
+    latest, following = await asyncio.gather(
+        deps.store.get_decision(record.link_id, step) if step else _none(),
+        deps.store.get_decision(record.link_id, step + 1),
+    )
+    while following is not None:
+        step, latest = step + 1, following
+        following = await deps.store.get_decision(record.link_id, step + 1)
+    return replace(record, latest=latest)
 
 
-async def _take_address(record: LinkRecord, deps: RegistryDeps) -> LinkRejected | None:
-    for _ in range(MAX_ATTEMPTS):
-        holder_id = await deps.store.lock_address(record.mailbox_key, record.link_id)
-        if holder_id == record.link_id:
-            return None
-        holder = await deps.store.get_link(holder_id)
-        verdict = judge_address_holder(record.owner, holder, deps.clock())
-        if verdict is not HolderVerdict.STALE:
-            return _refusal(record, verdict, holder)
-        if holder is None:
-            await deps.store.unlock_address(record.mailbox_key, holder_id)
-        else:
-            await _let_go(holder, deps)
-    raise RuntimeError(f"address {record.address} kept changing hands")
-
-
-async def _take_slot(
-    record: LinkRecord, seen: UserSlots | None, deps: RegistryDeps
-) -> LinkRejected | None:
-    for _ in range(MAX_ATTEMPTS):
-        # The first try may use the slots read a moment ago: take_slot re-checks them.
-        slots, seen = seen or await deps.store.get_slots(record.owner), None
-        if record.link_id in slots.held:
-            return None
-        limit = deps.plans.limit_for(slots.plan)
-        if len(slots.held) < limit:
-            if await deps.store.take_slot(
-                record.owner, record.link_id, record.address, slots.plan, limit
-            ):
-                return None
-            continue  # the user's slots or plan changed meanwhile: look again
-        if not await _free_stale_slots(record.owner, slots.held, deps):
-            return _plan_limit_reached(record, limit)
-    raise RuntimeError(f"slots of {record.owner} kept changing")
-
-
-async def _free_stale_slots(owner: MailboxOwner, held: dict[str, str], deps: RegistryDeps) -> bool:
-    # A slot can outlive its link for a moment (a crash between a decision and its effects,
-    # or a reservation past its expiry not yet swept): free those before saying no.
-    holders = {r.link_id: r for r in await deps.store.get_links(list(held))}
-    now = deps.clock()
-    freed = False
-    for link_id in held:
-        holder = holders.get(link_id)
-        if holder is None:
-            await deps.store.free_slot(owner, link_id)
-            freed = True
-        elif is_stale(holder, now):
-            await _let_go(holder, deps)
-            freed = True
-    return freed
-
-
-async def _let_go(holder: LinkRecord, deps: RegistryDeps) -> None:
-    """Makes a link that should no longer hold anything give back its address and slot."""
-    if holder.has_expired(deps.clock()):
-        await expire(holder, deps)
-    else:
-        await settle(holder, deps)
-
-
-async def expire(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
-    rejected = rejected_event(record, Failure.of(FailureCode.RESERVATION_EXPIRED))
-    decided = await decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
-    logger.info("link %s of %s: reservation expired", record.link_id, record.address)
-    return decided
+async def _none() -> None:
+    return None
 
 
 async def decide(
     record: LinkRecord,
-    from_states: set[LinkState] | frozenset[LinkState],
+    from_states: frozenset[LinkState],
     to_state: LinkState,
-    event: Envelope,
+    event: Envelope | None,
     deps: RegistryDeps,
     mailbox: MailboxDetails | None = None,
+    claims: tuple[str, ...] | None = None,
 ) -> LinkRecord:
-    """Moves the link from one of `from_states` to `to_state` announcing `event`, then settles.
+    """Takes the link from one of `from_states` to `to_state`, announcing `event`, and
+    settles it. If a competing request decided first, its decision stands: this one is tried
+    again only if the link is still in one of `from_states`."""
+    for _ in range(MAX_ATTEMPTS):
+        if record.state not in from_states:
+            return await settle(record, deps)
+        decision = Decision(
+            step=record.step + 1,
+            state=to_state,
+            decided_at=deps.clock(),
+            outbox=event.model_dump(mode="json") if event else None,
+            mailbox=mailbox or record.mailbox,
+            claims=record.claims if claims is None else claims,
+        )
+        if await deps.store.add_decision(record.link_id, decision):
+            return await settle(replace(record, latest=decision), deps)
+        # Lost to a competing decision: read the link again, with what its winner announced.
+        record = await load(await deps.store.get_link(record.link_id) or record, deps)
+    raise RuntimeError(f"link {record.link_id} kept being decided by others")
 
-    If another request moved it first, their decision stands and is settled instead.
+
+async def settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Announces, in order, the link's decisions not known to be on the topic, then notes its
+    progress; once the link is at rest, closes its relay entry.
+
+    Announcing is idempotent (consumers deduplicate by event id), so a lagging hint only
+    costs a repeated event. An address counts as free only once its holder's end is
+    announced, which keeps each address's events in order on its partition.
     """
-    # Finish the decision this one replaces first, or its event would never be announced.
-    await settle(record, deps)
-    event_id = str(event.event_id)
-    # Noted first, so a crash right after the decision leaves it for housekeeping to finish.
-    await deps.store.open_decision(record.link_id, event_id)
-    decided = await deps.store.decide(
-        record.link_id, frozenset(from_states), to_state, event.model_dump(mode="json"), mailbox
-    )
-    if decided is not None:
-        return await settle(decided, deps, known_open=True)
-    await deps.store.close_decision(record.link_id, event_id)
-    current = await deps.store.get_link(record.link_id)
-    if current is None:  # pragma: no cover - records are never deleted
-        raise LookupError(record.link_id)
-    return await settle(current, deps)
+    announced = record.progress.announced
+    for step in range(announced + 1, record.step + 1):
+        decision = record.latest
+        if step != record.step:
+            decision = await deps.store.get_decision(record.link_id, step)
+        if decision is not None and decision.outbox is not None:
+            await deps.publisher.publish(_outbox_event(decision.outbox))
+    progress = Progress(step=record.step, state=record.state, announced=record.step)
+    if progress != record.progress:
+        if record.state in ENDED:
+            # An ended link keeps no credentials: its sealed passwords or tokens go.
+            await deps.store.drop_verification(record.link_id)
+        await deps.store.note_progress(record.link_id, progress, deps.clock())
+        if record.state not in IN_FLIGHT:
+            await deps.store.close_pending(_entry_of(record))
+    return replace(record, progress=progress)
 
 
-async def settle(record: LinkRecord, deps: RegistryDeps, known_open: bool = False) -> LinkRecord:
-    """Announces the record's latest decision if still unfinished, then gives back what an
-    ended link held.
-
-    Publishing first keeps each address's events in order on its partition: an address is
-    free for the next link only after its MailboxUnlinked or LinkRejected is on the topic.
-    Giving back runs on every call, not only the first: a request that took a slot after its
-    link was expired gives it back when its event is redelivered.
-    """
-    decision_id = record.decision_id
-    unfinished = decision_id is not None and (
-        known_open or await deps.store.is_decision_open(record.link_id, decision_id)
-    )
-    if unfinished and record.outbox is not None:
-        await deps.publisher.publish(_outbox_event(record.outbox))
-    if record.state not in HOLDING:
-        await deps.store.unlock_address(record.mailbox_key, record.link_id)
-        await deps.store.free_slot(record.owner, record.link_id)
-    if unfinished and decision_id is not None:
-        await deps.store.close_decision(record.link_id, decision_id)
-    return record
+def _entry_of(record: LinkRecord) -> str:
+    # Decisions 1 and 2 are covered by the entry opened with the link; later ones (an unlink)
+    # by an entry opened just before them.
+    return entry_id(record.link_id, FIRST_ENTRY_STEP if record.step <= 2 else record.step)
 
 
 def _outbox_event(outbox: dict[str, Any]) -> Envelope:
@@ -256,15 +190,171 @@ def _outbox_event(outbox: dict[str, Any]) -> Envelope:
     return event
 
 
-async def current_link(address: str, deps: RegistryDeps) -> LinkRecord | None:
-    holder_id = await deps.store.address_holder(mailbox_key(address))
-    return await deps.store.get_link(holder_id) if holder_id else None
+async def expire(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    rejected = rejected_event(record, Failure.of(FailureCode.RESERVATION_EXPIRED))
+    decided = await decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
+    logger.info("link %s: reservation expired (%s)", record.link_id, decided.state)
+    return decided
+
+
+async def live_holder(deps: RegistryDeps, link_id: str, claim_id: str) -> LinkRecord | None:
+    """Returns the link holding this claim if it is live and counts it; otherwise makes sure
+    its end is announced (expiring it if overdue) and returns None: the claim is free."""
+    stored = await deps.store.get_link(link_id)
+    if stored is None or stored.progress.at_rest_ended:
+        return None  # ended and announced (or forgotten by retention, long after its end)
+    record = await load(stored, deps)
+    if record.has_expired(deps.clock()):
+        record = await expire(record, deps)  # may lose to its own linking: then it holds
+    elif record.state not in HOLDING:
+        record = await settle(record, deps)
+    if record.state in HOLDING and counts_claim(record, claim_id):
+        return record
+    return None
+
+
+async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Claims the address, then a plan slot; ends in RESERVED (linking at once if the
+    verification is already stored) or REJECTED. Safe to repeat."""
+    if record.state is LinkState.RESERVED:
+        return await link_if_verified(await settle(record, deps), deps)
+    if record.state is not LinkState.RESERVING:
+        return await settle(record, deps)
+    if record.has_expired(deps.clock()):
+        return await expire(record, deps)
+    holder = await take(
+        address_resource(record.mailbox_key),
+        record.link_id,
+        deps.store,
+        lambda link_id, claim: live_holder(deps, link_id, claim),
+        likely_new=True,
+    )
+    if isinstance(holder, LinkRecord):
+        refusal = _refusal(record, judge_address_holder(record.owner, holder, deps.clock()), holder)
+        return await decide(record, _RESERVING, LinkState.REJECTED, refusal, deps, claims=())
+    slot = await _take_slot(record, deps)
+    if isinstance(slot, LinkRejected):
+        return await decide(record, _RESERVING, LinkState.REJECTED, slot, deps, claims=(holder,))
+    reserved = reserved_event(record)
+    record = await decide(
+        record,
+        _RESERVING,
+        LinkState.RESERVED,
+        reserved,
+        deps,
+        claims=(holder, slot),
+    )
+    return await link_if_verified(record, deps)
+
+
+async def _take_slot(record: LinkRecord, deps: RegistryDeps) -> str | LinkRejected:
+    """Claims one of the user's plan slots 0..limit-1; returns its claim id, or the refusal."""
+    owner = record.owner
+    plan, hints = await asyncio.gather(deps.store.get_plan(owner), deps.store.get_slot_hints(owner))
+    limit = deps.plans.limit_for(plan.plan)
+
+    def holder(link_id: str, claim: str) -> Any:
+        return live_holder(deps, link_id, claim)
+
+    def resource(n: int) -> str:
+        return slot_resource(owner.account_id, owner.user_id, n)
+
+    # The hints are only an order to try slots in: ours (a redelivery), unused, then the rest.
+    unused = [n for n in range(limit) if n not in hints]
+    ours = [n for n in range(limit) if hints.get(n) == record.link_id]
+    others = [n for n in range(limit) if n in hints and hints[n] != record.link_id]
+    for n in ours + unused:
+        taken = await take(resource(n), record.link_id, deps.store, holder, n in unused)
+        if isinstance(taken, str):
+            return await _keep_slot(record, n, taken, plan, limit, hints, deps)
+    # Look at every remaining slot at once, then claim one found free.
+    holders = await asyncio.gather(*(holder_of(resource(n), deps.store, holder) for n in others))
+    for n, current in zip(others, holders, strict=True):
+        if current is None:
+            taken = await take(resource(n), record.link_id, deps.store, holder)
+            if isinstance(taken, str):
+                return await _keep_slot(record, n, taken, plan, limit, hints, deps)
+    return _plan_limit_reached(record, limit)
+
+
+async def _keep_slot(
+    record: LinkRecord,
+    n: int,
+    claim: str,
+    plan: UserPlan,
+    limit: int,
+    hints: dict[int, str],
+    deps: RegistryDeps,
+) -> str | LinkRejected:
+    if hints.get(n) != record.link_id:
+        await deps.store.note_slot(record.owner, n, record.link_id)
+    if plan.max_limit <= limit:
+        return claim
+    # Downgraded: links kept above the new limit count too. Counted after claiming, so two
+    # requests racing for the last slot may both give up, but never both stay.
+    held = await held_slots(record.owner, deps, max(plan.max_limit, limit))
+    others = [h for h in held if h.link_id != record.link_id]
+    return claim if len(others) < limit else _plan_limit_reached(record, limit)
+
+
+async def held_slots(owner: MailboxOwner, deps: RegistryDeps, slots: int) -> list[LinkRecord]:
+    """The live links holding the user's first `slots` slots (read from the claims)."""
+    holders = await asyncio.gather(
+        *(
+            holder_of(
+                slot_resource(owner.account_id, owner.user_id, n),
+                deps.store,
+                lambda link_id, claim: live_holder(deps, link_id, claim),
+            )
+            for n in range(slots)
+        )
+    )
+    return [h for h in holders if h is not None]
+
+
+async def link_if_verified(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Links a reserved link whose verification is stored (expiring it if too late).
+
+    Whichever of the reservation and the verification is stored second sees the first, so
+    one of the two requests always links it.
+    """
+    if record.state not in IN_FLIGHT:
+        return record
+    if record.has_expired(deps.clock()):
+        return await expire(record, deps)
+    if record.state is not LinkState.RESERVED:
+        return record
+    verification = await deps.store.get_verification(record.link_id)
+    if verification is None:
+        return record
+    mailbox = MailboxDetails(
+        mailbox_id=uuid.uuid4().hex,
+        imap=verification.imap,
+        smtp=verification.smtp,
+        linked_at=deps.clock(),
+        auth=verification.auth,
+    )
+    linked = linked_event(record, mailbox)
+    return await decide(
+        record, frozenset({LinkState.RESERVED}), LinkState.LINKED, linked, deps, mailbox
+    )
+
+
+async def current_link(mailbox_key: str, deps: RegistryDeps) -> LinkRecord | None:
+    """The live link holding this mailbox, if any."""
+    return await holder_of(
+        address_resource(mailbox_key),
+        deps.store,
+        lambda link_id, claim: live_holder(deps, link_id, claim),
+    )
 
 
 def _refusal(record: LinkRecord, verdict: HolderVerdict, holder: LinkRecord | None) -> LinkRejected:
     if verdict is HolderVerdict.ALREADY_LINKED and holder and holder.mailbox:
         failure = Failure.of(FailureCode.ALREADY_LINKED)
         return rejected_event(record, failure, mailbox_id=holder.mailbox.mailbox_id)
+    if verdict is HolderVerdict.STALE:  # pragma: no cover - take() returns only live holders
+        raise AssertionError("a stale holder was returned as live")
     # Nothing more: the caller must not learn anything about another account's mailbox.
     return rejected_event(record, Failure.of(_REFUSALS[verdict]))
 

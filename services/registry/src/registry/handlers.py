@@ -5,7 +5,6 @@ every step safe to repeat and to run concurrently with any other (DESIGN.md).
 """
 
 import logging
-import uuid
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
@@ -20,53 +19,58 @@ from mailbox_link_contract.events import (
     UserPlanChanged,
     VerificationFailed,
 )
+from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.routing import EventHandlers, ignore
-from registry.decisions import current_link, decide, expire, new_record, reserve, settle, start
-from registry.domain.events import linked_event, rejected_event, unlinked_event
-from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
+from registry.adapters.registry_store import PendingEntry, Verification
+from registry.decisions import (
+    current_link,
+    decide,
+    entry_id,
+    expire,
+    held_slots,
+    link_if_verified,
+    load,
+    reserve,
+    settle,
+    start,
+)
+from registry.domain.events import rejected_event, unlinked_event
+from registry.domain.links import ENDED, IN_FLIGHT, LinkRecord, LinkState
 from registry.ports import RegistryDeps
 
 __all__ = ["EVENT_HANDLERS", "RegistryDeps"]
 logger = logging.getLogger(__name__)
+_LINKED = frozenset({LinkState.LINKED})
 
 # --- events in --------------------------------------------------------------------------------
 
 
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
     """Reserves the address and a plan slot for a new link request, or rejects it."""
-    await reserve(*await start(event, deps), deps)
+    record = await reserve(await start(event, deps, likely_new=True), deps)
+    logger.info("link %s of %s: %s", record.link_id, record.address, record.state)
 
 
 async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps) -> None:
-    """Links a verified mailbox if its reservation stands (reserving first if it came late)."""
-    record = await reserve(*await start(event, deps), deps)
-    if record.has_expired(deps.clock()):
-        record = await expire(record, deps)  # too late: the slot may be promised elsewhere
-    if record.state is LinkState.RESERVED:
-        mailbox = MailboxDetails(
-            mailbox_id=uuid.uuid4().hex,
-            imap=event.data.imap,
-            smtp=event.data.smtp,
-            credentials=event.data.verified_credentials,
-            linked_at=deps.clock(),
-            auth=event.data.auth,
-        )
-        linked = linked_event(record, mailbox)
-        record = await decide(record, {LinkState.RESERVED}, LinkState.LINKED, linked, deps, mailbox)
-    logger.info(
-        "link %s of %s after verification: %s", record.link_id, record.address, record.state
-    )
+    """Links a verified mailbox if its reservation stands; if the request has not been
+    reserved yet, keeps the verification for the reservation to link."""
+    data = event.data
+    # Stored before the link is read: see link_if_verified.
+    verification = Verification(data.imap, data.smtp, data.auth, data.verified_credentials)
+    await deps.store.add_verification(data.link_id, verification)
+    record = await link_if_verified(await start(event, deps, likely_new=False), deps)
+    if record.state in ENDED:
+        # Too late (expired, refused): the credentials must not outlive the request.
+        await deps.store.drop_verification(record.link_id)
+        await settle(record, deps)
+    logger.info("link %s of %s after verification: %s", data.link_id, data.address, record.state)
 
 
 async def when_verification_failed_release(event: VerificationFailed, deps: RegistryDeps) -> None:
-    """Ends the link with the verifier's reason and gives back what it held."""
-    rejected = rejected_event(new_record(event, deps), event.data.failure)
-    record, _ = await start(event, deps, refusal=rejected)
-    if record.state in IN_FLIGHT:
-        rejected = rejected_event(record, event.data.failure)
-        await decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
-    else:
-        await settle(record, deps)
+    """Ends the link with the verifier's reason; ending gives back what it held."""
+    record = await start(event, deps, likely_new=False)
+    rejected = rejected_event(record, event.data.failure)
+    await decide(record, IN_FLIGHT, LinkState.REJECTED, rejected, deps)
 
 
 async def when_reconnect_required_flag_mailbox(
@@ -74,7 +78,15 @@ async def when_reconnect_required_flag_mailbox(
 ) -> None:
     """Marks a linked mailbox as needing its user to sign in again; it stays theirs."""
     data = event.data
-    flagged = await deps.store.mark_reconnect_required(data.link_id, data.failure.code)
+    stored = await deps.store.get_link(data.link_id)
+    record = await load(stored, deps) if stored else None
+    flagged = False
+    while record is not None and record.state is LinkState.LINKED and record.mailbox:
+        if record.mailbox.reconnect_required is not None:
+            flagged = True
+            break
+        mailbox = replace(record.mailbox, reconnect_required=data.failure.code)
+        record = await decide(record, _LINKED, LinkState.LINKED, None, deps, mailbox)
     logger.info("link %s reconnect required: %s", data.link_id, "flagged" if flagged else "ended")
 
 
@@ -85,7 +97,8 @@ async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDep
         logger.warning("plan %r from billing is not configured: default applies", data.plan)
     # Ordered to the millisecond, the precision BSON keeps: finer differences are ties.
     changed_at = data.changed_at.replace(microsecond=data.changed_at.microsecond // 1000 * 1000)
-    applied = await deps.store.set_plan(data.owner, data.plan, changed_at)
+    limit = deps.plans.limit_for(data.plan)
+    applied = await deps.store.set_plan(data.owner, data.plan, changed_at, limit)
     logger.info("plan %s for %s: %s", data.plan, data.owner, "applied" if applied else "stale")
 
 
@@ -103,28 +116,59 @@ EVENT_HANDLERS: EventHandlers[RegistryDeps] = {
 # --- housekeeping -----------------------------------------------------------------------------
 
 
-async def expire_overdue_reservations(deps: RegistryDeps) -> int:
-    """Ends links whose verification never finished, freeing their address and slot."""
-    overdue = await deps.store.overdue(deps.clock())
-    for record in overdue:
-        await expire(record, deps)
-    return len(overdue)
+@dataclass(frozen=True)
+class HousekeepingRound:
+    """What one round of housekeeping did."""
+
+    expired: int = 0
+    finished: int = 0
+    forgotten: int = 0
 
 
-async def finish_open_decisions(deps: RegistryDeps, grace: timedelta) -> int:
-    """Announces and applies decisions a crash left unfinished (the outbox relay).
+async def finish_pending(
+    deps: RegistryDeps, grace: timedelta, batch: int = 1000
+) -> HousekeepingRound:
+    """Expires reservations nobody answered, and announces what a crash left unannounced.
 
-    Decisions younger than `grace` are left to the request that is finishing them now.
+    Entries younger than `grace` are left to the request finishing them now, unless overdue.
     """
-    unfinished = await deps.store.open_decisions(deps.clock() - grace)
-    for link_id, event_id in unfinished:
-        record = await deps.store.get_link(link_id)
-        if record is not None and record.decision_id == event_id:
+    expired = finished = 0
+    now = deps.clock()
+    for entry in await deps.store.pending(batch):
+        stored = await deps.store.get_link(entry.link_id)
+        if stored is None:
+            await deps.store.close_pending(entry.entry_id)
+            continue
+        record = await load(stored, deps)
+        if record.has_expired(now):
+            await expire(record, deps)
+            expired += 1
+        elif entry.opened_at < now - grace and record.state not in IN_FLIGHT:
             await settle(record, deps)
-        else:
-            # The decision lost to another (or was never stored): nothing to announce.
-            await deps.store.close_decision(link_id, event_id)
-    return len(unfinished)
+            # Settling closes the entry of the latest decision; this one may be older.
+            await deps.store.close_pending(entry.entry_id)
+            finished += 1
+    return HousekeepingRound(expired=expired, finished=finished)
+
+
+async def forget_ended_links(deps: RegistryDeps, retention: timedelta, batch: int = 500) -> int:
+    """Deletes links that ended more than `retention` ago, and the claims nobody reads.
+
+    Readers of a resource start from the latest generation named by its generation 0, which
+    is never deleted, so only generations behind that hint may go. (A hint write lands right
+    after the claim it reports; one delayed by the whole retention is assumed not to happen.)
+    """
+    ended = await deps.store.ended_before(deps.clock() - retention, batch)
+    for stored in ended:
+        record = await load(stored, deps)
+        # A link keeps its claims from step to step: its latest decision names them all.
+        for claim in record.claims:
+            resource, generation = claim.rsplit("#", 1)
+            head = await deps.store.get_claim(resource, 0)
+            if int(generation) > 0 and head is not None and int(generation) < head.latest:
+                await deps.store.forget_claim(resource, int(generation))
+        await deps.store.forget_link(record.link_id, record.step)
+    return len(ended)
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -142,33 +186,39 @@ async def unlink_mailbox(
     address: str, deps: RegistryDeps, owner: MailboxOwner | None, by: UnlinkedBy
 ) -> UnlinkResult:
     """Unlinks the mailbox (of `owner`, or of anyone for an admin) and announces it."""
-    record = await current_link(address, deps)
+    record = await current_link(mailbox_key(address), deps)
     if record is None or (owner is not None and record.owner != owner):
         return UnlinkResult.NOT_FOUND
-    if record.state in IN_FLIGHT and not record.has_expired(deps.clock()):
+    if record.state in IN_FLIGHT:
         return UnlinkResult.IN_PROGRESS
-    if record.state is not LinkState.LINKED:
-        return UnlinkResult.NOT_FOUND
-    unlinked = unlinked_event(record, by)
-    # An unlinked mailbox keeps no credentials: the sealed passwords or tokens go with it.
-    forgotten = replace(record.mailbox, credentials=None) if record.mailbox else None
-    decided = await decide(
-        record, {LinkState.LINKED}, LinkState.UNLINKED, unlinked, deps, forgotten
+    # Opened first: no event brought this decision, so only housekeeping would announce it
+    # if this process stopped right after it.
+    step = record.step + 1
+    await deps.store.open_pending(
+        PendingEntry(entry_id(record.link_id, step), record.link_id, deps.clock())
     )
+    unlinked = unlinked_event(record, by)
+    decided = await decide(record, _LINKED, LinkState.UNLINKED, unlinked, deps)
     return UnlinkResult.UNLINKED if decided.state is LinkState.UNLINKED else UnlinkResult.NOT_FOUND
 
 
 async def list_mailboxes(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecord]:
     """Returns the user's linked mailboxes, oldest first."""
-    slots = await deps.store.get_slots(owner)
-    records = await deps.store.get_links(list(slots.held))
+    records = await _user_links(owner, deps)
     linked = [r for r in records if r.state is LinkState.LINKED and r.mailbox is not None]
     return sorted(linked, key=lambda r: r.mailbox.linked_at if r.mailbox else deps.clock())
 
 
+async def _user_links(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecord]:
+    """The live links holding the user's slots (every slot that may be held, not the hints)."""
+    plan = await deps.store.get_plan(owner)
+    slots = max(plan.max_limit, deps.plans.limit_for(plan.plan))
+    return await held_slots(owner, deps, slots)
+
+
 async def find_owner(address: str, deps: RegistryDeps) -> LinkRecord | None:
     """Returns the link under which this address is linked, if it is (not while in flight)."""
-    record = await current_link(address, deps)
+    record = await current_link(mailbox_key(address), deps)
     return record if record is not None and record.state is LinkState.LINKED else None
 
 
@@ -183,12 +233,13 @@ class PlanUsage:
 
 async def get_plan(owner: MailboxOwner, deps: RegistryDeps) -> PlanUsage:
     """Returns the user's plan and how much of it is used."""
-    slots = await deps.store.get_slots(owner)
-    plan = deps.plans.plan_or_default(slots.plan)
-    return PlanUsage(plan, deps.plans.limit_for(plan), len(slots.held))
+    stored = await deps.store.get_plan(owner)
+    plan = deps.plans.plan_or_default(stored.plan)
+    used = len(await _user_links(owner, deps))
+    return PlanUsage(plan, deps.plans.limit_for(plan), used)
 
 
 async def assign_plan(owner: MailboxOwner, plan: str, deps: RegistryDeps) -> PlanUsage:
     """Puts the user on a plan now (an operator's change wins over older billing events)."""
-    await deps.store.set_plan(owner, plan, deps.clock())
+    await deps.store.set_plan(owner, plan, deps.clock(), deps.plans.limit_for(plan))
     return await get_plan(owner, deps)

@@ -1,207 +1,205 @@
-"""MongoDB storage of the registry: link records, address locks and users' plan slots.
+"""MongoDB storage of the registry: link requests, their decisions, claims, plans, and the
+relay's work list.
 
-No operation spans two documents atomically; each is one insert or one conditional update.
-Why that is enough is in ../../DESIGN.md.
+Only inserts under unique ids decide anything; the other writes are hints (a link's progress,
+a resource's latest claim, a user's slots), each one document, that readers never trust beyond
+what they can check. So nothing here needs the store to isolate concurrent writes of one
+document, which FerretDB does not (DESIGN.md).
 """
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from mailbox_link_contract.events import (
-    AuthMethod,
-    MailboxOwner,
-    ProviderType,
-    ServerSettings,
-    utc_now,
-)
+from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
-from registry.domain.links import IN_FLIGHT, LinkRecord, LinkState, MailboxDetails
+from registry.domain.links import Decision, LinkRecord, LinkState, MailboxDetails, Progress
+
+Document = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class UserSlots:
-    """A user's plan and the links holding their plan slots (link id to address)."""
+class Claim:
+    """One generation of the claims on a resource (an address, a plan slot)."""
+
+    resource: str
+    generation: int
+    link_id: str
+    # On generation 0 only: the latest generation its writer knew of (a hint).
+    latest: int = 0
+
+    @property
+    def claim_id(self) -> str:
+        return claim_id(self.resource, self.generation)
+
+
+def claim_id(resource: str, generation: int) -> str:
+    """The unique id of a generation: resources end in a domain or a number, never in '#'."""
+    return f"{resource}#{generation}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the verifier proved for a link: the servers, and the sealed credentials."""
+
+    imap: ServerSettings
+    smtp: ServerSettings
+    auth: AuthMethod
+    credentials: EncryptedSecret | None
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    """A user's plan as last applied, and the highest limit it ever had (slots above the
+    current limit may still be held by links kept through a downgrade)."""
 
     plan: str | None = None
-    held: dict[str, str] = field(default_factory=dict)
+    changed_at: datetime | None = None
+    max_limit: int = 0
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """Unfinished business on a link, for housekeeping: a reservation that may expire, or a
+    decision made outside any event (an unlink) whose announcement a crash could lose."""
+
+    entry_id: str
+    link_id: str
+    opened_at: datetime
 
 
 class RegistryStore(Protocol):
-    """What the handlers need from storage."""
+    """What the decision protocol needs from storage: one round trip per method."""
 
-    async def add_link(self, record: LinkRecord) -> LinkRecord: ...
+    async def add_link(self, record: LinkRecord) -> LinkRecord | None:
+        """Stores a new link request; returns None if stored, else the one already there."""
+
     async def get_link(self, link_id: str) -> LinkRecord | None: ...
-    async def get_links(self, link_ids: list[str]) -> list[LinkRecord]: ...
-    async def decide(
-        self,
-        link_id: str,
-        from_states: frozenset[LinkState],
-        to_state: LinkState,
-        outbox: dict[str, Any],
-        mailbox: MailboxDetails | None = None,
-    ) -> LinkRecord | None: ...
-    async def open_decision(self, link_id: str, event_id: str) -> None: ...
-    async def is_decision_open(self, link_id: str, event_id: str) -> bool: ...
-    async def close_decision(self, link_id: str, event_id: str) -> None: ...
-    async def open_decisions(self, opened_before: datetime) -> list[tuple[str, str]]: ...
-    async def overdue(self, now: datetime) -> list[LinkRecord]: ...
-    async def lock_address(self, address: str, link_id: str) -> str: ...
-    async def address_holder(self, address: str) -> str | None: ...
-    async def unlock_address(self, address: str, link_id: str) -> None: ...
-    async def get_slots(self, owner: MailboxOwner) -> UserSlots: ...
-    async def take_slot(
-        self, owner: MailboxOwner, link_id: str, address: str, plan: str | None, limit: int
+    async def note_progress(self, link_id: str, progress: Progress, at: datetime) -> None: ...
+    async def add_decision(self, link_id: str, decision: Decision) -> bool: ...
+    async def get_decision(self, link_id: str, step: int) -> Decision | None: ...
+    async def add_verification(self, link_id: str, verification: Verification) -> None: ...
+    async def get_verification(self, link_id: str) -> Verification | None: ...
+    async def drop_verification(self, link_id: str) -> None: ...
+    async def add_claim(self, claim: Claim) -> bool: ...
+    async def get_claim(self, resource: str, generation: int) -> Claim | None: ...
+    async def note_latest_claim(self, resource: str, generation: int) -> None: ...
+    async def get_plan(self, owner: MailboxOwner) -> UserPlan: ...
+    async def set_plan(
+        self, owner: MailboxOwner, plan: str, changed_at: datetime, limit: int
     ) -> bool: ...
-    async def free_slot(self, owner: MailboxOwner, link_id: str) -> None: ...
-    async def set_plan(self, owner: MailboxOwner, plan: str, changed_at: datetime) -> bool: ...
-    async def mark_reconnect_required(self, link_id: str, code: FailureCode) -> bool: ...
+    async def get_slot_hints(self, owner: MailboxOwner) -> dict[int, str]: ...
+    async def note_slot(self, owner: MailboxOwner, slot: int, link_id: str) -> None: ...
+    async def open_pending(self, entry: PendingEntry) -> None: ...
+    async def pending(self, limit: int) -> list[PendingEntry]: ...
+    async def close_pending(self, entry_id: str) -> None: ...
+    async def ended_before(self, cutoff: datetime, limit: int) -> list[LinkRecord]: ...
+    async def forget_link(self, link_id: str, steps: int) -> None: ...
+    async def forget_claim(self, resource: str, generation: int) -> None: ...
 
 
 class MongoRegistryStore:
     """RegistryStore on MongoDB (or a MongoDB-protocol server)."""
 
-    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
-        db: AsyncDatabase[dict[str, Any]] = client[database]
+    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+        db: AsyncDatabase[Document] = client[database]
         self._links = db["links"]
-        self._locks = db["address_locks"]
-        self._users = db["users"]
-        self._open_decisions = db["open_decisions"]
+        self._decisions = db["decisions"]
+        self._verifications = db["verifications"]
+        self._claims = db["claims"]
+        self._plans = db["plans"]
+        self._slot_hints = db["slot_hints"]
+        self._pending = db["pending"]
 
     async def create_indexes(self) -> None:
-        """Creates the housekeeping index (idempotent); every decision uses _id alone."""
-        await self._links.create_index(
-            [("state", ASCENDING), ("expires_at", ASCENDING)], name="in_flight_by_expiry"
-        )
+        """The retention sweep's index (idempotent); everything else goes by _id."""
+        await self._links.create_index([("ended_at", ASCENDING)], name="ended_at", sparse=True)
 
-    async def add_link(self, record: LinkRecord) -> LinkRecord:
-        """Stores a new link record, or returns the one already stored under its id."""
-        try:
-            await self._links.insert_one(_record_document(record))
-        except DuplicateKeyError:
-            existing = await self.get_link(record.link_id)
-            if existing is None:  # pragma: no cover - records are never deleted
-                raise
-            return existing
-        return record
+    async def add_link(self, record: LinkRecord) -> LinkRecord | None:
+        if await _insert(self._links, _link_document(record)):
+            return None
+        existing = await self.get_link(record.link_id)
+        if existing is None:  # pragma: no cover - deleted by retention in between
+            raise LookupError(record.link_id)
+        return existing
 
     async def get_link(self, link_id: str) -> LinkRecord | None:
         document = await self._links.find_one({"_id": link_id})
-        return _record(document) if document else None
+        return _link(document) if document else None
 
-    async def get_links(self, link_ids: list[str]) -> list[LinkRecord]:
-        if not link_ids:
-            return []
-        return [_record(d) async for d in self._links.find({"_id": {"$in": link_ids}})]
+    async def note_progress(self, link_id: str, progress: Progress, at: datetime) -> None:
+        changes: Document = {
+            "step": progress.step,
+            "state": progress.state.value,
+            "announced": progress.announced,
+        }
+        if progress.at_rest_ended:
+            changes["ended_at"] = at
+        await self._links.update_one({"_id": link_id}, {"$set": changes})
 
-    async def decide(
-        self,
-        link_id: str,
-        from_states: frozenset[LinkState],
-        to_state: LinkState,
-        outbox: dict[str, Any],
-        mailbox: MailboxDetails | None = None,
-    ) -> LinkRecord | None:
-        """Moves the link to `to_state` if it is in one of `from_states`; None if it was not."""
-        changes: dict[str, Any] = {"state": to_state.value, **_outbox_fields(outbox)}
-        if mailbox is not None:
-            changes["mailbox"] = _mailbox_document(mailbox)
-        document = await self._links.find_one_and_update(
-            {"_id": link_id, "state": {"$in": sorted(s.value for s in from_states)}},
-            {"$set": changes},
-            return_document=ReturnDocument.AFTER,
+    async def add_decision(self, link_id: str, decision: Decision) -> bool:
+        return await _insert(self._decisions, _decision_document(link_id, decision))
+
+    async def get_decision(self, link_id: str, step: int) -> Decision | None:
+        document = await self._decisions.find_one({"_id": f"{link_id}/{step}"})
+        return _decision(document) if document else None
+
+    async def add_verification(self, link_id: str, verification: Verification) -> None:
+        # The same link is verified once; a redelivery brings the same servers and secret.
+        await _insert(self._verifications, {"_id": link_id, **_verification_fields(verification)})
+
+    async def get_verification(self, link_id: str) -> Verification | None:
+        document = await self._verifications.find_one({"_id": link_id})
+        return _verification(document) if document else None
+
+    async def drop_verification(self, link_id: str) -> None:
+        await self._verifications.delete_one({"_id": link_id})
+
+    async def add_claim(self, claim: Claim) -> bool:
+        return await _insert(
+            self._claims,
+            {
+                "_id": claim.claim_id,
+                "resource": claim.resource,
+                "generation": claim.generation,
+                "link_id": claim.link_id,
+                "latest": claim.generation,
+            },
         )
-        return _record(document) if document else None
 
-    async def open_decision(self, link_id: str, event_id: str) -> None:
-        """Notes, before deciding, that the decision announced by `event_id` is unfinished."""
-        document = {"link_id": link_id, "event_id": event_id, "opened_at": utc_now()}
-        with contextlib.suppress(DuplicateKeyError):
-            await self._open_decisions.insert_one({"_id": f"{link_id}/{event_id}", **document})
-
-    async def is_decision_open(self, link_id: str, event_id: str) -> bool:
-        return await self._open_decisions.find_one({"_id": f"{link_id}/{event_id}"}) is not None
-
-    async def close_decision(self, link_id: str, event_id: str) -> None:
-        await self._open_decisions.delete_one({"_id": f"{link_id}/{event_id}"})
-
-    async def open_decisions(self, opened_before: datetime) -> list[tuple[str, str]]:
-        query = {"opened_at": {"$lt": opened_before}}
-        return [(d["link_id"], d["event_id"]) async for d in self._open_decisions.find(query)]
-
-    async def overdue(self, now: datetime) -> list[LinkRecord]:
-        query = {"state": {"$in": sorted(s.value for s in IN_FLIGHT)}, "expires_at": {"$lte": now}}
-        return [_record(d) async for d in self._links.find(query)]
-
-    async def lock_address(self, address: str, link_id: str) -> str:
-        """Locks the address for the link; returns the link that holds it (maybe another)."""
-        while True:
-            try:
-                await self._locks.insert_one({"_id": address, "link_id": link_id})
-                return link_id
-            except DuplicateKeyError:
-                document = await self._locks.find_one({"_id": address})
-                if document is not None:
-                    return str(document["link_id"])
-                # Unlocked between our insert and our read: try again.
-
-    async def address_holder(self, address: str) -> str | None:
-        document = await self._locks.find_one({"_id": address})
-        return str(document["link_id"]) if document else None
-
-    async def unlock_address(self, address: str, link_id: str) -> None:
-        # Read first: most calls find nothing to do, and a filter that matches nothing makes
-        # FerretDB scan the collection. The delete stays conditional on the holder.
-        if await self.address_holder(address) == link_id:
-            await self._locks.delete_one({"_id": address, "link_id": link_id})
-
-    async def get_slots(self, owner: MailboxOwner) -> UserSlots:
-        document = await self._users.find_one({"_id": _owner_key(owner)})
+    async def get_claim(self, resource: str, generation: int) -> Claim | None:
+        document = await self._claims.find_one({"_id": claim_id(resource, generation)})
         if document is None:
-            return UserSlots()
-        return UserSlots(plan=document.get("plan"), held=dict(document.get("held", {})))
+            return None
+        return Claim(resource, generation, document["link_id"], int(document.get("latest", 0)))
 
-    async def take_slot(
-        self, owner: MailboxOwner, link_id: str, address: str, plan: str | None, limit: int
-    ) -> bool:
-        """Gives the link a slot if the user holds fewer than `limit` and is still on `plan`."""
-        try:
-            result = await self._users.update_one(
-                {
-                    "_id": _owner_key(owner),
-                    "plan": plan,
-                    "held_count": {"$lt": limit},
-                    f"held.{link_id}": {"$exists": False},
-                },
-                {
-                    "$set": {f"held.{link_id}": address, "owner": owner.model_dump()},
-                    "$inc": {"held_count": 1},
-                },
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # the user exists but the condition failed: the upsert hit their _id
-        return result.modified_count == 1 or result.upserted_id is not None
-
-    async def free_slot(self, owner: MailboxOwner, link_id: str) -> None:
-        if link_id not in (await self.get_slots(owner)).held:
-            return  # as in unlock_address: skip a filter that would match nothing
-        await self._users.update_one(
-            {"_id": _owner_key(owner), f"held.{link_id}": {"$exists": True}},
-            {"$unset": {f"held.{link_id}": ""}, "$inc": {"held_count": -1}},
+    async def note_latest_claim(self, resource: str, generation: int) -> None:
+        await self._claims.update_one(
+            {"_id": claim_id(resource, 0)}, {"$set": {"latest": generation}}
         )
 
-    async def set_plan(self, owner: MailboxOwner, plan: str, changed_at: datetime) -> bool:
+    async def get_plan(self, owner: MailboxOwner) -> UserPlan:
+        document = await self._plans.find_one({"_id": _owner_key(owner)})
+        if document is None:
+            return UserPlan()
+        return UserPlan(
+            document.get("plan"), document.get("plan_changed_at"), document.get("max_limit", 0)
+        )
+
+    async def set_plan(
+        self, owner: MailboxOwner, plan: str, changed_at: datetime, limit: int
+    ) -> bool:
         """Puts the user on the plan unless a newer change is already stored."""
         try:
-            result = await self._users.update_one(
+            result = await self._plans.update_one(
                 {
                     "_id": _owner_key(owner),
                     "$or": [
@@ -211,91 +209,163 @@ class MongoRegistryStore:
                 },
                 {
                     "$set": {"plan": plan, "plan_changed_at": changed_at},
-                    "$setOnInsert": {"owner": owner.model_dump(), "held": {}, "held_count": 0},
+                    "$max": {"max_limit": limit},
+                    "$setOnInsert": {"account_id": owner.account_id, "user_id": owner.user_id},
                 },
                 upsert=True,
             )
         except DuplicateKeyError:
-            return False  # a newer change is stored
+            return False  # a newer change is stored: the upsert hit the user's _id
         return result.modified_count == 1 or result.upserted_id is not None
 
-    async def mark_reconnect_required(self, link_id: str, code: FailureCode) -> bool:
-        """Flags a linked mailbox as needing its user to reconnect; False if not linked."""
-        result = await self._links.update_one(
-            {"_id": link_id, "state": LinkState.LINKED.value},
-            {"$set": {"mailbox.reconnect_required": code.value}},
+    async def get_slot_hints(self, owner: MailboxOwner) -> dict[int, str]:
+        document = await self._slot_hints.find_one({"_id": _owner_key(owner)})
+        slots: dict[str, str] = document.get("slots", {}) if document else {}
+        return {int(n): link_id for n, link_id in slots.items()}
+
+    async def note_slot(self, owner: MailboxOwner, slot: int, link_id: str) -> None:
+        await self._slot_hints.update_one(
+            {"_id": _owner_key(owner)}, {"$set": {f"slots.{slot}": link_id}}, upsert=True
         )
-        return result.matched_count == 1
+
+    async def open_pending(self, entry: PendingEntry) -> None:
+        await _insert(
+            self._pending,
+            {"_id": entry.entry_id, "link_id": entry.link_id, "opened_at": entry.opened_at},
+        )
+
+    async def pending(self, limit: int) -> list[PendingEntry]:
+        # A small collection (links in flight, a few unlinks), read whole.
+        cursor = self._pending.find({}).limit(limit)
+        return [PendingEntry(d["_id"], d["link_id"], d["opened_at"]) async for d in cursor]
+
+    async def close_pending(self, entry_id: str) -> None:
+        await self._pending.delete_one({"_id": entry_id})
+
+    async def ended_before(self, cutoff: datetime, limit: int) -> list[LinkRecord]:
+        cursor = self._links.find({"ended_at": {"$lt": cutoff}}).limit(limit)
+        return [_link(d) async for d in cursor]
+
+    async def forget_link(self, link_id: str, steps: int) -> None:
+        """Deletes an ended link's documents; each id is never used again, so deleting by id
+        cannot hit a newer document."""
+        for step in range(1, steps + 1):
+            await self._decisions.delete_one({"_id": f"{link_id}/{step}"})
+        await self._verifications.delete_one({"_id": link_id})
+        for step in range(1, steps + 1):
+            await self._pending.delete_one({"_id": f"{link_id}/{step}"})
+        await self._links.delete_one({"_id": link_id})
+
+    async def forget_claim(self, resource: str, generation: int) -> None:
+        await self._claims.delete_one({"_id": claim_id(resource, generation)})
+
+
+async def _insert(collection: AsyncCollection[Document], document: Document) -> bool:
+    """Inserts under a unique _id; False if that id is taken (the store decides races)."""
+    with contextlib.suppress(DuplicateKeyError):
+        await collection.insert_one(document)
+        return True
+    return False
 
 
 def _owner_key(owner: MailboxOwner) -> str:
     return f"{owner.account_id}\x1f{owner.user_id}"
 
 
-def _record_document(record: LinkRecord) -> dict[str, Any]:
+def _link_document(record: LinkRecord) -> Document:
     return {
         "_id": record.link_id,
         "account_id": record.owner.account_id,
         "user_id": record.owner.user_id,
         "address": record.address,
         "provider": record.provider.value,
-        "state": record.state.value,
         "expires_at": record.expires_at,
-        "mailbox": _mailbox_document(record.mailbox) if record.mailbox else None,
-        **_outbox_fields(record.outbox),
+        "step": record.progress.step,
+        "state": record.progress.state.value,
+        "announced": record.progress.announced,
     }
 
 
-def _outbox_fields(event: dict[str, Any] | None) -> dict[str, Any]:
-    # The event is kept as the JSON text that gets published, not as a nested document: it is
-    # opaque here, and FerretDB re-reads every nested document of a collection on each update,
-    # which made decisions several times slower (DESIGN.md, "Measured on FerretDB").
-    if event is None:
-        return {"outbox": None}
-    return {"outbox": json.dumps(event, sort_keys=True)}
+def _link(document: Document) -> LinkRecord:
+    return LinkRecord(
+        link_id=document["_id"],
+        owner=MailboxOwner(account_id=document["account_id"], user_id=document["user_id"]),
+        address=document["address"],
+        provider=ProviderType(document["provider"]),
+        expires_at=document["expires_at"],
+        progress=Progress(
+            step=int(document.get("step", 0)),
+            state=LinkState(document.get("state", LinkState.RESERVING)),
+            announced=int(document.get("announced", 0)),
+        ),
+    )
 
 
-def _mailbox_document(mailbox: MailboxDetails) -> dict[str, Any]:
+def _decision_document(link_id: str, decision: Decision) -> Document:
+    mailbox = decision.mailbox
+    return {
+        "_id": f"{link_id}/{decision.step}",
+        "link_id": link_id,
+        "step": decision.step,
+        "state": decision.state.value,
+        "decided_at": decision.decided_at,
+        # The event as the JSON text that gets published: opaque here.
+        "outbox": json.dumps(decision.outbox, sort_keys=True) if decision.outbox else None,
+        "mailbox": _mailbox_document(mailbox) if mailbox else None,
+        "claims": list(decision.claims),
+    }
+
+
+def _decision(document: Document) -> Decision:
+    mailbox = document.get("mailbox")
+    return Decision(
+        step=int(document["step"]),
+        state=LinkState(document["state"]),
+        decided_at=document["decided_at"],
+        outbox=json.loads(document["outbox"]) if document.get("outbox") else None,
+        mailbox=_mailbox(mailbox) if mailbox else None,
+        claims=tuple(document.get("claims", ())),
+    )
+
+
+def _mailbox_document(mailbox: MailboxDetails) -> Document:
     return {
         "mailbox_id": mailbox.mailbox_id,
         "imap": mailbox.imap.model_dump(mode="json"),
         "smtp": mailbox.smtp.model_dump(mode="json"),
-        "credentials": mailbox.credentials.model_dump() if mailbox.credentials else None,
         "linked_at": mailbox.linked_at,
         "auth": mailbox.auth.value,
         "reconnect_required": mailbox.reconnect_required,
     }
 
 
-def _record(document: dict[str, Any]) -> LinkRecord:
-    mailbox = document.get("mailbox")
-    return LinkRecord(
-        link_id=document["_id"],
-        owner=MailboxOwner(account_id=document["account_id"], user_id=document["user_id"]),
-        address=document["address"],
-        provider=ProviderType(document["provider"]),
-        state=LinkState(document["state"]),
-        expires_at=document["expires_at"],
-        mailbox=_mailbox(mailbox) if mailbox else None,
-        outbox=json.loads(document["outbox"]) if document.get("outbox") else None,
-    )
-
-
-def _mailbox(document: dict[str, Any]) -> MailboxDetails:
+def _mailbox(document: Document) -> MailboxDetails:
+    code = document.get("reconnect_required")
     return MailboxDetails(
         mailbox_id=document["mailbox_id"],
         imap=ServerSettings.model_validate(document["imap"]),
         smtp=ServerSettings.model_validate(document["smtp"]),
-        credentials=_optional_secret(document.get("credentials")),
         linked_at=document["linked_at"],
         auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
-        reconnect_required=_optional_code(document.get("reconnect_required")),
+        reconnect_required=FailureCode(code) if code else None,
     )
 
 
-def _optional_secret(value: dict[str, Any] | None) -> EncryptedSecret | None:
-    return EncryptedSecret.model_validate(value) if value else None
+def _verification_fields(verification: Verification) -> Document:
+    credentials = verification.credentials
+    return {
+        "imap": verification.imap.model_dump(mode="json"),
+        "smtp": verification.smtp.model_dump(mode="json"),
+        "auth": verification.auth.value,
+        "credentials": credentials.model_dump() if credentials else None,
+    }
 
 
-def _optional_code(value: str | None) -> FailureCode | None:
-    return FailureCode(value) if value else None
+def _verification(document: Document) -> Verification:
+    credentials = document.get("credentials")
+    return Verification(
+        imap=ServerSettings.model_validate(document["imap"]),
+        smtp=ServerSettings.model_validate(document["smtp"]),
+        auth=AuthMethod(document["auth"]),
+        credentials=EncryptedSecret.model_validate(credentials) if credentials else None,
+    )

@@ -1,25 +1,28 @@
 """The life of one link request in the registry, and the rules that decide each step.
 
 A link request holds two things while it lives: its mailbox address (so no one else can link
-it) and one plan slot of its user (so the user cannot exceed their plan). It takes both before
-verification ends, keeps them while linked, and gives both back when it ends any other way.
+it) and one plan slot of its user (so the user cannot exceed their plan). It claims both before
+verification ends, keeps them while linked, and lets go of both by ending: a claim counts only
+while its link is live, so ending a link is all it takes to give everything back.
+
+A link's life is a chain of decisions, numbered from 1. Each is stored once under (link id,
+step): of two requests deciding from the same step, the store's unique key lets one win.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_contract.failures import FailureCode
-from mailbox_link_contract.values import EncryptedSecret
 from mailbox_link_shared.addresses import mailbox_key
 
 
 class LinkState(StrEnum):
     """Where a link request stands in the registry."""
 
-    RESERVING = "reserving"  # taking its address and a plan slot
+    RESERVING = "reserving"  # claiming its address and a plan slot (no decision yet)
     RESERVED = "reserved"  # holds both, waiting for verification
     LINKED = "linked"  # verified and linked: holds both until unlinked
     REJECTED = "rejected"  # ended without a link: refused, failed verification or expired
@@ -27,20 +30,19 @@ class LinkState(StrEnum):
 
 
 IN_FLIGHT = frozenset({LinkState.RESERVING, LinkState.RESERVED})
-# In these states a link may hold its address and slot; in the others it must give them back.
+# In these states a link holds what it claimed; in the others it has let go of everything.
 HOLDING = IN_FLIGHT | {LinkState.LINKED}
+ENDED = frozenset({LinkState.REJECTED, LinkState.UNLINKED})
 
 
 @dataclass(frozen=True)
 class MailboxDetails:
-    """What the product needs to use a linked mailbox; credentials stay sealed."""
+    """What the product needs to use a linked mailbox (its sealed credentials are kept apart,
+    with the verification, and deleted when it is unlinked)."""
 
     mailbox_id: str
     imap: ServerSettings
     smtp: ServerSettings
-    # For OAuth mailboxes this is the grant as first verified; the OAuth broker keeps the
-    # refreshed tokens. None once unlinked: the credentials are deleted with the link.
-    credentials: EncryptedSecret | None
     linked_at: datetime
     auth: AuthMethod = AuthMethod.PASSWORD
     # Set when the provider stopped accepting the mailbox's authorization for good.
@@ -48,30 +50,75 @@ class MailboxDetails:
 
 
 @dataclass(frozen=True)
-class LinkRecord:
-    """One link request as the registry keeps it; the only document that decides its fate.
+class Decision:
+    """One step of a link's life; never changed once stored.
 
-    `outbox` is the event announcing the latest decision, published after the decision is
-    stored (and again by housekeeping if a crash came in between).
+    `outbox` is the event announcing it (published after it is stored, and again by whoever
+    finds it unannounced); `claims` are the ids of the claims the link holds from this step.
+    """
+
+    step: int
+    state: LinkState
+    decided_at: datetime
+    outbox: dict[str, Any] | None = None
+    mailbox: MailboxDetails | None = None
+    claims: tuple[str, ...] = ()
+
+    @property
+    def event_id(self) -> str | None:
+        return str(self.outbox["event_id"]) if self.outbox else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A hint kept on the link's request: the latest step and state seen, and up to which step
+    every decision is known to be announced. Written after the facts it reports, so it may lag
+    behind them but never runs ahead: readers start from it and look for later steps."""
+
+    step: int = 0
+    state: LinkState = LinkState.RESERVING
+    announced: int = 0
+
+    @property
+    def at_rest_ended(self) -> bool:
+        """True if the link has ended and its end is on the topic: it holds nothing."""
+        return self.state in ENDED and self.announced >= self.step
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """One link request: what was asked (never changed), and its latest decision.
+
+    `progress` is the hint as read; `latest` the latest decision as found (None: RESERVING).
     """
 
     link_id: str
     owner: MailboxOwner
     address: str
     provider: ProviderType
-    state: LinkState
     expires_at: datetime
-    mailbox: MailboxDetails | None = None
-    outbox: dict[str, Any] | None = None
+    progress: Progress = field(default_factory=Progress)
+    latest: Decision | None = None
 
     @property
-    def decision_id(self) -> str | None:
-        """The event id announcing the latest decision, if any."""
-        return str(self.outbox["event_id"]) if self.outbox else None
+    def step(self) -> int:
+        return self.latest.step if self.latest else 0
+
+    @property
+    def state(self) -> LinkState:
+        return self.latest.state if self.latest else LinkState.RESERVING
+
+    @property
+    def mailbox(self) -> MailboxDetails | None:
+        return self.latest.mailbox if self.latest else None
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        return self.latest.claims if self.latest else ()
 
     @property
     def mailbox_key(self) -> str:
-        """What the address lock is taken on: one key for every spelling of the mailbox."""
+        """What the address claim is taken on: one key for every spelling of the mailbox."""
         return mailbox_key(self.address)
 
     def has_expired(self, now: datetime) -> bool:
@@ -105,3 +152,13 @@ def judge_address_holder(
 def is_stale(holder: LinkRecord, now: datetime) -> bool:
     """True if a link that holds an address or a slot has ended or expired, so must let go."""
     return holder.state not in HOLDING or holder.has_expired(now)
+
+
+def counts_claim(holder: LinkRecord, claim_id: str) -> bool:
+    """True if a live link really holds this claim of its.
+
+    A link still reserving holds every claim it made. From its first decision on, it holds only
+    the claims that decision names: a claim made by a redelivered request that lost the race to
+    decide (a second plan slot, say) counts for nothing and is free for others.
+    """
+    return holder.latest is None or claim_id in holder.latest.claims

@@ -1,4 +1,5 @@
-"""The registry's timer: expires reservations nobody answered and finishes half-done decisions."""
+"""The registry's timers: one expires reservations nobody answered and finishes what a crash
+left unannounced; a slower one forgets links ended longer ago than the retention."""
 
 import logging
 from datetime import timedelta
@@ -8,15 +9,34 @@ from registry import handlers
 from registry.handlers import RegistryDeps
 
 logger = logging.getLogger(__name__)
+RETENTION_BATCH = 500
 
 
 def make_housekeeper(deps: RegistryDeps, interval: float) -> PeriodicTask:
     """Returns the timer; its first round runs at start, to finish what a crash left."""
 
     async def housekeeping_round() -> None:
-        expired = await handlers.expire_overdue_reservations(deps)
-        finished = await handlers.finish_open_decisions(deps, timedelta(seconds=interval))
-        if expired or finished:
-            logger.info("housekeeping: %d expired, %d finished", expired, finished)
+        done = await handlers.finish_pending(deps, timedelta(seconds=interval))
+        if done.expired or done.finished:
+            logger.info("housekeeping: %d expired, %d finished", done.expired, done.finished)
 
     return PeriodicTask("registry-housekeeping", interval, housekeeping_round)
+
+
+def make_retention_sweeper(
+    deps: RegistryDeps, interval: float, retention: timedelta
+) -> PeriodicTask:
+    """Returns the timer that keeps the collections the size of the live links, not of history.
+
+    A sweep and not TTL indexes: a link is several documents (request, decisions, claims) that
+    go together, and the store under test (FerretDB) has no TTL indexes.
+    """
+
+    async def retention_round() -> None:
+        forgotten = RETENTION_BATCH
+        while forgotten == RETENTION_BATCH:  # a full batch: there may be more
+            forgotten = await handlers.forget_ended_links(deps, retention, RETENTION_BATCH)
+            if forgotten:
+                logger.info("retention: forgot %d ended links", forgotten)
+
+    return PeriodicTask("registry-retention", interval, retention_round)
