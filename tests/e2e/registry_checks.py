@@ -1,37 +1,42 @@
-"""Checks of the registry's guarantees on its own documents."""
+"""Checks of the registry's guarantees on its own documents (see services/registry/DESIGN.md)."""
 
 from collections import defaultdict
 from typing import Any
 
 from mailbox_link_shared.addresses import mailbox_key
 
-HOLDING = ("reserving", "reserved", "linked")
+HOLDING = ("reserved", "linked")
 
 
 def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> None:
-    """Checks guarantees 1 and 2 on the registry's own documents.
+    """Checks guarantees 1 and 2 on the registry's own documents, once no link is reserving.
 
-    One link at most holds each mailbox, whatever its spelling (and the lock names it); every
-    slot a user holds
-    belongs to a holding link of theirs, and every holding link holds one slot.
+    One link at most holds each mailbox, whatever its spelling, and it holds the latest claim
+    on it; every link holding a mailbox holds the latest claim on one of its user's slots, a
+    slot no other link holds.
     """
     links = {d["_id"]: d for d in documents["links"]}
-    holding_by_address: dict[str, list[str]] = defaultdict(list)
-    holding_by_user: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for link in links.values():
-        if link["state"] in HOLDING:
-            holding_by_address[mailbox_key(link["address"])].append(link["_id"])
-            holding_by_user[(link["account_id"], link["user_id"])].add(link["_id"])
-    for address, holders in holding_by_address.items():
-        assert len(holders) == 1, f"{address} held by {len(holders)} links"
-    locks = {d["_id"]: d["link_id"] for d in documents["address_locks"]}
-    for address, holders in holding_by_address.items():
-        assert locks.get(address) == holders[0], f"lock of {address} is not its holder's"
-    for user in documents["users"]:
-        key = (user["owner"]["account_id"], user["owner"]["user_id"])
-        held = set(user.get("held", {}))
-        assert user.get("held_count", 0) == len(held), f"{key}: count and slots disagree"
-        holding = holding_by_user.pop(key, set())
-        states = {i: links[i]["state"] if i in links else None for i in held ^ holding}
-        assert held == holding, f"{key}: slots {sorted(held)} are not its links {states}"
-    assert not holding_by_user, f"links hold no slot: {sorted(holding_by_user)}"
+    assert not [i for i, d in links.items() if d["state"] == "reserving"], "links left reserving"
+    latest: dict[str, dict[str, Any]] = {}
+    for claim in documents["claims"]:
+        known = latest.get(claim["resource"])
+        if known is None or known["generation"] < claim["generation"]:
+            latest[claim["resource"]] = claim
+    latest_ids = {f"{c['resource']}#{c['generation']}": c["link_id"] for c in latest.values()}
+    holders: dict[str, list[str]] = defaultdict(list)
+    slots_taken: dict[str, str] = {}
+    for link_id, link in links.items():
+        if link["state"] not in HOLDING:
+            continue
+        key = mailbox_key(link["address"])
+        holders[key].append(link_id)
+        named = {c.rsplit("#", 1)[0]: c for c in link["claims"]}
+        address_claim = named.get(f"mailbox:{key}")
+        assert latest_ids.get(address_claim or "") == link_id, f"{link_id} lost its address"
+        slot_prefix = f"slot:{link['account_id']}\x1f{link['user_id']}:"
+        slots = [c for r, c in named.items() if r.startswith(slot_prefix)]
+        assert len(slots) == 1, f"{link_id} holds {len(slots)} slots"
+        assert latest_ids.get(slots[0]) == link_id, f"{link_id} lost its slot"
+        assert slots_taken.setdefault(slots[0], link_id) == link_id, f"{slots[0]} held twice"
+    for key, holding in holders.items():
+        assert len(holding) == 1, f"{key} held by {len(holding)} links"

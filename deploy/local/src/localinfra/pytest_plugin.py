@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from localinfra.mongo import mongo_pool_size
 from localinfra.stack import LocalStack
 
 
@@ -41,7 +40,7 @@ def local_stack() -> Iterator[LocalStack]:
 async def mongo_client(local_stack: LocalStack) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
     """A client of the stack's MongoDB-protocol server, closed after the test."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        local_stack.endpoints.mongodb_uri, tz_aware=True, maxPoolSize=mongo_pool_size()
+        local_stack.endpoints.mongodb_uri, tz_aware=True, maxPoolSize=16
     )
     try:
         yield client

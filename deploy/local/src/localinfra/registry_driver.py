@@ -205,12 +205,23 @@ class MailboxesTopic:
 
 
 async def registry_documents(uri: str, namespace: str) -> dict[str, list[dict[str, Any]]]:
-    """Returns the registry's collections: links, address_locks, users."""
+    """Returns the registry's collections; each link document gets its `state` and `claims`
+    from its latest decision (the document's own are hints) and `step`."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
     try:
         db = client[f"{namespace}-registry"]
-        return {
-            name: [d async for d in db[name].find()] for name in ("links", "address_locks", "users")
-        }
+        names = ("links", "decisions", "claims", "plans", "pending", "verifications")
+        documents = {name: [d async for d in db[name].find()] for name in names}
     finally:
         await client.close()
+    latest: dict[str, dict[str, Any]] = {}
+    for decision in documents["decisions"]:
+        known = latest.get(decision["link_id"])
+        if known is None or known["step"] < decision["step"]:
+            latest[decision["link_id"]] = decision
+    for link in documents["links"]:
+        decision = latest.get(link["_id"])
+        link["state"] = decision["state"] if decision else "reserving"
+        link["claims"] = list(decision["claims"]) if decision else []
+        link["step"] = decision["step"] if decision else 0
+    return documents

@@ -13,10 +13,10 @@ import os
 import secrets
 import sys
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localinfra.mongo import mongo_pool_size
 from localinfra.oauth_server import LocalOAuthServer
 from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
@@ -86,9 +86,13 @@ class RunningServices:
 
 
 def start_services(
-    config: ServiceConfig, workdir: Path, modules: tuple[str, ...] = SERVICE_MODULES
+    config: ServiceConfig,
+    workdir: Path,
+    modules: tuple[str, ...] = SERVICE_MODULES,
+    replicas: Mapping[str, int] | None = None,
 ) -> RunningServices:
-    """Starts the services (by default all) and waits until each answers /healthz."""
+    """Starts the services (by default all, one process each; `replicas` asks for more of
+    some, in the same consumer group) and waits until each answers /healthz."""
     fixed = {
         "link_api": config.api_port,
         "registry": config.registry_port,
@@ -103,15 +107,19 @@ def start_services(
     }
     processes: list[ManagedProcess] = []
     logs: dict[str, Path] = {}
+    urls: list[str] = []
     try:
         for module in modules:
-            env = {**base_env, "MBL_HTTP_PORT": str(ports[module])}
-            logs[module] = workdir / f"{module}.log"
-            process = ManagedProcess(module, [sys.executable, "-m", module], logs[module], env=env)
-            process.start()
-            processes.append(process)
-        for process, module in zip(processes, modules, strict=True):
-            url = f"http://127.0.0.1:{ports[module]}/healthz"
+            for replica in range(1, (replicas or {}).get(module, 1) + 1):
+                name = module if replica == 1 else f"{module}-{replica}"
+                port = ports[module] if replica == 1 else free_port()
+                env = {**base_env, "MBL_HTTP_PORT": str(port)}
+                logs[name] = workdir / f"{name}.log"
+                process = ManagedProcess(name, [sys.executable, "-m", module], logs[name], env=env)
+                process.start()
+                processes.append(process)
+                urls.append(f"http://127.0.0.1:{port}/healthz")
+        for process, url in zip(processes, urls, strict=True):
             wait_until_ready(process, functools.partial(_answers, url), READY_TIMEOUT, url)
     except BaseException:
         for process in processes:
@@ -145,7 +153,6 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_VERIFIER_CA_FILE": config.ca_file,
         "MBL_VERIFIER_ALLOWED_NETWORKS": json.dumps(list(config.allowed_networks)),
         "MBL_LOG_LEVEL": config.log_level,
-        "MBL_MONGODB_MAX_POOL_SIZE": str(mongo_pool_size()),
         **({"MBL_DNS_SERVERS": json.dumps(list(config.dns_servers))} if config.dns_servers else {}),
         "PYTHONUNBUFFERED": "1",
     }
