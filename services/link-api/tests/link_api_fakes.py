@@ -6,7 +6,7 @@ from typing import TypeVar
 
 from link_api.adapters.dns_lookup import Answer, SrvTarget
 from link_api.adapters.link_store import IdempotencyRecord
-from link_api.domain.link_status import LinkProgress, LinkView
+from link_api.domain.link_status import TERMINAL, LinkProgress, LinkView
 from link_api.domain.providers import Discovered
 
 DNS_TTL = 300
@@ -14,7 +14,7 @@ R = TypeVar("R")
 
 
 class InMemoryLinkStore:
-    """LinkStore kept in dicts, with the same conditional semantics as the Mongo one."""
+    """LinkStore kept in dicts, with the same semantics as the Mongo one (atomically)."""
 
     def __init__(self) -> None:
         self.links: dict[str, LinkView] = {}
@@ -42,10 +42,15 @@ class InMemoryLinkStore:
         self, key: str, link_id: str, now: datetime, expires_at: datetime
     ) -> str:
         holder = self.in_flight.get(key)
-        if holder is not None and holder[1] > now:
+        if holder is not None and holder[1] > now and not self._ended(holder[0]):
             return holder[0]
         self.in_flight[key] = (link_id, expires_at)
         return link_id
+
+    def _ended(self, link_id: str) -> bool:
+        # As in the Mongo store, a link that ended has ended its claim.
+        link = self.links.get(link_id)
+        return link is not None and link.status in TERMINAL
 
     async def release_in_flight(self, link_id: str) -> None:
         self.in_flight = {k: v for k, v in self.in_flight.items() if v[0] != link_id}

@@ -1,11 +1,12 @@
 """Settings of the link API."""
 
 import ssl
+from datetime import timedelta
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from mailbox_link_contract.topics import LINK_API
+from mailbox_link_contract.topics import LINK_API, topics_consumed_by
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     HttpSettings,
@@ -15,6 +16,19 @@ from mailbox_link_shared.settings import (
 )
 
 SERVICE_NAME = LINK_API  # the catalogue's name: consumer group and producer
+
+
+def longest_event_retention() -> timedelta:
+    """How long Kafka keeps the events a link answers: the longest finite retention of the
+    topics link-api reads (the catalogue's). mailboxes.v1 is kept for ever; a replay of it that
+    comes after a link is gone changes nothing (DESIGN.md, "Retention")."""
+    kept = [spec.retention for spec in topics_consumed_by(SERVICE_NAME)]
+    return max(r for r in kept if r is not None)
+
+
+# A day more than Kafka keeps the events: a redelivered or replayed event still finds its link.
+DEFAULT_LINK_RETENTION = longest_event_retention() + timedelta(days=1)
+DEFAULT_IDEMPOTENCY_KEY_RETENTION = timedelta(hours=24)  # as Stripe keeps them
 
 
 class Settings(ServiceSettings, MongoSettings, HttpSettings):
@@ -27,6 +41,28 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
     registry_token: SecretStr = SecretStr("")
     # A request that never gets an answer stops blocking a retry of the same mailbox after this.
     in_flight_expiry_seconds: int = 900
+    link_retention_seconds: float = Field(
+        default=DEFAULT_LINK_RETENTION.total_seconds(),
+        gt=0,
+        description="How long an ended link (linked or failed) is kept after it ended, with its "
+        "recorded steps; must exceed how long Kafka keeps the topics link-api reads (the "
+        "catalogue's retention), so a redelivered event still finds its link.",
+    )
+    idempotency_key_retention_seconds: float = Field(
+        default=DEFAULT_IDEMPOTENCY_KEY_RETENTION.total_seconds(),
+        gt=0,
+        description="How long an Idempotency-Key replays its link; after that the same key is "
+        "a new request. At most link_retention_seconds, so a key never names a forgotten link.",
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often expired links, steps, claims and idempotency keys are deleted, "
+        "on a store without TTL indexes (FerretDB); a store with them expires them itself.",
+    )
+    retention_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Documents deleted per batch of that sweep."
+    )
     dns_servers: list[str] = Field(
         default_factory=list,
         description='DNS servers for provider detection, e.g. ["10.0.0.2", "127.0.0.1:5353"]; '
@@ -42,6 +78,33 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
     autoconfig_ca_file: str | None = Field(
         default=None, description="Extra CAs trusted for autoconfig HTTPS, besides the system's."
     )
+
+    @property
+    def link_retention(self) -> timedelta:
+        """How long an ended link is kept."""
+        return timedelta(seconds=self.link_retention_seconds)
+
+    @property
+    def idempotency_key_retention(self) -> timedelta:
+        """How long an Idempotency-Key replays."""
+        return timedelta(seconds=self.idempotency_key_retention_seconds)
+
+    @model_validator(mode="after")
+    def _retention_outlives_what_needs_it(self) -> "Settings":
+        longest = longest_event_retention()
+        if self.link_retention <= longest:
+            raise ValueError(
+                f"link_retention_seconds must exceed {longest.total_seconds():.0f}, how long "
+                "Kafka keeps the events a link answers (a redelivered one would find no link)"
+            )
+        if self.in_flight_expiry_seconds >= self.link_retention_seconds:
+            raise ValueError("in_flight_expiry_seconds must be shorter than link_retention_seconds")
+        if self.idempotency_key_retention > self.link_retention:
+            raise ValueError(
+                "idempotency_key_retention_seconds must not exceed link_retention_seconds "
+                "(a replayed key would name a link already forgotten)"
+            )
+        return self
 
     def autoconfig_tls(self) -> ssl.SSLContext:
         """Returns the TLS context for autoconfig fetches: verified, system CAs plus extras."""

@@ -144,7 +144,8 @@ async def when_mailbox_verified_update_status(event: MailboxVerified, deps: Link
 
     A VerificationFailed needs nothing here: the registry answers it with LinkRejected.
     """
-    await _advance(event.data.link_id, LinkProgress(LinkStatus.VERIFIED, utc_now()), deps)
+    progress = LinkProgress(LinkStatus.VERIFIED, utc_now(), event_id=event.event_id.hex)
+    await _advance(event.data.link_id, progress, deps)
 
 
 async def when_authorization_required_show_url(
@@ -161,6 +162,7 @@ async def when_authorization_required_show_url(
         utc_now(),
         authorize_url=data.authorize_url,
         authorization_expires_at=data.expires_at,
+        event_id=event.event_id.hex,
     )
     await _advance(data.link_id, progress, deps)
 
@@ -169,25 +171,33 @@ async def when_registry_answer_update_status(
     event: LinkReserved | MailboxLinked | LinkRejected, deps: LinkApiDeps
 ) -> None:
     """Moves the link to reserved, linked, or failed with the reason, as the registry decided."""
-    now = utc_now()
+    now, event_id = utc_now(), event.event_id.hex
     if isinstance(event, LinkReserved):
-        progress = LinkProgress(LinkStatus.RESERVED, now)
+        progress = LinkProgress(LinkStatus.RESERVED, now, event_id=event_id)
     elif isinstance(event, MailboxLinked):
-        progress = LinkProgress(LinkStatus.LINKED, now, mailbox_id=event.data.mailbox_id)
+        progress = LinkProgress(
+            LinkStatus.LINKED, now, mailbox_id=event.data.mailbox_id, event_id=event_id
+        )
     elif event.data.failure.code is FailureCode.ALREADY_LINKED:
         # Not an error for the caller: the mailbox they asked for is linked to them.
         progress = LinkProgress(
-            LinkStatus.LINKED, now, mailbox_id=event.data.mailbox_id, already_linked=True
+            LinkStatus.LINKED,
+            now,
+            mailbox_id=event.data.mailbox_id,
+            already_linked=True,
+            event_id=event_id,
         )
     else:
-        progress = LinkProgress(LinkStatus.FAILED, now, failure=event.data.failure)
+        progress = LinkProgress(
+            LinkStatus.FAILED, now, failure=event.data.failure, event_id=event_id
+        )
     await _advance(event.data.link_id, progress, deps)
 
 
 async def _advance(link_id: str, progress: LinkProgress, deps: LinkApiDeps) -> None:
+    # A link that ends also ends its in-flight claim: the store tells a claim's end by it.
     moved = await deps.store.advance_link(link_id, progress)
     if moved is not None and progress.status in TERMINAL:
-        await deps.store.release_in_flight(link_id)
         logger.info("link %s is %s", link_id, progress.status.value)
 
 

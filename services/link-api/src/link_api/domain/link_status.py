@@ -1,6 +1,7 @@
 """The status of a link as the caller sees it, and the rules for moving it forward."""
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -27,21 +28,22 @@ class LinkStatus(StrEnum):
 TERMINAL = frozenset({LinkStatus.LINKED, LinkStatus.FAILED})
 
 # Events arrive on different topics, so 'linked' may overtake 'verified', and 'verified' the
-# sign-in URL: only move forward.
-_WAITING = frozenset({LinkStatus.PENDING, LinkStatus.RESERVED})
-_OPEN = _WAITING | {LinkStatus.AUTHORIZATION_REQUIRED, LinkStatus.VERIFIED}
-_MAY_FOLLOW: dict[LinkStatus, frozenset[LinkStatus]] = {
-    LinkStatus.RESERVED: frozenset({LinkStatus.PENDING}),
-    LinkStatus.AUTHORIZATION_REQUIRED: _WAITING,
-    LinkStatus.VERIFIED: _WAITING | {LinkStatus.AUTHORIZATION_REQUIRED},
-    LinkStatus.LINKED: _OPEN,
-    LinkStatus.FAILED: _OPEN,
+# sign-in URL: a link only moves up these ranks. A link shows the highest step recorded for it;
+# both ends share the top rank, and the first answer recorded there is the one that stands.
+RANK: dict[LinkStatus, int] = {
+    LinkStatus.PENDING: 0,
+    LinkStatus.RESERVED: 1,
+    LinkStatus.AUTHORIZATION_REQUIRED: 2,
+    LinkStatus.VERIFIED: 3,
+    LinkStatus.LINKED: 4,
+    LinkStatus.FAILED: 4,
 }
+FINAL_RANK = 4
 
 
 def statuses_that_may_become(status: LinkStatus) -> frozenset[LinkStatus]:
-    """Returns the statuses from which a link may move to the given one."""
-    return _MAY_FOLLOW.get(status, frozenset())
+    """Returns the statuses from which a link may move to the given one (those ranked lower)."""
+    return frozenset(s for s, rank in RANK.items() if rank < RANK[status])
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ class LinkProgress:
     already_linked: bool = False
     authorize_url: str | None = None
     authorization_expires_at: datetime | None = None
+    # The event that brought the step (its event_id), so a redelivery of it is told from
+    # another event of the same rank; a step made without an event gets an id of its own.
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def rank(self) -> int:
+        """Where the step stands in the order a link moves through (RANK)."""
+        return RANK[self.status]
 
     @property
     def allowed_from(self) -> frozenset[LinkStatus]:
@@ -82,18 +92,15 @@ class LinkProgress:
         return statuses_that_may_become(self.status)
 
     def changes(self) -> dict[str, Any]:
-        """Returns the LinkView fields this step sets. The sign-in URL is always set (None
-        clears it), so it is only ever kept while authorization is required."""
-        changes: dict[str, Any] = {
+        """Returns the LinkView fields this step sets: all of them, so what a link shows
+        depends only on its highest step. The sign-in URL is kept only while authorization is
+        required; the failure, the mailbox and `already_linked` come only with an end."""
+        return {
             "status": self.status,
             "updated_at": self.at,
             "authorize_url": self.authorize_url,
             "authorization_expires_at": self.authorization_expires_at,
+            "already_linked": self.already_linked,
+            "failure": self.failure,
+            "mailbox_id": self.mailbox_id,
         }
-        if self.already_linked:
-            changes["already_linked"] = True
-        if self.failure is not None:
-            changes["failure"] = self.failure
-        if self.mailbox_id is not None:
-            changes["mailbox_id"] = self.mailbox_id
-        return changes
