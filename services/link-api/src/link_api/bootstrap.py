@@ -9,10 +9,11 @@ from fastapi import APIRouter, FastAPI
 from link_api.adapters.autoconfig import AutoconfigFetcher
 from link_api.adapters.detector import Detector
 from link_api.adapters.dns_lookup import DnsLookup
-from link_api.adapters.link_store import MongoLinkStore
+from link_api.adapters.link_store import MongoLinkStore, Retention
 from link_api.adapters.registry_client import HttpRegistry
 from link_api.config import SERVICE_NAME, Settings
 from link_api.entrypoints.events import register_subscribers
+from link_api.entrypoints.housekeeping import make_retention_sweep
 from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
@@ -28,7 +29,17 @@ def build_app(settings: Settings) -> FastAPI:
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
     mongo = make_mongo_client(settings)
-    store = MongoLinkStore(mongo, f"{settings.namespace}-link-api")
+    retention = Retention(
+        settings.link_retention, settings.idempotency_key_retention, settings.retention_batch_size
+    )
+    store = MongoLinkStore(mongo, f"{settings.namespace}-link-api", retention)
+    sweep = make_retention_sweep(store, settings.retention_interval_seconds)
+
+    async def open_storage() -> None:
+        # TTL indexes where the store has them; otherwise the sweep expires old records.
+        if not await store.create_indexes():
+            await sweep.start()
+
     deps = LinkApiDeps(
         store=store,
         publisher=KafkaEventPublisher(broker, topics),
@@ -58,6 +69,6 @@ def build_app(settings: Settings) -> FastAPI:
         title="mailbox-link link-api",
         router=router,
         service_keys=settings.service_keys,
-        on_start=[store.create_indexes, functools.partial(ensure_topics, settings), broker.start],
-        on_stop=[broker.stop, registry_http.aclose, mongo.close],
+        on_start=[open_storage, functools.partial(ensure_topics, settings), broker.start],
+        on_stop=[sweep.stop, broker.stop, registry_http.aclose, mongo.close],
     )
