@@ -60,9 +60,8 @@ class MongoSettings(BaseSettings):
         default=100,
         ge=1,
         description=(
-            "Connections per process. Use 1 with FerretDB 1.x: its SQLite backend applies "
-            "concurrent updates of one document without isolation, so conditional updates are "
-            "only atomic when one connection serializes them (docs/adr/0005)."
+            "Connections per process. Any number is safe for the registry, whose decisions are "
+            "unique inserts (docs/adr/0013)."
         ),
     )
 
