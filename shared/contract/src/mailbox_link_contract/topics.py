@@ -33,6 +33,9 @@ SERVICES = (LINK_API, IMAP_VERIFIER, REGISTRY, OAUTH_BROKER)
 
 BY_MAILBOX = "the mailbox's normalized address (its events stay in order)"
 FOREVER = None
+# Six partitions per link topic: one, two, three or six replicas of a consumer each get an
+# equal share (with three, two replicas would split the work 2:1).
+LINK_PARTITIONS = 6
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         key=BY_MAILBOX,
         producers=(LINK_API,),
         consumers=(IMAP_VERIFIER, OAUTH_BROKER, REGISTRY),
-        partitions=3,
+        partitions=LINK_PARTITIONS,
         retention=timedelta(days=7),
         description="LinkRequested, from link-api; verified by the verifier of its `auth` "
         "(imap-verifier: password, oauth-broker: oauth); the registry reserves the address.",
@@ -75,7 +78,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         key=BY_MAILBOX,
         producers=(IMAP_VERIFIER, OAUTH_BROKER),
         consumers=(REGISTRY, LINK_API),
-        partitions=3,
+        partitions=LINK_PARTITIONS,
         retention=timedelta(days=7),
         description="MailboxVerified or VerificationFailed, from the verifiers.",
     ),
@@ -86,7 +89,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         key=BY_MAILBOX,
         producers=(REGISTRY,),
         consumers=(LINK_API, OAUTH_BROKER),
-        partitions=3,
+        partitions=LINK_PARTITIONS,
         retention=FOREVER,
         description="LinkReserved, then exactly one MailboxLinked or LinkRejected per link "
         "request, and MailboxUnlinked, from the registry; for any service that needs to know "
@@ -99,7 +102,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         key=BY_MAILBOX,
         producers=(OAUTH_BROKER,),
         consumers=(LINK_API, REGISTRY),
-        partitions=3,
+        partitions=LINK_PARTITIONS,
         retention=timedelta(days=7),
         description="AuthorizationRequired (an OAuth link's sign-in URL, only after "
         "LinkReserved) and MailboxReconnectRequired (a linked mailbox's tokens stopped working "
@@ -112,7 +115,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         key="the user, as <account_id>/<user_id> (one user's changes stay in order)",
         producers=("billing",),
         consumers=(REGISTRY,),
-        partitions=3,
+        partitions=LINK_PARTITIONS,
         retention=FOREVER,
         description="UserPlanChanged, from billing; the registry applies the plan's limit.",
     ),
