@@ -1,15 +1,15 @@
-"""`make bench`: registry decisions per second and decision latency, beside the raw rate of
-the storage server doing the same writes.
+"""`make bench`: registry decisions per second with one and with two replicas, decision
+latency, and the store round trips a link costs.
 
+For each number of registry replicas (1, then 2), on a fresh namespace:
 1. Maximum rate: a burst of link requests (each a new user and address, so each is reserved:
    the registry's most expensive decision) is published at once; the rate is requests divided
    by the time until the last LinkReserved is on the topic.
 2. Latency at 50% of that rate: requests published at a steady pace; for each, the time from
    publishing the LinkRequested to reading its LinkReserved. p50 and p99.
-3. Raw storage rate, in the same run: the six writes a reservation makes (link record, address
-   lock, plan slot, decision marker, conditional decision, marker removal), issued directly
-   with pymongo into the same collections, indexes and connection limit, with as many in
-   flight as the registry has, and one at a time; the faster of the two is the raw rate.
+Then, in this process, without Kafka: the registry's own handlers on the same store, 16
+requests in flight, with every store call counted: round trips per reservation and per
+verification, and the rate the store alone allows.
 Figures go to bench/results/registry-throughput.json.
 """
 
@@ -21,20 +21,23 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient
 
-from localinfra.mongo import mongo_pool_size
-from localinfra.registry_driver import EventSender, link_requested, owner
+from localinfra.mongo import mongo_backend
+from localinfra.registry_driver import EventSender, link_requested, owner, verified
 from localinfra.services import ServiceConfig, start_services
 from localinfra.stack import LocalStack
 from mailbox_link_contract.topics import Topics
+from mailbox_link_shared.publishing import RecordingPublisher
+from registry import handlers
 from registry.adapters.registry_store import MongoRegistryStore
+from registry.domain.plans import DEFAULT_PLANS, PlanTable
+from registry.handlers import RegistryDeps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -116,54 +119,62 @@ async def registry_latency(
     return [decisions.decided_at[i] - t for i, t in sent_at.items()]
 
 
-async def raw_storage_rate(uri: str, database: str, count: int, in_flight: int) -> float:
-    """Does a reservation's six writes per request directly; returns requests per second."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        uri, tz_aware=True, maxPoolSize=mongo_pool_size()
-    )
-    await MongoRegistryStore(client, database).create_indexes()  # the same indexes
-    db = client[database]
-    slots = asyncio.Semaphore(in_flight)
+class CountingStore:
+    """Wraps a store and counts its calls (each one round trip), by method."""
 
-    async def reserve(i: int) -> None:
-        link_id, address, user = uuid.uuid4().hex, f"raw-{i}@bench.example.org", f"raw\x1f{i}"
-        event = json.dumps(
-            {"event_id": str(uuid.uuid4()), "type": "LinkReserved", "pad": "x" * 380}
-        )
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return await method(*args, **kwargs)
+
+        return counted
+
+
+async def in_process_rate(uri: str, database: str, count: int) -> dict[str, Any]:
+    """Reserves then links `count` links with the registry's handlers on the real store (no
+    Kafka), 16 at a time; returns round trips per step and links per second."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, maxPoolSize=16)
+    store = MongoRegistryStore(client, database)
+    await store.create_indexes()
+    counting = CountingStore(store)
+    plans = PlanTable(DEFAULT_PLANS, "basic")
+    deps = RegistryDeps(counting, RecordingPublisher(), plans)
+    requests = [
+        link_requested(owner("inproc", i), f"inproc-{i}@bench.example.org") for i in range(count)
+    ]
+    slots = asyncio.Semaphore(16)
+
+    async def reserve(request: Any) -> None:
         async with slots:
-            now = datetime.now(UTC)
-            record: dict[str, Any] = {"_id": link_id, "account_id": "raw", "address": address}
-            record.update(user_id=str(i), provider="imap", state="reserving", expires_at=now)
-            await db.links.insert_one({**record, "mailbox": None, "outbox": None})
-            await db.address_locks.insert_one({"_id": address, "link_id": link_id})
-            await db.users.update_one(
-                {
-                    "_id": user,
-                    "plan": None,
-                    "held_count": {"$lt": 3},
-                    f"held.{link_id}": {"$exists": False},
-                },
-                {"$set": {f"held.{link_id}": address}, "$inc": {"held_count": 1}},
-                upsert=True,
-            )
-            marker = f"{link_id}/x"
-            await db.open_decisions.insert_one(
-                {"_id": marker, "link_id": link_id, "opened_at": now}
-            )
-            await db.links.find_one_and_update(
-                {"_id": link_id, "state": {"$in": ["reserving"]}},
-                {"$set": {"state": "reserved", "outbox": event}},
-                return_document=ReturnDocument.AFTER,
-            )
-            await db.open_decisions.delete_one({"_id": marker})
+            await handlers.when_link_requested_reserve(request, deps)
+
+    async def link(request: Any) -> None:
+        async with slots:
+            await handlers.when_mailbox_verified_link(verified(request), deps)
 
     try:
         started = time.perf_counter()
-        await asyncio.gather(*(reserve(i) for i in range(count)))
-        return count / (time.perf_counter() - started)
+        await asyncio.gather(*(reserve(r) for r in requests))
+        reserve_calls, counting.calls = counting.calls, Counter()
+        await asyncio.gather(*(link(r) for r in requests))
+        elapsed = time.perf_counter() - started
+        link_calls = counting.calls
     finally:
         await client.drop_database(database)
         await client.close()
+    return {
+        "links_per_s": round(count / elapsed, 1),
+        "round_trips_per_reservation": round(sum(reserve_calls.values()) / count, 2),
+        "round_trips_per_verification": round(sum(link_calls.values()) / count, 2),
+        "reservation_calls": {k: round(v / count, 2) for k, v in sorted(reserve_calls.items())},
+        "verification_calls": {k: round(v / count, 2) for k, v in sorted(link_calls.items())},
+    }
 
 
 async def measure(infra: Any, namespace: str, burst: int, seconds: float) -> dict[str, Any]:
@@ -176,57 +187,55 @@ async def measure(infra: Any, namespace: str, burst: int, seconds: float) -> dic
             latencies = await registry_latency(sender, decisions, max_rate / 2, seconds, "steady")
     finally:
         await decisions.stop()
-    # The raw rate on an equally full database: the registry's collections hold the runs above.
-    raw_concurrent = await raw_storage_rate(infra.mongodb_uri, f"{namespace}-raw-a", burst, 16)
-    raw_sequential = await raw_storage_rate(infra.mongodb_uri, f"{namespace}-raw-b", burst, 1)
-    raw = max(raw_concurrent, raw_sequential)
     latencies.sort()
     return {
         "registry_max_decisions_per_s": round(max_rate, 1),
-        "raw_storage_decisions_per_s": round(raw, 1),
-        "raw_storage_concurrent_per_s": round(raw_concurrent, 1),
-        "raw_storage_sequential_per_s": round(raw_sequential, 1),
-        "registry_to_raw_ratio": round(max_rate / raw, 2),
         "steady_load_per_s": round(max_rate / 2, 1),
         "steady_requests": len(latencies),
         "latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
         "latency_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
         "latency_max_ms": round(latencies[-1] * 1000, 1),
         "burst_requests": burst,
-        "writes_per_decision": 6,
-        "mongodb_connections_per_process": mongo_pool_size(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    # FerretDB's cost per write grows with the collection, so each burst size runs on its own
-    # fresh database: the figures are given per database size.
-    parser.add_argument("--bursts", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     stack = LocalStack()
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"store": mongo_backend(), "nproc": os.cpu_count()}
     try:
         infra = stack.start()
-        for burst in args.bursts:
+        for replicas in args.replicas:
             config = ServiceConfig(
                 kafka_bootstrap=infra.kafka_bootstrap,
                 mongodb_uri=infra.mongodb_uri,
                 ca_file=infra.ca_file,
-                namespace=f"bench-registry-{burst}",
+                namespace=f"bench-registry-x{replicas}",
                 log_level="WARNING",
                 extra_env={k: v for k, v in os.environ.items() if k.startswith("MBL_")},
             )
             with tempfile.TemporaryDirectory(prefix="mbl-bench-") as logs:
-                services = start_services(config, Path(logs), modules=("registry",))
+                services = start_services(
+                    config, Path(logs), modules=("registry",), replicas={"registry": replicas}
+                )
                 try:
-                    measured = asyncio.run(measure(infra, config.namespace, burst, args.seconds))
+                    measured = asyncio.run(
+                        measure(infra, config.namespace, args.burst, args.seconds)
+                    )
                 finally:
                     services.stop()
-            result[f"burst_{burst}"] = measured
+            result[f"replicas_{replicas}"] = measured
+        result["in_process"] = asyncio.run(in_process_rate(infra.mongodb_uri, "bench-inproc", 500))
     finally:
         stack.stop()
+    if "replicas_1" in result and "replicas_2" in result:
+        one, two = (result[f"replicas_{n}"]["registry_max_decisions_per_s"] for n in (1, 2))
+        result["two_replicas_to_one"] = round(two / one, 2)
+        result["target_two_replicas_at_least_1_6x"] = "met" if two / one >= 1.6 else "not met"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "registry-throughput.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
