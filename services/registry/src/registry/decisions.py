@@ -25,7 +25,7 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.reading import read_document
 from mailbox_link_contract.topics import event_type_of, spec_of
-from registry.adapters.registry_store import PendingEntry, UserPlan
+from registry.adapters.registry_store import PendingEntry, UserPlan, Verification
 from registry.claims import address_resource, holder_of, slot_resource, take
 from registry.domain.events import linked_event, rejected_event, reserved_event
 from registry.domain.links import (
@@ -80,15 +80,21 @@ async def start(
     event: LinkRequested | MailboxVerified | VerificationFailed,
     deps: RegistryDeps,
     likely_new: bool,
+    about_to_decide: bool = False,
 ) -> LinkRecord:
     """Returns the link's record with its latest decision, creating it if this is the first of
     its events to arrive (the topics are not ordered with respect to each other).
 
     `likely_new` inserts before reading: one round trip for a new link request.
+    `about_to_decide` trusts a hint of a link reserved and announced without reading its
+    decision: the next decision's insert fails if there is a later one, and the caller then
+    reads it (decide does).
     """
     if not likely_new:
         stored = await deps.store.get_link(event.data.link_id)
         if stored is not None:
+            if about_to_decide and _reserved_at_rest(stored.progress):
+                return replace(stored, latest=_as_hinted(stored))
             return await load(stored, deps)
     fresh = new_record(event, deps)
     # Opened first, so a crash right after the insert still leaves the link to housekeeping.
@@ -102,6 +108,16 @@ async def start(
         # A redelivery reopened the entry of decisions long made: nothing left for it.
         await deps.store.close_pending(entry_id(record.link_id, FIRST_ENTRY_STEP))
     return record
+
+
+def _reserved_at_rest(progress: Progress) -> bool:
+    return progress.state is LinkState.RESERVED and progress.announced == progress.step > 0
+
+
+def _as_hinted(record: LinkRecord) -> Decision:
+    # Only what a reservation holds: its state and claims (its event is already announced).
+    progress = record.progress
+    return Decision(progress.step, progress.state, record.expires_at, claims=progress.claims)
 
 
 async def load(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
@@ -166,7 +182,7 @@ async def settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
             decision = await deps.store.get_decision(record.link_id, step)
         if decision is not None and decision.outbox is not None:
             await deps.publisher.publish(_outbox_event(decision.outbox))
-    progress = Progress(step=record.step, state=record.state, announced=record.step)
+    progress = Progress(record.step, record.state, announced=record.step, claims=record.claims)
     if progress != record.progress:
         if record.state in ENDED:
             # An ended link keeps no credentials: its sealed passwords or tokens go.
@@ -312,8 +328,11 @@ async def held_slots(owner: MailboxOwner, deps: RegistryDeps, slots: int) -> lis
     return [h for h in holders if h is not None]
 
 
-async def link_if_verified(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
-    """Links a reserved link whose verification is stored (expiring it if too late).
+async def link_if_verified(
+    record: LinkRecord, deps: RegistryDeps, verification: Verification | None = None
+) -> LinkRecord:
+    """Links a reserved link whose verification is stored (expiring it if too late); the
+    caller that just stored the verification passes it.
 
     Whichever of the reservation and the verification is stored second sees the first, so
     one of the two requests always links it.
@@ -324,7 +343,7 @@ async def link_if_verified(record: LinkRecord, deps: RegistryDeps) -> LinkRecord
         return await expire(record, deps)
     if record.state is not LinkState.RESERVED:
         return record
-    verification = await deps.store.get_verification(record.link_id)
+    verification = verification or await deps.store.get_verification(record.link_id)
     if verification is None:
         return record
     mailbox = MailboxDetails(

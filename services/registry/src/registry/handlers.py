@@ -58,7 +58,8 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
     # Stored before the link is read: see link_if_verified.
     verification = Verification(data.imap, data.smtp, data.auth, data.verified_credentials)
     await deps.store.add_verification(data.link_id, verification)
-    record = await link_if_verified(await start(event, deps, likely_new=False), deps)
+    record = await start(event, deps, likely_new=False, about_to_decide=True)
+    record = await link_if_verified(record, deps, verification)
     if record.state in ENDED:
         # Too late (expired, refused): the credentials must not outlive the request.
         await deps.store.drop_verification(record.link_id)

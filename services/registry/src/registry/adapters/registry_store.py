@@ -140,6 +140,7 @@ class MongoRegistryStore:
             "step": progress.step,
             "state": progress.state.value,
             "announced": progress.announced,
+            "claims": list(progress.claims),
         }
         if progress.at_rest_ended:
             changes["ended_at"] = at
@@ -283,6 +284,7 @@ def _link_document(record: LinkRecord) -> Document:
         "step": record.progress.step,
         "state": record.progress.state.value,
         "announced": record.progress.announced,
+        "claims": list(record.progress.claims),
     }
 
 
@@ -297,6 +299,7 @@ def _link(document: Document) -> LinkRecord:
             step=int(document.get("step", 0)),
             state=LinkState(document.get("state", LinkState.RESERVING)),
             announced=int(document.get("announced", 0)),
+            claims=tuple(document.get("claims", ())),
         ),
     )
 

@@ -78,6 +78,7 @@ class Progress:
     step: int = 0
     state: LinkState = LinkState.RESERVING
     announced: int = 0
+    claims: tuple[str, ...] = ()  # those the decision at `step` names
 
     @property
     def at_rest_ended(self) -> bool:
