@@ -242,14 +242,21 @@ class MongoLinkStore:
     async def claim_in_flight(
         self, key: str, link_id: str, now: datetime, expires_at: datetime
     ) -> str:
-        # Generation 0 is the pointer document itself, so a first request costs one insert.
+        # Generation 0 is the pointer document's insert, so a first request costs one round
+        # trip, and a later one reads the pointer in the same one (an existing pointer is left
+        # as it is: $setOnInsert changes nothing, so nothing is written back).
         try:
-            await self._in_flight.insert_one(
-                {"_id": key, "latest": encode_claim(0, link_id, expires_at)}
+            pointer = await self._in_flight.find_one_and_update(
+                {"_id": key},
+                {"$setOnInsert": {"latest": encode_claim(0, link_id, expires_at)}},
+                upsert=True,
+                return_document=ReturnDocument.BEFORE,
             )
-            return link_id
-        except DuplicateKeyError:
+        except DuplicateKeyError:  # another request inserted it first
             pointer = await self._in_flight.find_one({"_id": key})
+        else:
+            if pointer is None:
+                return link_id  # inserted: generation 0 is ours
         claim = _claim_of_pointer(pointer) if pointer else _Claim(0, None, None)
         while True:
             if claim.link_id == link_id:
