@@ -234,9 +234,11 @@ class PostgresCluster:
         lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
         return len(lines) >= 8 and lines[7].strip() == "ready"
 
-    def psql(self, sql: str, database: str = DATABASE) -> str:
+    def psql(
+        self, sql: str, database: str = DATABASE, variables: Mapping[str, str] | None = None
+    ) -> str:
         """Run SQL with psql as the superuser; return its unaligned, tuples-only output."""
-        return run_psql(self.port, sql, database, self._bin)
+        return run_psql(self.port, sql, database, variables, self._bin)
 
     def stop(self) -> None:
         """Stop the server (its backends get SIGTERM with it). Idempotent."""
@@ -244,14 +246,25 @@ class PostgresCluster:
             self._proc.stop(timeout=10.0)
 
 
-def run_psql(port: int, sql: str, database: str = DATABASE, bin_dir: Path | None = None) -> str:
-    """Run SQL (one or more statements, from stdin) against 127.0.0.1:``port``."""
+def run_psql(
+    port: int,
+    sql: str,
+    database: str = DATABASE,
+    variables: Mapping[str, str] | None = None,
+    bin_dir: Path | None = None,
+) -> str:
+    """Run SQL (one or more statements, from stdin) against 127.0.0.1:``port``.
+
+    ``variables`` are psql variables: ``:'name'`` in the SQL is the value as a literal,
+    ``:"name"`` as an identifier, so values need no quoting of ours.
+    """
     tools = bin_dir or postgres_bin_dir()
     if tools is None:
         raise RuntimeError("PostgreSQL is not installed (python -m localinfra install)")
+    assigned = [f"--set={name}={value}" for name, value in (variables or {}).items()]
     result = subprocess.run(
         [
-            str(tools / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            str(tools / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *assigned,
             "-h", "127.0.0.1", "-p", str(port), "-U", SUPERUSER, "-d", database,
         ],
         input=sql, capture_output=True, text=True, check=False,
