@@ -21,7 +21,7 @@ setup: ## Install uv and the locked Python dependencies (never downloads a Pytho
 	@$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --locked --quiet
 
-infra: setup ## Install/build Kafka, FerretDB and Dovecot into ~/.cache/mailbox-link (done on demand too)
+infra: setup ## Install/build Kafka, FerretDB, PostgreSQL and Dovecot (cache: ~/.cache/mailbox-link; done on demand too)
 	$(UV) run python -m localinfra install
 
 run: setup ## Start Kafka, MongoDB protocol, Dovecot and the services; Ctrl-C stops
@@ -50,11 +50,13 @@ contract: setup ## Regenerate the contract's AsyncAPI document and JSON Schemas 
 wheel: setup ## Build the contract package's wheel into dist/ (what other services install)
 	$(UV) build --package mailbox-link-contract --wheel --out-dir dist
 
-bench: setup ## Link latency, registry throughput, detection speed, OAuth link (figures in bench/results/)
+bench: setup ## Link latency, registry throughput, detection speed, OAuth link, store ops (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
+	$(UV) run python bench/link_throughput.py
 	$(UV) run python bench/oauth_link.py
 	$(UV) run python bench/registry_throughput.py
 	$(UV) run python bench/detection.py
+	$(UV) run python bench/store_ops.py
 
 clean: ## Remove local state (keeps the download cache)
 	rm -rf .run .venv .mypy_cache .ruff_cache .pytest_cache bench/results
