@@ -6,7 +6,7 @@ Backends (each a fresh server in a temp dir, started by localinfra.mongo.MongoSe
   PostgreSQL's default plan_cache_mode (what FerretDB on PostgreSQL gives by itself);
 - ferretdb-postgresql: as localinfra configures it (the default local store, docs/adr/0012).
 
-For each backend and size (1,000 and 100,000 link-like documents of ~280 BSON bytes, filled
+For each backend and size (1,000 and 100,000 link-like documents of ~290 BSON bytes, filled
 with insert_many in batches of 1,000), one connection, one operation at a time: p50 and p90
 over --ops operations (after --warmup of the same kind) of insert of a new _id, find of an
 existing _id, find of a missing _id, update_one by _id with $set, update_one by _id plus one
@@ -65,7 +65,7 @@ def link_id(i: int) -> str:
 
 
 def link(i: int) -> Doc:
-    """A small link record (~280 BSON bytes)."""
+    """A small link record (~290 BSON bytes)."""
     at = datetime(2026, 12, 1, tzinfo=UTC)
     return {
         "_id": link_id(i),
