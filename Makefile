@@ -52,6 +52,7 @@ wheel: setup ## Build the contract package's wheel into dist/ (what other servic
 
 bench: setup ## Link latency, registry throughput, detection speed, OAuth link, store ops (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
+	$(UV) run python bench/link_throughput.py
 	$(UV) run python bench/oauth_link.py
 	$(UV) run python bench/registry_throughput.py
 	$(UV) run python bench/detection.py
