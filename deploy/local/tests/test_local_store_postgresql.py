@@ -26,7 +26,6 @@ from localinfra.mongo import (
     FERRETDB_SQLITE,
     LOCAL_STORE_ENV,
     mongo_backend,
-    mongo_pool_size,
 )
 from localinfra.postgres import run_psql, running_port
 
@@ -188,13 +187,10 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.setenv("PATH", str(tmp_path))  # no mongod here
     monkeypatch.delenv(LOCAL_STORE_ENV, raising=False)
     assert mongo_backend() == FERRETDB_POSTGRESQL
-    assert mongo_pool_size() == 1
     monkeypatch.setenv(LOCAL_STORE_ENV, FERRETDB_SQLITE)
     assert mongo_backend() == FERRETDB_SQLITE
-    assert mongo_pool_size() == 1
     monkeypatch.setenv(LOCAL_STORE_ENV, "ferretdb")
     with pytest.raises(ValueError, match="ferretdb-postgresql"):
         mongo_backend()
     monkeypatch.setenv("MONGODB_URI", "mongodb://db.example.org/")
     assert mongo_backend() == "external"
-    assert mongo_pool_size() == 100

@@ -109,16 +109,6 @@ def mongo_backend() -> str:
     return store
 
 
-def mongo_pool_size() -> int:
-    """Returns the connections per service process that keep single-document updates atomic.
-
-    FerretDB 1.24 on SQLite reads, changes and writes a document without isolating
-    concurrent connections (measured: 200 concurrent $inc on one document kept 13), so its
-    clients use one connection, which it serves in order. MongoDB itself needs no limit.
-    """
-    return 1 if mongo_backend() in FERRETDB_BACKENDS else 100
-
-
 class MongoServer:
     """Starts (or adopts, with ``$MONGODB_URI``) a MongoDB-protocol server on 127.0.0.1."""
 

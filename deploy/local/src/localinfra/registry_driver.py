@@ -216,12 +216,12 @@ async def registry_documents(uri: str, namespace: str) -> dict[str, list[dict[st
         await client.close()
     latest: dict[str, dict[str, Any]] = {}
     for decision in documents["decisions"]:
-        known = latest.get(decision["link_id"])
+        known: dict[str, Any] | None = latest.get(decision["link_id"])
         if known is None or known["step"] < decision["step"]:
             latest[decision["link_id"]] = decision
     for link in documents["links"]:
-        decision = latest.get(link["_id"])
-        link["state"] = decision["state"] if decision else "reserving"
-        link["claims"] = list(decision["claims"]) if decision else []
-        link["step"] = decision["step"] if decision else 0
+        found = latest.get(link["_id"])
+        link["state"] = found["state"] if found else "reserving"
+        link["claims"] = list(found["claims"]) if found else []
+        link["step"] = found["step"] if found else 0
     return documents
