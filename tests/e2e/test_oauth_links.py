@@ -388,16 +388,16 @@ async def test_unlinking_revokes_the_tokens_at_the_provider_and_deletes_them(
             return await grants.find_one({"address": address}) is None
 
         await wait_until(grant_deleted)
-        registry = mongo[f"{NAMESPACE}-registry"]
+        registry_db = mongo[f"{NAMESPACE}-registry"]
 
         async def noted_unlinked() -> bool:  # the link's progress, noted after its decision
-            record = await registry["links"].find_one({"address": address})
+            record = await registry_db["links"].find_one({"address": address})
             return record is not None and record["state"] == "unlinked"
 
         await wait_until(noted_unlinked)
-        record = await registry["links"].find_one({"address": address})
+        record = await registry_db["links"].find_one({"address": address})
         assert record is not None
-        assert await registry["verifications"].find_one({"_id": record["_id"]}) is None
+        assert await registry_db["verifications"].find_one({"_id": record["_id"]}) is None
     finally:
         await mongo.close()
 
