@@ -20,6 +20,8 @@ from mailbox_link_contract.events import (
     MailboxVerifiedData,
     ProviderType,
     ServerSettings,
+    UserPlanChanged,
+    UserPlanChangedData,
     VerificationFailed,
     VerificationFailedData,
     utc_now,
@@ -68,7 +70,7 @@ class InMemoryRegistryStore:
         self.decisions: dict[tuple[str, int], Decision] = {}
         self.verifications: dict[str, Verification] = {}
         self.claims: dict[str, Claim] = {}
-        self.plans: dict[MailboxOwner, UserPlan] = {}
+        self.plans: dict[tuple[MailboxOwner, int], UserPlan] = {}
         self.slot_hints: dict[MailboxOwner, dict[int, str]] = {}
         self.pending_entries: dict[str, PendingEntry] = {}
         self.ended_at: dict[str, datetime] = {}
@@ -155,20 +157,22 @@ class InMemoryRegistryStore:
         if head is not None and not self._hint_lost():
             self.claims[head.claim_id] = replace(head, latest=generation)
 
-    async def get_plan(self, owner: MailboxOwner) -> UserPlan:
-        await self._maybe_cut_in("get_plan")
-        return self.plans.get(owner, UserPlan())
+    async def get_plan_version(self, owner: MailboxOwner, version: int) -> UserPlan | None:
+        await self._maybe_cut_in("get_plan_version")
+        return self.plans.get((owner, version))
 
-    async def set_plan(
-        self, owner: MailboxOwner, plan: str, changed_at: datetime, limit: int
-    ) -> bool:
-        await self._maybe_cut_in("set_plan")
-        stored = self.plans.get(owner)
-        if stored is not None and stored.changed_at is not None and stored.changed_at >= changed_at:
+    async def add_plan_version(self, owner: MailboxOwner, plan: UserPlan) -> bool:
+        await self._maybe_cut_in("add_plan_version")
+        if (owner, plan.version) in self.plans:
             return False
-        max_limit = max(limit, stored.max_limit if stored else 0)
-        self.plans[owner] = UserPlan(plan, changed_at, max_limit)
+        self.plans[(owner, plan.version)] = replace(plan, latest=plan.version)
         return True
+
+    async def note_latest_plan(self, owner: MailboxOwner, version: int) -> None:
+        await self._maybe_cut_in("note_latest_plan")
+        head = self.plans.get((owner, 0))
+        if head is not None and not self._hint_lost():
+            self.plans[(owner, 0)] = replace(head, latest=version)
 
     async def get_slot_hints(self, owner: MailboxOwner) -> dict[int, str]:
         await self._maybe_cut_in("get_slot_hints")
@@ -275,3 +279,8 @@ def failed_event(
         failure=Failure.of(FailureCode.IMAP_AUTH_FAILED, "NO [AUTHENTICATIONFAILED]"),
     )
     return VerificationFailed(correlation_id=link_id, producer="imap-verifier", data=data)
+
+
+def plan_changed_event(owner: MailboxOwner, plan: str, clock: FakeClock) -> UserPlanChanged:
+    data = UserPlanChangedData(owner=owner, plan=plan, changed_at=clock())
+    return UserPlanChanged(correlation_id="billing", producer="billing", data=data)

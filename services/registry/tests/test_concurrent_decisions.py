@@ -23,6 +23,7 @@ from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.handlers import RegistryDeps
 from registry_fakes import FakeClock, InMemoryRegistryStore
 from registry_fakes import failed_event as _failed
+from registry_fakes import plan_changed_event as _plan_changed
 from registry_fakes import requested_event as _requested
 from registry_fakes import verified_event as _verified
 
@@ -138,3 +139,17 @@ async def test_a_churn_of_links_failures_and_unlinks_keeps_every_guarantee(
             for record in listed:
                 assert holders[record.address] is not None
                 assert holders[record.address].link_id == record.link_id  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("hint_loss", HINT_LOSSES)
+async def test_of_plan_changes_applied_at_once_the_newest_stands(hint_loss: float) -> None:
+    deps = _deps(hint_loss, seed=4)
+    user = MailboxOwner(account_id="acme", user_id="planner")
+    clock = FakeClock()
+    changes = []
+    for n in range(30):
+        changes.append(_plan_changed(user, ["free", "basic", "professional"][n % 3], clock))
+        clock.advance(timedelta(seconds=1))
+    await _all_at_once(list(changes), deps, seed=4)
+    usage = await handlers.get_plan(user, deps)
+    assert usage.plan == changes[-1].data.plan

@@ -43,6 +43,9 @@ from registry_fakes import (
     failed_event as _failed,
 )
 from registry_fakes import (
+    plan_changed_event as _plan_changed,
+)
+from registry_fakes import (
     request_data as _request_data,
 )
 from registry_fakes import (
@@ -827,11 +830,6 @@ async def test_mailboxes_are_listed_oldest_first(deps: RegistryDeps, clock: Fake
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _plan_changed(owner: MailboxOwner, plan: str, clock: FakeClock) -> UserPlanChanged:
-    data = UserPlanChangedData(owner=owner, plan=plan, changed_at=clock())
-    return UserPlanChanged(correlation_id="billing", producer="billing", data=data)
 
 
 async def _link(

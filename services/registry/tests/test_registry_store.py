@@ -25,10 +25,17 @@ from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
 from mailbox_link_shared.routing import EventRouter
 from registry import handlers
-from registry.adapters.registry_store import Claim, MongoRegistryStore, PendingEntry, Verification
+from registry.adapters.registry_store import (
+    Claim,
+    MongoRegistryStore,
+    PendingEntry,
+    UserPlan,
+    Verification,
+)
 from registry.domain.links import Decision, LinkRecord, LinkState, MailboxDetails, Progress
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.handlers import RegistryDeps
+from registry.user_plans import apply_plan, current_plan
 from registry_fakes import requested_event, verified_event
 
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
@@ -191,15 +198,29 @@ async def test_a_verification_keeps_its_sealed_credentials_until_dropped(
     assert await store.get_verification("l1") is None
 
 
-async def test_an_older_plan_change_is_ignored_and_the_highest_limit_is_kept(
+async def test_a_plan_version_is_stored_once_and_the_latest_is_a_hint(
     store: MongoRegistryStore,
 ) -> None:
     now = utc_now().replace(microsecond=0)
-    assert await store.set_plan(ALICE, "organization", now, 15)
-    assert await store.set_plan(ALICE, "free", now + timedelta(seconds=1), 1)
-    assert not await store.set_plan(ALICE, "basic", now, 3)
-    plan = await store.get_plan(ALICE)
-    assert (plan.plan, plan.max_limit) == ("free", 15)
+    assert await store.add_plan_version(ALICE, UserPlan("organization", now, 15, version=0))
+    assert not await store.add_plan_version(ALICE, UserPlan("free", now, 1, version=0))
+    assert await store.add_plan_version(ALICE, UserPlan("free", now, 15, version=1))
+    await store.note_latest_plan(ALICE, 1)
+    head = await store.get_plan_version(ALICE, 0)
+    assert head is not None
+    assert (head.plan, head.latest) == ("organization", 1)
+    latest = await store.get_plan_version(ALICE, 1)
+    assert latest is not None
+    assert (latest.plan, latest.max_limit, latest.version) == ("free", 15, 1)
+    assert await store.get_plan_version(ALICE, 2) is None
+
+
+async def test_of_concurrent_plan_changes_the_newest_stands(store: MongoRegistryStore) -> None:
+    now = utc_now().replace(microsecond=0)
+    changes = [(f"plan-{n}", now + timedelta(seconds=n)) for n in range(20)]
+    await asyncio.gather(*(apply_plan(ALICE, p, at, 3, store) for p, at in reversed(changes)))
+    plan = await current_plan(ALICE, store)
+    assert (plan.plan, plan.changed_at) == changes[-1]
 
 
 async def test_slot_hints_and_pending_entries(store: MongoRegistryStore) -> None:

@@ -42,6 +42,7 @@ from registry.domain.links import (
     judge_address_holder,
 )
 from registry.ports import RegistryDeps
+from registry.user_plans import current_plan
 
 logger = logging.getLogger(__name__)
 # A decision announces one event of the mailboxes topic, kept in the decision until published.
@@ -266,7 +267,9 @@ async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
 async def _take_slot(record: LinkRecord, deps: RegistryDeps) -> str | LinkRejected:
     """Claims one of the user's plan slots 0..limit-1; returns its claim id, or the refusal."""
     owner = record.owner
-    plan, hints = await asyncio.gather(deps.store.get_plan(owner), deps.store.get_slot_hints(owner))
+    plan, hints = await asyncio.gather(
+        current_plan(owner, deps.store), deps.store.get_slot_hints(owner)
+    )
     limit = deps.plans.limit_for(plan.plan)
 
     def holder(link_id: str, claim: str) -> Any:

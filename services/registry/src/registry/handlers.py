@@ -37,6 +37,7 @@ from registry.decisions import (
 from registry.domain.events import rejected_event, unlinked_event
 from registry.domain.links import ENDED, IN_FLIGHT, LinkRecord, LinkState
 from registry.ports import RegistryDeps
+from registry.user_plans import apply_plan, current_plan
 
 __all__ = ["EVENT_HANDLERS", "RegistryDeps"]
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDep
     # Ordered to the millisecond, the precision BSON keeps: finer differences are ties.
     changed_at = data.changed_at.replace(microsecond=data.changed_at.microsecond // 1000 * 1000)
     limit = deps.plans.limit_for(data.plan)
-    applied = await deps.store.set_plan(data.owner, data.plan, changed_at, limit)
+    applied = await apply_plan(data.owner, data.plan, changed_at, limit, deps.store)
     logger.info("plan %s for %s: %s", data.plan, data.owner, "applied" if applied else "stale")
 
 
@@ -212,7 +213,7 @@ async def list_mailboxes(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRe
 
 async def _user_links(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecord]:
     """The live links holding the user's slots (every slot that may be held, not the hints)."""
-    plan = await deps.store.get_plan(owner)
+    plan = await current_plan(owner, deps.store)
     slots = max(plan.max_limit, deps.plans.limit_for(plan.plan))
     return await held_slots(owner, deps, slots)
 
@@ -234,7 +235,7 @@ class PlanUsage:
 
 async def get_plan(owner: MailboxOwner, deps: RegistryDeps) -> PlanUsage:
     """Returns the user's plan and how much of it is used."""
-    stored = await deps.store.get_plan(owner)
+    stored = await current_plan(owner, deps.store)
     plan = deps.plans.plan_or_default(stored.plan)
     used = len(await _user_links(owner, deps))
     return PlanUsage(plan, deps.plans.limit_for(plan), used)
@@ -242,5 +243,5 @@ async def get_plan(owner: MailboxOwner, deps: RegistryDeps) -> PlanUsage:
 
 async def assign_plan(owner: MailboxOwner, plan: str, deps: RegistryDeps) -> PlanUsage:
     """Puts the user on a plan now (an operator's change wins over older billing events)."""
-    await deps.store.set_plan(owner, plan, deps.clock(), deps.plans.limit_for(plan))
+    await apply_plan(owner, plan, deps.clock(), deps.plans.limit_for(plan), deps.store)
     return await get_plan(owner, deps)

@@ -58,12 +58,16 @@ class Verification:
 
 @dataclass(frozen=True)
 class UserPlan:
-    """A user's plan as last applied, and the highest limit it ever had (slots above the
-    current limit may still be held by links kept through a downgrade)."""
+    """One version of a user's plan: the plan, when billing (or an operator) changed it, and
+    the highest limit it ever had (slots above the current limit may still be held by links
+    kept through a downgrade). Versions form a chain like claims: version n+1 is inserted
+    once, by whoever read version n and found the change newer (user_plans.py)."""
 
     plan: str | None = None
     changed_at: datetime | None = None
     max_limit: int = 0
+    version: int = -1  # -1: never assigned a plan
+    latest: int = 0  # on version 0 only: the latest version its writer knew of (a hint)
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,9 @@ class RegistryStore(Protocol):
     async def add_claim(self, claim: Claim) -> bool: ...
     async def get_claim(self, resource: str, generation: int) -> Claim | None: ...
     async def note_latest_claim(self, resource: str, generation: int) -> None: ...
-    async def get_plan(self, owner: MailboxOwner) -> UserPlan: ...
-    async def set_plan(
-        self, owner: MailboxOwner, plan: str, changed_at: datetime, limit: int
-    ) -> bool: ...
+    async def get_plan_version(self, owner: MailboxOwner, version: int) -> UserPlan | None: ...
+    async def add_plan_version(self, owner: MailboxOwner, plan: UserPlan) -> bool: ...
+    async def note_latest_plan(self, owner: MailboxOwner, version: int) -> None: ...
     async def get_slot_hints(self, owner: MailboxOwner) -> dict[int, str]: ...
     async def note_slot(self, owner: MailboxOwner, slot: int, link_id: str) -> None: ...
     async def open_pending(self, entry: PendingEntry) -> None: ...
@@ -187,37 +190,36 @@ class MongoRegistryStore:
             {"_id": claim_id(resource, 0)}, {"$set": {"latest": generation}}
         )
 
-    async def get_plan(self, owner: MailboxOwner) -> UserPlan:
-        document = await self._plans.find_one({"_id": _owner_key(owner)})
+    async def get_plan_version(self, owner: MailboxOwner, version: int) -> UserPlan | None:
+        document = await self._plans.find_one({"_id": f"{_owner_key(owner)}#{version}"})
         if document is None:
-            return UserPlan()
+            return None
         return UserPlan(
-            document.get("plan"), document.get("plan_changed_at"), document.get("max_limit", 0)
+            plan=document["plan"],
+            changed_at=document["plan_changed_at"],
+            max_limit=int(document["max_limit"]),
+            version=version,
+            latest=int(document.get("latest", 0)),
         )
 
-    async def set_plan(
-        self, owner: MailboxOwner, plan: str, changed_at: datetime, limit: int
-    ) -> bool:
-        """Puts the user on the plan unless a newer change is already stored."""
-        try:
-            result = await self._plans.update_one(
-                {
-                    "_id": _owner_key(owner),
-                    "$or": [
-                        {"plan_changed_at": {"$lt": changed_at}},
-                        {"plan_changed_at": None},
-                    ],
-                },
-                {
-                    "$set": {"plan": plan, "plan_changed_at": changed_at},
-                    "$max": {"max_limit": limit},
-                    "$setOnInsert": {"account_id": owner.account_id, "user_id": owner.user_id},
-                },
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # a newer change is stored: the upsert hit the user's _id
-        return result.modified_count == 1 or result.upserted_id is not None
+    async def add_plan_version(self, owner: MailboxOwner, plan: UserPlan) -> bool:
+        return await _insert(
+            self._plans,
+            {
+                "_id": f"{_owner_key(owner)}#{plan.version}",
+                "account_id": owner.account_id,
+                "user_id": owner.user_id,
+                "plan": plan.plan,
+                "plan_changed_at": plan.changed_at,
+                "max_limit": plan.max_limit,
+                "latest": plan.version,
+            },
+        )
+
+    async def note_latest_plan(self, owner: MailboxOwner, version: int) -> None:
+        await self._plans.update_one(
+            {"_id": f"{_owner_key(owner)}#0"}, {"$set": {"latest": version}}
+        )
 
     async def get_slot_hints(self, owner: MailboxOwner) -> dict[int, str]:
         document = await self._slot_hints.find_one({"_id": _owner_key(owner)})
