@@ -1,7 +1,6 @@
 """How a consumer handles a batch: read, route, skip, retry, dead-letter, or leave uncommitted."""
 
 import json
-from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -217,39 +216,3 @@ async def test_an_unknown_schema_version_of_a_listed_type_is_dead_lettered_even_
     [(_, reason)] = dead_letters.sent
     assert "schema_version" in reason
     assert handler.calls == 0
-
-
-class FetchingConsumer:
-    """Answers getmany with the batches it was given, then with nothing."""
-
-    def __init__(self, *batches: dict[str, list[str]]) -> None:
-        self.batches = list(batches)
-        self.asked: list[tuple[int, int]] = []
-
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict[str, list[str]]:
-        self.asked.append((timeout_ms, max_records))
-        return self.batches.pop(0) if self.batches else {}
-
-
-async def test_a_subscriber_hands_over_records_at_once_and_never_sleeps_after_an_empty_fetch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from faststream.kafka import KafkaBroker
-
-    from mailbox_link_contract.topics import REGISTRY
-    from mailbox_link_shared.settings import ServiceSettings
-
-    async def no_sleeping(seconds: float) -> None:
-        raise AssertionError(f"slept {seconds} s after an empty fetch")
-
-    monkeypatch.setattr("anyio.sleep", no_sleeping)
-    settings = ServiceSettings(encryption_keys={"k": "x" * 44})
-    broker = KafkaBroker("127.0.0.1:1")
-    kafka.subscribe(broker, settings, REGISTRY, EventRouter({}, None))
-    [subscriber] = broker.subscribers
-    get_records: Any = getattr(subscriber, "get_msg")  # noqa: B009 - set by subscribe
-    consumer = FetchingConsumer({"p0": ["a", "b"], "p1": ["c"]})
-    assert await get_records(consumer) == ("a", "b", "c")
-    assert await get_records(consumer) == ()
-    # The fetch itself waits for records, as long as the broker may hold an empty fetch.
-    assert consumer.asked == [(kafka.FETCH_MAX_WAIT_MS, kafka.MAX_BATCH)] * 2

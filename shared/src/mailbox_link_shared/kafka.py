@@ -7,7 +7,6 @@ again. Handlers are therefore idempotent.
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -80,11 +79,10 @@ def subscribe(
     names = [topics.name_of(spec) for spec in topics_consumed_by(service_name)]
     dead_letters = DeadLetters(broker, settings, service_name)
 
-    subscriber = broker.subscriber(
+    @broker.subscriber(
         *names,
         batch=True,
         max_records=MAX_BATCH,
-        batch_timeout_ms=FETCH_MAX_WAIT_MS,
         group_id=f"{settings.namespace}.{service_name}",
         auto_offset_reset="earliest",
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
@@ -95,30 +93,9 @@ def subscribe(
         decoder=_no_decoding,
         title=f"{service_name}:{'+'.join(names)}",
     )
-    _fetch_without_idle_sleep(subscriber)
-
-    @subscriber
     async def on_records(message: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
         await handle_records(records, router, dead_letters, settings.consumer_concurrency)
-
-
-def _fetch_without_idle_sleep(subscriber: Any) -> None:
-    """Makes the batch subscriber hand over records as soon as they arrive.
-
-    FastStream's batch subscriber sleeps for its batch timeout after every empty fetch, so a
-    record arriving at an idle consumer waited up to that long (200 ms by default) at every
-    hop. `getmany` already waits for records, returning as soon as any arrive; an idle
-    consumer still goes round only every FETCH_MAX_WAIT_MS.
-    """
-
-    async def get_records(consumer: Any) -> tuple[Any, ...]:
-        batches = await consumer.getmany(
-            timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
-        )
-        return tuple(itertools.chain.from_iterable(batches.values()))
-
-    subscriber.get_msg = get_records
 
 
 async def handle_records(
