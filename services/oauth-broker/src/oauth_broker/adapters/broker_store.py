@@ -5,6 +5,7 @@ is stored only hashed, and nested values are kept as JSON text (FerretDB updates
 with nested fields several times slower; see docs/adr/0005).
 """
 
+import contextlib
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -52,11 +53,17 @@ class BrokerStore(Protocol):
 
 
 class MongoBrokerStore:
-    """The broker's collections: `sessions` and `grants`, both keyed by link id."""
+    """The broker's collections: `sessions`, `reservations` and `grants`, keyed by link id.
+
+    A session and its link's reservation are written by two different events, which may be
+    handled at the same moment on two connections: they are two documents, each inserted
+    once, because the store does not isolate two writes of one document (docs/adr/0013).
+    """
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
         db = client[database]
         self._sessions = db["sessions"]
+        self._reservations = db["reservations"]
         self._grants = db["grants"]
 
     async def create_indexes(self) -> None:
@@ -70,7 +77,8 @@ class MongoBrokerStore:
     async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
         """Stores a link request's session once; a redelivered request keeps the first one."""
         link = session.link
-        fields = {
+        document = {
+            "_id": link.link_id,
             "requested": True,
             "account_id": link.owner.account_id,
             "user_id": link.owner.user_id,
@@ -82,44 +90,41 @@ class MongoBrokerStore:
             "state_digest": session.state_digest,
             "created_at": session.created_at,
             "expires_at": session.expires_at,
+            "status": session.status.value,
         }
-        try:
-            # Matches a marker LinkReserved left first, or inserts; never a stored request.
-            await self._sessions.update_one(
-                {"_id": link.link_id, "requested": {"$ne": True}},
-                {
-                    "$set": fields,
-                    "$setOnInsert": {"status": session.status.value, "reserved_until": None},
-                },
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return  # redelivered: the first session stands
+        with contextlib.suppress(DuplicateKeyError):  # redelivered: the first session stands
+            await self._sessions.insert_one(document)
 
     async def mark_reserved(self, link_id: str, until: datetime, now: datetime) -> None:
         """Records until when the registry reserved the link, even before its request came."""
-        await self._sessions.update_one(
-            {"_id": link_id},
-            {
-                "$set": {"reserved_until": until},
-                "$setOnInsert": {"status": SessionStatus.OPEN.value, "marked_at": now},
-            },
-            upsert=True,
-        )
+        with contextlib.suppress(DuplicateKeyError):  # the registry reserves a link once
+            await self._reservations.insert_one(
+                {"_id": link_id, "reserved_until": until, "marked_at": now}
+            )
 
     async def get_session(
         self, link_id: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
-        """Returns a requested session and its sealed secrets, or None."""
-        document = await self._sessions.find_one({"_id": link_id, "requested": True})
-        return _session(document) if document else None
+        """Returns a requested session (with its reservation, if any) and its sealed secrets."""
+        document = await self._sessions.find_one({"_id": link_id})
+        if document is None or not document.get("requested"):
+            return None
+        return await self._with_reservation(document)
+
+    async def _with_reservation(
+        self, document: dict[str, Any]
+    ) -> tuple[AuthorizationSession, EncryptedSecret]:
+        reservation = await self._reservations.find_one({"_id": document["_id"]})
+        if reservation is not None:
+            document = {**document, "reserved_until": reservation["reserved_until"]}
+        return _session(document)
 
     async def session_by_state(
         self, digest: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
         """Returns the session whose state has this digest, and its sealed secrets."""
         document = await self._sessions.find_one({"state_digest": digest, "requested": True})
-        return _session(document) if document else None
+        return await self._with_reservation(document) if document else None
 
     async def claim_session(self, link_id: str, now: datetime) -> bool:
         """Uses up an open, unexpired session; False if another callback got there first."""
@@ -146,12 +151,13 @@ class MongoBrokerStore:
         return [str(document["_id"]) async for document in cursor]
 
     async def delete_stray_markers(self, before: datetime) -> int:
-        """Deletes reservation markers of links that never became OAuth sessions (password
-        links' reservations from before contract 1.2.0 carry no provider to tell them apart)."""
-        result = await self._sessions.delete_many(
+        """Deletes reservations older than any session they could belong to (a session lives no
+        longer than its reservation), and the markers older versions kept in `sessions`."""
+        result = await self._reservations.delete_many({"marked_at": {"$lt": before}})
+        older = await self._sessions.delete_many(
             {"requested": {"$ne": True}, "marked_at": {"$lt": before}}
         )
-        return result.deleted_count
+        return result.deleted_count + older.deleted_count
 
     # --- grants -----------------------------------------------------------------------------
 

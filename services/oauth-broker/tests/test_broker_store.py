@@ -1,0 +1,55 @@
+"""MongoBrokerStore against the session's real MongoDB-protocol server, 16 connections."""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from pymongo import AsyncMongoClient
+
+from localinfra.stack import LocalStack
+from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings, utc_now
+from mailbox_link_shared.crypto import SecretBox, generate_key
+from oauth_broker.adapters.broker_store import MongoBrokerStore
+from oauth_broker.domain.sessions import AuthorizationSession, LinkToAuthorize
+
+SERVER = ServerSettings(host="imap.gmail.com", port=993, security="ssl", username="a@gmail.com")
+
+
+@pytest.fixture
+async def store(local_stack: LocalStack) -> AsyncIterator[MongoBrokerStore]:
+    uri = local_stack.endpoints.mongodb_uri
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, maxPoolSize=16)
+    name = f"broker-test-{secrets.token_hex(4)}"
+    store = MongoBrokerStore(client, name)
+    await store.create_indexes()
+    yield store
+    await client.drop_database(name)
+    await client.close()
+
+
+async def test_a_request_and_its_reservation_stored_at_the_same_moment_are_both_kept(
+    store: MongoBrokerStore,
+) -> None:
+    # The two come from two topics and are handled concurrently, in either order.
+    now = utc_now()
+    box = SecretBox({"k": SecretStr(generate_key())}, "k")
+    owner = MailboxOwner(account_id="acme", user_id="alice")
+    links = [
+        LinkToAuthorize(f"l{n}", owner, f"a{n}@gmail.com", ProviderType.GOOGLE, SERVER, SERVER)
+        for n in range(40)
+    ]
+
+    async def request(link: LinkToAuthorize) -> None:
+        session, fresh = AuthorizationSession.open(link, now, timedelta(minutes=10))
+        await store.save_request(session, box.seal(fresh.to_json(), context=link.link_id))
+
+    async def reserve(link: LinkToAuthorize) -> None:
+        await store.mark_reserved(link.link_id, now + timedelta(minutes=15), now)
+
+    await asyncio.gather(*(f(link) for link in links for f in (request, reserve)))
+    found = await asyncio.gather(*(store.get_session(link.link_id) for link in links))
+    assert all(f is not None and f[0].reserved for f in found)
