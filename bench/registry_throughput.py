@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from link_throughput import cpu_snapshot, cpu_used, find_roots  # bench/, beside this file
 from pymongo import AsyncMongoClient
 
 from localinfra.mongo import mongo_backend
@@ -177,18 +178,26 @@ async def in_process_rate(uri: str, database: str, count: int) -> dict[str, Any]
     }
 
 
-async def measure(infra: Any, namespace: str, burst: int, seconds: float) -> dict[str, Any]:
+async def measure(
+    infra: Any, namespace: str, burst: int, seconds: float, roots: dict[str, int]
+) -> dict[str, Any]:
     decisions = Decisions(infra.kafka_bootstrap, namespace)
     await decisions.start()
     try:
         async with EventSender(infra.kafka_bootstrap, namespace) as sender:
             await registry_max_rate(sender, decisions, 100, "warm")
+            before = cpu_snapshot(roots)
             max_rate = await registry_max_rate(sender, decisions, burst, "burst")
+            used = cpu_used(before, cpu_snapshot(roots))
             latencies = await registry_latency(sender, decisions, max_rate / 2, seconds, "steady")
     finally:
         await decisions.stop()
     latencies.sort()
+    # CPU of each process during the burst, per decision (the burst's tail of idle waiting
+    # for the last event is included, so these are upper bounds).
+    cpu = {name: round(1000 * value / burst, 2) for name, value in sorted(used.items())}
     return {
+        "cpu_ms_per_decision_in_burst": cpu,
         "registry_max_decisions_per_s": round(max_rate, 1),
         "steady_load_per_s": round(max_rate / 2, 1),
         "steady_requests": len(latencies),
@@ -222,9 +231,10 @@ def main() -> None:
                 services = start_services(
                     config, Path(logs), modules=("registry",), replicas={"registry": replicas}
                 )
+                roots = find_roots(services, infra.workdir)
                 try:
                     measured = asyncio.run(
-                        measure(infra, config.namespace, args.burst, args.seconds)
+                        measure(infra, config.namespace, args.burst, args.seconds, roots)
                     )
                 finally:
                     services.stop()

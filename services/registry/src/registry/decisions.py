@@ -100,7 +100,8 @@ async def start(
     fresh = new_record(event, deps)
     # Opened first, so a crash right after the insert still leaves the link to housekeeping.
     now = deps.clock()
-    await deps.store.open_pending(PendingEntry(entry_id(fresh.link_id, 1), fresh.link_id, now))
+    entry = PendingEntry(entry_id(fresh.link_id, FIRST_ENTRY_STEP), fresh.link_id, now)
+    await deps.store.open_pending(entry)
     existing = await deps.store.add_link(fresh)
     if existing is None:
         return fresh
