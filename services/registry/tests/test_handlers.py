@@ -930,3 +930,20 @@ async def test_links_ended_longer_ago_than_the_retention_are_forgotten_with_thei
     assert await handlers.forget_ended_links(deps, retention) == 0
     await _link(deps, ALICE, "l4", "x@example.org")  # a forgotten holder's claim is free
     assert await _holder(deps, "x@example.org") == "l4"
+
+
+async def test_an_operator_lowering_a_plans_limit_keeps_the_links_listed_and_counted(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    generous = RegistryDeps(
+        store, RecordingPublisher(), PlanTable({"basic": 5}, "basic"), TTL, clock
+    )
+    for n in range(5):
+        await _link(generous, ALICE, f"l{n}", f"m{n}@example.org")
+    lowered = RegistryDeps(
+        store, RecordingPublisher(), PlanTable({"basic": 3}, "basic"), TTL, clock
+    )
+    assert len(await handlers.list_mailboxes(ALICE, lowered)) == 5
+    assert (await handlers.get_plan(ALICE, lowered)).used == 5
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l5", "m5@example.org"), lowered)
+    assert _rejection(lowered, "l5").data.failure.code is FailureCode.PLAN_LIMIT_REACHED

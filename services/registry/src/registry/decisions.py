@@ -308,13 +308,20 @@ async def _keep_slot(
 ) -> str | LinkRejected:
     if hints.get(n) != record.link_id:
         await deps.store.note_slot(record.owner, n, record.link_id)
-    if plan.max_limit <= limit:
+    slots = slots_that_may_be_held(plan, limit, hints)
+    if slots <= limit:
         return claim
     # Downgraded: links kept above the new limit count too. Counted after claiming, so two
     # requests racing for the last slot may both give up, but never both stay.
-    held = await held_slots(record.owner, deps, max(plan.max_limit, limit))
+    held = await held_slots(record.owner, deps, slots)
     others = [h for h in held if h.link_id != record.link_id]
     return claim if len(others) < limit else _plan_limit_reached(record, limit)
+
+
+def slots_that_may_be_held(plan: UserPlan, limit: int, hints: dict[int, str]) -> int:
+    """How many of the user's slots may be held: up to the highest limit their plan ever had,
+    or beyond it if the hints name a higher slot (the operator lowered a plan's limit)."""
+    return max(plan.max_limit, limit, max(hints, default=-1) + 1)
 
 
 async def held_slots(owner: MailboxOwner, deps: RegistryDeps, slots: int) -> list[LinkRecord]:

@@ -4,6 +4,7 @@ Each loads what it needs and hands the decision to the protocol in decisions.py,
 every step safe to repeat and to run concurrently with any other (DESIGN.md).
 """
 
+import asyncio
 import logging
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -32,6 +33,7 @@ from registry.decisions import (
     load,
     reserve,
     settle,
+    slots_that_may_be_held,
     start,
 )
 from registry.domain.events import rejected_event, unlinked_event
@@ -213,8 +215,10 @@ async def list_mailboxes(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRe
 
 async def _user_links(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecord]:
     """The live links holding the user's slots (every slot that may be held, not the hints)."""
-    plan = await current_plan(owner, deps.store)
-    slots = max(plan.max_limit, deps.plans.limit_for(plan.plan))
+    plan, hints = await asyncio.gather(
+        current_plan(owner, deps.store), deps.store.get_slot_hints(owner)
+    )
+    slots = slots_that_may_be_held(plan, deps.plans.limit_for(plan.plan), hints)
     return await held_slots(owner, deps, slots)
 
 
