@@ -8,6 +8,7 @@ readers check before relying on it.
 """
 
 import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import replace
@@ -26,7 +27,7 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.reading import read_document
 from mailbox_link_contract.topics import event_type_of, spec_of
 from registry.adapters.registry_store import PendingEntry, UserPlan, Verification
-from registry.claims import address_resource, holder_of, slot_resource, take
+from registry.claims import LiveHolder, address_resource, holder_of, slot_resource, take
 from registry.domain.events import linked_event, rejected_event, reserved_event
 from registry.domain.links import (
     ENDED,
@@ -231,6 +232,11 @@ async def live_holder(deps: RegistryDeps, link_id: str, claim_id: str) -> LinkRe
     return None
 
 
+def _live_holders(deps: RegistryDeps) -> LiveHolder:
+    """live_holder bound to `deps`, as claims.py asks for it."""
+    return functools.partial(live_holder, deps)
+
+
 async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
     """Claims the address, then a plan slot; ends in RESERVED (linking at once if the
     verification is already stored) or REJECTED. Safe to repeat."""
@@ -244,7 +250,7 @@ async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
         address_resource(record.mailbox_key),
         record.link_id,
         deps.store,
-        lambda link_id, claim: live_holder(deps, link_id, claim),
+        _live_holders(deps),
         likely_new=True,
     )
     if isinstance(holder, LinkRecord):
@@ -273,8 +279,7 @@ async def _take_slot(record: LinkRecord, deps: RegistryDeps) -> str | LinkReject
     )
     limit = deps.plans.limit_for(plan.plan)
 
-    def holder(link_id: str, claim: str) -> Any:
-        return live_holder(deps, link_id, claim)
+    holder = _live_holders(deps)
 
     def resource(n: int) -> str:
         return slot_resource(owner.account_id, owner.user_id, n)
@@ -331,7 +336,7 @@ async def held_slots(owner: MailboxOwner, deps: RegistryDeps, slots: int) -> lis
             holder_of(
                 slot_resource(owner.account_id, owner.user_id, n),
                 deps.store,
-                lambda link_id, claim: live_holder(deps, link_id, claim),
+                _live_holders(deps),
             )
             for n in range(slots)
         )
@@ -375,7 +380,7 @@ async def current_link(mailbox_key: str, deps: RegistryDeps) -> LinkRecord | Non
     return await holder_of(
         address_resource(mailbox_key),
         deps.store,
-        lambda link_id, claim: live_holder(deps, link_id, claim),
+        _live_holders(deps),
     )
 
 
