@@ -1,11 +1,12 @@
 """The shared HTTP plumbing: who gets in, and the one error shape."""
 
 import httpx
-from fastapi import APIRouter
+import pytest
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, SecretStr
 from pymongo.errors import ServerSelectionTimeoutError
 
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import build_http_app, require_scope
 
 TOKEN = "t" * 32
 
@@ -77,3 +78,38 @@ async def test_oversized_bodies_get_413_before_parsing() -> None:
         )
     assert response.status_code == 413
     assert response.json()["error"] == "request_too_large"
+
+
+async def test_a_scoped_route_admits_only_keys_granted_its_scope() -> None:
+    keys = {"product": SecretStr("p" * 32), "sign-in": SecretStr("s" * 32)}
+    router = APIRouter()
+
+    @router.get("/owner", dependencies=[Depends(require_scope("owner_lookup", keys, GRANTS))])
+    async def owner() -> dict[str, str]:
+        return {"owner": "someone"}
+
+    app = build_http_app(title="t", router=router, service_keys=keys, on_start=[], on_stop=[])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        granted = await c.get("/owner", headers={"Authorization": f"Bearer {'s' * 32}"})
+        refused = await c.get("/owner", headers={"Authorization": f"Bearer {'p' * 32}"})
+        unknown = await c.get("/owner", headers={"Authorization": "Bearer nope"})
+    assert granted.json() == {"owner": "someone"}
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "forbidden"
+    assert refused.json()["fields"][0]["field"] == "Authorization"
+    assert "owner_lookup" in refused.json()["fields"][0]["message"]
+    assert unknown.status_code == 401
+
+
+GRANTS = {"sign-in": ["owner_lookup"]}
+
+
+def test_scopes_may_only_name_configured_keys() -> None:
+    from pydantic import ValidationError
+
+    from mailbox_link_shared.settings import HttpSettings
+
+    keys = {"sign-in": "s" * 32}
+    assert HttpSettings(service_keys=keys, service_key_scopes=GRANTS).service_key_scopes == GRANTS
+    with pytest.raises(ValidationError, match="signin"):
+        HttpSettings(service_keys=keys, service_key_scopes={"signin": ["owner_lookup"]})

@@ -90,6 +90,14 @@ async def registry_api(services: RunningServices) -> AsyncIterator[httpx.AsyncCl
 
 
 @pytest.fixture
+async def sign_in_api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
+    """The registry as the product's sign-in service calls it: the owner lookup's one caller."""
+    headers = {"Authorization": f"Bearer {services.sign_in_token}"}
+    async with httpx.AsyncClient(base_url=services.registry_url, headers=headers) as client:
+        yield client
+
+
+@pytest.fixture
 def new_mail_user(local_stack: LocalStack) -> Any:
     """Returns a factory of fresh Dovecot users with random passwords."""
 

@@ -14,7 +14,11 @@ from .probes import events_about
 
 
 async def test_links_a_mailbox_over_imaps_and_smtps(
-    api: httpx.AsyncClient, registry_api: httpx.AsyncClient, infra: Endpoints, new_mail_user: Any
+    api: httpx.AsyncClient,
+    registry_api: httpx.AsyncClient,
+    sign_in_api: httpx.AsyncClient,
+    infra: Endpoints,
+    new_mail_user: Any,
 ) -> None:
     user, user_id = new_mail_user("imaps"), unique_user_id()
     link = await link_and_wait(api, "acme", user_id, imap_body(infra, user))
@@ -29,8 +33,13 @@ async def test_links_a_mailbox_over_imaps_and_smtps(
     assert "password" not in mailbox["imap"]
     assert "password" not in mailbox["smtp"]
     assert (mailbox["auth"], mailbox["status"]) == ("password", "active")
-    owner = (await registry_api.get(f"/v1/mailboxes/{user.address}/owner")).json()
+    owner = (await sign_in_api.get(f"/v1/mailboxes/{user.address}/owner")).json()
     assert owner == {"account_id": "acme", "user_id": user_id, "mailbox_id": link["mailbox_id"]}
+    # Only the sign-in service may ask: the product's own key would tell anyone who linked what.
+    refused = await registry_api.get(f"/v1/mailboxes/{user.address}/owner")
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "forbidden"
+    assert refused.json()["fields"][0]["field"] == "Authorization"
 
 
 async def test_links_a_mailbox_over_starttls(

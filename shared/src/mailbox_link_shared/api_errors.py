@@ -14,6 +14,7 @@ class ApiErrorCode(StrEnum):
 
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -43,6 +44,9 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
         422, "A field is missing or invalid; `fields` names each and how to fix it."
     ),
     ApiErrorCode.UNAUTHORIZED: ApiErrorText(401, "No valid service token in Authorization."),
+    ApiErrorCode.FORBIDDEN: ApiErrorText(
+        403, "The service token is valid but not granted this route's scope."
+    ),
     ApiErrorCode.BAD_REQUEST: ApiErrorText(400, "The request is malformed (body, headers)."),
     ApiErrorCode.NOT_FOUND: ApiErrorText(404, "No such route."),
     ApiErrorCode.METHOD_NOT_ALLOWED: ApiErrorText(405, "The route does not take this method."),

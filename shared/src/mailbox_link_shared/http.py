@@ -88,6 +88,27 @@ def bearer_auth(service_keys: Mapping[str, SecretStr]) -> Callable[[Request], Aw
     return authenticated_service
 
 
+def require_scope(
+    scope: str, service_keys: Mapping[str, SecretStr], scopes: Mapping[str, Sequence[str]]
+) -> Callable[[Request], Awaitable[str]]:
+    """Returns a dependency that admits only a service whose key is granted `scope`."""
+    authenticated_service = bearer_auth(service_keys)
+
+    async def scoped_service(request: Request) -> str:
+        name = await authenticated_service(request)
+        if scope not in scopes.get(name, ()):
+            raise ApiError(
+                status.HTTP_403_FORBIDDEN,
+                ApiErrorCode.FORBIDDEN,
+                f"This route needs a service key granted the scope '{scope}'.",
+                [("Authorization", f"use the key of a service granted '{scope}' "
+                  "(MBL_SERVICE_KEY_SCOPES)")],
+            )  # fmt: skip
+        return name
+
+    return scoped_service
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Makes every error answer use one shape, with no request values echoed back."""
 

@@ -2,7 +2,7 @@
 
 import ssl
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailbox_link_shared.crypto import SecretBox
@@ -108,6 +108,21 @@ class HttpSettings(BaseSettings):
         default_factory=dict,
         description="JSON object of calling service name to its bearer token",
     )
+
+    service_key_scopes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON object of calling service name to the scopes its key is granted "
+        'beyond the default routes, e.g. {"sign-in": ["owner_lookup"]}',
+    )
+
+    @model_validator(mode="after")
+    def _scopes_name_keys(self) -> "HttpSettings":
+        unknown = sorted(set(self.service_key_scopes) - set(self.service_keys))
+        if unknown:
+            raise ValueError(
+                f"MBL_SERVICE_KEY_SCOPES names keys not in MBL_SERVICE_KEYS: {unknown}"
+            )
+        return self
 
     @field_validator("service_keys")
     @classmethod

@@ -47,6 +47,8 @@ class ServiceConfig:
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8",)
     log_level: str = "INFO"
     caller_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # The product's sign-in service: the one caller granted the registry's owner lookup.
+    sign_in_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     encryption_key: str = field(default_factory=_random_key)
     # 0 picks a free port; `make run` asks for fixed ones so the README's commands work as typed.
     api_port: int = 0
@@ -74,6 +76,7 @@ class RunningServices:
     registry_url: str
     broker_url: str
     caller_token: str
+    sign_in_token: str
     logs: dict[str, Path]
     processes: list[ManagedProcess]
 
@@ -130,6 +133,7 @@ def start_services(
         registry_url=f"http://127.0.0.1:{ports['registry']}",
         broker_url=f"http://127.0.0.1:{ports['oauth_broker']}",
         caller_token=config.caller_token,
+        sign_in_token=config.sign_in_token,
         logs=logs,
         processes=processes,
     )
@@ -146,8 +150,13 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_ENCRYPTION_KEY_ID": "k1",
         # The product's backend calls with caller_token; link-api calls the registry with its own.
         "MBL_SERVICE_KEYS": json.dumps(
-            {"product": config.caller_token, "link-api": internal_token}
+            {
+                "product": config.caller_token,
+                "link-api": internal_token,
+                "sign-in": config.sign_in_token,
+            }
         ),
+        "MBL_SERVICE_KEY_SCOPES": json.dumps({"sign-in": ["owner_lookup"]}),
         "MBL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "MBL_REGISTRY_TOKEN": internal_token,
         "MBL_VERIFIER_CA_FILE": config.ca_file,

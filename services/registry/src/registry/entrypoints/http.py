@@ -1,8 +1,9 @@
 """HTTP routes of the registry: a user's mailboxes, unlinking, owner lookup, plans."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict
 
 from mailbox_link_contract.events import MailboxOwner, UnlinkedBy
@@ -24,8 +25,16 @@ class PlanIn(BaseModel):
     plan: str
 
 
-def build_router(deps: RegistryDeps) -> APIRouter:
-    """Returns the routes, bound to the handlers' dependencies."""
+# Who may ask which user linked an address: the product's sign-in service, not any caller of
+# the product's API (it would tell anyone whose mailbox is linked where).
+OWNER_LOOKUP_SCOPE = "owner_lookup"
+
+
+def build_router(
+    deps: RegistryDeps, owner_lookup: Callable[[Request], Awaitable[str]]
+) -> APIRouter:
+    """Returns the routes, bound to the handlers' dependencies; `owner_lookup` admits the
+    callers of the owner lookup."""
     router = APIRouter(prefix="/v1")
     user_path = "/accounts/{account_id}/users/{user_id}"
 
@@ -53,7 +62,7 @@ def build_router(deps: RegistryDeps) -> APIRouter:
         )
         return _unlink_answer(result, "No user has linked this address.")
 
-    @router.get("/mailboxes/{email}/owner")
+    @router.get("/mailboxes/{email}/owner", dependencies=[Depends(owner_lookup)])
     async def find_owner(email: str) -> dict[str, str]:
         """Tells which user has linked this address, e.g. to sign them in with it."""
         record = await handlers.find_owner(address_from_path(email), deps)
