@@ -6,14 +6,13 @@ that link is live and counts the claim. Generation n+1 is added only by someone 
 generation n's link let go; of concurrent claimants exactly one inserts it. Nothing is ever
 released by a write: a link lets go of all it claimed by ending (domain/links.py).
 
-The chain has no gaps (n+1 is inserted only after n was read), except where retention
-deleted a generation that has a successor, so the latest is found by reading forward from the
-hint kept on generation 0.
+The latest generation is read forward from the hint kept on generation 0 (chains.py).
 """
 
 from collections.abc import Awaitable, Callable
 
 from registry.adapters.registry_store import Claim, RegistryStore
+from registry.chains import latest_of
 from registry.domain.links import LinkRecord
 
 # Returns the live link holding this claim, or None once it has let go (announcing its end).
@@ -76,21 +75,14 @@ async def latest_claim(
     resource: str, store: RegistryStore, from_generation: int | None = None
 ) -> Claim | None:
     """Returns the resource's latest generation, or None if it was never claimed."""
+    known: Claim | None = None
     if from_generation is None:
         head = await store.get_claim(resource, 0)
         if head is None:
             return None
-        current: Claim | None = head
-        generation = head.latest
-        if generation > 0:
-            current = await store.get_claim(resource, generation)
-    else:
-        generation = from_generation
-        current = await store.get_claim(resource, generation)
-    for _ in range(1000):  # a bound on the chain's length, against a corrupt store
-        following = await store.get_claim(resource, generation + 1)
-        if following is None and current is not None:
-            return current
-        # A missing generation behind the latest was deleted by retention: it has successors.
-        generation, current = generation + 1, following
-    raise RuntimeError(f"the claims on {resource} have no end")
+        from_generation, known = head.latest, head if head.latest == 0 else None
+
+    async def generation(number: int) -> Claim | None:
+        return await store.get_claim(resource, number)
+
+    return await latest_of(generation, from_generation, known, f"the claims on {resource}")

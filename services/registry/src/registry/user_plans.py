@@ -9,6 +9,7 @@ from datetime import datetime
 
 from mailbox_link_contract.events import MailboxOwner
 from registry.adapters.registry_store import RegistryStore, UserPlan
+from registry.chains import latest_of
 
 MAX_ATTEMPTS = 10
 
@@ -18,20 +19,16 @@ async def current_plan(owner: MailboxOwner, store: RegistryStore) -> UserPlan:
     head = await store.get_plan_version(owner, 0)
     if head is None:
         return UserPlan()
-    return await _latest_from(owner, store, head if head.latest == 0 else None, head.latest)
+    return await _latest_from(owner, store, head.latest, head if head.latest == 0 else None)
 
 
 async def _latest_from(
-    owner: MailboxOwner, store: RegistryStore, current: UserPlan | None, version: int
+    owner: MailboxOwner, store: RegistryStore, version: int, known: UserPlan | None
 ) -> UserPlan:
-    if current is None:
-        current = await store.get_plan_version(owner, version)
-    for _ in range(1000):  # a bound on the chain's length, against a corrupt store
-        following = await store.get_plan_version(owner, version + 1)
-        if following is None and current is not None:
-            return current
-        version, current = version + 1, following
-    raise RuntimeError(f"the plan versions of {owner} have no end")
+    async def plan_version(number: int) -> UserPlan | None:
+        return await store.get_plan_version(owner, number)
+
+    return await latest_of(plan_version, version, known, f"the plan versions of {owner}")
 
 
 async def apply_plan(
@@ -47,5 +44,5 @@ async def apply_plan(
             if version.version > 0:
                 await store.note_latest_plan(owner, version.version)
             return True
-        current = await _latest_from(owner, store, None, version.version)
+        current = await _latest_from(owner, store, version.version, None)
     raise RuntimeError(f"the plan of {owner} kept changing")
