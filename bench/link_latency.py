@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from link_throughput import link_body  # bench/, beside this file
 
 from localinfra.services import ServiceConfig, start_services
 from localinfra.stack import Endpoints, LocalStack
@@ -38,17 +39,7 @@ async def one_link(
 ) -> float:
     """Links one mailbox; returns seconds from the POST to link-api recording it linked (and
     notes when it started, by link id, in `starts`)."""
-    body = {
-        "email": address,
-        "terms_accepted": True,
-        "imap": {
-            "host": infra.tls_hostname,
-            "port": infra.imaps_port,
-            "security": "ssl",
-            "password": password,
-        },
-        "smtp": {"host": infra.tls_hostname, "port": infra.submissions_port, "security": "ssl"},
-    }
+    body = link_body(infra, address, password)
     user = f"bench-{secrets.token_hex(4)}"
     started = time.time()
     accepted = (await api.post(f"/v1/accounts/bench/users/{user}/links", json=body)).json()

@@ -214,6 +214,7 @@ class Window:
 
 
 def link_body(infra: Endpoints, address: str, password: str) -> dict[str, Any]:
+    """A POST /links body for a mailbox of the stack's Dovecot, over implicit TLS."""
     return {
         "email": address,
         "terms_accepted": True,
