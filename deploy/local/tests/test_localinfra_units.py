@@ -75,7 +75,7 @@ def test_wait_for_banner_times_out_on_closed_port() -> None:
 
 
 def test_users_file_format_and_mtime(tmp_path: Path) -> None:
-    users = MailUsers(tmp_path / "users")
+    users = MailUsers(tmp_path / "users", tmp_path / "mail")
     users.add("a@example.org", "one")
     first = (tmp_path / "users").stat().st_mtime
     users.add("a@example.org", "two")  # same size, same second: mtime must still move
@@ -84,6 +84,13 @@ def test_users_file_format_and_mtime(tmp_path: Path) -> None:
     assert (tmp_path / "users").stat().st_mode & 0o777 == 0o644
     with pytest.raises(ValueError, match="without"):
         users.add("bad:name", "x")
+    # A hosting-style login: the address's mail lands in the home the login reads.
+    users.add("u1234", "pw", address="b@hosted.test")
+    homes = (tmp_path / "users.userdb").read_text().splitlines()
+    b_home = f"{tmp_path / 'mail'}/hosted.test/b"
+    assert [
+        line.split(":")[5] for line in homes if line.split(":")[0] in {"u1234", "b@hosted.test"}
+    ] == [b_home, b_home]
 
 
 def test_stop_without_start_is_a_no_op() -> None:

@@ -29,7 +29,13 @@ from localinfra.ports import free_port, wait_for_banner
 from localinfra.procs import ManagedProcess, ServerFailedError
 from localinfra.sink import SmtpSink
 
-APT_PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-pop3d", "dovecot-submissiond")
+APT_PACKAGES = (
+    "dovecot-core",
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "dovecot-submissiond",
+    "dovecot-lmtpd",
+)
 
 
 class DovecotKind(enum.StrEnum):
@@ -39,6 +45,7 @@ class DovecotKind(enum.StrEnum):
     POP3ONLY = "pop3only"
     UNTRUSTED = "untrusted"
     OAUTH = "oauth"  # IMAPS + submissions, logins by XOAUTH2/OAUTHBEARER only
+    ATTACKER = "attacker"  # IMAPS + submissions, its own users and mail root
 
 
 def dovecot_binary() -> str | None:
@@ -67,35 +74,62 @@ class MailUsers:
     over: the next login then sees the new user. Users added before start cost nothing.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mail_root: Path) -> None:
         self.path = path
+        # The userdb: login names and delivery addresses, each with its maildir home.
+        self.userdb_path = path.with_suffix(".userdb")
+        self.mail_root = mail_root
         self.live = False
         self._lock = threading.Lock()
         self._users: dict[str, str] = {}
+        self._homes: dict[str, str] = {}
         self._last_mtime = 0
         self._write()
 
-    def add(self, username: str, password: str) -> None:
-        """Add or replace a user (``{PLAIN}`` password: these are test accounts)."""
+    def add(self, username: str, password: str, address: str | None = None) -> None:
+        """Add or replace a user (``{PLAIN}`` password: these are test accounts).
+
+        ``address``: the mailbox's address when it differs from the login (hosting-provider
+        style): LMTP mail to ``address`` lands in the INBOX that ``username`` reads.
+        """
         check_credentials(username, password)
+        if address is not None:
+            check_credentials(address, password)
         with self._lock:
             self._users[username] = password
+            home = self._home(address or username)
+            self._homes[username] = home
+            if address is not None:
+                self._homes[address] = home
             self._write()
             if self.live:
                 time.sleep(math.floor(time.time()) + 1.02 - time.time())
 
+    def _home(self, address: str) -> str:
+        # As the former static userdb's home=<root>/%d/%n.
+        local, _, domain = address.rpartition("@") if "@" in address else (address, "", "")
+        return f"{self.mail_root}/{domain}/{local}"
+
     def _write(self) -> None:
+        run_as = _run_as()
+        homes = "".join(
+            f"{name}::{run_as.uid}:{run_as.gid}::{home}::\n" for name, home in self._homes.items()
+        )
+        self._replace(self.userdb_path, homes)
         # Write-and-rename: Dovecot never reads a half-written file. 0644 because the auth
         # process reads it as user "dovecot".
         text = "".join(f"{user}:{{PLAIN}}{pw}::::::\n" for user, pw in self._users.items())
-        staging = self.path.with_suffix(".tmp")
+        self._replace(self.path, text)
+
+    def _replace(self, path: Path, text: str) -> None:
+        staging = path.with_suffix(".tmp")
         staging.write_text(text)
         staging.chmod(0o644)
         # Whole-second mtimes that always increase, so a same-size rewrite within one
         # second is still seen as a change.
         self._last_mtime = max(math.ceil(time.time()), self._last_mtime + 1)
         os.utime(staging, (self._last_mtime, self._last_mtime))
-        staging.replace(self.path)
+        staging.replace(path)
 
 
 @dataclass
@@ -108,6 +142,7 @@ class DovecotPorts:
     submissions: int = 0
     pop3: int = 0
     pop3s: int = 0
+    lmtp: int = 0  # the MAIL instance's LMTP (delivery into the maildirs IMAP reads)
 
 
 @dataclass(frozen=True)
@@ -142,6 +177,7 @@ class DovecotServer:
         relay_port: int = 0,
         introspection_url: str = "",
     ) -> None:
+        self.userdb_file = users_file.with_suffix(".userdb")
         self.kind = kind
         self.workdir = workdir
         self.tls = tls
@@ -198,6 +234,7 @@ class DovecotServer:
             (self.ports.imap, b"* OK", None),
             (self.ports.submission, b"220", None),
             (self.ports.pop3, b"+OK", None),
+            (self.ports.lmtp, b"220", None),
             # The untrusted kind has only implicit-TLS ports: greet through TLS, unverified.
             (0 if self.ports.imap else self.ports.imaps, b"* OK", unverified),
             (0 if self.ports.submission else self.ports.submissions, b"220", unverified),
@@ -257,6 +294,7 @@ class DovecotServer:
                 imaps=free_port(),
                 submission=free_port(),
                 submissions=free_port(),
+                lmtp=free_port(),
             )
         if self.kind is DovecotKind.POP3ONLY:
             return DovecotPorts(pop3=free_port(), pop3s=free_port())
@@ -265,6 +303,8 @@ class DovecotServer:
     def _config(self, instance_dir: Path) -> str:
         run_as = _run_as()
         protocols = "pop3" if self.kind is DovecotKind.POP3ONLY else "imap submission"
+        if self.ports.lmtp:
+            protocols += " lmtp"
         p = self.ports
         if self.kind is DovecotKind.OAUTH:
             mechanisms = "xoauth2 oauthbearer"
@@ -297,6 +337,13 @@ class DovecotServer:
             "passdb {",
             *passdb,
             "}",
+            # Logins and delivery addresses with their homes (MailUsers writes both files).
+            "userdb {",
+            "  driver = passwd-file",
+            f"  args = username_format=%u {self.userdb_file}",
+            "}",
+            # OAuth logins carry the token's username, which no passwd-file lists: as before
+            # the passwd-file userdb, any other name gets a home under the mail root.
             "userdb {",
             "  driver = static",
             f"  args = uid={run_as.uid} gid={run_as.gid} home={self.mail_root}/%d/%n",
@@ -314,6 +361,7 @@ class DovecotServer:
                 [("submission", p.submission, False), ("submissions", p.submissions, True)],
                 run_as,
             ),
+            *_lmtp_service(p.lmtp),
             # Submission relays accepted mail here; without a listener QUIT gets 421.
             "submission_relay_host = 127.0.0.1",
             f"submission_relay_port = {self.relay_port or 25}",
@@ -343,6 +391,19 @@ def _service(name: str, listeners: list[tuple[str, int, bool]], run_as: _RunAs) 
     return lines
 
 
+def _lmtp_service(port: int) -> list[str]:
+    if not port:
+        return []
+    return [
+        "service lmtp {",
+        "  inet_listener lmtp {",
+        "    address = 127.0.0.1",
+        f"    port = {port}",
+        "  }",
+        "}",
+    ]
+
+
 class MailServers:
     """The SMTP sink and the three Dovecot kinds, started together by one ``start`` call."""
 
@@ -353,21 +414,25 @@ class MailServers:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)
         _check_traversable(workdir)
-        self.users = MailUsers(workdir / "users.passwd")
         self.mail_root = workdir / "mail"
-        self.mail_root.mkdir(exist_ok=True)
+        self.users = MailUsers(workdir / "users.passwd", self.mail_root)
+        # The attacker's Dovecot: its own users and maildirs, none of the main ones.
+        self.attacker_mail_root = workdir / "attacker-mail"
+        self.attacker_users = MailUsers(workdir / "attacker.passwd", self.attacker_mail_root)
         run_as = _run_as()
-        if run_as.as_root:
-            # Mail processes run as the unprivileged userdb uid and create maildirs here.
-            os.chown(self.mail_root, run_as.uid, run_as.gid)
+        for root in (self.mail_root, self.attacker_mail_root):
+            root.mkdir(exist_ok=True)
+            if run_as.as_root:
+                # Mail processes run as the unprivileged userdb uid and create maildirs here.
+                os.chown(root, run_as.uid, run_as.gid)
         self.sink = SmtpSink(workdir)
         self.servers = {
             kind: DovecotServer(
                 kind,
                 workdir / f"dovecot-{kind}",
                 untrusted if kind is DovecotKind.UNTRUSTED else trusted,
-                self.users.path,
-                self.mail_root,
+                self.attacker_users.path if kind is DovecotKind.ATTACKER else self.users.path,
+                self.attacker_mail_root if kind is DovecotKind.ATTACKER else self.mail_root,
                 introspection_url=introspection_url,
             )
             for kind in DovecotKind
@@ -386,13 +451,18 @@ class MailServers:
             for server in self.servers.values():
                 server.finish_start(timeout)
             self.users.live = True
+            self.attacker_users.live = True
         except BaseException:
             self.stop()
             raise
 
-    def add_user(self, username: str, password: str) -> None:
-        """Add a mail user to every instance (takes effect immediately)."""
-        self.users.add(username, password)
+    def add_user(self, username: str, password: str, address: str | None = None) -> None:
+        """Add a mail user to every instance but the attacker's (takes effect immediately)."""
+        self.users.add(username, password, address)
+
+    def add_attacker_user(self, username: str, password: str) -> None:
+        """Add a user to the attacker's Dovecot only."""
+        self.attacker_users.add(username, password)
 
     def __getitem__(self, kind: DovecotKind) -> DovecotServer:
         return self.servers[kind]

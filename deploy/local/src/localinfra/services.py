@@ -64,6 +64,9 @@ class ServiceConfig:
     oauth_client_id: str = field(default_factory=lambda: f"mailbox-link-{secrets.token_hex(4)}")
     oauth_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     broker_port: int = 0
+    # The stack's MX-routing relay (Endpoints.relay_port) the imap-verifier mails ownership
+    # proofs through; 0: not set.
+    ownership_relay_port: int = 0
     # Further MBL_* settings, e.g. a short reservation expiry for a test.
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -117,6 +120,9 @@ def start_services(
                 name = module if replica == 1 else f"{module}-{replica}"
                 port = ports[module] if replica == 1 else free_port()
                 env = {**base_env, "MBL_HTTP_PORT": str(port)}
+                if module == "imap_verifier" and config.ownership_relay_port:
+                    env["MBL_OWNERSHIP_RELAY_HOST"] = "127.0.0.1"
+                    env["MBL_OWNERSHIP_RELAY_PORT"] = str(config.ownership_relay_port)
                 logs[name] = workdir / f"{name}.log"
                 process = ManagedProcess(name, [sys.executable, "-m", module], logs[name], env=env)
                 process.start()

@@ -33,6 +33,7 @@ from localinfra.mongo import MongoServer, mongo_backend
 from localinfra.oauth_server import LocalOAuthServer
 from localinfra.ports import free_port
 from localinfra.procs import install_sigterm_cleanup
+from localinfra.relay import SmtpRelay
 from localinfra.token_introspection import TokenIntrospection
 
 
@@ -66,6 +67,13 @@ class Endpoints:
     # The local OAuth server (LocalOAuthServer): Google, Microsoft, Yahoo and AOL under
     # /google, /microsoft, ... over HTTPS with the trusted certificate (trust ca_file).
     oauth_server_url: str = ""
+    # The MX-routing relay (no auth): mail for the test domains goes over LMTP to the trusted
+    # Dovecot (lmtp_port); other domains get 550. The attacker's Dovecot has its own users
+    # (LocalStack.add_attacker_user) and receives no mail.
+    relay_port: int = 0
+    lmtp_port: int = 0
+    attacker_imaps_port: int = 0
+    attacker_submissions_port: int = 0
 
     def to_json(self) -> str:
         """Serialise (e.g. to a state file for other processes)."""
@@ -82,16 +90,21 @@ class Endpoints:
 DISCOVERABLE_DOMAIN = "discover.test"
 NO_MAIL_DOMAIN = "nomail.test"
 OWN_MX_DOMAIN = "ownmx.test"  # an MX of its own and nothing that tells its IMAP settings
+HOSTED_DOMAIN = "hosted.test"  # hosting-provider style: logins differ from addresses
+# Domains whose MX the relay maps to the trusted Dovecot's LMTP.
+RELAYED_DOMAINS = ("example.org", HOSTED_DOMAIN, DISCOVERABLE_DOMAIN, OWN_MX_DOMAIN)
 
 
 def _test_zone(imaps_port: int, submissions_port: int) -> DnsRecords:
     domain = DISCOVERABLE_DOMAIN
     return DnsRecords(
         zones=["test"],
-        mx=[(domain, f"mx.{domain}", 10), (OWN_MX_DOMAIN, f"mx.{OWN_MX_DOMAIN}", 10)],
+        mx=[(relayed, f"mx.{relayed}", 10) for relayed in RELAYED_DOMAINS],
         srv=[
             (f"_imaps._tcp.{domain}", "localhost", imaps_port, 0),
             (f"_submissions._tcp.{domain}", "localhost", submissions_port, 0),
+            ("_imaps._tcp.example.org", "localhost", imaps_port, 0),
+            ("_submissions._tcp.example.org", "localhost", submissions_port, 0),
         ],
         a=[(NO_MAIL_DOMAIN, "192.0.2.25")],
     )
@@ -119,7 +132,8 @@ class LocalStack:
         self._mail: MailServers | None = None
         self._introspection: TokenIntrospection | None = None
         self._oauth_server: LocalOAuthServer | None = None
-        self._mail_users: dict[str, str] = {}
+        self._mail_users: dict[str, tuple[str, str | None]] = {}
+        self._attacker_users: dict[str, str] = {}
         self._endpoints: Endpoints | None = None
         self._workdir: Path | None = None
         self._own_workdir = False
@@ -186,8 +200,10 @@ class LocalStack:
         self._oauth_server = oauth_server
         self._stoppers.append(oauth_server.stop)
         mail = MailServers(root / "mail", trusted, untrusted, introspection.url)
-        for username, password in self._mail_users.items():
-            mail.add_user(username, password)  # before start: no reload wait
+        for username, (password, address) in self._mail_users.items():
+            mail.add_user(username, password, address)  # before start: no reload wait
+        for username, password in self._attacker_users.items():
+            mail.add_attacker_user(username, password)
         self._mail = mail
         self._stoppers.append(mail.stop)
         tasks: dict[str, Callable[[], str]] = {"mail": lambda: _call(mail.start)}
@@ -215,6 +231,11 @@ class LocalStack:
         dns = DnsServer(root / "dns", zone, forward=self.dns_forwarding)
         self._stoppers.append(dns.stop)
         dns_port = dns.start()
+        transport = {f"mx.{d}": ("127.0.0.1", mail_ports.lmtp) for d in RELAYED_DOMAINS}
+        relay = SmtpRelay(root / "relay", ("127.0.0.1", dns_port), transport)
+        self._stoppers.append(relay.stop)
+        relay.start()
+        attacker_ports = mail[DovecotKind.ATTACKER].ports
         pop3_ports = mail[DovecotKind.POP3ONLY].ports
         untrusted_ports = mail[DovecotKind.UNTRUSTED].ports
         oauth_ports = mail[DovecotKind.OAUTH].ports
@@ -237,6 +258,10 @@ class LocalStack:
             workdir=str(root),
             dns_server=f"127.0.0.1:{dns_port}",
             oauth_server_url=oauth_server.base_url,
+            relay_port=relay.port,
+            lmtp_port=mail_ports.lmtp,
+            attacker_imaps_port=attacker_ports.imaps,
+            attacker_submissions_port=attacker_ports.submissions,
         )
 
     def grant_oauth_token(self, token: str, username: str) -> None:
@@ -250,17 +275,28 @@ class LocalStack:
         if self._introspection is not None:
             self._introspection.revoke(token)
 
-    def add_mail_user(self, username: str, password: str) -> None:
-        """Create (or re-password) a mail user on every Dovecot instance.
+    def add_mail_user(self, username: str, password: str, address: str | None = None) -> None:
+        """Create (or re-password) a mail user on every Dovecot instance but the attacker's.
 
-        Before ``start`` this is free; on a running stack it takes up to 1 s (Dovecot
-        re-reads its users file at most once per second). Users survive a restart.
+        ``address``: the mailbox's address when the login differs (hosting-provider style,
+        e.g. login ``hostuser7`` for ``frank@hosted.test``): mail the relay delivers to
+        ``address`` lands in the INBOX that ``username`` reads. By default the login is the
+        address. Before ``start`` this is free; on a running stack it takes up to 1 s
+        (Dovecot re-reads its users file at most once per second). Users survive a restart.
         """
         check_credentials(username, password)
         with self._lock:
-            self._mail_users[username] = password
+            self._mail_users[username] = (password, address)
             if self._mail is not None:
-                self._mail.add_user(username, password)
+                self._mail.add_user(username, password, address)
+
+    def add_attacker_user(self, username: str, password: str) -> None:
+        """Create a user on the attacker's Dovecot only (its own users file and maildirs)."""
+        check_credentials(username, password)
+        with self._lock:
+            self._attacker_users[username] = password
+            if self._mail is not None:
+                self._mail.add_attacker_user(username, password)
 
     def stop(self) -> None:
         """Stop every server (in parallel) and remove an own temp workdir. Idempotent."""

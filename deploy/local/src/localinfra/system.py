@@ -43,6 +43,7 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
             oauth_mail_host=endpoints.tls_hostname,
             oauth_imaps_port=endpoints.oauth_imaps_port,
             oauth_submissions_port=endpoints.oauth_submissions_port,
+            ownership_relay_port=endpoints.relay_port,
         )
         services = start_services(config, state_dir / "logs")
         try:
