@@ -38,6 +38,7 @@ class FailureCode(StrEnum):
     SESSION_EXPIRED = "session_expired"
     RECONNECT_REQUIRED = "reconnect_required"
     INTERNAL_ERROR = "internal_error"
+    OWNERSHIP_UNPROVEN = "ownership_unproven"
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,14 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.LINK_IN_PROGRESS: FailureText(
         "You are already linking this mailbox.",
         "Wait for that link to finish (see its status), then try again if it failed.",
+    ),
+    FailureCode.OWNERSHIP_UNPROVEN: FailureText(
+        "We sent a message with a one-time code to this address, and it did not arrive in "
+        "the INBOX of the account you entered, so these servers do not prove you own the "
+        "address.",
+        "Enter the IMAP/SMTP servers and login of the account that receives this address's "
+        "mail (usually shown in your mail host's settings), check that the address's mail "
+        "reaches that INBOX, and try again.",
     ),
     FailureCode.RESERVATION_EXPIRED: FailureText(
         "Checking this mailbox took too long, so the link was cancelled.",

@@ -3,6 +3,7 @@
 from mailbox_link_contract.events.envelope import Envelope, utc_now
 from mailbox_link_contract.events.link import (
     AuthMethod,
+    Authority,
     AuthorizationRequired,
     AuthorizationRequiredData,
     Failure,
@@ -32,6 +33,7 @@ from mailbox_link_contract.events.link import (
 
 __all__ = [
     "AuthMethod",
+    "Authority",
     "AuthorizationRequired",
     "AuthorizationRequiredData",
     "Envelope",

@@ -29,6 +29,16 @@ class AuthMethod(StrEnum):
     OAUTH = "oauth"
 
 
+class Authority(StrEnum):
+    """Why the servers that verify a link speak for its address (since 1.3.0). New values may
+    be added: treat one you do not know as the weakest, ``ownership_proof``."""
+
+    PROVIDER = "provider"  # the address's known provider: its own servers or its sign-in
+    PUBLISHED_SETTINGS = "published_settings"  # the domain publishes them (autoconfig, SRV)
+    SAME_DOMAIN = "same_domain"  # same registrable domain as the address or its MX hosts
+    OWNERSHIP_PROOF = "ownership_proof"  # none of those: a mail sent to the address must arrive
+
+
 # Link ids key documents and name document fields in the registry: letters, digits, - and _.
 LinkId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -72,6 +82,12 @@ class LinkRequestedData(_Data):
         "the granted tokens {access_token, refresh_token, expires_at, scope}.",
     )
     requested_at: datetime = Field(default_factory=utc_now)
+    authority: Authority | None = Field(
+        default=None,
+        description="Since 1.3.0: the rule that makes these servers speak for the address. "
+        "ownership_proof: the verifier must find a one-time message sent to the address in "
+        "the typed INBOX before the link counts as verified. Absent in older events.",
+    )
 
     @model_validator(mode="after")
     def _password_links_carry_credentials(self) -> "LinkRequestedData":
