@@ -29,6 +29,7 @@ class ApiErrorCode(StrEnum):
     OAUTH_NOT_SUPPORTED = "oauth_not_supported"
     OAUTH_REQUIRED = "oauth_required"
     SETTINGS_REQUIRED = "settings_required"
+    PROVIDER_SERVERS_REQUIRED = "provider_servers_required"
 
 
 @dataclass(frozen=True)
@@ -78,5 +79,10 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
     ),
     ApiErrorCode.SETTINGS_REQUIRED: ApiErrorText(
         422, "The address's servers could not be found; give the IMAP/SMTP settings."
+    ),
+    ApiErrorCode.PROVIDER_SERVERS_REQUIRED: ApiErrorText(
+        422,
+        "The address is hosted by a known provider (Google, Microsoft, Yahoo, AOL, iCloud): "
+        "link it by the provider's sign-in or with the provider's own servers.",
     ),
 }

@@ -8,11 +8,20 @@ from datetime import timedelta
 
 from link_api.adapters.link_store import IdempotencyRecord, LinkStore
 from link_api.config import SERVICE_NAME
+from link_api.domain.authority import DomainFacts, authority_for, facts_from, facts_from_tables
 from link_api.domain.link_request import CannotLink, LinkPlan, LinkRequest, auth_for
 from link_api.domain.link_status import TERMINAL, LinkProgress, LinkStatus, LinkView
-from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, Provider
+from link_api.domain.providers import (
+    PROVIDERS,
+    AuthMethod,
+    Detection,
+    MailSettings,
+    Provider,
+    Server,
+)
 from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import (
+    Authority,
     AuthorizationRequired,
     LinkRejected,
     LinkRequested,
@@ -23,6 +32,7 @@ from mailbox_link_contract.events import (
     MailboxReconnectRequired,
     MailboxUnlinked,
     MailboxVerified,
+    ServerSettings,
     VerificationFailed,
     utc_now,
 )
@@ -212,9 +222,10 @@ async def plan_link(
 
     An explicit provider wins over detection. Without a password, a provider with a sign-in
     (Google, Microsoft, Yahoo, AOL) links by OAuth; with one, by password, except at Microsoft.
-    Whatever cannot be linked as asked is refused with the field to fix.
+    Whatever cannot be linked as asked is refused with the field to fix, and so is a provider
+    asked for an address another known provider hosts.
     """
-    provider, found = await _provider_and_settings(address, provider, detector)
+    provider, found, facts = await _provider_and_settings(address, provider, detector)
     info = PROVIDERS.get(provider)
     auth = auth_for(info, asked, has_password)
     # An OAuth link logs in to the provider's own servers, whatever detection found.
@@ -230,7 +241,36 @@ async def plan_link(
             ApiErrorCode.INVALID_REQUEST, "A password is needed to link this mailbox.",
             "password", f"give the mailbox's password or app password{where}",
         )  # fmt: skip
-    return LinkPlan(provider, auth, settings)
+    imap, smtp = _with_login(settings.imap, address), _with_login(settings.smtp, address)
+    # The only way to other servers than the detected provider's is an explicit provider.
+    authority = authority_for(address, imap, smtp, auth, facts, ("provider", "provider"))
+    return LinkPlan(provider, auth, settings, authority)
+
+
+async def typed_servers_authority(request: LinkRequest, detector: DetectsProviders) -> Authority:
+    """Returns why a password link's typed servers speak for its address, from what detection
+    finds (cached per domain, every lookup bounded); refuses servers that are not the known
+    provider's own, and passwords at a provider that takes none (Microsoft)."""
+    facts = facts_from(await detector.detect(request.address))
+    authority = authority_for(request.address, request.imap, request.smtp, request.auth, facts)
+    info = PROVIDERS[facts.provider] if facts.provider is not None else None
+    if info is not None and AuthMethod.PASSWORD not in info.auth_methods:
+        raise CannotLink(
+            ApiErrorCode.OAUTH_REQUIRED,
+            f"{info.name} mailboxes link only by signing in; passwords are not accepted.",
+            "imap.password",
+            f"omit imap, smtp and the password to sign in with {info.name}",
+        )
+    return authority
+
+
+def _with_login(server: Server, address: str) -> ServerSettings:
+    return ServerSettings(
+        host=server.host,
+        port=server.port,
+        security=server.security,
+        username=server.username_for(address),
+    )
 
 
 async def settings_for(
@@ -244,11 +284,13 @@ async def settings_for(
 
 async def _provider_and_settings(
     address: str, provider: Provider | None, detector: DetectsProviders
-) -> tuple[Provider, MailSettings | None]:
-    """Returns who hosts the mailbox and its servers if known; asks detection only if needed."""
+) -> tuple[Provider, MailSettings | None, DomainFacts]:
+    """Returns who hosts the mailbox, its servers if known, and the facts its link's authority
+    is decided on; asks detection only if needed (an explicit provider's domain is checked
+    against the consumer-domain table only)."""
     settings = PROVIDERS[provider].settings if provider in PROVIDERS else None
     if provider is not None and settings is not None:
-        return provider, settings
+        return provider, settings, facts_from_tables(address.rpartition("@")[2])
     detection = await detector.detect(address)
     if detection.reason == "no_mail_server":
         raise CannotLink(
@@ -256,7 +298,8 @@ async def _provider_and_settings(
             "email", "check the address for typos",
         )  # fmt: skip
     provider = provider or detection.provider
-    return provider, detection.settings if detection.provider is provider else None
+    settings = detection.settings if detection.provider is provider else None
+    return provider, settings, facts_from(detection)
 
 
 async def detect_provider(address: str, detector: DetectsProviders) -> Detection:
@@ -277,6 +320,7 @@ def _link_requested(link_id: str, request: LinkRequest, box: SecretBox) -> LinkR
         imap=request.imap,
         smtp=request.smtp,
         credentials=sealed,
+        authority=request.authority,
     )
     return LinkRequested(correlation_id=link_id, producer=SERVICE_NAME, data=data)
 

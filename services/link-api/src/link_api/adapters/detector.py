@@ -49,6 +49,17 @@ SRV_SERVICES = (
 )
 
 
+@dataclass(frozen=True)
+class _Published:
+    """Settings the domain publishes itself, where they were found, for how long, and every
+    IMAP server it names."""
+
+    settings: MailSettings
+    evidence: Evidence
+    ttl: int
+    imap: tuple[Server, ...]
+
+
 @dataclass
 class Detector:
     """Detects providers, remembering answers per domain until their TTL ends."""
@@ -103,24 +114,28 @@ class Detector:
                      f"{mx.records[0]} (not a known host)"),
             *(Evidence("spf", f"includes {p.value} (a hint only: MX decides)") for p in hints),
         )  # fmt: skip
+        mx_hosts = tuple(mx.records)  # kept: a link's authority compares servers with them
         if pattern is not None and pattern.provider is not Provider.IMAP:
             settings = PROVIDERS[pattern.provider].settings
-            return _decided(domain, pattern.provider, pattern.name, evidence, settings), ttl
+            decided = _decided(domain, pattern.provider, pattern.name, evidence, settings)
+            return replace(decided, mx_hosts=mx_hosts), ttl
         try:
             discovered = await self._discover(domain, address)
         except LookupFailed:
             discovered, ttl = None, FAILURE_TTL  # answer with what is left; ask again soon
         if discovered is not None:
-            settings, found, found_ttl = discovered
-            return _decided(domain, Provider.IMAP, "IMAP", (found, *evidence), settings), min(
-                ttl, found_ttl
+            decided = _decided(
+                domain, Provider.IMAP, "IMAP", (discovered.evidence, *evidence), discovered.settings
             )
+            published = replace(decided, mx_hosts=mx_hosts, published_imap=discovered.imap)
+            return published, min(ttl, discovered.ttl)
         if pattern is not None:  # a hosting provider whose IMAP settings we know
-            return _decided(domain, Provider.IMAP, pattern.name, evidence, pattern.settings), ttl
+            decided = _decided(domain, Provider.IMAP, pattern.name, evidence, pattern.settings)
+            return replace(decided, mx_hosts=mx_hosts), ttl
         # Nothing decided: offer the picker, SPF-hinted providers first, then custom IMAP
         # (the domain has a mail server of its own).
         picker = tuple(dict.fromkeys([*hints, Provider.IMAP, *PROVIDERS]))
-        return _unknown(domain, None, evidence, picker), ttl
+        return replace(_unknown(domain, None, evidence, picker), mx_hosts=mx_hosts), ttl
 
     async def _txt_or_nothing(self, domain: str) -> Answer[list[str]]:
         # TXT only gives SPF hints: its failure must not spoil a clear MX answer.
@@ -129,15 +144,14 @@ class Detector:
         except (LookupFailed, NoSuchDomain):
             return Answer([], MAX_TTL)
 
-    async def _discover(
-        self, domain: str, address: str
-    ) -> tuple[MailSettings, Evidence, int] | None:
+    async def _discover(self, domain: str, address: str) -> _Published | None:
         autoconfig = await self.autoconfig.fetch(domain, address)
         if autoconfig is not None:
-            return autoconfig.settings, Evidence("autoconfig", autoconfig.source), TABLE_TTL
+            found = Evidence("autoconfig", autoconfig.source)
+            return _Published(autoconfig.settings, found, TABLE_TTL, (autoconfig.settings.imap,))
         return await self._from_srv(domain)
 
-    async def _from_srv(self, domain: str) -> tuple[MailSettings, Evidence, int] | None:
+    async def _from_srv(self, domain: str) -> _Published | None:
         names = [f"{service}.{domain}" for service, _, _ in SRV_SERVICES]
         results = await asyncio.gather(*(self.dns.srv(n) for n in names), return_exceptions=True)
         # A failed question counts as no answer; the result is then kept only briefly.
@@ -154,7 +168,15 @@ class Detector:
             return None
         (imap, imap_name), (smtp, smtp_name) = found["imap"], found["smtp"]
         ttl = _clamp(min(a.ttl for a in answers if a.records))
-        return MailSettings(imap, smtp), Evidence("srv", f"{imap_name}, {smtp_name}"), ttl
+        # Every IMAP target the domain lists counts as published, not only the preferred one.
+        published = tuple(
+            Server(target.host, target.port, security)
+            for (_, security, kind), answer in zip(SRV_SERVICES, answers, strict=True)
+            if kind == "imap"
+            for target in answer.records
+        )
+        evidence = Evidence("srv", f"{imap_name}, {smtp_name}")
+        return _Published(MailSettings(imap, smtp), evidence, ttl, published)
 
 
 def _from_tables(domain: str) -> Detection | None:

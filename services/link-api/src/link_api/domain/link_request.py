@@ -11,7 +11,7 @@ from link_api.domain.providers import (
     Provider,
     ProviderInfo,
 )
-from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.events import Authority, MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.credentials import MailboxCredentials
 
@@ -31,6 +31,9 @@ class LinkRequest:
     smtp: ServerSettings
     credentials: MailboxCredentials | None
     auth: AuthMethod = AuthMethod.PASSWORD
+    # Why the servers speak for the address (domain/authority.py). The default is the weakest
+    # on purpose: a request whose authority was never decided must prove ownership.
+    authority: Authority = Authority.OWNERSHIP_PROOF
 
     def __post_init__(self) -> None:
         # The event contract refuses the other combinations; fail here, before anything is stored.
@@ -64,11 +67,13 @@ class CannotLink(Exception):
 
 @dataclass(frozen=True)
 class LinkPlan:
-    """How a mailbox given without servers links: who hosts it, how we log in, its servers."""
+    """How a mailbox given without servers links: who hosts it, how we log in, its servers,
+    and why those servers speak for the address."""
 
     provider: Provider
     auth: AuthMethod
     settings: MailSettings
+    authority: Authority = Authority.OWNERSHIP_PROOF
 
     @property
     def provider_type(self) -> ProviderType:

@@ -134,6 +134,28 @@ PROVIDERS: dict[Provider, ProviderInfo] = {
     ),
 }
 
+# The providers that speak for their addresses themselves, and the hosts of their own servers.
+# An address they host (by its domain or its MX) links only to these hosts or by the
+# provider's sign-in: a typed server elsewhere could be anyone's. Each set holds the table's
+# IMAP and SMTP hosts above plus the other names the provider documents for them; compared
+# case-insensitively without a trailing dot (see domain/authority.py).
+PROVIDER_HOSTS: dict[Provider, frozenset[str]] = {
+    Provider.GOOGLE: frozenset({"imap.gmail.com", "smtp.gmail.com"}),
+    # Microsoft 365 and Outlook.com; Outlook.com also documents smtp-mail.outlook.com and the
+    # older imap-mail.outlook.com.
+    Provider.MICROSOFT: frozenset(
+        {
+            "outlook.office365.com",
+            "smtp.office365.com",
+            "smtp-mail.outlook.com",
+            "imap-mail.outlook.com",
+        }
+    ),
+    Provider.YAHOO: frozenset({"imap.mail.yahoo.com", "smtp.mail.yahoo.com"}),
+    Provider.AOL: frozenset({"imap.aol.com", "smtp.aol.com"}),
+    Provider.ICLOUD: frozenset({"imap.mail.me.com", "smtp.mail.me.com"}),
+}
+
 # Who verifies an OAuth link: the OAuth broker signs the user in at this provider.
 OAUTH_PROVIDER_TYPES: dict[Provider, ProviderType] = {
     Provider.GOOGLE: ProviderType.GOOGLE,
@@ -331,6 +353,11 @@ class Detection:
     provider_name: str = ""
     reason: str | None = None  # no_mail_server or lookup_failed when nothing could be told
     alternatives: tuple[Provider, ...] = field(default=())
+    # Facts kept for deciding a link's authority (domain/authority.py): the MX hosts, most
+    # preferred first (empty when MX was not asked), and the IMAP servers the domain itself
+    # publishes in its autoconfig document or its SRV records (empty when it publishes none).
+    mx_hosts: tuple[str, ...] = ()
+    published_imap: tuple[Server, ...] = ()
 
     @property
     def auth_methods(self) -> tuple[AuthMethod, ...]:

@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Path, Request, Response, status
@@ -125,13 +126,16 @@ def _status_url(request: Request, owner: MailboxOwner, link_id: str) -> str:
 async def _link_request(
     body: LinkRequestIn, owner: MailboxOwner, detector: DetectsProviders
 ) -> LinkRequest:
-    """Typed servers win; otherwise the provider's or the detected ones, with the password or
-    the provider's sign-in."""
-    if body.imap is not None or body.smtp is not None:
-        _check_typed_servers(body)
-        return body.to_domain(owner)
-    has_password = body.password is not None
+    """Typed servers, unless the address's known provider hosts it elsewhere; otherwise the
+    provider's or the detected ones, with the password or the provider's sign-in. Each with
+    the authority that makes its servers speak for the address."""
     try:
+        if body.imap is not None or body.smtp is not None:
+            _check_typed_servers(body)
+            typed = body.to_domain(owner)
+            authority = await handlers.typed_servers_authority(typed, detector)
+            return replace(typed, authority=authority)
+        has_password = body.password is not None
         plan = await handlers.plan_link(
             body.email, body.provider, body.auth, has_password, detector
         )

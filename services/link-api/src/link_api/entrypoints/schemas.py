@@ -127,13 +127,28 @@ class LinkRequestIn(_Strict):
         smtp = _server(plan.settings.smtp, plan.settings.smtp.username_for(self.email))
         if plan.auth is AuthMethod.OAUTH:
             return LinkRequest(
-                owner, self.email, plan.provider_type, imap, smtp, None, AuthMethod.OAUTH
+                owner,
+                self.email,
+                plan.provider_type,
+                imap,
+                smtp,
+                None,
+                AuthMethod.OAUTH,
+                plan.authority,
             )
         if self.password is None:
             raise ValueError("a password link needs the password")
         password = app_password(plan.provider, self.password.get_secret_value())
         credentials = MailboxCredentials(password, password)
-        return LinkRequest(owner, self.email, plan.provider_type, imap, smtp, credentials)
+        return LinkRequest(
+            owner,
+            self.email,
+            plan.provider_type,
+            imap,
+            smtp,
+            credentials,
+            authority=plan.authority,
+        )
 
 
 def app_password(provider: Provider, password: str) -> str:
