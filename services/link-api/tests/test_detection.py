@@ -364,3 +364,53 @@ async def test_other_domains_are_cached_apart(world: World) -> None:
     google = await world.detector.detect("alice@example.com")
     microsoft = await world.detector.detect("alice@contoso.com")
     assert (google.provider, microsoft.provider) == (Provider.GOOGLE, Provider.MICROSOFT)
+
+
+# Facts kept for a link's authority: the MX hosts and the IMAP servers the domain publishes.
+
+
+async def test_srv_detection_keeps_every_published_imap_server_and_the_mx_hosts(
+    world: World,
+) -> None:
+    world.dns.mx_records["example.org"] = ["mx1.example.org", "mx2.mailhost.net"]
+    world.dns.srv_records["_imaps._tcp.example.org"] = _srv("tls.example.org", 993)
+    world.dns.srv_records["_imap._tcp.example.org"] = _srv("plain.example.org", 143)
+    world.dns.srv_records["_submission._tcp.example.org"] = _srv("smtp.example.org", 587)
+    detection = await world.detector.detect("alice@example.org")
+    assert detection.mx_hosts == ("mx1.example.org", "mx2.mailhost.net")
+    assert detection.published_imap == (
+        Server("tls.example.org", 993, SSL),
+        Server("plain.example.org", 143, STARTTLS),
+    )
+
+
+async def test_autoconfig_detection_publishes_its_imap_server(world: World) -> None:
+    world.dns.mx_records["example.org"] = ["mx.example.org"]
+    world.autoconfig.found = Discovered(AUTOCONFIG_SETTINGS, "https://autoconfig.example.org")
+    detection = await world.detector.detect("alice@example.org")
+    assert detection.published_imap == (AUTOCONFIG_SETTINGS.imap,)
+    assert detection.mx_hosts == ("mx.example.org",)
+
+
+async def test_built_in_settings_are_not_published_by_the_domain(world: World) -> None:
+    # A hosting provider's MX pattern and the ISPDB table tell settings; the domain did not.
+    world.dns.mx_records["smallbiz.example"] = ["mx1.emailsrvr.com"]
+    hosted = await world.detector.detect("bob@smallbiz.example")
+    assert hosted.settings is not None
+    assert hosted.published_imap == ()
+    assert hosted.mx_hosts == ("mx1.emailsrvr.com",)
+    gmx = await world.detector.detect("bob@gmx.com")
+    assert gmx.settings is not None
+    assert gmx.published_imap == ()
+    assert gmx.mx_hosts == ()
+
+
+async def test_mx_hosts_are_kept_for_a_provider_by_mx_and_for_an_unknown_domain(
+    world: World,
+) -> None:
+    world.dns.mx_records["acme.example"] = ["aspmx.l.google.com"]
+    world.dns.mx_records["own.example"] = ["mx.own.example"]
+    assert (await world.detector.detect("a@acme.example")).mx_hosts == ("aspmx.l.google.com",)
+    unknown = await world.detector.detect("a@own.example")
+    assert unknown.provider is Provider.UNKNOWN
+    assert unknown.mx_hosts == ("mx.own.example",)

@@ -13,11 +13,13 @@ from pydantic import SecretStr
 
 from link_api import handlers
 from link_api.adapters.detector import Detector
+from link_api.adapters.dns_lookup import SrvTarget
 from link_api.entrypoints.http import build_router
 from link_api.handlers import LinkApiDeps
 from link_api_fakes import FakeAutoconfig, FakeDns, InMemoryLinkStore
 from mailbox_link_contract.events import (
     AuthMethod,
+    Authority,
     AuthorizationRequired,
     AuthorizationRequiredData,
     LinkRequested,
@@ -37,6 +39,7 @@ OWNER = MailboxOwner(account_id="acme", user_id="u1")
 LINKS = "/v1/accounts/acme/users/u1/links"
 WORKSPACE_DOMAIN = "acme-corp.example"  # Google Workspace, known only by its MX
 HOSTED_DOMAIN = "smallbiz.example"  # Rackspace-hosted IMAP, known by its MX
+OWN_DOMAIN = "example.org"  # its own mail server, published in SRV records
 SECRET = "hunter2-never-echoed"
 SIGN_IN_URL = "https://accounts.google.com/o/oauth2/v2/auth?client_id=c&state=s1"
 
@@ -71,7 +74,12 @@ async def api() -> AsyncIterator[Api]:
         mx_records={
             WORKSPACE_DOMAIN: ["aspmx.l.google.com", "alt1.aspmx.l.google.com"],
             HOSTED_DOMAIN: ["mx1.emailsrvr.com"],
-        }
+            OWN_DOMAIN: ["mx.example.org"],
+        },
+        srv_records={
+            f"_imaps._tcp.{OWN_DOMAIN}": [SrvTarget("mail.example.org", 993, 0, 0)],
+            f"_submissions._tcp.{OWN_DOMAIN}": [SrvTarget("mail.example.org", 465, 0, 0)],
+        },
     )
     app = build_http_app(
         title="link-api under test",
@@ -260,3 +268,129 @@ def _linked(link_id: str) -> MailboxLinked:
         provider=ProviderType.GOOGLE,
     )
     return MailboxLinked(correlation_id=link_id, producer="registry", data=data)
+
+
+# Which servers speak for an address: typed servers at a known provider must be its own, and
+# every LinkRequested says why its servers speak for the address.
+
+
+def _typed(
+    address: str,
+    imap_host: str,
+    smtp_host: str,
+    *,
+    imap_port: int = 993,
+    username: str | None = None,
+) -> dict[str, Any]:
+    imap: dict[str, Any] = {
+        "host": imap_host,
+        "port": imap_port,
+        "security": "ssl",
+        "password": SECRET,
+    }
+    if username is not None:
+        imap["username"] = username
+    return {
+        "email": address,
+        "terms_accepted": True,
+        "imap": imap,
+        "smtp": {"host": smtp_host, "port": 465, "security": "ssl"},
+    }
+
+
+GMAIL, GOOGLEMAIL, WORKSPACE = "x@gmail.com", "x@googlemail.com", f"dave@{WORKSPACE_DOMAIN}"
+FOREIGN_SERVERS = [
+    (_typed(GMAIL, "localhost", "localhost"), "imap.host", "Google"),
+    (_typed(GOOGLEMAIL, "imap.evil.example", "smtp.gmail.com"), "imap.host", "Google"),
+    (_typed("X@GMail.com", "IMAP.GMAIL.COM.", "smtp.evil.example"), "smtp.host", "Google"),
+    (_typed("carol@outlook.com", "imap.evil.example", "localhost"), "imap.host", "Microsoft"),
+    (_typed("x@icloud.com", "imap.gmail.com", "smtp.gmail.com"), "imap.host", "iCloud"),
+    (_typed(WORKSPACE, "mail.acme-corp.example", "smtp.gmail.com"), "imap.host", "Google"),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "name"), FOREIGN_SERVERS)
+async def test_typed_servers_that_are_not_the_known_providers_own_are_refused(
+    api: Api, body: dict[str, Any], field: str, name: str
+) -> None:
+    answer = await api.client.post(LINKS, json=body)
+    assert answer.status_code == 422, answer.text
+    refusal = answer.json()
+    assert refusal["error"] == "provider_servers_required"
+    assert f"is hosted by {name}" in refusal["message"]
+    [problem] = refusal["fields"]
+    assert problem["field"] == field
+    # The fix names the way that works: the provider's sign-in, or its own servers.
+    assert f"sign in with {name}" in problem["message"] or "use imap." in problem["message"]
+    assert SECRET not in answer.text
+    assert api.publisher.events == []
+    assert (api.store.links, api.store.in_flight, api.store.keys) == ({}, {}, {})
+
+
+async def test_typed_servers_of_the_known_provider_link_with_the_providers_authority(
+    api: Api,
+) -> None:
+    answer = await api.client.post(
+        LINKS, json=_typed("someone@gmail.com", "Imap.Gmail.com", "smtp.gmail.com")
+    )
+    assert answer.status_code == 202, answer.text
+    [event] = api.requested()
+    assert (event.data.provider, event.data.auth) == (ProviderType.IMAP, AuthMethod.PASSWORD)
+    assert event.data.authority is Authority.PROVIDER
+
+
+async def test_typed_microsoft_servers_with_a_password_say_to_sign_in(api: Api) -> None:
+    body = _typed("carol@outlook.com", "outlook.office365.com", "smtp-mail.outlook.com")
+    answer = await api.client.post(LINKS, json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "oauth_required"
+    assert answer.json()["fields"][0]["field"] == "imap.password"
+    assert api.publisher.events == []
+    assert api.store.links == {}
+
+
+async def test_an_explicit_provider_cannot_send_a_known_providers_address_elsewhere(
+    api: Api,
+) -> None:
+    body = {"email": "x@icloud.com", "provider": "google", "password": SECRET}
+    answer = await api.client.post(LINKS, json={**body, "terms_accepted": True})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "provider_servers_required"
+    assert answer.json()["fields"][0]["field"] == "provider"
+    assert api.publisher.events == []
+    assert api.store.links == {}
+
+
+AUTHORITIES = [
+    # Sign-in, the provider's own servers by detection, by MX, or typed.
+    ({"email": "alice@gmail.com"}, Authority.PROVIDER),
+    ({"email": "alice@gmail.com", "password": "abcd efgh ijkl mnop"}, Authority.PROVIDER),
+    ({"email": f"dave@{WORKSPACE_DOMAIN}"}, Authority.PROVIDER),
+    ({"email": "x@icloud.com", "password": SECRET}, Authority.PROVIDER),
+    # The domain's SRV records: detected, or typed as published.
+    ({"email": f"erin@{OWN_DOMAIN}", "password": SECRET}, Authority.PUBLISHED_SETTINGS),
+    (_typed(f"erin@{OWN_DOMAIN}", "mail.example.org", "mail.example.org"),
+     Authority.PUBLISHED_SETTINGS),
+    # Another host or port of the address's domain, or of its MX hosts' domain.
+    (_typed(f"erin@{OWN_DOMAIN}", "imap.example.org", "smtp.example.org"), Authority.SAME_DOMAIN),
+    (_typed(f"erin@{OWN_DOMAIN}", "mail.example.org", "x", imap_port=143), Authority.SAME_DOMAIN),
+    ({"email": f"bob@{HOSTED_DOMAIN}", "password": SECRET}, Authority.SAME_DOMAIN),
+    # Anything else links only once a message sent to the address arrives.
+    (_typed(f"erin@{OWN_DOMAIN}", "localhost", "localhost"), Authority.OWNERSHIP_PROOF),
+    (_typed(f"erin@{OWN_DOMAIN}", "imap.elsewhere.net", "smtp.elsewhere.net"),
+     Authority.OWNERSHIP_PROOF),
+    (_typed(f"erin@{OWN_DOMAIN}", "mail.example.org", "mail.example.org", username="erin"),
+     Authority.OWNERSHIP_PROOF),
+    (_typed("nobody@no-dns.example", "imap.no-dns.example", "smtp.no-dns.example"),
+     Authority.OWNERSHIP_PROOF),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "authority"), AUTHORITIES)
+async def test_every_link_request_says_why_its_servers_speak_for_the_address(
+    api: Api, body: dict[str, Any], authority: Authority
+) -> None:
+    answer = await api.client.post(LINKS, json={**body, "terms_accepted": True})
+    assert answer.status_code == 202, answer.text
+    [event] = api.requested()
+    assert event.data.authority is authority
