@@ -18,7 +18,7 @@ from oauth_broker.config import SERVICE_NAME, MailServerIn, ProviderSettings, Se
 from oauth_broker.domain.providers import DEFAULT_ENDPOINTS, ProviderEndpoints
 from oauth_broker.entrypoints.events import register_subscribers
 from oauth_broker.entrypoints.housekeeping import make_housekeeper
-from oauth_broker.entrypoints.http import build_public_router
+from oauth_broker.entrypoints.http import build_public_router, build_service_router
 from oauth_broker.handlers import BrokerDeps, MailServers, OAuthProviderClient
 
 # The endpoint settings an operator may override: ProviderEndpoints' fields that
@@ -46,6 +46,8 @@ def build_app(settings: Settings) -> FastAPI:
         session_lifetime=settings.session_lifetime,
         refresh_margin=settings.refresh_margin,
         mail_servers=_mail_servers(settings),
+        start_url=settings.start_url,
+        confirm_lifetime=settings.confirm_lifetime,
     )
     register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
@@ -59,9 +61,11 @@ def build_app(settings: Settings) -> FastAPI:
 
     return build_http_app(
         title="mailbox-link oauth-broker",
-        router=None,
-        service_keys={},
-        public_router=build_public_router(deps, settings.oauth_return_url),
+        router=build_service_router(deps),
+        service_keys=settings.service_keys,
+        public_router=build_public_router(
+            deps, settings.oauth_return_url, secure_cookie=settings.secure_cookie
+        ),
         on_start=[
             load_providers,
             store.create_indexes,
