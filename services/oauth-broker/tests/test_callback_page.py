@@ -18,13 +18,19 @@ from broker_fakes import (
     reserved,
     start_token,
 )
-from mailbox_link_contract.events import AuthorizationRequired, MailboxOwner, ProviderType
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_contract.events import (
+    AuthorizationRequired,
+    MailboxOwner,
+    MailboxVerified,
+    ProviderType,
+)
+from mailbox_link_shared.http import build_http_app, require_scope
 from mailbox_link_shared.publishing import RecordingPublisher
 from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp
+from oauth_broker.config import CONFIRM_SCOPE
 from oauth_broker.domain.providers import GOOGLE
-from oauth_broker.entrypoints.http import build_public_router
+from oauth_broker.entrypoints.http import build_public_router, build_service_router
 from oauth_broker.handlers import BrokerDeps
 
 APP = OAuthApp(ProviderType.GOOGLE, "client", SecretStr("secret"), "https://cb.test/", GOOGLE)
@@ -151,6 +157,49 @@ async def test_a_verified_sign_in_returns_a_code_the_product_confirms(deps: Brok
         assert answer.status_code == 303
         query = parse_qs(urlsplit(answer.headers["location"]).query)
         assert query["result"] == ["verified"]
-        assert await handlers.confirm_sign_in(
+        assert None is await handlers.confirm_sign_in(
             MailboxOwner(account_id="acme", user_id="u1"), query["code"][0], deps
         )
+
+
+# The product's key may confirm; link-api's (same MBL_SERVICE_KEYS) may not.
+_KEYS = {"product": SecretStr("p" * 40), "link-api": SecretStr("l" * 40)}
+_SCOPES = {"product": [CONFIRM_SCOPE]}
+
+
+async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearly(
+    deps: BrokerDeps,
+) -> None:
+    app = build_http_app(
+        title="broker under test",
+        router=build_service_router(deps, require_scope(CONFIRM_SCOPE, _KEYS, _SCOPES)),
+        service_keys=_KEYS,
+        public_router=build_public_router(deps, RETURN_URL),
+        on_start=[],
+        on_stop=[],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://b.test") as browser:
+        state = await offer_sign_in(deps, browser)
+        answer = await browser.get("/v1/oauth/callback", params={"state": state, "code": "c"})
+        code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    async with httpx.AsyncClient(transport=transport, base_url="https://b.test") as backend:
+
+        async def confirm(key: str, user: str) -> httpx.Response:
+            return await backend.post(
+                f"/v1/accounts/acme/users/{user}/sign-ins/confirm",
+                json={"code": code},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+
+        assert (await confirm("l" * 40, "u1")).status_code == 403  # link-api: no scope
+        other = await confirm("p" * 40, "u2")
+        assert other.status_code == 403
+        assert "account_id/user_id" in other.text
+        assert isinstance(deps.publisher, RecordingPublisher)
+        assert not any(isinstance(e, MailboxVerified) for e in deps.publisher.events)
+        assert (await confirm("p" * 40, "u1")).status_code == 200
+        again = await confirm("p" * 40, "u1")
+        assert again.status_code == 400
+        assert "code" in again.text
+    assert sum(isinstance(e, MailboxVerified) for e in deps.publisher.events) == 1

@@ -48,7 +48,7 @@ from oauth_broker.domain.grants import GrantStatus, TokenGrant
 from oauth_broker.domain.outcomes import ProviderUnreachable
 from oauth_broker.domain.providers import GOOGLE
 from oauth_broker.domain.sessions import CallbackRefusal
-from oauth_broker.handlers import BrokerDeps, CallbackResult
+from oauth_broker.handlers import BrokerDeps, CallbackResult, ConfirmRefusal
 
 APP = OAuthApp(ProviderType.GOOGLE, "client", SecretStr("secret"), "https://cb.test/", GOOGLE)
 
@@ -147,7 +147,7 @@ async def test_a_completed_sign_in_verifies_with_sealed_tokens(
     assert outcome.result is CallbackResult.VERIFIED
     assert outcome.confirmation_code is not None
     assert not isinstance(_events(deps)[-1], MailboxVerified)  # not before the confirmation
-    assert await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
+    assert None is await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
     verified = _events(deps)[-1]
     assert isinstance(verified, MailboxVerified)
     assert verified.data.auth is AuthMethod.OAUTH
@@ -412,7 +412,8 @@ async def test_another_browser_opening_the_start_url_cannot_link_for_the_request
     assert outcome.confirmation_code is not None
     # The victim's product session is another user's: the product confirms for that user.
     victim_user = MailboxOwner(account_id="acme", user_id="victim")
-    assert not await handlers.confirm_sign_in(victim_user, outcome.confirmation_code, deps)
+    refused = await handlers.confirm_sign_in(victim_user, outcome.confirmation_code, deps)
+    assert refused is ConfirmRefusal.OTHER_USER
     assert not any(isinstance(e, MailboxVerified) for e in _events(deps))
 
 
@@ -427,10 +428,12 @@ async def test_a_code_is_confirmed_only_by_its_owner_and_once(deps: BrokerDeps) 
         (ALICE, "forged"),
         (ALICE, ""),
     ]:
-        assert not await handlers.confirm_sign_in(owner, presented, deps)
+        # A wrong user's attempt is refused and does not use the code up.
+        assert None is not await handlers.confirm_sign_in(owner, presented, deps)
     assert not any(isinstance(e, MailboxVerified) for e in _events(deps))
-    assert await handlers.confirm_sign_in(ALICE, code, deps)
-    assert not await handlers.confirm_sign_in(ALICE, code, deps)
+    assert None is await handlers.confirm_sign_in(ALICE, code, deps)
+    # Reused: refused, and nothing is announced twice.
+    assert await handlers.confirm_sign_in(ALICE, code, deps) is ConfirmRefusal.CODE_USED
     assert sum(isinstance(e, MailboxVerified) for e in _events(deps)) == 1
 
 
@@ -440,7 +443,9 @@ async def test_a_code_expires(deps: BrokerDeps, clock: FakeClock) -> None:
     )
     clock.advance(timedelta(minutes=11))
     assert outcome.confirmation_code is not None
-    assert not await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
+    refused = await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
+    assert refused is ConfirmRefusal.CODE_EXPIRED
+    assert not any(isinstance(e, MailboxVerified) for e in _events(deps))
 
 
 async def test_a_rejected_link_cannot_be_confirmed(deps: BrokerDeps) -> None:
@@ -449,7 +454,7 @@ async def test_a_rejected_link_cannot_be_confirmed(deps: BrokerDeps) -> None:
     )
     await handlers.when_link_rejected_discard(rejected("l1"), deps)
     assert outcome.confirmation_code is not None
-    assert not await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
+    assert None is not await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -7,14 +7,20 @@ from fastapi import FastAPI
 
 from mailbox_link_contract.events import ProviderType, ServerSettings
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import build_http_app, require_scope
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from oauth_broker.adapters.broker_store import MongoBrokerStore
 from oauth_broker.adapters.discovery import apply_discovery, apply_overrides, fetch_discovery
 from oauth_broker.adapters.mailbox_check import XOAuth2MailboxCheck
 from oauth_broker.adapters.oauth_client import OAuthApp, OAuthClient
-from oauth_broker.config import SERVICE_NAME, MailServerIn, ProviderSettings, Settings
+from oauth_broker.config import (
+    CONFIRM_SCOPE,
+    SERVICE_NAME,
+    MailServerIn,
+    ProviderSettings,
+    Settings,
+)
 from oauth_broker.domain.providers import DEFAULT_ENDPOINTS, ProviderEndpoints
 from oauth_broker.entrypoints.events import register_subscribers
 from oauth_broker.entrypoints.housekeeping import make_housekeeper
@@ -61,7 +67,9 @@ def build_app(settings: Settings) -> FastAPI:
 
     return build_http_app(
         title="mailbox-link oauth-broker",
-        router=build_service_router(deps),
+        router=build_service_router(
+            deps, require_scope(CONFIRM_SCOPE, settings.service_keys, settings.service_key_scopes)
+        ),
         service_keys=settings.service_keys,
         public_router=build_public_router(
             deps, settings.oauth_return_url, secure_cookie=settings.secure_cookie

@@ -62,6 +62,11 @@ class ProviderSettings(BaseModel):
         return bool(self.client_id and self.client_secret.get_secret_value())
 
 
+# The scope a service key needs to confirm a sign-in: the product's backend, which knows who is
+# signed in to the product; not link-api or the sign-in service, which share MBL_SERVICE_KEYS.
+CONFIRM_SCOPE = "sign_in_confirm"
+
+
 class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
     """Everything the broker reads from the environment (MBL_*)."""
 
@@ -86,6 +91,12 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
         default_factory=dict,
         description="JSON object of calling service name to its bearer token: who may confirm "
         "sign-ins (the product's backend); empty: no sign-in can be confirmed.",
+    )
+    service_key_scopes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON object of calling service name to its scopes: only a key granted "
+        f"'{CONFIRM_SCOPE}' (the product's backend) may confirm sign-ins (ADR 0014), e.g. "
+        f'{{"product": ["{CONFIRM_SCOPE}"]}}',
     )
     oauth_start_url: str | None = Field(
         default=None,

@@ -18,6 +18,7 @@ from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
 from oauth_broker.sign_in import (
     CallbackOutcome,
     CallbackResult,
+    ConfirmRefusal,
     StartOutcome,
     complete_sign_in,
     confirm_sign_in,
@@ -39,6 +40,7 @@ __all__ = [
     "BrokerDeps",
     "CallbackOutcome",
     "CallbackResult",
+    "ConfirmRefusal",
     "MailServers",
     "OAuthProviderClient",
     "StartOutcome",

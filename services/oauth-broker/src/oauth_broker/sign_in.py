@@ -331,23 +331,40 @@ async def _await_confirmation(
     return code
 
 
-async def confirm_sign_in(owner: MailboxOwner, code: str, deps: BrokerDeps) -> bool:
+class ConfirmRefusal(StrEnum):
+    """Why a confirmation changes nothing."""
+
+    UNKNOWN_CODE = "unknown_code"  # never issued, or the link ended (its tokens are gone)
+    CODE_EXPIRED = "code_expired"  # too late: the confirm window or the reservation lapsed
+    CODE_USED = "code_used"  # a code confirms once
+    OTHER_USER = "other_user"  # the code belongs to another account's or user's link
+
+
+async def confirm_sign_in(
+    owner: MailboxOwner, code: str, deps: BrokerDeps
+) -> ConfirmRefusal | None:
     """Announces a verified sign-in (MailboxVerified) when the product confirms its one-time
-    code for the user who requested the link; False, changing nothing, for any other code,
-    user, a used or expired code, or an ended link."""
+    code for the user who requested the link; otherwise returns why not, changing nothing (a
+    wrong user's attempt does not use the code up)."""
     now = deps.clock()
     pending = await deps.store.confirmation_by_code(state_digest(code)) if code else None
-    if pending is None or pending.expires_at <= now:
-        return False
+    if pending is None:
+        return ConfirmRefusal.UNKNOWN_CODE
     found = await deps.store.get_session(pending.link_id)
     grant = await deps.store.get_grant(pending.link_id)
-    if found is None or grant is None or grant.status is not GrantStatus.VERIFIED:
-        return False  # the registry ended the link (its tokens are gone), or never reserved it
+    if found is None or grant is None:
+        return ConfirmRefusal.UNKNOWN_CODE  # the registry ended the link (its tokens are gone)
     link = found[0].link
-    if link.owner != owner or (found[0].reserved_until or now) <= now:
-        return False
+    # The owner first: another user learns only that the code is not theirs.
+    if link.owner != owner:
+        logger.warning("link %s: confirmation by another user refused", link.link_id)
+        return ConfirmRefusal.OTHER_USER
+    if grant.status is not GrantStatus.VERIFIED:
+        return ConfirmRefusal.CODE_USED  # already confirmed and linked
+    if pending.expires_at <= now or (found[0].reserved_until or now) <= now:
+        return ConfirmRefusal.CODE_EXPIRED
     if not await deps.store.mark_confirmed(link.link_id, now):
-        return False  # already used
+        return ConfirmRefusal.CODE_USED
     data = MailboxVerifiedData(
         link_id=link.link_id,
         owner=link.owner,
@@ -366,7 +383,7 @@ async def confirm_sign_in(owner: MailboxOwner, code: str, deps: BrokerDeps) -> b
         await deps.store.unmark_confirmed(link.link_id)  # the product may retry
         raise
     logger.info("link %s confirmed by its requester", link.link_id)
-    return True
+    return None
 
 
 async def end_expired_sessions(deps: BrokerDeps) -> int:

@@ -3,10 +3,11 @@ the page it lands on after the provider's sign-in (GET /v1/oauth/callback), and 
 confirmation of a verified sign-in (POST .../sign-ins/confirm, with a service key)."""
 
 import html
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,7 +16,7 @@ from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
 from oauth_broker import handlers
 from oauth_broker.domain.sessions import CallbackRefusal, binding_cookie_name
-from oauth_broker.handlers import BrokerDeps, CallbackOutcome, CallbackResult
+from oauth_broker.handlers import BrokerDeps, CallbackOutcome, CallbackResult, ConfirmRefusal
 
 # What a refused callback tells the person, and what to do.
 REFUSALS = {
@@ -48,6 +49,28 @@ REFUSALS = {
         "Open the sign-in link from the app in this browser; never use a link someone sent you.",
     ),
 }
+# A refused confirmation: status, code, message, and the field with its fix. Nothing changes.
+CONFIRM_REFUSALS: dict[ConfirmRefusal, tuple[int, ApiErrorCode, str, tuple[str, str]]] = {
+    ConfirmRefusal.UNKNOWN_CODE: (
+        404, ApiErrorCode.NOT_FOUND, "No verified sign-in has this code.",
+        ("code", "send the code from the return URL's query unchanged; if the link ended, "
+         "start linking again"),
+    ),
+    ConfirmRefusal.CODE_EXPIRED: (
+        400, ApiErrorCode.BAD_REQUEST, "This sign-in was not confirmed in time.",
+        ("code", "confirm within MBL_OAUTH_CONFIRM_TTL_SECONDS of the callback; start "
+         "linking again"),
+    ),
+    ConfirmRefusal.CODE_USED: (
+        400, ApiErrorCode.BAD_REQUEST, "This code was already confirmed.",
+        ("code", "a code confirms once; read the link's status instead"),
+    ),
+    ConfirmRefusal.OTHER_USER: (
+        403, ApiErrorCode.FORBIDDEN, "This sign-in was asked for by another user.",
+        ("account_id/user_id", "confirm only for the user signed in to the product in the "
+         "browser that brought the code; never for another user"),
+    ),
+}  # fmt: skip
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
@@ -114,20 +137,29 @@ def build_public_router(
     return router
 
 
-def build_service_router(deps: BrokerDeps) -> APIRouter:
-    """Returns the routes the product's backend calls with its service key."""
+def build_service_router(
+    deps: BrokerDeps, confirmer: Callable[[Request], Awaitable[str]] | None = None
+) -> APIRouter:
+    """Returns the routes the product's backend calls with its service key; `confirmer`
+    admits only a key granted the confirm scope (any service key when None, in unit tests)."""
     router = APIRouter(prefix="/v1")
+    guards = [Depends(confirmer)] if confirmer is not None else []
 
-    @router.post("/accounts/{account_id}/users/{user_id}/sign-ins/confirm", status_code=200)
+    @router.post(
+        "/accounts/{account_id}/users/{user_id}/sign-ins/confirm",
+        status_code=200,
+        dependencies=guards,
+    )
     async def confirm_sign_in(
         body: ConfirmBody,
         account_id: str = Path(pattern=PATH_ID_PATTERN),
         user_id: str = Path(pattern=PATH_ID_PATTERN),
     ) -> dict[str, str]:
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        if not await handlers.confirm_sign_in(owner, body.code, deps):
-            # The same answer for every reason, so a caller learns nothing about other users.
-            raise ApiError(404, ApiErrorCode.NOT_FOUND, "No sign-in to confirm with this code.")
+        refusal = await handlers.confirm_sign_in(owner, body.code, deps)
+        if refusal is not None:
+            status, code, message, fix = CONFIRM_REFUSALS[refusal]
+            raise ApiError(status, code, message, [fix])
         return {"status": "confirmed"}
 
     return router
