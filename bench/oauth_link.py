@@ -1,7 +1,7 @@
 """`make bench`: where the time of an OAuth link goes, against the local authorization server.
 
 Starts the real stack and services, then for each of Google and Microsoft links mailboxes one
-after another through the whole flow (POST, sign-in URL, consent, callback, linked) and times
+after another through the whole flow (POST, start URL, consent, callback, confirm, linked) and times
 three stretches: the POST until link-api shows the sign-in URL (registry reservation, broker
 offer), the callback request (code exchange, id token, identity, XOAUTH2 IMAP+SMTP checks,
 publish), and the callback's end until link-api records `linked`. The broker's XOAUTH2 check is
@@ -58,7 +58,11 @@ async def one_link(
     body = {"email": address, "terms_accepted": True}
     accepted = (await api.post(f"/v1/accounts/bench/users/u-{address}/links", json=body)).json()
     offered = await _wait_for(api, accepted["status_url"], "authorization_required")
-    url = offered["authorization"]["url"]
+    # The broker's start URL binds this browser (cookie), then redirects to the provider.
+    started_sign_in = await browser.get(offered["authorization"]["url"])
+    if started_sign_in.status_code != 303:
+        raise RuntimeError(f"start URL answered {started_sign_in.status_code}")
+    url = started_sign_in.headers["location"]
     page = await browser.get(url)
     answer = await browser.post(url, data=consent_form(page.text, address))
     callback_began = time.time()
@@ -66,6 +70,14 @@ async def one_link(
     callback_ended = time.time()
     if callback.status_code != 200:
         raise RuntimeError(f"callback answered {callback.status_code}")
+    # The product's backend confirms the one-time code for its signed-in user (ADR 0014).
+    code = callback.text.split('data-confirmation="')[1].split('"')[0]
+    broker = f"{callback.url.scheme}://{callback.url.netloc.decode()}"
+    confirmed = await api.post(
+        f"{broker}/v1/accounts/bench/users/u-{address}/sign-ins/confirm", json={"code": code}
+    )
+    if confirmed.status_code != 200:
+        raise RuntimeError(f"confirm answered {confirmed.status_code}: {confirmed.text}")
     linked = await _wait_for(api, accepted["status_url"], "linked")
     return {
         "to_sign_in_url": _stored_at(offered) - started,

@@ -99,6 +99,14 @@ class Browser:
     async def __aexit__(self, *_: object) -> None:
         await self._client.aclose()
 
+    async def begin(self, start_url: str) -> str:
+        """Opens the broker's start URL (binding this browser's cookie jar to the sign-in);
+        returns the provider's authorization URL it redirects to."""
+        started = await self._client.get(start_url)
+        assert started.status_code == 303, started.text
+        assert any(c.startswith("mbl_signin_") for c in self._client.cookies), "no binding"
+        return started.headers["location"]
+
     async def consent(
         self,
         authorize_url: str,
@@ -106,7 +114,10 @@ class Browser:
         decision: str = "allow",
         uncheck: tuple[str, ...] = (),
     ) -> str:
-        """Signs in as `account` and answers the consent page; returns where it redirects."""
+        """Signs in as `account` and answers the consent page; returns where it redirects.
+        A broker start URL is opened first (ADR 0014)."""
+        if "/v1/oauth/start/" in authorize_url:
+            authorize_url = await self.begin(authorize_url)
         page = await self._client.get(authorize_url)
         assert page.status_code == 200, page.text
         form = consent_form(page.text, account, decision, uncheck)
@@ -117,6 +128,24 @@ class Browser:
     async def open(self, url: str) -> httpx.Response:
         """Visits a URL (the broker's callback) without following further redirects."""
         return await self._client.get(url)
+
+
+async def confirm(
+    api: httpx.AsyncClient,
+    page: httpx.Response,
+    account_id: str = "acme",
+    user_id: str | None = None,
+    link: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """The product's backend redeems the callback's one-time code for the user signed in to
+    the product (by default the link's requester), with the product's service key."""
+    code = page.text.split('data-confirmation="')[1].split('"')[0]
+    assert code, page.text
+    broker = f"{page.url.scheme}://{page.url.netloc.decode()}"
+    user = user_id or (final_owner(link) if link else "")
+    return await api.post(
+        f"{broker}/v1/accounts/{account_id}/users/{user}/sign-ins/confirm", json={"code": code}
+    )
 
 
 def new_account(oauth: LocalOAuthServer, provider: str, **modes: bool) -> str:
@@ -158,6 +187,8 @@ async def link_through_sign_in(
     callback = await browser.open(
         await browser.consent(url, consent.pop("account", address), **consent)
     )
+    if 'data-result="verified"' in callback.text:
+        assert (await confirm(api, callback, link=link)).status_code == 200
     final = await wait_for_outcome(api, link["status_url"])
     return final, callback
 
@@ -175,8 +206,11 @@ async def test_a_mailbox_links_through_its_providers_sign_in(
     oauth_services: RunningServices,
 ) -> None:
     address = new_account(oauth, provider)
-    link, url = await start_link(api, address)
+    link, start = await start_link(api, address)
     assert link["provider"] == provider
+    assert start.startswith(f"{oauth_services.broker_url}/v1/oauth/start/")
+    assert "state=" not in start  # the state never leaves the broker (ADR 0014)
+    url = await browser.begin(start)
     state = parse_qs(urlsplit(url).query)["state"][0]
 
     redirect = await browser.consent(url, address)
@@ -184,6 +218,8 @@ async def test_a_mailbox_links_through_its_providers_sign_in(
     page = await browser.open(redirect)
     assert page.status_code == 200
     assert 'data-result="verified"' in page.text
+    assert "acme" in page.text  # names the product account being linked
+    assert (await confirm(api, page, link=link)).status_code == 200
 
     final = await wait_for_outcome(api, link["status_url"])
     assert final["status"] == "linked", final
@@ -269,7 +305,7 @@ async def test_a_sign_in_not_finished_in_time_fails_with_session_expired(
     final = await wait_for_outcome(api, link["status_url"], seconds=SESSION_TTL_SECONDS + 20)
     assert final["failure"]["code"] == "session_expired"
     # The user comes back late: nothing changes, and the page says why.
-    late = await browser.open(await browser.consent(url, address))
+    late = await browser.open(url)
     assert late.status_code == 400
     assert 'data-code="session_expired"' in late.text
     assert (await api.get(link["status_url"])).json()["status"] == "failed"
@@ -285,6 +321,8 @@ async def test_forged_and_replayed_callbacks_change_nothing(
     link, url = await start_link(api, address)
     redirect = await browser.consent(url, address)
     query = parse_qs(urlsplit(redirect).query)
+    # The start URL works once.
+    assert 'data-code="start_used"' in (await browser.open(url)).text
     base = redirect.split("?")[0]
 
     forged = await browser.open(f"{base}?state={secrets.token_urlsafe(32)}&code={query['code'][0]}")
@@ -294,12 +332,71 @@ async def test_forged_and_replayed_callbacks_change_nothing(
     assert missing.status_code == 400
     assert (await api.get(link["status_url"])).json()["status"] == "authorization_required"
 
-    assert (await browser.open(redirect)).status_code == 200
+    verified = await browser.open(redirect)
+    assert verified.status_code == 200
     replayed = await browser.open(redirect)
     assert replayed.status_code == 400
     assert 'data-code="state_used"' in replayed.text
+    assert (await confirm(api, verified, link=link)).status_code == 200
     final = await wait_for_outcome(api, link["status_url"])
     assert final["status"] == "linked"
+
+
+async def test_a_victim_signing_in_through_the_attackers_link_links_nothing(
+    api: httpx.AsyncClient, infra: Endpoints, oauth: LocalOAuthServer
+) -> None:
+    # The attacker (the requester) asks to link the victim's mailbox, opens the start URL
+    # himself (so his browser is bound) and sends the victim the provider URL.
+    victim_address = new_account(oauth, "google")
+    link, start = await start_link(api, victim_address)
+    async with Browser(infra.ca_file) as attacker, Browser(infra.ca_file) as victim:
+        provider_url = await attacker.begin(start)
+        # The victim signs in at the provider and lands on the callback without the cookie.
+        landed = await victim.open(await victim.consent(provider_url, victim_address))
+        assert landed.status_code == 400
+        assert 'data-code="not_bound"' in landed.text
+        # The start URL, now used, does not bind the victim either.
+        again = await victim.open(start)
+        assert again.status_code == 400
+        assert 'data-code="start_used"' in again.text
+    assert (await api.get(link["status_url"])).json()["status"] == "authorization_required"
+
+
+async def test_a_victim_who_opens_an_unused_start_url_cannot_be_confirmed_for_the_requester(
+    api: httpx.AsyncClient, infra: Endpoints, oauth: LocalOAuthServer
+) -> None:
+    # The victim opens the attacker's start URL and signs in: the code lands in the victim's
+    # browser, and the product confirms it only for the user signed in there (the victim).
+    victim_address = new_account(oauth, "google")
+    link, start = await start_link(api, victim_address)
+    async with Browser(infra.ca_file) as victim:
+        page = await victim.open(await victim.consent(start, victim_address))
+        assert 'data-result="verified"' in page.text
+        refused = await confirm(api, page, user_id=unique_user_id())
+        assert refused.status_code == 403, refused.text
+        assert "account_id/user_id" in refused.text
+    assert (await api.get(link["status_url"])).json()["status"] == "authorization_required"
+
+
+async def test_a_forged_access_denied_without_the_binding_ends_nothing(
+    api: httpx.AsyncClient, infra: Endpoints, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "google")
+    link, start = await start_link(api, address)
+    async with Browser(infra.ca_file) as owner, Browser(infra.ca_file) as forger:
+        provider_url = await owner.begin(start)
+        state = parse_qs(urlsplit(provider_url).query)["state"][0]
+        callback = f"{start.split('/v1/oauth/start/')[0]}/v1/oauth/callback"
+        forged = await forger.open(f"{callback}?state={state}&error=access_denied")
+        assert forged.status_code == 400
+        assert 'data-code="not_bound"' in forged.text
+        assert (await api.get(link["status_url"])).json()["status"] == "authorization_required"
+        # The real sign-in still completes.
+        page = await owner.open(await owner.consent(provider_url, address))
+        assert 'data-result="verified"' in page.text
+        assert (await confirm(api, page, link=link)).status_code == 200
+    final = await wait_for_outcome(api, link["status_url"])
+    assert final["status"] == "linked", final
 
 
 async def test_a_request_the_registry_rejects_never_shows_a_sign_in_url(
@@ -458,7 +555,7 @@ async def test_a_callback_for_a_link_the_registry_ended_gets_a_400(
         link, url = await start_link(api, address)
         final = await wait_for_outcome(api, link["status_url"])
         assert final["failure"]["code"] == "reservation_expired"
-        page = await browser.open(await browser.consent(url, address))
+        page = await browser.open(url)  # the start URL of an ended link changes nothing
         assert page.status_code == 400
         assert 'data-code="link_ended"' in page.text
         assert (await api.get(link["status_url"])).json()["status"] == "failed"

@@ -30,7 +30,14 @@ from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.domain.grants import GrantStatus, StoredGrant
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused
-from oauth_broker.domain.sessions import AuthorizationSession, SessionSecrets, SessionStatus
+from oauth_broker.domain.sessions import (
+    AuthorizationSession,
+    PendingConfirmation,
+    SessionSecrets,
+    SessionStatus,
+    SignInStart,
+    binding_cookie_name,
+)
 from oauth_broker.handlers import BrokerDeps
 
 
@@ -62,6 +69,9 @@ class InMemoryBrokerStore:
         self.sessions: dict[str, _Session] = {}
         self.grants: dict[str, StoredGrant] = {}
         self.leases: dict[str, datetime] = {}
+        self.starts: dict[str, SignInStart] = {}
+        self.confirmations: dict[str, PendingConfirmation] = {}
+        self.confirmed: set[str] = set()
 
     async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
         entry = self.sessions.setdefault(session.link.link_id, _Session())
@@ -81,13 +91,37 @@ class InMemoryBrokerStore:
             entry.session, reserved_until=entry.reserved_until, status=entry.status
         ), entry.sealed
 
-    async def session_by_state(
+    async def session_by_start(
         self, digest: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
         for link_id, entry in self.sessions.items():
             if entry.session is not None and entry.session.state_digest == digest:
                 return await self.get_session(link_id)
         return None
+
+    async def start_sign_in(self, start: SignInStart) -> bool:
+        if start.link_id in self.starts:
+            return False
+        self.starts[start.link_id] = start
+        return True
+
+    async def start_by_state(self, digest: str) -> SignInStart | None:
+        return next((s for s in self.starts.values() if s.state_digest == digest), None)
+
+    async def save_confirmation(self, pending: PendingConfirmation) -> None:
+        self.confirmations.setdefault(pending.link_id, pending)
+
+    async def confirmation_by_code(self, digest: str) -> PendingConfirmation | None:
+        return next((c for c in self.confirmations.values() if c.code_digest == digest), None)
+
+    async def mark_confirmed(self, link_id: str, now: datetime) -> bool:
+        if link_id in self.confirmed:
+            return False
+        self.confirmed.add(link_id)
+        return True
+
+    async def unmark_confirmed(self, link_id: str) -> None:
+        self.confirmed.discard(link_id)
 
     async def claim_session(self, link_id: str, now: datetime) -> bool:
         entry = self.sessions.get(link_id)
@@ -282,11 +316,34 @@ def rejected(link_id: str) -> LinkRejected:
     return LinkRejected(correlation_id=link_id, producer="registry", data=data)
 
 
+# The requester's browser: the binding cookies of the sign-ins started in it.
+JAR: dict[str, str] = {}
+
+
+def start_token(offer: AuthorizationRequired) -> str:
+    """Returns the start token at the end of an offer's URL."""
+    return urlsplit(offer.data.authorize_url).path.rsplit("/", 1)[-1]
+
+
+async def start_in_browser(
+    deps: BrokerDeps, offer: AuthorizationRequired, jar: dict[str, str] | None = None
+) -> str:
+    """Opens an offer's start URL in a browser (JAR unless told); returns the state the
+    provider will bring back to it."""
+    started = await handlers.start_sign_in(start_token(offer), deps)
+    assert started.redirect_url is not None, started.refusal
+    assert started.link_id is not None
+    assert started.binding is not None
+    (JAR if jar is None else jar)[binding_cookie_name(started.link_id)] = started.binding
+    return parse_qs(urlsplit(started.redirect_url).query)["state"][0]
+
+
 async def offer_sign_in(deps: BrokerDeps, link_id: str = "l1") -> str:
-    """Opens and offers a sign-in; returns its state, as the browser would bring it back."""
+    """Opens, offers and starts a sign-in in JAR's browser; returns its state, as the browser
+    would bring it back."""
     await handlers.when_link_requested_open_session(requested(link_id), deps)
     await handlers.when_link_reserved_offer_sign_in(reserved(link_id), deps)
     assert isinstance(deps.publisher, RecordingPublisher)
     offer = deps.publisher.events[-1]
     assert isinstance(offer, AuthorizationRequired)
-    return parse_qs(urlsplit(offer.data.authorize_url).query)["state"][0]
+    return await start_in_browser(deps, offer)

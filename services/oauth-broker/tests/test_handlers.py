@@ -2,7 +2,6 @@
 
 import asyncio
 from datetime import timedelta
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from pydantic import SecretStr
@@ -11,6 +10,7 @@ from broker_fakes import (
     ADDRESS,
     ALICE,
     BOX,
+    JAR,
     FakeClock,
     FakeMailServers,
     FakeProvider,
@@ -21,6 +21,7 @@ from broker_fakes import (
     rejected,
     requested,
     reserved,
+    start_in_browser,
 )
 from mailbox_link_contract.events import (
     AuthMethod,
@@ -31,6 +32,7 @@ from mailbox_link_contract.events import (
     LinkRequestedData,
     MailboxLinked,
     MailboxLinkedData,
+    MailboxOwner,
     MailboxReconnectRequired,
     MailboxUnlinked,
     MailboxUnlinkedData,
@@ -46,7 +48,7 @@ from oauth_broker.domain.grants import GrantStatus, TokenGrant
 from oauth_broker.domain.outcomes import ProviderUnreachable
 from oauth_broker.domain.providers import GOOGLE
 from oauth_broker.domain.sessions import CallbackRefusal
-from oauth_broker.handlers import BrokerDeps, CallbackResult
+from oauth_broker.handlers import BrokerDeps, CallbackResult, ConfirmRefusal
 
 APP = OAuthApp(ProviderType.GOOGLE, "client", SecretStr("secret"), "https://cb.test/", GOOGLE)
 
@@ -90,7 +92,8 @@ async def test_the_sign_in_url_is_published_only_after_the_reservation(deps: Bro
     [offer] = _events(deps)
     assert isinstance(offer, AuthorizationRequired)
     assert offer.data.link_id == "l1"
-    assert "login_hint=alice@gmail.com" in offer.data.authorize_url
+    assert offer.data.authorize_url.startswith("http://127.0.0.1:8083/v1/oauth/start/")
+    assert "state" not in offer.data.authorize_url  # the provider's state never leaves
 
 
 async def test_a_reservation_arriving_first_is_remembered(deps: BrokerDeps) -> None:
@@ -140,8 +143,11 @@ async def test_a_completed_sign_in_verifies_with_sealed_tokens(
     deps: BrokerDeps, provider: FakeProvider, mail: FakeMailServers
 ) -> None:
     state = await offer_sign_in(deps)
-    outcome = await handlers.complete_sign_in(state, "code", None, "", deps)
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps, JAR)
     assert outcome.result is CallbackResult.VERIFIED
+    assert outcome.confirmation_code is not None
+    assert not isinstance(_events(deps)[-1], MailboxVerified)  # not before the confirmation
+    assert None is await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
     verified = _events(deps)[-1]
     assert isinstance(verified, MailboxVerified)
     assert verified.data.auth is AuthMethod.OAUTH
@@ -159,7 +165,7 @@ async def test_an_error_from_the_provider_fails_the_link(
     deps: BrokerDeps, error: str, code: FailureCode
 ) -> None:
     state = await offer_sign_in(deps)
-    outcome = await handlers.complete_sign_in(state, None, error, "", deps)
+    outcome = await handlers.complete_sign_in(state, None, error, "", deps, JAR)
     assert outcome.result is CallbackResult.FAILED
     assert _failure(deps).code is code
 
@@ -168,7 +174,7 @@ async def test_another_account_is_an_account_mismatch(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.signed_in_as = ("bob@gmail.com",)
-    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
     failure = _failure(deps)
     assert failure.code is FailureCode.ACCOUNT_MISMATCH
     assert "bob@gmail.com" in failure.detail
@@ -178,7 +184,9 @@ async def test_gmail_spellings_of_the_same_mailbox_match(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.signed_in_as = ("A.Lice+crm@googlemail.com",)
-    outcome = await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    outcome = await handlers.complete_sign_in(
+        await offer_sign_in(deps), "code", None, "", deps, JAR
+    )
     assert outcome.result is CallbackResult.VERIFIED
 
 
@@ -186,10 +194,10 @@ async def test_a_missing_mail_scope_or_refresh_token_fails_with_its_code(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.scopes = frozenset({"openid", "email"})
-    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps, JAR)
     assert _failure(deps).code is FailureCode.SCOPE_MISSING
     provider.scopes, provider.refresh_token = frozenset(), None
-    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps, JAR)
     assert _failure(deps).code is FailureCode.NO_REFRESH_TOKEN
 
 
@@ -197,14 +205,14 @@ async def test_profile_and_mail_server_refusals_fail_with_their_code(
     deps: BrokerDeps, provider: FakeProvider, mail: FakeMailServers
 ) -> None:
     provider.profile_error = gmail_disabled()
-    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps, JAR)
     assert _failure(deps).code is FailureCode.GMAIL_DISABLED
     provider.profile_error = None
     mail.refuse = FailureCode.IMAP_AUTH_FAILED
-    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps, JAR)
     assert _failure(deps).code is FailureCode.IMAP_DISABLED
     mail.refuse = FailureCode.SMTP_AUTH_FAILED
-    await handlers.complete_sign_in(await offer_sign_in(deps, "l3"), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l3"), "code", None, "", deps, JAR)
     assert _failure(deps).code is FailureCode.SMTP_DISABLED
 
 
@@ -212,7 +220,7 @@ async def test_a_provider_outage_at_the_exchange_is_a_provider_error(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
     provider.exchange_error = ProviderUnreachable("token endpoint answered 503")
-    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
     assert _failure(deps).code is FailureCode.PROVIDER_ERROR
 
 
@@ -220,15 +228,15 @@ async def test_forged_replayed_and_expired_states_change_nothing(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
     state = await offer_sign_in(deps)
-    forged = await handlers.complete_sign_in("forged", "code", None, "", deps)
+    forged = await handlers.complete_sign_in("forged", "code", None, "", deps, JAR)
     assert forged.refusal is CallbackRefusal.UNKNOWN_STATE
-    assert (await handlers.complete_sign_in(state, "code", None, "", deps)).refusal is None
+    assert (await handlers.complete_sign_in(state, "code", None, "", deps, JAR)).refusal is None
     late = await offer_sign_in(deps, "l2")
     published = len(_events(deps))
-    replay = await handlers.complete_sign_in(state, "code", None, "", deps)
+    replay = await handlers.complete_sign_in(state, "code", None, "", deps, JAR)
     assert replay.refusal is CallbackRefusal.STATE_USED
     clock.advance(timedelta(minutes=11))
-    expired = await handlers.complete_sign_in(late, "code", None, "", deps)
+    expired = await handlers.complete_sign_in(late, "code", None, "", deps, JAR)
     assert expired.refusal is CallbackRefusal.SESSION_EXPIRED
     assert len(_events(deps)) == published
 
@@ -245,9 +253,9 @@ async def test_a_callback_after_the_reservation_lapsed_is_refused_before_the_reg
     offer = _events(deps)[-1]
     assert isinstance(offer, AuthorizationRequired)
     assert offer.data.expires_at == short.expires_at  # the reservation ends first
-    state = parse_qs(urlsplit(offer.data.authorize_url).query)["state"][0]
+    state = await start_in_browser(deps, offer)
     clock.advance(timedelta(minutes=3))
-    outcome = await handlers.complete_sign_in(state, "code", None, "", deps)
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps, JAR)
     assert outcome.refusal is CallbackRefusal.LINK_ENDED
     assert _events(deps) == [offer]
 
@@ -255,7 +263,7 @@ async def test_a_callback_after_the_reservation_lapsed_is_refused_before_the_reg
 async def test_a_verified_grant_the_registry_never_answers_is_forgotten(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
-    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
     clock.advance(timedelta(hours=23))
     await handlers.end_expired_sessions(deps)
     assert await deps.store.get_grant("l1") is not None
@@ -267,7 +275,7 @@ async def test_a_verified_grant_the_registry_never_answers_is_forgotten(
 async def test_a_link_the_registry_rejected_refuses_its_callback(deps: BrokerDeps) -> None:
     state = await offer_sign_in(deps)
     await handlers.when_link_rejected_discard(rejected("l1"), deps)
-    outcome = await handlers.complete_sign_in(state, "code", None, "", deps)
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps, JAR)
     assert outcome.refusal is CallbackRefusal.LINK_ENDED
 
 
@@ -335,17 +343,125 @@ async def test_unlinking_revokes_and_deletes_the_tokens(
 async def test_a_rejected_verified_link_loses_its_tokens_without_revoking(
     deps: BrokerDeps, provider: FakeProvider
 ) -> None:
-    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
     await handlers.when_link_rejected_discard(rejected("l1"), deps)
     assert await deps.store.get_grant("l1") is None
     assert provider.revoked == []
+
+
+# --- bound to the requester (ADR 0014) -----------------------------------------------------
+
+
+async def _offer(deps: BrokerDeps, link_id: str = "l1") -> AuthorizationRequired:
+    await handlers.when_link_requested_open_session(requested(link_id), deps)
+    await handlers.when_link_reserved_offer_sign_in(reserved(link_id), deps)
+    offer = _events(deps)[-1]
+    assert isinstance(offer, AuthorizationRequired)
+    return offer
+
+
+async def test_a_start_url_works_once(deps: BrokerDeps) -> None:
+    offer = await _offer(deps)
+    await start_in_browser(deps, offer)
+    token = offer.data.authorize_url.rsplit("/", 1)[-1]
+    again = await handlers.start_sign_in(token, deps)
+    assert again.redirect_url is None
+    assert again.refusal is CallbackRefusal.START_USED
+    forged = await handlers.start_sign_in("forged", deps)
+    assert forged.refusal is CallbackRefusal.UNKNOWN_STATE
+
+
+async def test_a_start_url_gives_the_provider_a_fresh_state_stored_only_hashed(
+    deps: BrokerDeps,
+) -> None:
+    offer = await _offer(deps)
+    state = await start_in_browser(deps, offer)
+    assert isinstance(deps.store, InMemoryBrokerStore)
+    [start] = deps.store.starts.values()
+    assert state not in (start.state_digest, start.binding_digest)
+    assert offer.data.authorize_url.rsplit("/", 1)[-1] != state
+
+
+async def test_a_callback_without_the_binding_cookie_changes_nothing(
+    deps: BrokerDeps, provider: FakeProvider
+) -> None:
+    state = await offer_sign_in(deps)
+    published = len(_events(deps))
+    for jar in ({}, {name: "not-the-binding" for name in JAR}):
+        outcome = await handlers.complete_sign_in(state, "code", None, "", deps, jar)
+        assert outcome.refusal is CallbackRefusal.NOT_BOUND
+    # A forged error callback (the attacker does not hold the cookie) ends nothing either.
+    forged = await handlers.complete_sign_in(state, None, "access_denied", "", deps, {})
+    assert forged.refusal is CallbackRefusal.NOT_BOUND
+    assert len(_events(deps)) == published
+    assert provider.nonce_seen == []
+    # The real browser still completes its sign-in.
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps, JAR)
+    assert outcome.result is CallbackResult.VERIFIED
+
+
+async def test_another_browser_opening_the_start_url_cannot_link_for_the_requester(
+    deps: BrokerDeps,
+) -> None:
+    # The attacker requested the link and sent its URL to the victim, who signs in.
+    victim: dict[str, str] = {}
+    state = await start_in_browser(deps, await _offer(deps), victim)
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps, victim)
+    assert outcome.result is CallbackResult.VERIFIED
+    assert outcome.owner == ALICE  # the page names the account being linked
+    assert outcome.confirmation_code is not None
+    # The victim's product session is another user's: the product confirms for that user.
+    victim_user = MailboxOwner(account_id="acme", user_id="victim")
+    refused = await handlers.confirm_sign_in(victim_user, outcome.confirmation_code, deps)
+    assert refused is ConfirmRefusal.OTHER_USER
+    assert not any(isinstance(e, MailboxVerified) for e in _events(deps))
+
+
+async def test_a_code_is_confirmed_only_by_its_owner_and_once(deps: BrokerDeps) -> None:
+    state = await offer_sign_in(deps)
+    outcome = await handlers.complete_sign_in(state, "code", None, "", deps, JAR)
+    code = outcome.confirmation_code
+    assert code is not None
+    for owner, presented in [
+        (MailboxOwner(account_id="acme", user_id="u2"), code),
+        (MailboxOwner(account_id="other", user_id="u1"), code),
+        (ALICE, "forged"),
+        (ALICE, ""),
+    ]:
+        # A wrong user's attempt is refused and does not use the code up.
+        assert None is not await handlers.confirm_sign_in(owner, presented, deps)
+    assert not any(isinstance(e, MailboxVerified) for e in _events(deps))
+    assert None is await handlers.confirm_sign_in(ALICE, code, deps)
+    # Reused: refused, and nothing is announced twice.
+    assert await handlers.confirm_sign_in(ALICE, code, deps) is ConfirmRefusal.CODE_USED
+    assert sum(isinstance(e, MailboxVerified) for e in _events(deps)) == 1
+
+
+async def test_a_code_expires(deps: BrokerDeps, clock: FakeClock) -> None:
+    outcome = await handlers.complete_sign_in(
+        await offer_sign_in(deps), "code", None, "", deps, JAR
+    )
+    clock.advance(timedelta(minutes=11))
+    assert outcome.confirmation_code is not None
+    refused = await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
+    assert refused is ConfirmRefusal.CODE_EXPIRED
+    assert not any(isinstance(e, MailboxVerified) for e in _events(deps))
+
+
+async def test_a_rejected_link_cannot_be_confirmed(deps: BrokerDeps) -> None:
+    outcome = await handlers.complete_sign_in(
+        await offer_sign_in(deps), "code", None, "", deps, JAR
+    )
+    await handlers.when_link_rejected_discard(rejected("l1"), deps)
+    assert outcome.confirmation_code is not None
+    assert None is not await handlers.confirm_sign_in(ALICE, outcome.confirmation_code, deps)
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
 async def _linked(deps: BrokerDeps) -> None:
-    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps)
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
     data = MailboxLinkedData(
         link_id="l1", mailbox_id="m1", owner=ALICE, address=ADDRESS, provider=ProviderType.GOOGLE
     )

@@ -98,7 +98,7 @@ async def sign_in(
 ) -> tuple[SessionSecrets, str]:
     """Signs in as `address` with every offered scope but `uncheck`; returns the session's
     secrets and the code from the redirect."""
-    fresh = SessionSecrets.generate()
+    fresh = SessionSecrets.generate().started("state-1")
     url = client.authorize_url(fresh, login_hint=address)
     page = await browser.get(url)
     assert page.status_code == 200, page.text
@@ -146,7 +146,7 @@ async def test_authorize_url_binds_the_session(
     extra: dict[str, str],
 ) -> None:
     client = clients[provider]
-    fresh = SessionSecrets.generate()
+    fresh = SessionSecrets.generate().started("state-1")
 
     url = client.authorize_url(fresh, login_hint="someone@example.com")
 
@@ -194,7 +194,9 @@ async def test_google_exchange_and_id_token(
     assert claims["aud"] == client.app.client_id
     assert claims["iss"] == oauth.issuer("google")
     with pytest.raises(AuthorizationFailed) as wrong_nonce:
-        await client.check_id_token(tokens.id_token, SessionSecrets.generate().nonce)
+        await client.check_id_token(
+            tokens.id_token, SessionSecrets.generate().started("state-1").nonce
+        )
     assert wrong_nonce.value.code is FailureCode.PROVIDER_ERROR
     # An id token meant for another app (or from another issuer) does not check out either.
     other = OAuthClient(
@@ -259,7 +261,9 @@ async def test_a_code_works_once_and_only_with_its_verifier(
     _, code = await sign_in(browser, client, address)
 
     with pytest.raises(ProviderRefused) as wrong_verifier:
-        await client.exchange_code(code, SessionSecrets.generate().code_verifier, now())
+        await client.exchange_code(
+            code, SessionSecrets.generate().started("state-1").code_verifier, now()
+        )
     assert wrong_verifier.value.error == "invalid_grant"
     fresh_again, code = await sign_in(browser, client, address)
     await client.exchange_code(code, fresh_again.code_verifier, now())

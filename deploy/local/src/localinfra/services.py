@@ -189,7 +189,14 @@ def register_broker_app(
 
 def _broker_environment(config: ServiceConfig, broker_port: int) -> dict[str, str]:
     """The broker's app at each provider of the local OAuth server, and the OAuth Dovecot."""
-    env = {"MBL_OAUTH_REDIRECT_URI": oauth_redirect_uri(broker_port)}
+    env = {
+        "MBL_OAUTH_REDIRECT_URI": oauth_redirect_uri(broker_port),
+        # Only the product's backend confirms sign-ins (ADR 0014); link-api and sign-in share
+        # MBL_SERVICE_KEYS but not this scope.
+        "MBL_SERVICE_KEY_SCOPES": json.dumps(
+            {"sign-in": ["owner_lookup"], "product": ["sign_in_confirm"]}
+        ),
+    }
     if not config.oauth_server_url:
         return env
     env["MBL_OAUTH_CA_FILE"] = config.ca_file

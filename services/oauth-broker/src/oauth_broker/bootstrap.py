@@ -7,18 +7,24 @@ from fastapi import FastAPI
 
 from mailbox_link_contract.events import ProviderType, ServerSettings
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import build_http_app, require_scope
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from oauth_broker.adapters.broker_store import MongoBrokerStore
 from oauth_broker.adapters.discovery import apply_discovery, apply_overrides, fetch_discovery
 from oauth_broker.adapters.mailbox_check import XOAuth2MailboxCheck
 from oauth_broker.adapters.oauth_client import OAuthApp, OAuthClient
-from oauth_broker.config import SERVICE_NAME, MailServerIn, ProviderSettings, Settings
+from oauth_broker.config import (
+    CONFIRM_SCOPE,
+    SERVICE_NAME,
+    MailServerIn,
+    ProviderSettings,
+    Settings,
+)
 from oauth_broker.domain.providers import DEFAULT_ENDPOINTS, ProviderEndpoints
 from oauth_broker.entrypoints.events import register_subscribers
 from oauth_broker.entrypoints.housekeeping import make_housekeeper
-from oauth_broker.entrypoints.http import build_public_router
+from oauth_broker.entrypoints.http import build_public_router, build_service_router
 from oauth_broker.handlers import BrokerDeps, MailServers, OAuthProviderClient
 
 # The endpoint settings an operator may override: ProviderEndpoints' fields that
@@ -46,6 +52,8 @@ def build_app(settings: Settings) -> FastAPI:
         session_lifetime=settings.session_lifetime,
         refresh_margin=settings.refresh_margin,
         mail_servers=_mail_servers(settings),
+        start_url=settings.start_url,
+        confirm_lifetime=settings.confirm_lifetime,
     )
     register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
@@ -59,9 +67,13 @@ def build_app(settings: Settings) -> FastAPI:
 
     return build_http_app(
         title="mailbox-link oauth-broker",
-        router=None,
-        service_keys={},
-        public_router=build_public_router(deps, settings.oauth_return_url),
+        router=build_service_router(
+            deps, require_scope(CONFIRM_SCOPE, settings.service_keys, settings.service_key_scopes)
+        ),
+        service_keys=settings.service_keys,
+        public_router=build_public_router(
+            deps, settings.oauth_return_url, secure_cookie=settings.secure_cookie
+        ),
         on_start=[
             load_providers,
             store.create_indexes,

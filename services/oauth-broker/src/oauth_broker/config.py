@@ -2,6 +2,7 @@
 
 import ssl
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -61,6 +62,11 @@ class ProviderSettings(BaseModel):
         return bool(self.client_id and self.client_secret.get_secret_value())
 
 
+# The scope a service key needs to confirm a sign-in: the product's backend, which knows who is
+# signed in to the product; not link-api or the sign-in service, which share MBL_SERVICE_KEYS.
+CONFIRM_SCOPE = "sign_in_confirm"
+
+
 class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
     """Everything the broker reads from the environment (MBL_*)."""
 
@@ -77,8 +83,28 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
     )
     oauth_return_url: str | None = Field(
         default=None,
-        description="Where to send the browser after the callback (with link_id, result and "
-        "error in the query); without it the broker shows a small page.",
+        description="The product's page to send the browser to after the callback (with "
+        "link_id, result, error, and for a verified sign-in the one-time code its backend "
+        "confirms); without it the broker shows a page with the code (ADR 0014).",
+    )
+    service_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="JSON object of calling service name to its bearer token: who may confirm "
+        "sign-ins (the product's backend); empty: no sign-in can be confirmed.",
+    )
+    service_key_scopes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON object of calling service name to its scopes: only a key granted "
+        f"'{CONFIRM_SCOPE}' (the product's backend) may confirm sign-ins (ADR 0014), e.g. "
+        f'{{"product": ["{CONFIRM_SCOPE}"]}}',
+    )
+    oauth_start_url: str | None = Field(
+        default=None,
+        description="The broker's /v1/oauth/start as browsers reach it; default: next to "
+        "MBL_OAUTH_REDIRECT_URI.",
+    )
+    oauth_confirm_ttl_seconds: float = Field(
+        default=600, gt=0, description="How long the product has to confirm a sign-in."
     )
     oauth_google: ProviderSettings = ProviderSettings()
     oauth_microsoft: ProviderSettings = ProviderSettings()
@@ -114,6 +140,25 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
     def session_lifetime(self) -> timedelta:
         """How long a sign-in URL works."""
         return timedelta(seconds=self.oauth_session_ttl_seconds)
+
+    @property
+    def start_url(self) -> str:
+        """Where AuthorizationRequired sends browsers: <this>/<start token>."""
+        if self.oauth_start_url:
+            return self.oauth_start_url.rstrip("/")
+        parts = urlsplit(self.oauth_redirect_uri)
+        return f"{parts.scheme}://{parts.netloc}/v1/oauth/start"
+
+    @property
+    def secure_cookie(self) -> bool:
+        """False only when the callback is plain http (local runs): browsers drop Secure
+        cookies there."""
+        return urlsplit(self.oauth_redirect_uri).scheme != "http"
+
+    @property
+    def confirm_lifetime(self) -> timedelta:
+        """How long a verified sign-in waits for the product's confirmation."""
+        return timedelta(seconds=self.oauth_confirm_ttl_seconds)
 
     @property
     def refresh_margin(self) -> timedelta:

@@ -65,3 +65,7 @@ class BrokerDeps:
     refresh_margin: timedelta = timedelta(minutes=5)
     mail_servers: Mapping[ProviderType, MailServers] | None = None
     clock: Callable[[], datetime] = utc_now
+    # Where browsers open a sign-in: AuthorizationRequired carries <start_url>/<start token>.
+    start_url: str = "http://127.0.0.1:8083/v1/oauth/start"
+    # How long the product has to confirm a verified sign-in (at most until the reservation).
+    confirm_lifetime: timedelta = timedelta(minutes=10)

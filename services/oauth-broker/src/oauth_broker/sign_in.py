@@ -3,8 +3,9 @@ reserved the link, and the callback that exchanges the code and checks who signe
 scopes, lasting access and the mailbox itself before announcing the verification."""
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from mailbox_link_contract.events import (
@@ -14,6 +15,7 @@ from mailbox_link_contract.events import (
     Failure,
     LinkRequested,
     LinkReserved,
+    MailboxOwner,
     MailboxVerified,
     MailboxVerifiedData,
     ProviderType,
@@ -42,8 +44,13 @@ from oauth_broker.domain.sessions import (
     AuthorizationSession,
     CallbackRefusal,
     LinkToAuthorize,
+    PendingConfirmation,
     SessionSecrets,
+    SignInStart,
+    binding_cookie_name,
+    new_secret,
     refuse_callback,
+    same_secret,
     state_digest,
 )
 from oauth_broker.ports import BrokerDeps, MailServers
@@ -102,7 +109,8 @@ async def _offer_if_reserved(link_id: str, deps: BrokerDeps) -> None:
         return
     link = session.link
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link_id))
-    url = deps.clients[link.provider].authorize_url(fresh, login_hint=link.address)
+    # The broker's start URL, not the provider's: no state leaves the broker (ADR 0014).
+    url = f"{deps.start_url.rstrip('/')}/{fresh.start_token}"
     data = AuthorizationRequiredData(
         link_id=link_id,
         owner=link.owner,
@@ -117,6 +125,44 @@ async def _offer_if_reserved(link_id: str, deps: BrokerDeps) -> None:
     logger.info("link %s: sign-in offered until %s", link_id, session.usable_until.isoformat())
 
 
+@dataclass(frozen=True)
+class StartOutcome:
+    """Where a browser opening a start URL goes: the provider (with its binding cookie) or a
+    refusal page."""
+
+    redirect_url: str | None = None
+    link_id: str | None = None
+    binding: str | None = None
+    usable_until: datetime | None = None
+    refusal: CallbackRefusal | None = None
+
+
+async def start_sign_in(start_token: str, deps: BrokerDeps) -> StartOutcome:
+    """Opens a link's sign-in in the browser that came with its start URL, once: makes the
+    state and the browser's binding secret (both stored only as digests) and returns the
+    provider's authorization URL."""
+    now = deps.clock()
+    found = await deps.store.session_by_start(state_digest(start_token)) if start_token else None
+    refusal = refuse_callback(found[0] if found else None, now)
+    if refusal is CallbackRefusal.STATE_USED:
+        refusal = CallbackRefusal.START_USED
+    if refusal is not None or found is None:
+        logger.info("sign-in start refused: %s", (refusal or CallbackRefusal.UNKNOWN_STATE).value)
+        return StartOutcome(refusal=refusal or CallbackRefusal.UNKNOWN_STATE)
+    session, sealed = found
+    link = session.link
+    state, binding = new_secret(), new_secret()
+    start = SignInStart(link.link_id, state_digest(state), state_digest(binding), now)
+    if not await deps.store.start_sign_in(start):
+        logger.info("link %s: start URL opened again, refused", link.link_id)
+        return StartOutcome(refusal=CallbackRefusal.START_USED)
+    fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
+    client = deps.clients[link.provider]
+    url = client.authorize_url(fresh.started(state), login_hint=link.address)
+    logger.info("link %s: sign-in started", link.link_id)
+    return StartOutcome(url, link.link_id, binding, session.usable_until)
+
+
 class CallbackResult(StrEnum):
     """How a callback ended, for the page the browser sees."""
 
@@ -127,23 +173,33 @@ class CallbackResult(StrEnum):
 
 @dataclass(frozen=True)
 class CallbackOutcome:
-    """What the callback page says: the result, the failure or refusal, and the link."""
+    """What the callback page says: the result, the failure or refusal, and the link; for a
+    verified sign-in, the one-time code the product confirms it with."""
 
     result: CallbackResult
     link_id: str | None = None
     address: str | None = None
     failure: Failure | None = None
     refusal: CallbackRefusal | None = None
+    owner: MailboxOwner | None = None
+    confirmation_code: str | None = None
 
 
 async def complete_sign_in(
-    state: str, code: str | None, error: str | None, error_description: str, deps: BrokerDeps
+    state: str,
+    code: str | None,
+    error: str | None,
+    error_description: str,
+    deps: BrokerDeps,
+    cookies: Mapping[str, str] | None = None,
 ) -> CallbackOutcome:
     """Handles the browser's return from the provider: verifies the mailbox, or says why not.
 
-    A forged, replayed or expired state, or one of a link the registry ended, changes nothing.
+    A forged, replayed or expired state, one of a link the registry ended, or a callback in a
+    browser that did not start the sign-in (no matching binding cookie) changes nothing. A
+    verified sign-in is announced only once the product confirms it (confirm_sign_in).
     """
-    claimed = await _claim_session(state, deps)
+    claimed = await _claim_session(state, cookies or {}, deps)
     if isinstance(claimed, CallbackRefusal):
         logger.info("callback refused: %s", claimed.value)
         return CallbackOutcome(CallbackResult.REFUSED, refusal=claimed)
@@ -161,18 +217,29 @@ async def complete_sign_in(
         logger.error("link %s sign-in broke: %s", link.link_id, type(exc).__name__)
         failure = Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
     else:
-        await _announce_verified(link, grant, servers, deps)
-        return CallbackOutcome(CallbackResult.VERIFIED, link.link_id, link.address)
+        confirmation = await _await_confirmation(session, grant, servers, deps)
+        return CallbackOutcome(
+            CallbackResult.VERIFIED, link.link_id, link.address, owner=link.owner,
+            confirmation_code=confirmation,
+        )  # fmt: skip
     await deps.publisher.publish(_failed(link, failure))
-    return CallbackOutcome(CallbackResult.FAILED, link.link_id, link.address, failure)
+    return CallbackOutcome(
+        CallbackResult.FAILED, link.link_id, link.address, failure, owner=link.owner
+    )
 
 
 async def _claim_session(
-    state: str, deps: BrokerDeps
+    state: str, cookies: Mapping[str, str], deps: BrokerDeps
 ) -> tuple[AuthorizationSession, EncryptedSecret] | CallbackRefusal:
     """Finds the state's session and uses it up, or says why the callback must be refused."""
     now = deps.clock()
-    found = await deps.store.session_by_state(state_digest(state)) if state else None
+    start = await deps.store.start_by_state(state_digest(state)) if state else None
+    if start is None:
+        return CallbackRefusal.UNKNOWN_STATE
+    # Before anything else: a browser that did not start the sign-in changes nothing.
+    if not same_secret(cookies.get(binding_cookie_name(start.link_id)), start.binding_digest):
+        return CallbackRefusal.NOT_BOUND
+    found = await deps.store.get_session(start.link_id)
     refusal = refuse_callback(found[0] if found else None, now)
     if refusal is not None or found is None:
         return refusal or CallbackRefusal.UNKNOWN_STATE
@@ -241,30 +308,82 @@ def _servers_for(link: LinkToAuthorize, deps: BrokerDeps) -> MailServers:
     )
 
 
-async def _announce_verified(
-    link: LinkToAuthorize, grant: TokenGrant, servers: MailServers, deps: BrokerDeps
-) -> None:
-    # The grant is stored before the event goes out, so MailboxLinked always finds it.
+async def _await_confirmation(
+    session: AuthorizationSession, grant: TokenGrant, servers: MailServers, deps: BrokerDeps
+) -> str:
+    """Keeps a verified sign-in (tokens sealed) until the product confirms it; returns the
+    one-time code, stored only as a digest."""
+    link = session.link
+    now = deps.clock()
     sealed = deps.secret_box.seal(grant.to_json(), context=link.address)
     stored = StoredGrant(
         link.link_id, link.owner, link.address, link.provider, GrantStatus.VERIFIED,
-        grant.expires_at, sealed, verified_at=deps.clock(),
+        grant.expires_at, sealed, verified_at=now,
     )  # fmt: skip
     await deps.store.save_grant(stored)
+    code = new_secret()
+    expires_at = min(now + deps.confirm_lifetime, session.usable_until)
+    pending = PendingConfirmation(
+        link.link_id, state_digest(code), expires_at, servers.imap, servers.smtp
+    )
+    await deps.store.save_confirmation(pending)
+    logger.info("link %s verified by sign-in, awaiting the product's confirmation", link.link_id)
+    return code
+
+
+class ConfirmRefusal(StrEnum):
+    """Why a confirmation changes nothing."""
+
+    UNKNOWN_CODE = "unknown_code"  # never issued, or the link ended (its tokens are gone)
+    CODE_EXPIRED = "code_expired"  # too late: the confirm window or the reservation lapsed
+    CODE_USED = "code_used"  # a code confirms once
+    OTHER_USER = "other_user"  # the code belongs to another account's or user's link
+
+
+async def confirm_sign_in(
+    owner: MailboxOwner, code: str, deps: BrokerDeps
+) -> ConfirmRefusal | None:
+    """Announces a verified sign-in (MailboxVerified) when the product confirms its one-time
+    code for the user who requested the link; otherwise returns why not, changing nothing (a
+    wrong user's attempt does not use the code up)."""
+    now = deps.clock()
+    pending = await deps.store.confirmation_by_code(state_digest(code)) if code else None
+    if pending is None:
+        return ConfirmRefusal.UNKNOWN_CODE
+    found = await deps.store.get_session(pending.link_id)
+    grant = await deps.store.get_grant(pending.link_id)
+    if found is None or grant is None:
+        return ConfirmRefusal.UNKNOWN_CODE  # the registry ended the link (its tokens are gone)
+    link = found[0].link
+    # The owner first: another user learns only that the code is not theirs.
+    if link.owner != owner:
+        logger.warning("link %s: confirmation by another user refused", link.link_id)
+        return ConfirmRefusal.OTHER_USER
+    if grant.status is not GrantStatus.VERIFIED:
+        return ConfirmRefusal.CODE_USED  # already confirmed and linked
+    if pending.expires_at <= now or (found[0].reserved_until or now) <= now:
+        return ConfirmRefusal.CODE_EXPIRED
+    if not await deps.store.mark_confirmed(link.link_id, now):
+        return ConfirmRefusal.CODE_USED
     data = MailboxVerifiedData(
         link_id=link.link_id,
         owner=link.owner,
         address=link.address,
         provider=link.provider,
         auth=AuthMethod.OAUTH,
-        imap=servers.imap,
-        smtp=servers.smtp,
-        credentials=sealed,
+        imap=pending.imap,
+        smtp=pending.smtp,
+        credentials=grant.sealed,
     )
-    await deps.publisher.publish(
-        MailboxVerified(correlation_id=link.link_id, producer=SERVICE_NAME, data=data)
-    )
-    logger.info("link %s verified by sign-in", link.link_id)
+    try:
+        await deps.publisher.publish(
+            MailboxVerified(correlation_id=link.link_id, producer=SERVICE_NAME, data=data)
+        )
+    except Exception:
+        await deps.store.unmark_confirmed(link.link_id)  # the product may retry
+        raise
+    logger.info("link %s confirmed by its requester", link.link_id)
+    return None
 
 
 async def end_expired_sessions(deps: BrokerDeps) -> int:

@@ -18,7 +18,9 @@ from oauth_broker.domain.grants import GrantStatus, StoredGrant
 from oauth_broker.domain.sessions import (
     AuthorizationSession,
     LinkToAuthorize,
+    PendingConfirmation,
     SessionStatus,
+    SignInStart,
 )
 
 
@@ -32,9 +34,15 @@ class BrokerStore(Protocol):
     async def get_session(
         self, link_id: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None: ...
-    async def session_by_state(
+    async def session_by_start(
         self, digest: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None: ...
+    async def start_sign_in(self, start: SignInStart) -> bool: ...
+    async def start_by_state(self, digest: str) -> SignInStart | None: ...
+    async def save_confirmation(self, pending: PendingConfirmation) -> None: ...
+    async def confirmation_by_code(self, digest: str) -> PendingConfirmation | None: ...
+    async def mark_confirmed(self, link_id: str, now: datetime) -> bool: ...
+    async def unmark_confirmed(self, link_id: str) -> None: ...
     async def claim_session(self, link_id: str, now: datetime) -> bool: ...
     async def end_session(self, link_id: str) -> bool: ...
     async def expired_sessions(self, now: datetime) -> list[str]: ...
@@ -65,12 +73,19 @@ class MongoBrokerStore:
         self._sessions = db["sessions"]
         self._reservations = db["reservations"]
         self._grants = db["grants"]
+        # Each inserted once per link (ADR 0014): the opened start URL, the verified sign-in
+        # waiting for the product's confirmation, and that confirmation.
+        self._starts = db["starts"]
+        self._confirmations = db["confirmations"]
+        self._confirmed = db["confirmed"]
 
     async def create_indexes(self) -> None:
         """Creates the lookup indexes (idempotent)."""
         await self._sessions.create_index([("state_digest", ASCENDING)])
         await self._sessions.create_index([("status", ASCENDING), ("expires_at", ASCENDING)])
         await self._grants.create_index([("status", ASCENDING), ("expires_at", ASCENDING)])
+        await self._starts.create_index([("state_digest", ASCENDING)])
+        await self._confirmations.create_index([("code_digest", ASCENDING)])
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -119,12 +134,77 @@ class MongoBrokerStore:
             document = {**document, "reserved_until": reservation["reserved_until"]}
         return _session(document)
 
-    async def session_by_state(
+    async def session_by_start(
         self, digest: str
     ) -> tuple[AuthorizationSession, EncryptedSecret] | None:
-        """Returns the session whose state has this digest, and its sealed secrets."""
+        """Returns the session whose start token has this digest, and its sealed secrets."""
         document = await self._sessions.find_one({"state_digest": digest, "requested": True})
         return await self._with_reservation(document) if document else None
+
+    async def start_sign_in(self, start: SignInStart) -> bool:
+        """Records that a browser opened the link's start URL; False if one already did."""
+        try:
+            await self._starts.insert_one(
+                {
+                    "_id": start.link_id,
+                    "state_digest": start.state_digest,
+                    "binding_digest": start.binding_digest,
+                    "started_at": start.started_at,
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def start_by_state(self, digest: str) -> SignInStart | None:
+        """Returns the started sign-in whose state has this digest."""
+        document = await self._starts.find_one({"state_digest": digest})
+        if document is None:
+            return None
+        return SignInStart(
+            str(document["_id"]),
+            document["state_digest"],
+            document["binding_digest"],
+            document["started_at"],
+        )
+
+    async def save_confirmation(self, pending: PendingConfirmation) -> None:
+        """Stores a verified sign-in's one-time code (digest) once."""
+        with contextlib.suppress(DuplicateKeyError):
+            await self._confirmations.insert_one(
+                {
+                    "_id": pending.link_id,
+                    "code_digest": pending.code_digest,
+                    "expires_at": pending.expires_at,
+                    "imap": pending.imap.model_dump_json(),
+                    "smtp": pending.smtp.model_dump_json(),
+                }
+            )
+
+    async def confirmation_by_code(self, digest: str) -> PendingConfirmation | None:
+        """Returns the verified sign-in whose one-time code has this digest."""
+        document = await self._confirmations.find_one({"code_digest": digest})
+        if document is None:
+            return None
+        return PendingConfirmation(
+            link_id=str(document["_id"]),
+            code_digest=document["code_digest"],
+            expires_at=document["expires_at"],
+            imap=ServerSettings.model_validate_json(document["imap"]),
+            smtp=ServerSettings.model_validate_json(document["smtp"]),
+        )
+
+    async def mark_confirmed(self, link_id: str, now: datetime) -> bool:
+        """Uses up a link's confirmation; False if it was already used."""
+        try:
+            await self._confirmed.insert_one({"_id": link_id, "confirmed_at": now})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def unmark_confirmed(self, link_id: str) -> None:
+        """Gives a confirmation back when its event could not be published (a retry may use it)."""
+        await self._confirmed.delete_one({"_id": link_id})
 
     async def claim_session(self, link_id: str, now: datetime) -> bool:
         """Uses up an open, unexpired session; False if another callback got there first."""

@@ -6,9 +6,10 @@ and short-lived, and PKCE and the OIDC nonce bind the answer to this session.
 """
 
 import hashlib
+import hmac
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -25,11 +26,14 @@ class SessionStatus(StrEnum):
 
 @dataclass(frozen=True)
 class SessionSecrets:
-    """What only this session knows; sealed at rest, and the state only ever stored hashed."""
+    """What only this session knows; sealed at rest. The start token (in the URL the product
+    shows) is looked up by its digest; the state is made when the browser starts the sign-in,
+    and stored only hashed (ADR 0014)."""
 
     state: str
     code_verifier: str
     nonce: str
+    start_token: str = ""
 
     def __repr__(self) -> str:
         return "SessionSecrets(<redacted>)"
@@ -37,28 +41,62 @@ class SessionSecrets:
     def to_json(self) -> str:
         """Returns the JSON object that gets sealed."""
         return json.dumps(
-            {"state": self.state, "code_verifier": self.code_verifier, "nonce": self.nonce}
+            {
+                "state": self.state,
+                "code_verifier": self.code_verifier,
+                "nonce": self.nonce,
+                "start_token": self.start_token,
+            }
         )
 
     @classmethod
     def from_json(cls, text: str) -> "SessionSecrets":
         """Reads an opened JSON object back."""
         raw = json.loads(text)
-        return cls(str(raw["state"]), str(raw["code_verifier"]), str(raw["nonce"]))
+        return cls(
+            str(raw["state"]),
+            str(raw["code_verifier"]),
+            str(raw["nonce"]),
+            str(raw.get("start_token", "")),
+        )
 
     @classmethod
     def generate(cls) -> "SessionSecrets":
         """Returns fresh random values (PKCE's verifier is 43-128 characters: 64 here)."""
         return cls(
-            state=secrets.token_urlsafe(32),
+            state="",  # made when the browser starts the sign-in
             code_verifier=secrets.token_urlsafe(48),
             nonce=secrets.token_urlsafe(24),
+            start_token=secrets.token_urlsafe(32),
         )
+
+    def started(self, state: str) -> "SessionSecrets":
+        """Returns these secrets with the state the provider will bring back."""
+        return replace(self, state=state)
+
+
+def new_secret() -> str:
+    """Returns a fresh random value (256 bits): a state, browser binding or one-time code."""
+    return secrets.token_urlsafe(32)
 
 
 def state_digest(state: str) -> str:
-    """Returns how a state is looked up: hashed, so a database reader cannot complete a sign-in."""
+    """Returns how a state is looked up: hashed, so a database reader cannot complete a sign-in.
+    The start token, browser binding and confirmation code are stored the same way."""
     return hashlib.sha256(state.encode("utf-8")).hexdigest()
+
+
+def binding_cookie_name(link_id: str) -> str:
+    """Returns the name of the cookie that binds a link's sign-in to its browser: one per link,
+    so two sign-ins in one browser do not overwrite each other."""
+    return "mbl_signin_" + hashlib.sha256(link_id.encode("utf-8")).hexdigest()[:16]
+
+
+def same_secret(presented: str | None, digest: str) -> bool:
+    """True when a presented secret has the stored digest (compared in constant time)."""
+    if not presented or not digest:
+        return False
+    return hmac.compare_digest(state_digest(presented), digest)
 
 
 @dataclass(frozen=True)
@@ -84,6 +122,7 @@ class AuthorizationSession:
     """One link's sign-in, as stored."""
 
     link: LinkToAuthorize
+    # The digest of the start token (the field keeps its stored name).
     state_digest: str
     status: SessionStatus
     created_at: datetime
@@ -97,7 +136,9 @@ class AuthorizationSession:
     ) -> tuple["AuthorizationSession", SessionSecrets]:
         """Returns a new session for a link request, and its secrets."""
         fresh = SessionSecrets.generate()
-        session = cls(link, state_digest(fresh.state), SessionStatus.OPEN, now, now + lifetime)
+        session = cls(
+            link, state_digest(fresh.start_token), SessionStatus.OPEN, now, now + lifetime
+        )
         return session, fresh
 
     @property
@@ -126,6 +167,8 @@ class CallbackRefusal(StrEnum):
     LINK_ENDED = "link_ended"  # the registry rejected or ended the link
     NOT_RESERVED = "not_reserved"  # the registry has not reserved the link
     SESSION_EXPIRED = "session_expired"
+    START_USED = "start_used"  # the start URL was already opened (in this or another browser)
+    NOT_BOUND = "not_bound"  # the callback came to a browser that did not start the sign-in
 
 
 def refuse_callback(session: AuthorizationSession | None, now: datetime) -> CallbackRefusal | None:
@@ -145,3 +188,26 @@ def refuse_callback(session: AuthorizationSession | None, now: datetime) -> Call
         # The registry has ended the link, or will as soon as it notices: do not race it.
         return CallbackRefusal.LINK_ENDED
     return None
+
+
+@dataclass(frozen=True)
+class SignInStart:
+    """A started sign-in, inserted once when the browser opened the start URL: the digests of
+    the state the provider brings back and of the secret in that browser's cookie."""
+
+    link_id: str
+    state_digest: str
+    binding_digest: str
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingConfirmation:
+    """A verified sign-in waiting for the product to confirm it for the requesting user: the
+    one-time code only as a digest, and the servers the mailbox was checked on."""
+
+    link_id: str
+    code_digest: str
+    expires_at: datetime
+    imap: ServerSettings
+    smtp: ServerSettings
