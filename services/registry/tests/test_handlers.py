@@ -3,10 +3,13 @@
 from datetime import timedelta
 from typing import TypeVar
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
 from pydantic import ValidationError
 
 from mailbox_link_contract.events import (
+    Authority,
     Envelope,
     Failure,
     LinkRejected,
@@ -33,6 +36,7 @@ from registry.adapters.registry_store import PendingEntry
 from registry.decisions import current_link, held_slots, load
 from registry.domain.links import LinkRecord, LinkState
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
+from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps, UnlinkResult
 from registry_fakes import (
     FailingOncePublisher,
@@ -1005,3 +1009,26 @@ async def test_an_operator_lowering_a_plans_limit_keeps_the_links_listed_and_cou
     assert (await handlers.get_plan(ALICE, lowered)).used == 5
     await handlers.when_link_requested_reserve(_requested(ALICE, "l5", "m5@example.org"), lowered)
     assert _rejection(lowered, "l5").data.failure.code is FailureCode.PLAN_LIMIT_REACHED
+
+
+async def test_the_mailbox_records_and_lists_the_authority_its_verification_named(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    verified = _verified(ALICE, "l1")
+    data = verified.data.model_copy(update={"authority": Authority.PUBLISHED_SETTINGS})
+    await handlers.when_mailbox_verified_link(verified.model_copy(update={"data": data}), deps)
+    await _link(deps, ALICE, "l2", "older@example.org")  # no authority: linked before 1.3.0
+    app = FastAPI()
+    app.include_router(build_router(deps, _anyone))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://registry"
+    ) as client:
+        answer = await client.get("/v1/accounts/acme/users/alice/mailboxes")
+    assert answer.status_code == 200
+    authorities = {m["email"]: m["authority"] for m in answer.json()["mailboxes"]}
+    assert authorities == {ADDRESS: "published_settings", "older@example.org": None}
+
+
+async def _anyone(request: Request) -> str:
+    return "test"
