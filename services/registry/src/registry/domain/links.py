@@ -1,9 +1,11 @@
 """The life of one link request in the registry, and the rules that decide each step.
 
-A link request holds two things while it lives: its mailbox address (so no one else can link
-it) and one plan slot of its user (so the user cannot exceed their plan). It claims both before
-verification ends, keeps them while linked, and lets go of both by ending: a claim counts only
-while its link is live, so ending a link is all it takes to give everything back.
+A link request holds one plan slot of its user from its request on (so the user cannot exceed
+their plan, counting links in flight) and its user's own hold on the mailbox (so the user has
+one request for it at a time). Its mailbox address (so no one else can link it) it claims only
+once verified: before control is proven a request reveals nothing about other accounts and
+holds nothing against the address's owner. It keeps all three while linked and lets go by
+ending: a claim counts only while its link is live, so ending a link gives everything back.
 
 A link's life is a chain of decisions, numbered from 1. Each is stored once under (link id,
 step): of two requests deciding from the same step, the store's unique key lets one win.
