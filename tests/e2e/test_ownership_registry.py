@@ -26,7 +26,8 @@ async def test_junk_credentials_for_an_address_linked_elsewhere_learn_nothing(
     assert second["status"] == "failed", second
     # The verification's failure, exactly as for an address nobody linked.
     assert second["failure"]["code"] == "imap_auth_failed"
-    assert "already_linked" not in str(second)
+    assert "already_linked_elsewhere" not in str(second)
+    assert second["already_linked"] is False
 
 
 async def test_the_right_password_for_an_address_linked_elsewhere_is_told_after_verifying(
