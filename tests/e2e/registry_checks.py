@@ -11,9 +11,11 @@ HOLDING = ("reserved", "linked")
 def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> None:
     """Checks guarantees 1 and 2 on the registry's own documents, once no link is reserving.
 
-    One link at most holds each mailbox, whatever its spelling, and it holds the latest claim
-    on it; every link holding a mailbox holds the latest claim on one of its user's slots, a
-    slot no other link holds.
+    One linked link at most holds each mailbox, whatever its spelling, and it holds the latest
+    claim on it (a reserved link claims the address only once verified, so need not hold it);
+    every link in flight or linked holds the latest claim of its user's own hold on the
+    mailbox, one per user and mailbox, and the latest claim on one of its user's slots, a slot
+    no other link holds.
     """
     links = {d["_id"]: d for d in documents["links"]}
     assert not [i for i, d in links.items() if d["state"] == "reserving"], "links left reserving"
@@ -29,10 +31,15 @@ def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> No
         if link["state"] not in HOLDING:
             continue
         key = mailbox_key(link["address"])
-        holders[key].append(link_id)
         named = {c.rsplit("#", 1)[0]: c for c in link["claims"]}
-        address_claim = named.get(f"mailbox:{key}")
-        assert latest_ids.get(address_claim or "") == link_id, f"{link_id} lost its address"
+        user = f"{link['account_id']}\x1f{link['user_id']}"
+        own = named.get(f"owner-mailbox:{user}:{key}")
+        assert latest_ids.get(own or "") == link_id, f"{link_id} lost its user's hold"
+        holders[f"owner-mailbox:{user}:{key}"].append(link_id)
+        if link["state"] == "linked":
+            holders[key].append(link_id)
+            address_claim = named.get(f"mailbox:{key}")
+            assert latest_ids.get(address_claim or "") == link_id, f"{link_id} lost its address"
         slot_prefix = f"slot:{link['account_id']}\x1f{link['user_id']}:"
         slots = [c for r, c in named.items() if r.startswith(slot_prefix)]
         assert len(slots) == 1, f"{link_id} holds {len(slots)} slots"

@@ -153,3 +153,25 @@ async def test_of_plan_changes_applied_at_once_the_newest_stands(hint_loss: floa
     await _all_at_once(list(changes), deps, seed=4)
     usage = await handlers.get_plan(user, deps)
     assert usage.plan == changes[-1].data.plan
+
+
+@pytest.mark.parametrize("hint_loss", HINT_LOSSES)
+async def test_of_fifty_concurrent_requests_of_one_user_for_one_mailbox_one_proceeds(
+    hint_loss: float,
+) -> None:
+    # No address is claimed before verification: the user's own hold decides this race.
+    deps = _deps(hint_loss, seed=3)
+    owner = MailboxOwner(account_id="acme", user_id="alice")
+    requests = [_requested(owner, f"l{n}", "Mine+tag@example.org") for n in range(50)]
+    verifications = [_verified(owner, r.data.link_id, r.data.address) for r in requests]
+    await _all_at_once([*requests, *verifications], deps, seed=3)
+
+    finals = _finals(deps)
+    assert set(finals) == {r.data.link_id for r in requests}
+    assert all(len(answers) == 1 for answers in finals.values())
+    answers = [next(iter(a)) for a in finals.values()]
+    linked = [a for a in answers if isinstance(a, MailboxLinked)]
+    assert len(linked) == 1
+    codes = {a.data.failure.code for a in answers if isinstance(a, LinkRejected)}
+    assert codes <= {FailureCode.LINK_IN_PROGRESS, FailureCode.ALREADY_LINKED}
+    assert (await handlers.get_plan(owner, deps)).used == 1

@@ -3,10 +3,13 @@
 from datetime import timedelta
 from typing import TypeVar
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
 from pydantic import ValidationError
 
 from mailbox_link_contract.events import (
+    Authority,
     Envelope,
     Failure,
     LinkRejected,
@@ -33,6 +36,7 @@ from registry.adapters.registry_store import PendingEntry
 from registry.decisions import current_link, held_slots, load
 from registry.domain.links import LinkRecord, LinkState
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
+from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps, UnlinkResult
 from registry_fakes import (
     FailingOncePublisher,
@@ -85,7 +89,7 @@ def deps(store: InMemoryRegistryStore, clock: FakeClock) -> RegistryDeps:
 # --- a link's life ----------------------------------------------------------------------------
 
 
-async def test_request_reserves_the_address_and_a_slot_and_announces_it(
+async def test_request_reserves_a_slot_not_the_address_and_announces_it(
     deps: RegistryDeps, clock: FakeClock
 ) -> None:
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
@@ -95,7 +99,7 @@ async def test_request_reserves_the_address_and_a_slot_and_announces_it(
     assert reserved.data.owner == ALICE
     assert reserved.data.address == ADDRESS
     assert reserved.data.expires_at == clock() + TTL
-    assert await _holder(deps, ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) is None  # nothing held before control is proven
     assert (await handlers.get_plan(ALICE, deps)).used == 1
 
 
@@ -120,6 +124,9 @@ async def test_another_spelling_of_a_linked_gmail_mailbox_is_linked_elsewhere(
     await _link(deps, ALICE, "l1", "bob.smith@gmail.com")
     await handlers.when_link_requested_reserve(
         _requested(BOB, "l2", "bobsmith+crm@googlemail.com"), deps
+    )
+    await handlers.when_mailbox_verified_link(
+        _verified(BOB, "l2", "bobsmith+crm@googlemail.com"), deps
     )
     refused = _final(deps, "l2")
     assert isinstance(refused, LinkRejected)
@@ -186,14 +193,16 @@ async def test_each_decision_is_published_once_when_nothing_fails(
 async def test_second_account_cannot_link_a_linked_mailbox(deps: RegistryDeps) -> None:
     await _link(deps, ALICE, "l1")
     await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    # Reserved like any request: the answer about the address waits for his verification.
+    assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
     refused = _rejection(deps, "l2")
     assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
     assert refused.data.owner == BOB
     body = refused.model_dump_json()
     assert "acme" not in body  # the other account and user stay secret
     assert "alice" not in body
-    # Nothing was taken for BOB, and the late verification of his request links nothing.
-    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)  # redelivered
     assert _final(deps, "l2") == refused
     assert await _holder(deps, ADDRESS) == "l1"
     assert (await handlers.get_plan(BOB, deps)).used == 0
@@ -203,6 +212,7 @@ async def test_second_account_cannot_link_a_linked_mailbox(deps: RegistryDeps) -
 async def test_refusal_to_another_account_names_none_of_its_mailboxes(deps: RegistryDeps) -> None:
     await _link(deps, ALICE, "l1")
     await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
     await handlers.when_mailbox_verified_link(_verified(BOB, "l3"), deps)  # verified first
     await handlers.when_link_requested_reserve(_requested(BOB, "l3"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "l4"), deps)
@@ -218,6 +228,7 @@ async def test_a_refused_request_holds_nothing_and_claims_only_its_address(
     await _link(deps, ALICE, "l1")
     store.claimants.clear()
     await handlers.when_link_requested_reserve(_requested(BOB, "elsewhere"), deps)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "elsewhere"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "again"), deps)
     await handlers.when_link_requested_reserve(_requested(ALICE, "full", "b@example.org"), deps)
     await handlers.when_mailbox_verified_link(_verified(ALICE, "late", "c@example.org"), deps)
@@ -232,9 +243,9 @@ async def test_a_refused_request_holds_nothing_and_claims_only_its_address(
         "full": FailureCode.PLAN_LIMIT_REACHED,
         "late": FailureCode.PLAN_LIMIT_REACHED,
     }
-    # A held address is answered on sight; the plan is looked at once the address is claimed
-    # (so the answer about the address never depends on the plan), and no slot is claimed.
-    assert store.claimants == ["full", "late"]
+    # Another account's request claims its own hold and a slot, and only once verified tries
+    # the address; the user's own linked mailbox is answered on sight from their own hold.
+    assert store.claimants == ["elsewhere", "elsewhere", "full", "late"]
     assert await _holder(deps, ADDRESS) == "l1"
     assert await _holder(deps, "b@example.org") is None  # the refusal ended its claim
     assert await _held(deps, ALICE) == {"l1"}
@@ -260,14 +271,56 @@ async def test_a_plan_full_of_expired_reservations_is_not_refused_on_sight(
     assert await _held(deps, ALICE) == {"l2"}
 
 
-async def test_second_account_cannot_take_a_mailbox_being_linked(deps: RegistryDeps) -> None:
+async def test_two_accounts_requesting_one_address_are_both_reserved_first_verified_wins(
+    deps: RegistryDeps,
+) -> None:
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
     await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
-    refused = _rejection(deps, "l2")
+    assert isinstance(_event(deps, "l1", LinkReserved), LinkReserved)
+    assert isinstance(_event(deps, "l2", LinkReserved), LinkReserved)
+    assert await _holder(deps, ADDRESS) is None
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
+    assert isinstance(_final(deps, "l2"), MailboxLinked)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    refused = _rejection(deps, "l1")
     assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
     assert refused.data.mailbox_id is None
-    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
-    assert isinstance(_final(deps, "l1"), MailboxLinked)
+    assert await _holder(deps, ADDRESS) == "l2"
+    assert (await handlers.get_plan(ALICE, deps)).used == 0
+
+
+async def test_a_failed_verification_beside_a_linked_address_keeps_its_own_failure(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    await _link(deps, ALICE, "l1")
+    failed = _failed(BOB, "l2")
+    await handlers.when_verification_failed_release(failed, deps)
+    assert _rejection(deps, "l2").data.failure == failed.data.failure
+    assert await _holder(deps, ADDRESS) == "l1"
+
+
+async def test_a_verified_request_takes_the_address_of_an_expired_verified_holder(
+    deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    # l1's verification claims the address, then l1 stops before deciding LINKED.
+    store.cut_in("add_decision", _crash)
+    with pytest.raises(ConnectionError):
+        await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
+    assert (await _holder(deps, ADDRESS)) == "l1"  # a verified claim counts at once
+    clock.advance(TTL)
+    await handlers.when_link_requested_reserve(_requested(BOB, "l3", "x@example.org"), deps)
+    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
+    assert _rejection(deps, "l2").data.failure.code is FailureCode.RESERVATION_EXPIRED
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)  # redelivered
+    assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
+    assert await _holder(deps, ADDRESS) is None
+
+
+async def _crash() -> None:
+    raise ConnectionError("the registry stopped here")
 
 
 async def test_linking_your_own_mailbox_again_answers_already_linked_with_its_id(
@@ -291,7 +344,7 @@ async def test_linking_your_own_mailbox_while_its_link_is_in_flight_answers_in_p
     refused = _rejection(deps, "l2")
     assert refused.data.failure.code is FailureCode.LINK_IN_PROGRESS
     assert refused.data.mailbox_id is None
-    assert await _holder(deps, ADDRESS) == "l1"
+    assert await _holder(deps, ADDRESS) is None
     assert (await handlers.get_plan(ALICE, deps)).used == 1
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
     assert isinstance(_final(deps, "l1"), MailboxLinked)
@@ -453,15 +506,15 @@ async def test_an_expired_holder_is_taken_over_by_the_next_request(
 ) -> None:
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
     clock.advance(TTL)
-    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l2"), deps)
     assert _rejection(deps, "l1").data.failure.code is FailureCode.RESERVATION_EXPIRED
     reserved = _event(deps, "l2", LinkReserved)
     assert reserved.data.expires_at == clock() + TTL
-    assert await _holder(deps, ADDRESS) == "l2"
-    assert (await handlers.get_plan(ALICE, deps)).used == 0
+    assert await _held(deps, ALICE) == {"l2"}
+    assert (await handlers.get_plan(ALICE, deps)).used == 1
     assert (await handlers.finish_pending(deps, GRACE)).expired == 0
     await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
-    await handlers.when_mailbox_verified_link(_verified(BOB, "l2"), deps)
+    await handlers.when_mailbox_verified_link(_verified(ALICE, "l2"), deps)
     assert isinstance(_final(deps, "l1"), LinkRejected)
     assert isinstance(_final(deps, "l2"), MailboxLinked)
 
@@ -481,6 +534,7 @@ def _a_busy_day(clock: FakeClock) -> list[RegistryEvent]:
         _requested(ALICE, "linked"),
         _verified(ALICE, "linked"),
         _requested(BOB, "elsewhere"),
+        _verified(BOB, "elsewhere"),
         _requested(ALICE, "again"),
         _requested(ALICE, "flight", "f@example.org"),
         _requested(ALICE, "in-progress", "f@example.org"),
@@ -566,9 +620,9 @@ async def test_an_unannounced_rejection_is_announced_by_the_next_look_before_it_
     with pytest.raises(ConnectionError):
         await handlers.when_verification_failed_release(failed, deps)
     assert _types(deps) == [LinkReserved]
-    # Whoever looks at the address finds the rejection unannounced, announces it, and only
-    # then sees the address free: the next link's events come after it on the topic.
-    assert await _holder(deps, ADDRESS) is None
+    # Whoever looks at the slot finds the rejection unannounced, announces it, and only
+    # then sees the slot free: the next link's events come after it on the topic.
+    assert await _held(deps, ALICE) == set()
     assert _rejection(deps, "l1").data.failure == failed.data.failure
     assert (await handlers.get_plan(ALICE, deps)).used == 0
     assert _at_rest(store)
@@ -600,7 +654,7 @@ async def test_an_interrupted_refusal_on_sight_is_announced_once(
 ) -> None:
     deps = _deps_failing_once(store, clock, "LinkRejected")
     await _link(deps, ALICE, "l1")
-    requested = _requested(BOB, "l2")
+    requested = _requested(ALICE, "l2")
     with pytest.raises(ConnectionError):
         await handlers.when_link_requested_reserve(requested, deps)
     record = await _record(deps, "l2")
@@ -612,7 +666,7 @@ async def test_an_interrupted_refusal_on_sight_is_announced_once(
     await handlers.when_link_requested_reserve(requested, deps)  # redelivered after the relay
     refused = _rejection(deps, "l2")
     assert str(refused.event_id) == record.latest.event_id
-    assert refused.data.failure.code is FailureCode.ALREADY_LINKED_ELSEWHERE
+    assert refused.data.failure.code is FailureCode.ALREADY_LINKED
     assert _at_rest(store)
     assert await _holder(deps, ADDRESS) == "l1"
 
@@ -718,7 +772,8 @@ async def test_a_stale_holder_with_an_unpublished_decision_is_announced_before_t
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
     with pytest.raises(ConnectionError):
         await handlers.when_verification_failed_release(_failed(ALICE, "l1"), deps)
-    await handlers.when_link_requested_reserve(_requested(BOB, "l2"), deps)
+    # The same user's next request looks at their hold on the mailbox, so announces l1's end.
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l2"), deps)
     assert [(type(e), e.correlation_id) for e in _events(deps)] == [
         (LinkReserved, "l1"),
         (LinkRejected, "l1"),
@@ -787,9 +842,17 @@ async def test_admin_unlinks_whoever_linked_the_mailbox(deps: RegistryDeps) -> N
 
 
 async def test_unlink_while_the_link_is_in_flight_answers_in_progress(
-    deps: RegistryDeps, clock: FakeClock
+    deps: RegistryDeps, store: InMemoryRegistryStore, clock: FakeClock
 ) -> None:
     await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    # Unverified, it holds no address: there is nothing of anyone's to unlink.
+    assert await handlers.unlink_mailbox(ADDRESS, deps, None, UnlinkedBy.ADMIN) is (
+        UnlinkResult.NOT_FOUND
+    )
+    # Verified, it holds the address from just before it is linked.
+    store.cut_in("add_decision", _crash)
+    with pytest.raises(ConnectionError):
+        await handlers.when_mailbox_verified_link(_verified(ALICE, "l1"), deps)
     assert await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER) is (
         UnlinkResult.IN_PROGRESS
     )
@@ -924,8 +987,7 @@ async def test_links_ended_longer_ago_than_the_retention_are_forgotten_with_thei
     assert address_claims == [
         f"mailbox:{ADDRESS}#0",
         f"mailbox:{ADDRESS}#2",
-        "mailbox:x@example.org#0",
-    ]
+    ]  # the refused link was never verified, so never claimed x@example.org
     assert await _holder(deps, ADDRESS) == "l3"
     assert await handlers.forget_ended_links(deps, retention) == 0
     await _link(deps, ALICE, "l4", "x@example.org")  # a forgotten holder's claim is free
@@ -947,3 +1009,26 @@ async def test_an_operator_lowering_a_plans_limit_keeps_the_links_listed_and_cou
     assert (await handlers.get_plan(ALICE, lowered)).used == 5
     await handlers.when_link_requested_reserve(_requested(ALICE, "l5", "m5@example.org"), lowered)
     assert _rejection(lowered, "l5").data.failure.code is FailureCode.PLAN_LIMIT_REACHED
+
+
+async def test_the_mailbox_records_and_lists_the_authority_its_verification_named(
+    deps: RegistryDeps,
+) -> None:
+    await handlers.when_link_requested_reserve(_requested(ALICE, "l1"), deps)
+    verified = _verified(ALICE, "l1")
+    data = verified.data.model_copy(update={"authority": Authority.PUBLISHED_SETTINGS})
+    await handlers.when_mailbox_verified_link(verified.model_copy(update={"data": data}), deps)
+    await _link(deps, ALICE, "l2", "older@example.org")  # no authority: linked before 1.3.0
+    app = FastAPI()
+    app.include_router(build_router(deps, _anyone))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://registry"
+    ) as client:
+        answer = await client.get("/v1/accounts/acme/users/alice/mailboxes")
+    assert answer.status_code == 200
+    authorities = {m["email"]: m["authority"] for m in answer.json()["mailboxes"]}
+    assert authorities == {ADDRESS: "published_settings", "older@example.org": None}
+
+
+async def _anyone(request: Request) -> str:
+    return "test"

@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from localinfra.stack import LocalStack
 from mailbox_link_contract.events import (
     AuthMethod,
+    Authority,
     LinkRejected,
     MailboxLinked,
     MailboxOwner,
@@ -80,7 +81,9 @@ def _record(link_id: str, progress: Progress | None = None) -> LinkRecord:
 
 
 def _decision(step: int, state: LinkState = LinkState.RESERVED) -> Decision:
-    mailbox = MailboxDetails("mb1", SERVER, SERVER, utc_now(), AuthMethod.PASSWORD)
+    mailbox = MailboxDetails(
+        "mb1", SERVER, SERVER, utc_now(), AuthMethod.PASSWORD, authority=Authority.SAME_DOMAIN
+    )
     return Decision(step, state, utc_now(), OUTBOX, mailbox, ("mailbox:box@example.org#0",))
 
 
@@ -114,6 +117,7 @@ async def test_a_decision_is_stored_once_per_step_and_reads_back_whole(
     )
     assert stored.mailbox is not None
     assert stored.mailbox.imap == SERVER
+    assert stored.mailbox.authority is Authority.SAME_DOMAIN
     assert await store.get_decision("l1", 2) is None
 
 
@@ -190,7 +194,9 @@ async def test_a_verification_keeps_its_sealed_credentials_until_dropped(
     store: MongoRegistryStore,
 ) -> None:
     sealed = SecretBox({"k": SecretStr(generate_key())}, "k").seal("{}", ADDRESS)
-    verification = Verification(SERVER, SERVER, AuthMethod.PASSWORD, sealed)
+    verification = Verification(
+        SERVER, SERVER, AuthMethod.PASSWORD, sealed, Authority.PUBLISHED_SETTINGS
+    )
     await store.add_verification("l1", verification)
     await store.add_verification("l1", Verification(SERVER, SERVER, AuthMethod.OAUTH, None))
     assert await store.get_verification("l1") == verification

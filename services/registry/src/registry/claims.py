@@ -25,6 +25,12 @@ def address_resource(mailbox_key: str) -> str:
     return f"mailbox:{mailbox_key}"
 
 
+def owner_mailbox_resource(account_id: str, user_id: str, mailbox_key: str) -> str:
+    """A user's own claim on a mailbox while they link it: two requests of one user for one
+    mailbox get one winner, without holding the address against anyone else."""
+    return f"owner-mailbox:{account_id}\x1f{user_id}:{mailbox_key}"
+
+
 def slot_resource(account_id: str, user_id: str, slot: int) -> str:
     return f"slot:{account_id}\x1f{user_id}:{slot}"
 

@@ -27,7 +27,14 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.reading import read_document
 from mailbox_link_contract.topics import event_type_of, spec_of
 from registry.adapters.registry_store import PendingEntry, UserPlan, Verification
-from registry.claims import LiveHolder, address_resource, holder_of, slot_resource, take
+from registry.claims import (
+    LiveHolder,
+    address_resource,
+    holder_of,
+    owner_mailbox_resource,
+    slot_resource,
+    take,
+)
 from registry.domain.events import linked_event, rejected_event, reserved_event
 from registry.domain.links import (
     ENDED,
@@ -58,6 +65,7 @@ _REFUSALS = {
 # The relay's entry opened with a link covers its reservation and its first two decisions.
 FIRST_ENTRY_STEP = 1
 _RESERVING = frozenset({LinkState.RESERVING})
+_RESERVED = frozenset({LinkState.RESERVED})
 
 
 def new_record(
@@ -238,16 +246,21 @@ def _live_holders(deps: RegistryDeps) -> LiveHolder:
 
 
 async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
-    """Claims the address, then a plan slot; ends in RESERVED (linking at once if the
-    verification is already stored) or REJECTED. Safe to repeat."""
+    """Claims the user's own hold on the mailbox, then a plan slot; ends in RESERVED (linking
+    at once if the verification is already stored) or REJECTED. Safe to repeat.
+
+    The address itself is not claimed here: before its verification a request may learn
+    nothing about other accounts, and must hold nothing against the address's owner.
+    """
     if record.state is LinkState.RESERVED:
         return await link_if_verified(await settle(record, deps), deps)
     if record.state is not LinkState.RESERVING:
         return await settle(record, deps)
     if record.has_expired(deps.clock()):
         return await expire(record, deps)
+    owner = record.owner
     holder = await take(
-        address_resource(record.mailbox_key),
+        owner_mailbox_resource(owner.account_id, owner.user_id, record.mailbox_key),
         record.link_id,
         deps.store,
         _live_holders(deps),
@@ -362,17 +375,25 @@ async def link_if_verified(
     verification = verification or await deps.store.get_verification(record.link_id)
     if verification is None:
         return record
+    # Only now, with control proven, is the address claimed: the first verified link wins.
+    address = await take(
+        address_resource(record.mailbox_key), record.link_id, deps.store, _live_holders(deps)
+    )
+    if isinstance(address, LinkRecord):
+        verdict = judge_address_holder(record.owner, address, deps.clock())
+        refusal = _refusal(record, verdict, address)
+        return await decide(record, _RESERVED, LinkState.REJECTED, refusal, deps)
     mailbox = MailboxDetails(
         mailbox_id=uuid.uuid4().hex,
         imap=verification.imap,
         smtp=verification.smtp,
         linked_at=deps.clock(),
         auth=verification.auth,
+        authority=verification.authority,
     )
     linked = linked_event(record, mailbox)
-    return await decide(
-        record, frozenset({LinkState.RESERVED}), LinkState.LINKED, linked, deps, mailbox
-    )
+    claims = record.claims if address in record.claims else (*record.claims, address)
+    return await decide(record, _RESERVED, LinkState.LINKED, linked, deps, mailbox, claims)
 
 
 async def current_link(mailbox_key: str, deps: RegistryDeps) -> LinkRecord | None:

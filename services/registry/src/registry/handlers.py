@@ -59,7 +59,9 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
     reserved yet, keeps the verification for the reservation to link."""
     data = event.data
     # Stored before the link is read: see link_if_verified.
-    verification = Verification(data.imap, data.smtp, data.auth, data.verified_credentials)
+    verification = Verification(
+        data.imap, data.smtp, data.auth, data.verified_credentials, data.authority
+    )
     await deps.store.add_verification(data.link_id, verification)
     record = await start(event, deps, likely_new=False, about_to_decide=True)
     record = await link_if_verified(record, deps, verification)

@@ -18,7 +18,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.events import (
+    AuthMethod,
+    Authority,
+    MailboxOwner,
+    ProviderType,
+    ServerSettings,
+)
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
 from registry.domain.links import Decision, LinkRecord, LinkState, MailboxDetails, Progress
@@ -54,6 +60,7 @@ class Verification:
     smtp: ServerSettings
     auth: AuthMethod
     credentials: EncryptedSecret | None
+    authority: Authority | None = None
 
 
 @dataclass(frozen=True)
@@ -341,6 +348,7 @@ def _mailbox_document(mailbox: MailboxDetails) -> Document:
         "linked_at": mailbox.linked_at,
         "auth": mailbox.auth.value,
         "reconnect_required": mailbox.reconnect_required,
+        "authority": mailbox.authority.value if mailbox.authority else None,
     }
 
 
@@ -353,7 +361,14 @@ def _mailbox(document: Document) -> MailboxDetails:
         linked_at=document["linked_at"],
         auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
         reconnect_required=FailureCode(code) if code else None,
+        authority=_authority(document),
     )
+
+
+def _authority(document: Document) -> Authority | None:
+    # Absent on records older than contract 1.3.0.
+    value = document.get("authority")
+    return Authority(value) if value else None
 
 
 def _verification_fields(verification: Verification) -> Document:
@@ -363,6 +378,7 @@ def _verification_fields(verification: Verification) -> Document:
         "smtp": verification.smtp.model_dump(mode="json"),
         "auth": verification.auth.value,
         "credentials": credentials.model_dump() if credentials else None,
+        "authority": verification.authority.value if verification.authority else None,
     }
 
 
@@ -373,4 +389,5 @@ def _verification(document: Document) -> Verification:
         smtp=ServerSettings.model_validate(document["smtp"]),
         auth=AuthMethod(document["auth"]),
         credentials=EncryptedSecret.model_validate(credentials) if credentials else None,
+        authority=_authority(document),
     )

@@ -1,9 +1,11 @@
 """The life of one link request in the registry, and the rules that decide each step.
 
-A link request holds two things while it lives: its mailbox address (so no one else can link
-it) and one plan slot of its user (so the user cannot exceed their plan). It claims both before
-verification ends, keeps them while linked, and lets go of both by ending: a claim counts only
-while its link is live, so ending a link is all it takes to give everything back.
+A link request holds one plan slot of its user from its request on (so the user cannot exceed
+their plan, counting links in flight) and its user's own hold on the mailbox (so the user has
+one request for it at a time). Its mailbox address (so no one else can link it) it claims only
+once verified: before control is proven a request reveals nothing about other accounts and
+holds nothing against the address's owner. It keeps all three while linked and lets go by
+ending: a claim counts only while its link is live, so ending a link gives everything back.
 
 A link's life is a chain of decisions, numbered from 1. Each is stored once under (link id,
 step): of two requests deciding from the same step, the store's unique key lets one win.
@@ -14,7 +16,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.events import (
+    AuthMethod,
+    Authority,
+    MailboxOwner,
+    ProviderType,
+    ServerSettings,
+)
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.addresses import mailbox_key
 
@@ -23,7 +31,7 @@ class LinkState(StrEnum):
     """Where a link request stands in the registry."""
 
     RESERVING = "reserving"  # claiming its address and a plan slot (no decision yet)
-    RESERVED = "reserved"  # holds both, waiting for verification
+    RESERVED = "reserved"  # holds a plan slot, waiting for verification (not the address)
     LINKED = "linked"  # verified and linked: holds both until unlinked
     REJECTED = "rejected"  # ended without a link: refused, failed verification or expired
     UNLINKED = "unlinked"  # was linked, then unlinked
@@ -47,6 +55,8 @@ class MailboxDetails:
     auth: AuthMethod = AuthMethod.PASSWORD
     # Set when the provider stopped accepting the mailbox's authorization for good.
     reconnect_required: FailureCode | None = None
+    # Which rule made the servers authoritative for the address (None: linked before 1.3.0).
+    authority: Authority | None = None
 
 
 @dataclass(frozen=True)
@@ -162,4 +172,10 @@ def counts_claim(holder: LinkRecord, claim_id: str) -> bool:
     the claims that decision names: a claim made by a redelivered request that lost the race to
     decide (a second plan slot, say) counts for nothing and is free for others.
     """
-    return holder.latest is None or claim_id in holder.latest.claims
+    if holder.latest is None or claim_id in holder.latest.claims:
+        return True
+    # A reserved link claims its address only once verified, right before deciding LINKED:
+    # that claim counts from the moment it is made, or two verified links could both link.
+    return holder.state is LinkState.RESERVED and claim_id.startswith(
+        f"mailbox:{holder.mailbox_key}#"
+    )

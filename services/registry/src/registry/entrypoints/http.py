@@ -132,6 +132,9 @@ def _mailbox_body(record: LinkRecord) -> dict[str, Any]:
         "smtp": mailbox.smtp.model_dump(mode="json"),
         "linked_at": mailbox.linked_at.isoformat(),
         "auth": mailbox.auth.value,
+        # Which rule made its servers authoritative for the address (null: linked before it
+        # was recorded).
+        "authority": mailbox.authority.value if mailbox.authority else None,
         # "reconnect_required": the provider stopped accepting its authorization; ask the user
         # to link it again. The mailbox stays theirs meanwhile.
         "status": "reconnect_required" if mailbox.reconnect_required else "active",
