@@ -9,6 +9,8 @@ from pydantic import SecretStr
 from imap_verifier.config import SERVICE_NAME
 from imap_verifier.handlers import EVENT_HANDLERS
 from imap_verifier.ports import VerifierDeps
+
+from .fakes import NO_RELAY, MemoryPendingStore
 from mailbox_link_contract.events import ServerSettings
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import Endpoint
@@ -36,6 +38,8 @@ def _deps() -> VerifierDeps:
         tls=ssl.create_default_context(),
         allowlist=(),
         timeout=5.0,
+        store=MemoryPendingStore(),
+        proof=NO_RELAY,
     )
 
 
