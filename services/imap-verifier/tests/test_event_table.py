@@ -5,12 +5,11 @@ import ssl
 from collections.abc import Sequence
 
 from pydantic import SecretStr
+from verifier_fakes import NO_RELAY, MemoryPendingStore
 
 from imap_verifier.config import SERVICE_NAME
 from imap_verifier.handlers import EVENT_HANDLERS
 from imap_verifier.ports import VerifierDeps
-
-from .fakes import NO_RELAY, MemoryPendingStore
 from mailbox_link_contract.events import ServerSettings
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import Endpoint

@@ -5,11 +5,10 @@ from collections.abc import Sequence
 
 import pytest
 from pydantic import SecretStr
+from verifier_fakes import NO_RELAY, MemoryPendingStore
 
 from imap_verifier.handlers import verify_link
 from imap_verifier.ports import VerifierDeps
-
-from .fakes import NO_RELAY, MemoryPendingStore
 from mailbox_link_contract.events import (
     Authority,
     LinkRequested,

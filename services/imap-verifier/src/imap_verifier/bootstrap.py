@@ -22,7 +22,9 @@ def build_app(settings: Settings) -> AsgiFastStream:
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
     mongo = make_mongo_client(settings)
-    store = MongoPendingStore(mongo, f"{settings.namespace}-imap-verifier", settings.pending_lifetime)
+    store = MongoPendingStore(
+        mongo, f"{settings.namespace}-imap-verifier", settings.pending_lifetime
+    )
     relay = settings.ownership_relay_host
     sender = (
         RelayProofSender(relay, settings.ownership_relay_port, settings.verifier_timeout_seconds)

@@ -6,8 +6,8 @@ makes sure it never does."""
 import asyncio
 import logging
 
-from imap_verifier.config import SERVICE_NAME
 from imap_verifier.adapters.typed_inbox import typed_inbox
+from imap_verifier.config import SERVICE_NAME
 from imap_verifier.domain.ownership import ProofFailed, needs_proof, prove_ownership
 from imap_verifier.domain.pending import StartReason
 from imap_verifier.domain.port_switch import other_port_works_detail, other_way_to_try

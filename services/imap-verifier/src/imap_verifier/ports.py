@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from imap_verifier.domain.pending import StartReason
 from imap_verifier.domain.ownership import ProofMailSender, ProofPolicy
+from imap_verifier.domain.pending import StartReason
 from mailbox_link_contract.events import ServerSettings, utc_now
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.mail_probes import Endpoint, Probe

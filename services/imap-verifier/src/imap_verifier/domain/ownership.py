@@ -29,7 +29,7 @@ TRUSTED_AUTHORITIES = frozenset(
     {Authority.PROVIDER, Authority.PUBLISHED_SETTINGS, Authority.SAME_DOMAIN}
 )
 # The header the token is searched in: every server indexes Subject, and it is short.
-TOKEN_HEADER = "Subject"
+TOKEN_HEADER = "Subject"  # noqa: S105 - a header name, not a secret
 SUBJECT_PREFIX = "Mailbox check"
 
 
@@ -64,7 +64,7 @@ def proof_message(sender: str, recipient: str, product: str, token: str) -> Proo
     return ProofMessage(sender, recipient, f"{SUBJECT_PREFIX} {token}", body, token)
 
 
-class MailRefused(Exception):  # noqa: N818 - an outcome, named like the others
+class MailRefused(Exception):
     """The address does not take mail (its server refused it for good): no proof possible."""
 
     def __init__(self, detail: str) -> None:
@@ -72,7 +72,7 @@ class MailRefused(Exception):  # noqa: N818 - an outcome, named like the others
         self.detail = detail
 
 
-class MailNotSent(Exception):  # noqa: N818
+class MailNotSent(Exception):
     """The relay could not be used (down, busy, misconfigured): our problem, not the person's."""
 
     def __init__(self, detail: str) -> None:
@@ -100,7 +100,7 @@ class Inbox(Protocol):
 OpenInbox = Callable[[], AbstractAsyncContextManager[Inbox]]
 
 
-class ProofFailed(Exception):  # noqa: N818
+class ProofFailed(Exception):
     """The proof did not succeed; the code and detail go to the person."""
 
     def __init__(self, code: FailureCode, detail: str) -> None:
