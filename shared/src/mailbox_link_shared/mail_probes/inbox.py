@@ -73,8 +73,15 @@ class _InboxProbe(_ImapProbe):
             raise ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, "the INBOX could not be searched")
         uids: list[str] = []
         for line in response.lines:
-            if isinstance(line, bytes | bytearray) and line.upper().startswith(b"SEARCH"):
-                uids += [u.decode() for u in bytes(line).split()[1:] if _UID.match(u)]
+            if not isinstance(line, bytes | bytearray):
+                continue
+            # aioimaplib hands an async command's untagged reply over without its name
+            # ("* SEARCH 4 7" arrives as "4 7"); accept both forms, and only lines of UIDs.
+            words = bytes(line).split()
+            if words[:1] and words[0].upper() == b"SEARCH":
+                words = words[1:]
+            if words and all(_UID.match(word) for word in words):
+                uids += [word.decode() for word in words]
         return uids[:_MAX_FOUND]
 
     async def delete(self, uids: list[str]) -> None:
