@@ -56,6 +56,8 @@ def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
         "oauth_mail_host": infra.tls_hostname,
         "oauth_imaps_port": infra.oauth_imaps_port,
         "oauth_submissions_port": infra.oauth_submissions_port,
+        # The relay the imap-verifier mails ownership proofs through, as `make run` sets it.
+        "ownership_relay_port": infra.relay_port,
     }
     return ServiceConfig(**{**settings, **overrides})
 

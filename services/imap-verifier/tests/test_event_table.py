@@ -5,6 +5,7 @@ import ssl
 from collections.abc import Sequence
 
 from pydantic import SecretStr
+from verifier_fakes import NO_RELAY, MemoryPendingStore
 
 from imap_verifier.config import SERVICE_NAME
 from imap_verifier.handlers import EVENT_HANDLERS
@@ -36,6 +37,8 @@ def _deps() -> VerifierDeps:
         tls=ssl.create_default_context(),
         allowlist=(),
         timeout=5.0,
+        store=MemoryPendingStore(),
+        proof=NO_RELAY,
     )
 
 

@@ -5,10 +5,12 @@ from collections.abc import Sequence
 
 import pytest
 from pydantic import SecretStr
+from verifier_fakes import NO_RELAY, MemoryPendingStore
 
-from imap_verifier.handlers import when_link_requested_verify_mailbox
+from imap_verifier.handlers import verify_link
 from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import (
+    Authority,
     LinkRequested,
     LinkRequestedData,
     MailboxOwner,
@@ -66,6 +68,8 @@ def _deps(network: FakeNetwork) -> VerifierDeps:
         tls=ssl.create_default_context(),
         allowlist=(),
         timeout=5.0,
+        store=MemoryPendingStore(),
+        proof=NO_RELAY,
     )
 
 
@@ -83,6 +87,8 @@ def _requested() -> LinkRequested:
         imap=imap,
         smtp=smtp,
         credentials=sealed,
+        # A trusted authority: these tests are about the logins (the proof has its own).
+        authority=Authority.SAME_DOMAIN,
     )
     return LinkRequested(correlation_id="l1", producer="test", data=data)
 
@@ -90,7 +96,7 @@ def _requested() -> LinkRequested:
 async def test_mailbox_verified_when_both_logins_work() -> None:
     network = FakeNetwork()
     deps = _deps(network)
-    await when_link_requested_verify_mailbox(_requested(), deps)
+    await verify_link(_requested(), deps)
     assert sorted(network.logins) == [
         ("imap", ADDRESS, "imap-pw"),
         ("smtp", "smtp-user", "smtp-pw"),
@@ -115,7 +121,7 @@ async def test_failure_reports_imaps_reason_first(
     imap_failure: FailureCode | None, smtp_failure: FailureCode | None, reported: FailureCode
 ) -> None:
     deps = _deps(FakeNetwork(imap_failure, smtp_failure))
-    await when_link_requested_verify_mailbox(_requested(), deps)
+    await verify_link(_requested(), deps)
     assert isinstance(deps.publisher, RecordingPublisher)
     [event] = deps.publisher.events
     assert isinstance(event, VerificationFailed)
@@ -135,7 +141,7 @@ async def test_a_secret_that_cannot_be_opened_fails_the_link_instead_of_leaving_
     unreadable = event.model_copy(
         update={"data": event.data.model_copy(update={"credentials": sealed})}
     )
-    await when_link_requested_verify_mailbox(unreadable, deps)
+    await verify_link(unreadable, deps)
     assert network.logins == []
     assert isinstance(deps.publisher, RecordingPublisher)
     [failed] = deps.publisher.events
@@ -163,7 +169,7 @@ def _requested_with_smtp(port: int, security: str) -> LinkRequested:
 async def test_a_working_other_port_is_named_when_implicit_tls_on_465_fails() -> None:
     network = PortSensitiveNetwork()
     deps = _deps(network)
-    await when_link_requested_verify_mailbox(_requested_with_smtp(465, "ssl"), deps)
+    await verify_link(_requested_with_smtp(465, "ssl"), deps)
     [event] = deps.publisher.events  # type: ignore[attr-defined]
     assert isinstance(event, VerificationFailed)
     assert event.data.failure.code is FailureCode.OTHER_PORT_WORKS
@@ -175,7 +181,7 @@ async def test_no_other_port_is_suggested_when_it_fails_too() -> None:
     network = PortSensitiveNetwork()
     deps = _deps(network)
     # 2525 has no standard other way: the original failure stands.
-    await when_link_requested_verify_mailbox(_requested_with_smtp(2525, "ssl"), deps)
+    await verify_link(_requested_with_smtp(2525, "ssl"), deps)
     [event] = deps.publisher.events  # type: ignore[attr-defined]
     assert event.data.failure.code is FailureCode.SMTP_UNREACHABLE
 
@@ -183,7 +189,7 @@ async def test_no_other_port_is_suggested_when_it_fails_too() -> None:
 async def test_a_wrong_password_never_tries_another_port() -> None:
     network = FakeNetwork(smtp_failure=FailureCode.SMTP_AUTH_FAILED)
     deps = _deps(network)
-    await when_link_requested_verify_mailbox(_requested_with_smtp(465, "ssl"), deps)
+    await verify_link(_requested_with_smtp(465, "ssl"), deps)
     [event] = deps.publisher.events  # type: ignore[attr-defined]
     assert event.data.failure.code is FailureCode.SMTP_AUTH_FAILED
     assert [kind for kind, _, _ in network.logins].count("smtp") == 1

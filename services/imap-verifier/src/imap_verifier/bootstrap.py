@@ -4,19 +4,33 @@ import functools
 
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 
+from imap_verifier.adapters.pending_store import MongoPendingStore
+from imap_verifier.adapters.proof_mail import RelayProofSender
 from imap_verifier.config import SERVICE_NAME, Settings
+from imap_verifier.domain.ownership import ProofPolicy
 from imap_verifier.entrypoints.events import register_subscribers
-from imap_verifier.ports import VerifierDeps
+from imap_verifier.ports import OwnershipProof, VerifierDeps
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
+from mailbox_link_shared.mongo import make_mongo_client
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
     """Returns the verifier: a Kafka consumer with a /healthz endpoint."""
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
+    mongo = make_mongo_client(settings)
+    store = MongoPendingStore(
+        mongo, f"{settings.namespace}-imap-verifier", settings.pending_lifetime
+    )
+    relay = settings.ownership_relay_host
+    sender = (
+        RelayProofSender(relay, settings.ownership_relay_port, settings.verifier_timeout_seconds)
+        if relay
+        else None
+    )
     deps = VerifierDeps(
         publisher=KafkaEventPublisher(broker, topics),
         secret_box=settings.secret_box(),
@@ -26,11 +40,19 @@ def build_app(settings: Settings) -> AsgiFastStream:
         tls=settings.mail_tls(),
         allowlist=settings.allowlist(),
         timeout=settings.verifier_timeout_seconds,
+        store=store,
+        proof=OwnershipProof(
+            sender=sender,
+            policy=ProofPolicy(deadline=settings.ownership_proof_deadline_seconds),
+            from_address=settings.ownership_proof_from,
+            product=settings.ownership_proof_product,
+        ),
     )
     register_subscribers(broker, settings, deps)
 
     return AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
-        on_startup=[functools.partial(ensure_topics, settings)],
+        on_startup=[store.create_indexes, functools.partial(ensure_topics, settings)],
+        on_shutdown=[mongo.close],
     )

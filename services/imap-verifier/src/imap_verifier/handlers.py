@@ -1,14 +1,25 @@
-"""Verifies a requested custom-IMAP mailbox and announces the result."""
+"""Verifies a requested custom-IMAP mailbox and announces the result, only once the registry
+reserved the link: a request waits in the store for its LinkReserved (either may come first),
+the link's one start marker decides which handler (of any replica) logs in, and a LinkRejected
+makes sure it never does."""
 
 import asyncio
 import logging
 
+from imap_verifier.adapters.typed_inbox import typed_inbox
 from imap_verifier.config import SERVICE_NAME
+from imap_verifier.domain.ownership import ProofFailed, needs_proof, prove_ownership
+from imap_verifier.domain.pending import StartReason
 from imap_verifier.domain.port_switch import other_port_works_detail, other_way_to_try
 from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import (
+    Authority,
     Failure,
+    LinkRejected,
     LinkRequested,
+    LinkReserved,
+    MailboxLinked,
+    MailboxUnlinked,
     MailboxVerified,
     MailboxVerifiedData,
     ProviderType,
@@ -19,20 +30,63 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.mail_probes import Probe, ProbeFailed
-from mailbox_link_shared.routing import EventHandlers
+from mailbox_link_shared.routing import EventHandlers, ignore
 
 logger = logging.getLogger(__name__)
 
 
-async def when_link_requested_verify_mailbox(event: LinkRequested, deps: VerifierDeps) -> None:
-    """Logs in to the mailbox's IMAP and SMTP servers and emits the verdict."""
+async def when_link_requested_remember(event: LinkRequested, deps: VerifierDeps) -> None:
+    """Keeps a password link request until its reservation comes, and starts it if it has."""
     data = event.data
     if data.provider is not ProviderType.IMAP or data.credentials is None:
         return  # another verifier's provider type (OAuth links carry no password)
+    await deps.store.save_request(data.link_id, event.model_dump_json(), deps.clock())
+    await _start_if_reserved(data.link_id, deps)
+
+
+async def when_link_reserved_start(event: LinkReserved, deps: VerifierDeps) -> None:
+    """Notes the registry's reservation, and starts the link if its request is in."""
+    data = event.data
+    if data.provider is not None and data.provider is not ProviderType.IMAP:
+        return  # an OAuth link's reservation: the broker's
+    await deps.store.save_reservation(data.link_id, data.expires_at, deps.clock())
+    await _start_if_reserved(data.link_id, deps)
+
+
+async def when_link_rejected_forget(event: LinkRejected, deps: VerifierDeps) -> None:
+    """A refused link is never logged in to: its start marker is taken and its request dropped."""
+    link_id = event.data.link_id
+    await deps.store.claim_start(link_id, StartReason.REJECTED, deps.clock())
+    await deps.store.discard(link_id)
+
+
+async def _start_if_reserved(link_id: str, deps: VerifierDeps) -> None:
+    # Both handlers write their document before reading both, so whichever runs last sees the
+    # pair; if both see it, the unique start marker lets one of them (of any replica) go on.
+    stored = await deps.store.ready_request(link_id, deps.clock())
+    if stored is None:
+        return
+    if not await deps.store.claim_start(link_id, StartReason.VERIFY, deps.clock()):
+        return  # started already (a redelivery, another replica) or rejected meanwhile
+    await verify_link(LinkRequested.model_validate_json(stored), deps)
+    await deps.store.discard(link_id)
+
+
+async def verify_link(event: LinkRequested, deps: VerifierDeps) -> None:
+    """Logs in to the mailbox's IMAP and SMTP servers, proves ownership if the link's authority
+    needs it, and emits the verdict."""
+    data = event.data
+    authority = data.authority
     try:
+        if data.credentials is None:
+            raise ValueError("a password link without credentials")
         opened = deps.secret_box.open(data.credentials, context=data.address)
-        await verify_mailbox(data.imap, data.smtp, MailboxCredentials.from_json(opened), deps)
-    except ProbeFailed as failure:
+        credentials = MailboxCredentials.from_json(opened)
+        await verify_mailbox(data.imap, data.smtp, credentials, deps)
+        if needs_proof(authority):
+            await _prove(event, credentials, deps)
+            authority = Authority.OWNERSHIP_PROOF
+    except (ProbeFailed, ProofFailed) as failure:
         logger.info(
             "link %s failed verification: %s (%s)", data.link_id, failure.code, failure.detail
         )
@@ -46,10 +100,22 @@ async def when_link_requested_verify_mailbox(event: LinkRequested, deps: Verifie
         await deps.publisher.publish(_failed(event, internal))
         return
     logger.info("link %s verified", data.link_id)
-    verified = MailboxVerifiedData(**data.model_dump())
+    verified = MailboxVerifiedData(**{**data.model_dump(), "authority": authority})
     await deps.publisher.publish(
         MailboxVerified(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=verified)
     )
+
+
+async def _prove(event: LinkRequested, credentials: MailboxCredentials, deps: VerifierDeps) -> None:
+    data = event.data
+    inbox = typed_inbox(
+        data.imap, credentials.imap_password, deps.resolve, deps.allowlist, deps.tls, deps.timeout
+    )
+    proof = deps.proof
+    await prove_ownership(
+        data.address, proof.product, proof.from_address, proof.sender, inbox, proof.policy
+    )
+    logger.info("link %s: ownership proven", data.link_id)
 
 
 async def verify_mailbox(
@@ -103,5 +169,10 @@ def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:
 
 
 EVENT_HANDLERS: EventHandlers[VerifierDeps] = {
-    LinkRequested: when_link_requested_verify_mailbox,
+    LinkRequested: when_link_requested_remember,
+    LinkReserved: when_link_reserved_start,
+    LinkRejected: when_link_rejected_forget,
+    # A linked or unlinked mailbox is past verification: nothing of ours is left to do.
+    MailboxLinked: ignore,
+    MailboxUnlinked: ignore,
 }

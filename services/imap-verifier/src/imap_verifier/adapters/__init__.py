@@ -1,0 +1,1 @@
+"""The verifier's adapters: its MongoDB store, the proof relay and the typed INBOX."""
