@@ -400,20 +400,55 @@ async def test_a_forged_access_denied_without_the_binding_ends_nothing(
 
 
 async def test_a_request_the_registry_rejects_never_shows_a_sign_in_url(
-    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer, infra: Endpoints
+    api: httpx.AsyncClient,
+    registry: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+    infra: Endpoints,
+) -> None:
+    user_id = unique_user_id()
+    plan = await registry.put(f"/v1/accounts/acme/users/{user_id}/plan", json={"plan": "free"})
+    assert plan.status_code == 200, plan.text
+    link, url = await start_link(api, new_account(oauth, "google"), user_id=user_id)
+    page = await browser.open(await browser.consent(url, link["email"]))
+    assert (await confirm(api, page, link=link)).status_code == 200
+    assert (await wait_for_outcome(api, link["status_url"]))["status"] == "linked"
+    # The free plan's one mailbox is used: the next request is refused before any sign-in.
+    accepted = await request_link(
+        api, "acme", user_id, {"email": new_account(oauth, "google"), "terms_accepted": True}
+    )
+    second = await wait_for_outcome(api, accepted["status_url"])
+    assert second["failure"]["code"] == "plan_limit_reached", second
+    records = await read_topics(infra.kafka_bootstrap, NAMESPACE)
+    offers = [v for t, _, v in records if t.endswith("authorizations.v1")]
+    assert any(link["link_id"].encode() in v for v in offers)
+    assert not [v for v in offers if second["link_id"].encode() in v]
+
+
+async def test_another_account_learns_the_mailbox_is_taken_only_after_signing_in(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
 ) -> None:
     address = new_account(oauth, "google")
     first, _ = await link_through_sign_in(api, browser, address)
     assert first["status"] == "linked"
-    accepted = await request_link(
-        api, "globex", unique_user_id(), {"email": address, "terms_accepted": True}
-    )
-    second = await wait_for_outcome(api, accepted["status_url"])
-    assert second["failure"]["code"] == "already_linked_elsewhere"
-    records = await read_topics(infra.kafka_bootstrap, NAMESPACE)
-    offers = [v for t, _, v in records if t.endswith("authorizations.v1")]
-    assert any(first["link_id"].encode() in v for v in offers)
-    assert not [v for v in offers if second["link_id"].encode() in v]
+    # Nothing is revealed before control is proven: the other account is offered the sign-in.
+    link, url = await start_link(api, address, account_id="globex")
+    page = await browser.open(await browser.consent(url, address))
+    assert 'data-result="verified"' in page.text, page.text
+    assert (await confirm(api, page, account_id="globex", link=link)).status_code == 200
+    final = await wait_for_outcome(api, link["status_url"])
+    assert final["failure"]["code"] == "already_linked_elsewhere", final
+
+
+async def test_an_unattended_sign_in_does_not_delay_another_accounts_link(
+    api: httpx.AsyncClient, browser: Browser, oauth: LocalOAuthServer
+) -> None:
+    address = new_account(oauth, "google")
+    squatter, _ = await start_link(api, address, account_id="globex")  # nobody signs in
+    owner, _ = await link_through_sign_in(api, browser, address)
+    assert owner["status"] == "linked", owner
+    # The unattended request held nothing: it is still waiting for its sign-in.
+    assert (await api.get(squatter["status_url"])).json()["status"] == "authorization_required"
 
 
 # --- tokens: refresh, reconnect, revocation, secrecy ------------------------------------------
