@@ -172,9 +172,15 @@ class LinkReservedData(_Data):
 
 
 class LinkReserved(Envelope):
-    """The registry holds the address and a plan slot for this link until it ends or expires.
+    """The registry accepted the link request: until `expires_at` it holds one of the user's
+    plan slots (links in flight count against the plan) and the user's own hold on this
+    mailbox (one link in flight per user and mailbox).
 
-    Only after this may a user be sent to a provider's sign-in for the link.
+    Since 1.3.0 it does not hold the address: other accounts' requests for it are reserved
+    too, and nothing is said about whether it is linked elsewhere. That is decided once this
+    link's verification succeeds (the first verified link is linked; a later one gets
+    `LinkRejected` already_linked_elsewhere); a failed verification ends with its own failure.
+    Only after this may a verifier log in or a user be sent to a provider's sign-in.
     """
 
     type: Literal["LinkReserved"] = "LinkReserved"
