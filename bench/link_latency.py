@@ -195,6 +195,9 @@ def main() -> None:
             kafka_bootstrap=infra.kafka_bootstrap,
             mongodb_uri=infra.mongodb_uri,
             ca_file=infra.ca_file,
+            # The stack's DNS (example.org's SRV: published settings) and relay, as `make run`.
+            dns_servers=(infra.dns_server,),
+            ownership_relay_port=infra.relay_port,
             namespace="bench",
             log_level="WARNING",
         )

@@ -504,6 +504,9 @@ def run_configuration(name: str, args: argparse.Namespace, bare_first: bool) -> 
             kafka_bootstrap=infra.kafka_bootstrap,
             mongodb_uri=infra.mongodb_uri,
             ca_file=infra.ca_file,
+            # The stack's DNS (example.org's SRV: published settings) and relay, as `make run`.
+            dns_servers=(infra.dns_server,),
+            ownership_relay_port=infra.relay_port,
             namespace=f"bench-throughput-{name.lower()}",
             log_level="WARNING",
             extra_env={k: v for k, v in os.environ.items() if k.startswith("MBL_")},
