@@ -232,6 +232,7 @@ async def test_a_mailbox_links_through_its_providers_sign_in(
     listed = await registry.get(f"/v1/accounts/acme/users/{final_owner(final)}/mailboxes")
     [mailbox] = listed.json()["mailboxes"]
     assert (mailbox["email"], mailbox["auth"], mailbox["status"]) == (address, "oauth", "active")
+    assert mailbox["authority"] == "provider"  # recorded by the registry
 
 
 def final_owner(link: dict[str, Any]) -> str:

@@ -20,27 +20,40 @@ from .conftest import MailUser, imap_body, link_and_wait, service_config, unique
 PROOF_SENDER = "verify@mailbox-link.invalid"
 
 
-def _proof_messages(infra: Endpoints, login: str, password: str) -> list[bytes]:
+def _proof_messages(infra: Endpoints, login: str, password: str) -> tuple[list[bytes], bytes]:
+    """The proof messages left in INBOX, and its STATUS (UIDNEXT shows what was delivered)."""
     tls = ssl.create_default_context(cafile=infra.ca_file)
     with imaplib.IMAP4_SSL("127.0.0.1", infra.imaps_port, ssl_context=tls) as imap:
         imap.login(login, password)
+        _, status = imap.status("INBOX", "(UIDNEXT MESSAGES)")
         imap.select("INBOX")
         _, data = imap.search(None, "FROM", f'"{PROOF_SENDER}"')
         found: bytes = data[0]
-        return found.split()
+        return found.split(), status[0]
 
 
 async def test_a_hosting_login_is_linked_through_the_proof_and_the_message_is_gone(
-    api: httpx.AsyncClient, infra: Endpoints, local_stack: LocalStack
+    api: httpx.AsyncClient,
+    registry_api: httpx.AsyncClient,
+    infra: Endpoints,
+    local_stack: LocalStack,
 ) -> None:
     hexed = secrets.token_hex(4)
     address, login, password = f"frank-{hexed}@hosted.test", f"hostuser-{hexed}", "pw-" + hexed
     local_stack.add_mail_user(login, password, address=address)
     body = imap_body(infra, MailUser(address, password))
     body["imap"]["username"] = body["smtp"]["username"] = login
-    link = await link_and_wait(api, "acme", unique_user_id(), body)
+    user_id = unique_user_id()
+    link = await link_and_wait(api, "acme", user_id, body)
     assert link["status"] == "linked", link
-    assert _proof_messages(infra, login, password) == []
+    # One message (the proof) was delivered to this fresh INBOX, and it is gone.
+    left, status = _proof_messages(infra, login, password)
+    assert left == []
+    assert b"UIDNEXT 2" in status, status
+    assert b"MESSAGES 0" in status, status
+    listed = await registry_api.get(f"/v1/accounts/acme/users/{user_id}/mailboxes")
+    [mailbox] = listed.json()["mailboxes"]
+    assert mailbox["authority"] == "ownership_proof"
 
 
 @pytest.fixture

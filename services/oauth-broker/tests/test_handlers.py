@@ -25,6 +25,7 @@ from broker_fakes import (
 )
 from mailbox_link_contract.events import (
     AuthMethod,
+    Authority,
     AuthorizationRequired,
     Envelope,
     Failure,
@@ -151,6 +152,7 @@ async def test_a_completed_sign_in_verifies_with_sealed_tokens(
     verified = _events(deps)[-1]
     assert isinstance(verified, MailboxVerified)
     assert verified.data.auth is AuthMethod.OAUTH
+    assert verified.data.authority is Authority.PROVIDER
     tokens = TokenGrant.from_json(BOX.open(verified.data.verified_credentials, ADDRESS))
     assert (tokens.access_token, tokens.refresh_token) == ("access-1", "refresh-1")
     assert mail.logins == [("imap.gmail.com", ADDRESS, "access-1")]

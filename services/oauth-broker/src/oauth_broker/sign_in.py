@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from mailbox_link_contract.events import (
     AuthMethod,
+    Authority,
     AuthorizationRequired,
     AuthorizationRequiredData,
     Failure,
@@ -374,6 +375,8 @@ async def confirm_sign_in(
         imap=pending.imap,
         smtp=pending.smtp,
         credentials=grant.sealed,
+        # The provider said who signed in, and it is the requested mailbox.
+        authority=Authority.PROVIDER,
     )
     try:
         await deps.publisher.publish(
