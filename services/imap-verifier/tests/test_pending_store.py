@@ -184,3 +184,18 @@ async def test_many_concurrent_deliveries_on_many_connections_start_one_login(
     )
     assert sorted(_verified(deps)) == sorted(f"l-race-{n}" for n in range(20))
     assert network.logins == 40
+
+
+async def test_the_sweep_deletes_only_what_is_past_its_expiry(store: MongoPendingStore) -> None:
+    # FerretDB has no TTL indexes: without the sweep an abandoned request (sealed credentials
+    # included) would stay for ever.
+    long_ago = utc_now() - timedelta(hours=1)
+    await store.save_request("l-old", "{}", long_ago)
+    await store.save_reservation("l-old", long_ago, long_ago)
+    await store.save_request("l-new", "{}", utc_now())
+    deleted = await store.delete_expired(utc_now())
+    assert deleted == {"pending_verifications": 1, "reservations": 1, "verification_starts": 0}
+    await store.save_reservation("l-new", utc_now() + timedelta(minutes=5), utc_now())
+    assert await store.ready_request("l-new", utc_now()) == "{}"
+    await store.save_reservation("l-old", utc_now() + timedelta(minutes=5), utc_now())
+    assert await store.ready_request("l-old", utc_now()) is None  # its request is gone

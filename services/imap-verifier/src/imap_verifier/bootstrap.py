@@ -9,6 +9,7 @@ from imap_verifier.adapters.proof_mail import RelayProofSender
 from imap_verifier.config import SERVICE_NAME, Settings
 from imap_verifier.domain.ownership import ProofPolicy
 from imap_verifier.entrypoints.events import register_subscribers
+from imap_verifier.entrypoints.housekeeping import make_expiry_sweep
 from imap_verifier.ports import OwnershipProof, VerifierDeps
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
@@ -49,10 +50,11 @@ def build_app(settings: Settings) -> AsgiFastStream:
         ),
     )
     register_subscribers(broker, settings, deps)
+    sweep = make_expiry_sweep(store.delete_expired, settings.expiry_sweep_interval_seconds)
 
     return AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
-        on_startup=[store.create_indexes, functools.partial(ensure_topics, settings)],
-        on_shutdown=[mongo.close],
+        on_startup=[store.create_indexes, functools.partial(ensure_topics, settings), sweep.start],
+        on_shutdown=[sweep.stop, mongo.close],
     )

@@ -42,6 +42,12 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
         description="How long a request waits for its reservation (the registry's reservation "
         "lifetime, 15 min by default, plus a margin).",
     )
+    expiry_sweep_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often expired pending documents are deleted (for stores without "
+        "TTL indexes, such as FerretDB; harmless on MongoDB).",
+    )
 
     @property
     def pending_lifetime(self) -> timedelta:

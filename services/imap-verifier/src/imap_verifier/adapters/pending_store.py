@@ -5,7 +5,8 @@ moment by two replicas. As in the OAuth broker (and docs/adr/0013), each is its 
 inserted once, and the decision to log in is a unique insert of the link's start marker:
 MongoDB-protocol stores that do not isolate concurrent updates of one document (FerretDB)
 still let exactly one insert of an `_id` win. Requests keep their credentials sealed, as the
-event carried them; every document expires (TTL index on `expires_at`).
+event carried them; every document expires (TTL index on `expires_at`, or the verifier's
+sweep on stores without TTL indexes, such as FerretDB).
 """
 
 import contextlib
@@ -91,3 +92,11 @@ class MongoPendingStore:
         """Deletes the link's request and reservation (answered, rejected or lapsed)."""
         await self._requests.delete_one({"_id": link_id})
         await self._reservations.delete_one({"_id": link_id})
+
+    async def delete_expired(self, now: datetime) -> dict[str, int]:
+        """Deletes what is past its `expires_at` (what a TTL index would); counts by collection."""
+        deleted: dict[str, int] = {}
+        for collection in (self._requests, self._reservations, self._starts):
+            result = await collection.delete_many({"expires_at": {"$lt": now}})
+            deleted[collection.name] = result.deleted_count
+        return deleted
