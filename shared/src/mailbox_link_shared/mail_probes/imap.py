@@ -133,7 +133,9 @@ class _ImapProbe:
         self._proto = _ImapProtocol(self._loop)
         self._transports: list[asyncio.BaseTransport] = []
 
-    async def run(self) -> None:
+    async def _log_in(self) -> None:
+        """Connects, checks the greeting and capabilities, and logs in (also for the inbox
+        search of the ownership proof)."""
         await self._connect()
         failure = _classify_greeting(await self._proto.greeting)
         if failure is not None:
@@ -150,6 +152,9 @@ class _ImapProbe:
             )
         if self._proto.state != AUTH:  # PREAUTH over implicit TLS: already logged in
             await self._login()
+
+    async def run(self) -> None:
+        await self._log_in()
         await self._examine_inbox()
         self.verified = True
         with contextlib.suppress(ProbeFailed, AioImapException, OSError, TimeoutError):

@@ -13,20 +13,18 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Final
 
-from aioimaplib import AUTH, SELECTED, AioImapException, Command, quoted
+from aioimaplib import SELECTED, AioImapException, Command, quoted
 
 from mailbox_link_contract.failures import FailureCode
-from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.mail_probes.common import (
     _GOODBYE_GRACE,
-    _IMAP_VERSIONS,
     _T,
     Endpoint,
     ProbeFailed,
     _Credentials,
     _Mechanism,
 )
-from mailbox_link_shared.mail_probes.imap import _classify_greeting, _ImapProbe
+from mailbox_link_shared.mail_probes.imap import _ImapProbe
 
 __all__ = ["InboxSession", "open_inbox"]
 
@@ -42,20 +40,7 @@ class _InboxProbe(_ImapProbe):
     """The IMAP probe's login, stopping at a read-write INBOX instead of EXAMINE + LOGOUT."""
 
     async def run(self) -> None:
-        await self._connect()
-        failure = _classify_greeting(await self._proto.greeting)
-        if failure is not None:
-            raise failure
-        welcome = self._proto.release_greeting()
-        await self._guard("the greeting", asyncio.gather(*welcome, return_exceptions=True))
-        if self._endpoint.security is ConnectionSecurity.STARTTLS:
-            await self._starttls()
-        if not self._capabilities() & _IMAP_VERSIONS:
-            raise ProbeFailed(
-                FailureCode.NOT_AN_IMAP_SERVER, "server does not announce IMAP4rev1 or IMAP4rev2"
-            )
-        if self._proto.state != AUTH:
-            await self._login()
+        await self._log_in()
         reply = await self._execute(self._command("SELECT", "INBOX"))
         if reply.result != "OK":
             raise ProbeFailed(
