@@ -1,6 +1,14 @@
 import pytest
 
-from mailbox_link_shared.network_policy import HostNotAllowed, parse_networks, vet_addresses
+from mailbox_link_shared.network_policy import (
+    MAIL_PORTS,
+    HostNotAllowed,
+    describe_ports,
+    is_port_allowed,
+    parse_networks,
+    parse_ports,
+    vet_addresses,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,3 +51,52 @@ def test_allowlisted_network_passes_but_nothing_else() -> None:
     assert vet_addresses(["127.0.0.1"], allowlist) == ["127.0.0.1"]
     with pytest.raises(HostNotAllowed):
         vet_addresses(["10.0.0.1"], allowlist)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:a00:1::1",  # 6to4 wrapping 10.0.0.1
+        "2002:7f00:1::1",  # 6to4 wrapping 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 wrapping the metadata address 169.254.169.254
+        "2002:c0a8:101::1",  # 6to4 wrapping 192.168.1.1
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "fec0::1",  # site-local (deprecated, still routed inside some networks)
+        "fec0:1:2::3",
+    ],
+)
+def test_ipv6_addresses_wrapping_refused_ipv4_and_site_local_are_refused(address: str) -> None:
+    with pytest.raises(HostNotAllowed):
+        vet_addresses([address], allowlist=())
+
+
+def test_6to4_of_a_public_ipv4_passes() -> None:
+    assert vet_addresses(["2002:5db8:d822::1"], allowlist=()) == ["2002:5db8:d822::1"]
+
+
+def test_a_refusal_does_not_name_the_address() -> None:
+    with pytest.raises(HostNotAllowed) as refused:
+        vet_addresses(["10.1.2.3"], allowlist=())
+    assert "10.1.2.3" not in str(refused.value)
+
+
+def test_ports_parse_single_ports_and_ranges() -> None:
+    ports = parse_ports([993, "587", " 32768-60999 "])
+    assert is_port_allowed(993, ports) and is_port_allowed(587, ports)
+    assert is_port_allowed(32768, ports) and is_port_allowed(60999, ports)
+    assert not is_port_allowed(22, ports) and not is_port_allowed(61000, ports)
+    assert describe_ports(ports) == "993, 587, 32768-60999"
+
+
+def test_default_ports_are_the_mail_ports_and_2525() -> None:
+    assert describe_ports(MAIL_PORTS) == "25, 110, 143, 465, 587, 993, 995, 2525"
+    for port in (22, 80, 443, 3306, 6379, 8080):
+        assert not is_port_allowed(port, MAIL_PORTS)
+
+
+@pytest.mark.parametrize("bad", ["0", "65536", "600-500", "imap", "1-2-3", ""])
+def test_bad_port_settings_are_refused_naming_the_entry(bad: str) -> None:
+    with pytest.raises(ValueError, match="port"):
+        parse_ports([bad])

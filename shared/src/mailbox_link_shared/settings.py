@@ -6,7 +6,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailbox_link_shared.crypto import SecretBox
-from mailbox_link_shared.network_policy import IPNetwork, parse_networks
+from mailbox_link_shared.network_policy import (
+    DEFAULT_MAIL_PORTS,
+    IPNetwork,
+    PortRanges,
+    parse_networks,
+    parse_ports,
+)
 
 ENV_PREFIX = "MBL_"
 
@@ -79,11 +85,27 @@ class MailCheckSettings(BaseSettings):
         description="CIDR blocks mail checks may reach although they are not public, "
         'e.g. ["127.0.0.0/8"] for tests. Empty in production.',
     )
+    verifier_allowed_ports: list[int | str] = Field(
+        default_factory=lambda: list[int | str](DEFAULT_MAIL_PORTS),
+        description="Ports mail checks may dial, single or as ranges, e.g. "
+        '[993, 587, "32768-60999"]; any other port is refused before connecting. Defaults '
+        "to the standard IMAP, POP3 and SMTP ports and 2525.",
+    )
     verifier_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+    @field_validator("verifier_allowed_ports")
+    @classmethod
+    def _ports_parse(cls, ports: list[int | str]) -> list[int | str]:
+        parse_ports(ports)  # raises ValueError naming the bad entry
+        return ports
 
     def allowlist(self) -> tuple[IPNetwork, ...]:
         """Returns the allowlisted networks."""
         return parse_networks(self.verifier_allowed_networks)
+
+    def allowed_ports(self) -> PortRanges:
+        """Returns the ports mail checks may dial."""
+        return parse_ports(self.verifier_allowed_ports)
 
     def mail_tls(self) -> ssl.SSLContext:
         """Returns a verifying TLS context: the system store plus the configured CA file."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from localinfra.oauth_server import LocalOAuthServer
 from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
+from mailbox_link_shared.network_policy import DEFAULT_MAIL_PORTS
 
 # The modules started, in start order; the registry first so link-api can reach it at once.
 SERVICE_MODULES = ("registry", "imap_verifier", "oauth_broker", "link_api")
@@ -30,6 +31,8 @@ _PROFILE_PATHS = {
     "microsoft": "microsoft/graph/v1.0/me",
 }
 READY_TIMEOUT = 60.0
+# Where free_port() and the stack's mail servers land (net.ipv4.ip_local_port_range).
+LINUX_EPHEMERAL_PORTS = "32768-60999"
 
 
 def _random_key() -> str:
@@ -45,6 +48,8 @@ class ServiceConfig:
     ca_file: str
     namespace: str = "mailbox-link"
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8",)
+    # The mail ports plus Linux's ephemeral range, where the stack's servers listen.
+    allowed_ports: tuple[str, ...] = (*DEFAULT_MAIL_PORTS, LINUX_EPHEMERAL_PORTS)
     log_level: str = "INFO"
     caller_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     # The product's sign-in service: the one caller granted the registry's owner lookup.
@@ -167,6 +172,7 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_REGISTRY_TOKEN": internal_token,
         "MBL_VERIFIER_CA_FILE": config.ca_file,
         "MBL_VERIFIER_ALLOWED_NETWORKS": json.dumps(list(config.allowed_networks)),
+        "MBL_VERIFIER_ALLOWED_PORTS": json.dumps(list(config.allowed_ports)),
         "MBL_LOG_LEVEL": config.log_level,
         **({"MBL_DNS_SERVERS": json.dumps(list(config.dns_servers))} if config.dns_servers else {}),
         "PYTHONUNBUFFERED": "1",

@@ -35,7 +35,7 @@ def build_app(settings: Settings) -> AsgiFastStream:
     deps = VerifierDeps(
         publisher=KafkaEventPublisher(broker, topics),
         secret_box=settings.secret_box(),
-        resolve=resolve_endpoint,
+        resolve=functools.partial(resolve_endpoint, allowed_ports=settings.allowed_ports()),
         probe_imap=probe_imap,
         probe_smtp=probe_smtp,
         tls=settings.mail_tls(),

@@ -62,7 +62,9 @@ def build_app(settings: Settings) -> FastAPI:
     )
     detector = Detector(dns, autoconfig)
     router = APIRouter()
-    router.include_router(build_router(deps, HttpRegistry(registry_http), detector))
+    router.include_router(
+        build_router(deps, HttpRegistry(registry_http), detector, settings.allowed_ports())
+    )
     router.include_router(build_providers_router(detector))
 
     return build_http_app(

@@ -10,6 +10,7 @@ from mailbox_link_contract.topics import LINK_API, topics_consumed_by
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     HttpSettings,
+    MailCheckSettings,
     MongoSettings,
     ServiceSettings,
     tls_context,
@@ -31,7 +32,9 @@ DEFAULT_LINK_RETENTION = longest_event_retention() + timedelta(days=1)
 DEFAULT_IDEMPOTENCY_KEY_RETENTION = timedelta(hours=24)  # as Stripe keeps them
 
 
-class Settings(ServiceSettings, MongoSettings, HttpSettings):
+# MailCheckSettings for MBL_VERIFIER_ALLOWED_PORTS: typed servers are refused at the POST
+# on the same ports the verifier would refuse.
+class Settings(ServiceSettings, MongoSettings, HttpSettings, MailCheckSettings):
     """Everything link-api reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)

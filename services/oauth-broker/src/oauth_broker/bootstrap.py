@@ -47,7 +47,10 @@ def build_app(settings: Settings) -> FastAPI:
         secret_box=settings.secret_box(),
         clients=clients,
         check_mailbox=XOAuth2MailboxCheck(
-            settings.mail_tls(), settings.allowlist(), settings.verifier_timeout_seconds
+            settings.mail_tls(),
+            settings.allowlist(),
+            settings.verifier_timeout_seconds,
+            settings.allowed_ports(),
         ),
         session_lifetime=settings.session_lifetime,
         refresh_margin=settings.refresh_margin,

@@ -1,5 +1,5 @@
 """What the IMAP and SMTP probes share: the vetted endpoint, the one failure type, the login
-mechanisms and the loop that drives a conversation within one deadline."""
+mechanisms, the read bounds and the loop that drives a conversation within one deadline."""
 
 import asyncio
 import base64
@@ -10,20 +10,29 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
 import aiosmtplib
-from aioimaplib import AioImapException
+import aiosmtplib.protocol
+from aioimaplib import AioImapException, quoted
+from aiosmtplib.auth import auth_login_encode, auth_plain_encode, auth_xoauth2_encode
 
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import ConnectionSecurity
 
 _T = TypeVar("_T")
 
-# A greeting is one short line; a peer that sends more without a line break is not IMAP.
-_GREETING_LIMIT: Final = 4096
+# What a user-typed server may make us read, per connection (README "Read bounds"). A server
+# that exceeds one is not the mail server it claims to be: the check fails at once, and what
+# was buffered is freed with the connection. The IMAP probe counts every byte before aioimaplib
+# sees it; aiosmtplib enforces its own line and reply bounds, which the SMTP ones name.
+MAX_LINE_BYTES: Final = 8192  # RFC 7162 4: clients should accept lines of 8192 octets
+MAX_RESPONSE_BYTES: Final = 64 * 1024  # a whole IMAP response, untagged lines included
+MAX_LITERAL_BYTES: Final = 64 * 1024  # an IMAP {n} literal; none of our commands needs one
+MAX_CHECK_BYTES: Final = 1024 * 1024  # everything one IMAP connection may send us
+SMTP_MAX_LINE_BYTES: Final = aiosmtplib.protocol.MAX_LINE_LENGTH  # 8192 in aiosmtplib 5.1
+SMTP_MAX_REPLY_BYTES: Final = aiosmtplib.protocol.MAX_RESPONSE_LENGTH  # 32768, continuations incl.
 # LOGOUT / QUIT only happen after the credentials were proven, so they get a short grace period.
 _GOODBYE_GRACE: Final = 1.0
 # A reply that arrived together with a hang-up still counts; it needs a few loop turns to land.
 _LATE_REPLY_GRACE: Final = 0.05
-_DETAIL_LIMIT: Final = 200
 _IMAP_VERSIONS: Final = frozenset({"IMAP4REV1", "IMAP4REV2"})
 
 
@@ -73,11 +82,25 @@ class _Credentials:
             raw = f"\0{self.username}\0{self.secret}"
         return base64.b64encode(raw.encode()).decode("ascii")
 
+    def wire_forms(self) -> list[str]:
+        """The secret in every form any probe sends it, longest first: raw, IMAP-quoted (with
+        and without the quotes), SASL PLAIN / XOAUTH2 responses (ours and aiosmtplib's), and
+        AUTH LOGIN's base64 of the password and of the username."""
+        forms = {self.secret, quoted(self.secret), quoted(self.secret)[1:-1]}
+        forms.add(self.initial_response())
+        if self.mechanism is _Mechanism.XOAUTH2:
+            forms.add(auth_xoauth2_encode(self.username, self.secret).decode("ascii"))
+        else:
+            forms.add(auth_plain_encode(self.username, self.secret).decode("ascii"))
+            forms.update(f.decode("ascii") for f in auth_login_encode(self.username, self.secret))
+            # base64 of the password alone, also without its padding (a server may strip it).
+            forms.add(base64.b64encode(self.secret.encode()).decode("ascii").rstrip("="))
+        return sorted((form for form in forms if form), key=len, reverse=True)
+
     def redact(self, text: str) -> str:
-        """Masks the secret, raw or as sent on the wire, in server text."""
-        for form in (self.secret, self.initial_response()):
-            if form:
-                text = text.replace(form, "***")
+        """Masks the secret, raw or in any form it was sent in on the wire, in a detail."""
+        for form in self.wire_forms():
+            text = text.replace(form, "***")
         return text
 
 
@@ -123,10 +146,9 @@ def _not_offered(code: FailureCode, mechanism: _Mechanism, offered: Iterable[str
     return ProbeFailed(code, f"server does not offer {mechanism.value} (it offers {listed})")
 
 
-def _printable(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    text = "".join(c if c.isprintable() else " " for c in text).strip()
-    return text[:_DETAIL_LIMIT]
+def _too_much(what: str, limit: int) -> str:
+    """The detail of a read bound a server exceeded."""
+    return f"server sent more than {limit} bytes {what}"
 
 
 def _connect_failure(

@@ -4,10 +4,12 @@ EXAMINE INBOX, each reply read within bounds and classified into a failure code.
 import asyncio
 import collections
 import contextlib
+import logging
+import re
 import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aioimaplib import AUTH, AioImapException, Command, IMAP4ClientProtocol, quoted
 
@@ -15,25 +17,127 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.mail_probes.common import (
     _GOODBYE_GRACE,
-    _GREETING_LIMIT,
     _IMAP_VERSIONS,
     _LATE_REPLY_GRACE,
     _T,
+    MAX_CHECK_BYTES,
+    MAX_LINE_BYTES,
+    MAX_LITERAL_BYTES,
+    MAX_RESPONSE_BYTES,
     Endpoint,
     ProbeFailed,
     _connect_failure,
     _Credentials,
     _Mechanism,
     _not_offered,
-    _printable,
+    _too_much,
 )
+
+# aioimaplib logs, at INFO, any server line it does not expect, and at DEBUG everything it
+# reads and most of what it sends: an echoing server would put our LOGIN line (the password,
+# IMAP-quoted) into the service's log. Nothing it logs below WARNING is worth that.
+logging.getLogger("aioimaplib").setLevel(logging.WARNING)
+
+# Response codes (RFC 9051 7.1, RFC 5530) that may be named in a detail: a classified reason
+# rather than server text, which could be anything, the echoed password included.
+_RESPONSE_CODES: Final = frozenset(
+    {
+        "ALERT", "ALREADYEXISTS", "AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "BADCHARSET",
+        "CANNOT", "CLIENTBUG", "CONTACTADMIN", "CORRUPTION", "EXPIRED", "EXPUNGEISSUED",
+        "HASCHILDREN", "INUSE", "LIMIT", "NONEXISTENT", "NOPERM", "OVERQUOTA", "PARSE",
+        "PRIVACYREQUIRED", "READ-ONLY", "READ-WRITE", "SERVERBUG", "TRYCREATE", "UNAVAILABLE",
+        "UNKNOWN-CTE",
+    }
+)  # fmt: skip
+_RESPONSE_CODE: Final = re.compile(rb"^\[([A-Za-z-]{1,30})[] ]")
+# The end of a line announcing a literal: `{n}` CRLF. A digit run reaching the start of the
+# kept tail is a size too long to be honest.
+_LITERAL_END: Final = re.compile(rb"(\{?)([0-9]+)\}\r\n$")
+_TAIL: Final = 24
+
+
+def _response_code(text: bytes) -> str:
+    """The response code of a status text, as `[CODE]`, if it is a known one; else ""."""
+    match = _RESPONSE_CODE.match(text.lstrip())
+    if match is None:
+        return ""
+    code = match.group(1).decode("ascii").upper()
+    return f" [{code}]" if code in _RESPONSE_CODES else ""
+
+
+class _ReadBounds:
+    """Counts what an IMAP server sends, before aioimaplib buffers any of it, and names the
+    bound it exceeds: line length (literals excluded), response size (from the end of the
+    last tagged or `+` line, untagged lines and literals included), literal size (refused as
+    soon as announced) and the connection's total."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.restart()
+
+    def restart(self) -> None:
+        """Forgets a partial line and response (STARTTLS drops the plaintext rest)."""
+        self._response = 0
+        self._line = 0
+        self._literal_left = 0
+        self._head = b""  # the line's first byte: `*` untagged, else it ends a response
+        self._tail = b""  # the line's last bytes: a CRLF, a literal announcement
+        self._continued = False  # the line goes on after a literal
+
+    def feed(self, data: bytes) -> str | None:
+        self.total += len(data)
+        self._response += len(data)
+        if self.total > MAX_CHECK_BYTES:
+            return _too_much("in one check", MAX_CHECK_BYTES)
+        start = 0
+        while start < len(data):
+            if self._literal_left:
+                taken = min(self._literal_left, len(data) - start)
+                self._literal_left -= taken
+                start += taken
+                continue
+            newline = data.find(b"\n", start)
+            end = len(data) if newline == -1 else newline + 1
+            piece = data[start:end]
+            if not self._head and not self._continued:
+                self._head = piece[:1]
+            self._line += len(piece)
+            self._tail = (self._tail + piece)[-_TAIL:]
+            start = end
+            if self._line > MAX_LINE_BYTES:
+                return _too_much("in one line", MAX_LINE_BYTES)
+            if newline == -1 or not self._tail.endswith(b"\r\n"):
+                continue  # aioimaplib, too, only ends a line at CRLF
+            exceeded = self._line_ended(len(data) - start)
+            if exceeded is not None:
+                return exceeded
+        if self._response > MAX_RESPONSE_BYTES:
+            return _too_much("in one response", MAX_RESPONSE_BYTES)
+        return None
+
+    def _line_ended(self, rest: int) -> str | None:
+        literal = _LITERAL_END.search(self._tail)
+        self._line, self._tail = 0, b""
+        if literal is not None and (literal.group(1) or literal.start() == 0):
+            size = int(literal.group(2)) if literal.group(1) else MAX_LITERAL_BYTES + 1
+            if size > MAX_LITERAL_BYTES:
+                return _too_much("in one literal", MAX_LITERAL_BYTES)
+            self._literal_left, self._continued = size, True
+            return None
+        if self._head != b"*":
+            # A tagged status or a continuation request ends what the server had to say;
+            # only what came after it in this read counts toward the next response.
+            self._response = rest
+        self._head, self._continued = b"", False
+        return None
 
 
 def _classify_greeting(greeting: bytes) -> ProbeFailed | None:
     """Tells IMAP from the other mail protocols before aioimaplib sees a byte.
 
     aioimaplib answers a POP3 greeting with CAPABILITY and then waits for ever, so anything
-    that is not an IMAP greeting must be stopped here.
+    that is not an IMAP greeting must be stopped here. Nothing of a greeting is quoted back:
+    a detail must not tell a port scanner what listens there.
     """
     head = greeting[:16].upper()
     if head.startswith((b"* OK", b"* PREAUTH")):
@@ -45,13 +149,11 @@ def _classify_greeting(greeting: bytes) -> ProbeFailed | None:
     if head.startswith(b"+OK"):
         return ProbeFailed(FailureCode.POP3_ONLY, "this is a POP3 server (greeting +OK)")
     if head.startswith(b"* BYE"):
-        text = _printable(greeting[5:])
-        return ProbeFailed(FailureCode.IMAP_UNREACHABLE, f"server refused the session: {text}")
+        code = _response_code(greeting[5:])
+        return ProbeFailed(FailureCode.IMAP_UNREACHABLE, f"server refused the session (BYE{code})")
     if head.startswith(b"220"):
         return ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, "this is an SMTP port (greeting 220)")
-    return ProbeFailed(
-        FailureCode.NOT_AN_IMAP_SERVER, f"not an IMAP greeting: {_printable(greeting)[:60]}"
-    )
+    return ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, "not an IMAP greeting")
 
 
 # aioimaplib ships no type information, so its base class is Any to mypy.
@@ -66,13 +168,29 @@ class _ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
         self.sasl_answers: collections.deque[bytes] = collections.deque()
         self.sasl_after_rejection = b"*"
         self._held: bytearray | None = bytearray()
+        self.bounds = _ReadBounds()
+        # Set when the server exceeded a read bound; the session is over from then on.
+        self.exceeded: ProbeFailed | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self.exceeded is not None:
+            return
+        too_much = self.bounds.feed(data)
+        if too_much is not None:
+            self.exceeded = ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, too_much)
+            self._fail(self.exceeded.code, self.exceeded.detail)
+            if not self.greeting.done():
+                self.greeting.set_result(b"")
+            # Drops the buffers with the connection: nothing more is read or kept.
+            self._held = None
+            self.incomplete_line = b""
+            self.transport.abort()
+            return
         if self._held is None:
             self._feed(data)
             return
         self._held += data
-        if (b"\n" in self._held or len(self._held) > _GREETING_LIMIT) and not self.greeting.done():
+        if b"\n" in self._held and not self.greeting.done():
             self.greeting.set_result(bytes(self._held).partition(b"\n")[0].rstrip(b"\r"))
 
     def release_greeting(self) -> list[asyncio.Future[Any]]:
@@ -115,12 +233,16 @@ class _ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
 @dataclass(frozen=True)
 class _Reply:
     result: str
-    text: str
+    # The status and its known response code, e.g. "NO [AUTHENTICATIONFAILED]"; never the
+    # server's free text, which may echo what we sent.
+    reason: str
 
     @classmethod
     def of(cls, response: Any) -> "_Reply":
         lines = [line for line in response.lines if isinstance(line, bytes | bytearray)]
-        return cls(str(response.result), _printable(bytes(lines[-1])) if lines else "")
+        result = str(response.result)
+        status = result if result in {"OK", "NO", "BAD"} else "unexpected status"
+        return cls(result, status + (_response_code(bytes(lines[-1])) if lines else ""))
 
 
 class _ImapProbe:
@@ -137,7 +259,8 @@ class _ImapProbe:
         """Connects, checks the greeting and capabilities, and logs in (also for the inbox
         search of the ownership proof)."""
         await self._connect()
-        failure = _classify_greeting(await self._proto.greeting)
+        greeting = await self._proto.greeting
+        failure = self._proto.exceeded or _classify_greeting(greeting)
         if failure is not None:
             raise failure
         welcome = self._proto.release_greeting()
@@ -199,9 +322,10 @@ class _ImapProbe:
             raise ProbeFailed(FailureCode.TLS_FAILED, "server does not offer STARTTLS")
         reply = await self._execute(self._command("STARTTLS"))
         if reply.result != "OK":
-            raise ProbeFailed(FailureCode.TLS_FAILED, f"STARTTLS refused: {reply.text}")
+            raise ProbeFailed(FailureCode.TLS_FAILED, f"STARTTLS refused ({reply.reason})")
         # Anything after the OK came in plaintext and may be injected: drop it (RFC 2595 3.1).
         self._proto.incomplete_line = b""
+        self._proto.bounds.restart()
         try:
             secured = await self._loop.start_tls(
                 self._proto.transport,
@@ -231,7 +355,7 @@ class _ImapProbe:
         # leaks; xoauth2() never answers the error challenge, so a bad token hangs.
         reply = await self._execute(command, scrub=secret)
         if reply.result != "OK":
-            raise ProbeFailed(FailureCode.IMAP_AUTH_FAILED, f"login rejected: {reply.text}")
+            raise ProbeFailed(FailureCode.IMAP_AUTH_FAILED, f"login rejected ({reply.reason})")
         self._proto.state = AUTH
 
     def _password_command(self) -> tuple[Any, str | None]:
@@ -273,7 +397,7 @@ class _ImapProbe:
         reply = await self._execute(self._command("EXAMINE", "INBOX"))
         if reply.result != "OK":
             raise ProbeFailed(
-                FailureCode.NOT_AN_IMAP_SERVER, f"INBOX could not be opened: {reply.text}"
+                FailureCode.NOT_AN_IMAP_SERVER, f"INBOX could not be opened ({reply.reason})"
             )
 
     def _capabilities(self) -> set[str]:

@@ -44,7 +44,7 @@ class _InboxProbe(_ImapProbe):
         reply = await self._execute(self._command("SELECT", "INBOX"))
         if reply.result != "OK":
             raise ProbeFailed(
-                FailureCode.NOT_AN_IMAP_SERVER, f"INBOX could not be opened: {reply.text}"
+                FailureCode.NOT_AN_IMAP_SERVER, f"INBOX could not be opened ({reply.reason})"
             )
         self._proto.state = SELECTED
         self.verified = True

@@ -4,9 +4,11 @@ each reply classified into a failure code."""
 import asyncio
 import contextlib
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import aiosmtplib
 
@@ -14,14 +16,21 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.mail_probes.common import (
     _GOODBYE_GRACE,
+    SMTP_MAX_REPLY_BYTES,
     Endpoint,
     ProbeFailed,
     _connect_failure,
     _Credentials,
     _Mechanism,
     _not_offered,
-    _printable,
+    _too_much,
 )
+
+# An enhanced status code (RFC 3463) at the start of a reply: named in details, unlike the
+# reply's free text, which could be anything (the echoed AUTH LOGIN base64 included).
+_ENHANCED_STATUS: Final = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})(?:\s|$)")
+# What aiosmtplib says when a reply exceeds its line or reply bound (protocol.py).
+_TOO_LONG: Final = "Response too long"
 
 
 class _AbortingSMTP(aiosmtplib.SMTP):
@@ -33,17 +42,34 @@ class _AbortingSMTP(aiosmtplib.SMTP):
         super().close()
 
 
-def _not_smtp(message: str) -> ProbeFailed:
-    """Names the protocol behind a greeting aiosmtplib could not parse."""
+def _reason(exc: aiosmtplib.SMTPResponseException) -> str:
+    """A reply as we classified it: its code and enhanced status code, never its text."""
+    enhanced = _ENHANCED_STATUS.match(exc.message.strip())
+    return f"{exc.code} {enhanced.group(1)}" if enhanced else str(exc.code)
+
+
+def _too_long(exc: aiosmtplib.SMTPResponseException) -> ProbeFailed | None:
+    """The failure for a reply over aiosmtplib's bounds, which it raises as soon as it sees it."""
+    if exc.code == aiosmtplib.SMTPStatus.invalid_response and exc.message == _TOO_LONG:
+        return ProbeFailed(
+            FailureCode.NOT_AN_SMTP_SERVER, _too_much("in one reply", SMTP_MAX_REPLY_BYTES)
+        )
+    return None
+
+
+def _not_smtp(exc: aiosmtplib.SMTPResponseException) -> ProbeFailed:
+    """Names the protocol behind a greeting aiosmtplib could not parse; nothing of the greeting
+    itself is quoted (a detail must not tell a port scanner what listens there)."""
+    too_long = _too_long(exc)
+    if too_long is not None:
+        return too_long
     # aiosmtplib reports "Malformed SMTP response line: <the line>".
-    line = message.partition(": ")[2] or message
+    line = exc.message.partition(": ")[2] or exc.message
     if line.upper().startswith("+OK"):
         return ProbeFailed(FailureCode.NOT_AN_SMTP_SERVER, "this is a POP3 port")
     if line.upper().startswith(("* OK", "* PREAUTH", "* BYE")):
         return ProbeFailed(FailureCode.NOT_AN_SMTP_SERVER, "this is an IMAP port")
-    return ProbeFailed(
-        FailureCode.NOT_AN_SMTP_SERVER, f"not an SMTP greeting: {_printable(line)[:60]}"
-    )
+    return ProbeFailed(FailureCode.NOT_AN_SMTP_SERVER, "not an SMTP greeting")
 
 
 def _address_literal(sock: socket.socket) -> str:
@@ -94,6 +120,9 @@ class _SmtpProbe:
             return ProbeFailed(FailureCode.SMTP_UNREACHABLE, f"connection failed: {reason}")
         name = type(exc).__name__
         if isinstance(exc, aiosmtplib.SMTPResponseException):
+            too_long = _too_long(exc)
+            if too_long is not None:
+                return too_long
             name = f"{name} {exc.code}"
         return ProbeFailed(FailureCode.NOT_AN_SMTP_SERVER, f"unexpected SMTP exchange ({name})")
 
@@ -119,12 +148,11 @@ class _SmtpProbe:
         try:
             await smtp.connect()
         except aiosmtplib.SMTPConnectResponseError as exc:
-            text = _printable(exc.message)
             raise ProbeFailed(
-                FailureCode.SMTP_UNREACHABLE, f"server refused the session: {exc.code} {text}"
+                FailureCode.SMTP_UNREACHABLE, f"server refused the session ({_reason(exc)})"
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
-            raise _not_smtp(exc.message) from None
+            raise _not_smtp(exc) from None
         except aiosmtplib.SMTPConnectError as exc:
             cause = exc.__cause__ or exc
             if isinstance(cause, aiosmtplib.SMTPServerDisconnected):
@@ -141,9 +169,8 @@ class _SmtpProbe:
         try:
             await smtp.starttls()  # verifies against `hostname` with our context
         except aiosmtplib.SMTPResponseException as exc:
-            text = _printable(exc.message)
-            raise ProbeFailed(
-                FailureCode.TLS_FAILED, f"STARTTLS refused: {exc.code} {text}"
+            raise _too_long(exc) or ProbeFailed(
+                FailureCode.TLS_FAILED, f"STARTTLS refused ({_reason(exc)})"
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _connect_failure(
@@ -154,9 +181,8 @@ class _SmtpProbe:
         try:
             await smtp.ehlo()
         except aiosmtplib.SMTPResponseException as exc:
-            text = _printable(exc.message)
-            raise ProbeFailed(
-                FailureCode.NOT_AN_SMTP_SERVER, f"EHLO refused: {exc.code} {text}"
+            raise _too_long(exc) or ProbeFailed(
+                FailureCode.NOT_AN_SMTP_SERVER, f"EHLO refused ({_reason(exc)})"
             ) from None
         except aiosmtplib.SMTPServerDisconnected:
             raise ProbeFailed(
@@ -170,9 +196,8 @@ class _SmtpProbe:
         try:
             await authenticate(self._credentials.username, self._credentials.secret)
         except aiosmtplib.SMTPAuthenticationError as exc:
-            text = _printable(exc.message)
             raise ProbeFailed(
-                FailureCode.SMTP_AUTH_FAILED, f"login rejected: {exc.code} {text}"
+                FailureCode.SMTP_AUTH_FAILED, f"login rejected ({_reason(exc)})"
             ) from None
         except aiosmtplib.SMTPServerDisconnected:
             raise ProbeFailed(

@@ -18,6 +18,12 @@ from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
+from mailbox_link_shared.network_policy import (
+    MAIL_PORTS,
+    PortRanges,
+    describe_ports,
+    is_port_allowed,
+)
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -27,8 +33,14 @@ T = TypeVar("T")
 USER_PATH = "/v1/accounts/{account_id}/users/{user_id}"
 
 
-def build_router(deps: LinkApiDeps, registry: Registry, detector: DetectsProviders) -> APIRouter:
-    """Returns the routes, bound to the handlers' dependencies."""
+def build_router(
+    deps: LinkApiDeps,
+    registry: Registry,
+    detector: DetectsProviders,
+    allowed_ports: PortRanges = MAIL_PORTS,
+) -> APIRouter:
+    """Returns the routes, bound to the handlers' dependencies; typed servers must use one of
+    `allowed_ports` (the verifier's MBL_VERIFIER_ALLOWED_PORTS)."""
     router = APIRouter(prefix=USER_PATH)
 
     @router.post("/links", status_code=status.HTTP_202_ACCEPTED)
@@ -42,7 +54,7 @@ def build_router(deps: LinkApiDeps, registry: Registry, detector: DetectsProvide
         """Starts linking a mailbox; answers at once with where to watch its status."""
         _check_idempotency_key(idempotency_key)
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        link_request = await _link_request(body, owner, detector)
+        link_request = await _link_request(body, owner, detector, allowed_ports)
         try:
             result = await handlers.request_link(link_request, idempotency_key, deps)
         except IdempotencyKeyReused:
@@ -124,14 +136,14 @@ def _status_url(request: Request, owner: MailboxOwner, link_id: str) -> str:
 
 
 async def _link_request(
-    body: LinkRequestIn, owner: MailboxOwner, detector: DetectsProviders
+    body: LinkRequestIn, owner: MailboxOwner, detector: DetectsProviders, ports: PortRanges
 ) -> LinkRequest:
     """Typed servers, unless the address's known provider hosts it elsewhere; otherwise the
     provider's or the detected ones, with the password or the provider's sign-in. Each with
     the authority that makes its servers speak for the address."""
     try:
         if body.imap is not None or body.smtp is not None:
-            _check_typed_servers(body)
+            _check_typed_servers(body, ports)
             typed = body.to_domain(owner)
             authority = await handlers.typed_servers_authority(typed, detector)
             return replace(typed, authority=authority)
@@ -144,7 +156,7 @@ async def _link_request(
     return body.with_plan(owner, plan)
 
 
-def _check_typed_servers(body: LinkRequestIn) -> None:
+def _check_typed_servers(body: LinkRequestIn, ports: PortRanges) -> None:
     if body.imap is None or body.smtp is None:
         missing = "imap" if body.imap is None else "smtp"
         raise ApiError(
@@ -155,4 +167,17 @@ def _check_typed_servers(body: LinkRequestIn) -> None:
         raise ApiError(
             422, ApiErrorCode.INVALID_REQUEST, "Typed IMAP and SMTP settings link with a password.",
             [("auth", 'omit imap and smtp to sign in at the provider, or set auth to "password"')],
+        )  # fmt: skip
+    # The verifier would refuse these too, but only after the link was accepted; a port that
+    # is not a mail port is refused here, before anything is stored or sent.
+    refused = [
+        f"{name}.port"
+        for name, server in (("imap", body.imap), ("smtp", body.smtp))
+        if not is_port_allowed(server.port, ports)
+    ]
+    if refused:
+        fix = f"use your mail server's port; mail checks may use {describe_ports(ports)}"
+        raise ApiError(
+            422, ApiErrorCode.INVALID_REQUEST, "Mail checks do not connect to this port.",
+            [(field, fix) for field in refused],
         )  # fmt: skip
