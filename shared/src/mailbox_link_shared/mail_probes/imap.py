@@ -132,6 +132,10 @@ class _ReadBounds:
         return None
 
 
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
 def _classify_greeting(greeting: bytes) -> ProbeFailed | None:
     """Tells IMAP from the other mail protocols before aioimaplib sees a byte.
 
@@ -416,7 +420,9 @@ class _ImapProbe:
 
     async def _guard(self, step: str, awaitable: Awaitable[_T]) -> _T:
         """Awaits a step of aioimaplib, which would wait for ever on a dropped connection."""
-        task = asyncio.ensure_future(awaitable)
+        # Always a Task of our own: a cancelled gather() ends with a CancelledError as its
+        # exception rather than cancelled, which would escape below as a crash.
+        task = asyncio.ensure_future(_awaited(awaitable))
         try:
             await asyncio.wait((task, self._proto.lost), return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
