@@ -5,6 +5,7 @@ and the CPU seconds per proof to bench/results/ownership-proof.json."""
 
 import argparse
 import asyncio
+import functools
 import json
 import secrets
 import ssl
@@ -17,9 +18,13 @@ from imap_verifier.adapters.typed_inbox import typed_inbox
 from imap_verifier.domain.ownership import ProofPolicy, prove_ownership
 from localinfra.stack import LocalStack
 from mailbox_link_contract.events import ServerSettings
-from mailbox_link_shared.mail_resolver import resolve_endpoint
-from mailbox_link_shared.network_policy import parse_networks
+from mailbox_link_shared.mail_resolver import resolve_endpoint as resolve_mail_endpoint
+from mailbox_link_shared.network_policy import parse_networks, parse_ports
 
+# The stack's servers listen on ephemeral ports, outside the default mail ports.
+resolve_endpoint = functools.partial(
+    resolve_mail_endpoint, allowed_ports=parse_ports(["32768-60999"])
+)
 RESULTS = Path(__file__).parent / "results" / "ownership-proof.json"
 
 

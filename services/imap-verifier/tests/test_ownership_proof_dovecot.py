@@ -2,6 +2,7 @@
 the trusted Dovecot, where the typed login finds and deletes it; the attacker's Dovecot never
 gets it."""
 
+import functools
 import imaplib
 import secrets
 import ssl
@@ -14,9 +15,13 @@ from imap_verifier.domain.ownership import ProofFailed, ProofPolicy, prove_owner
 from localinfra.stack import LocalStack
 from mailbox_link_contract.events import ServerSettings
 from mailbox_link_contract.failures import FailureCode
-from mailbox_link_shared.mail_resolver import resolve_endpoint
-from mailbox_link_shared.network_policy import parse_networks
+from mailbox_link_shared.mail_resolver import resolve_endpoint as resolve_mail_endpoint
+from mailbox_link_shared.network_policy import parse_networks, parse_ports
 
+# The stack's servers listen on ephemeral ports, outside the default mail ports.
+resolve_endpoint = functools.partial(
+    resolve_mail_endpoint, allowed_ports=parse_ports(["32768-60999"])
+)
 LOOPBACK = parse_networks(["127.0.0.0/8"])
 
 

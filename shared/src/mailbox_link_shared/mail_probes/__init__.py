@@ -6,7 +6,11 @@ verified against the host name the person typed. A probe logs in with a password
 (`probe_imap`, `probe_smtp`) or with an OAuth access token over XOAUTH2 (`probe_imap_xoauth2`,
 `probe_smtp_xoauth2`); all four share the `Probe` signature. A probe either returns None or
 raises ProbeFailed with a FailureCode and a short detail; the password or token never appears in
-a detail, a log line or a chained exception.
+a detail, a log line or a chained exception, in any form it was sent in.
+
+A user-typed server is untrusted: every read is bounded (line, response, literal, connection;
+`common.MAX_*`) and a server over a bound fails the check at once; a detail is built from what
+was classified (status, known response or reply codes), never by quoting the server.
 """
 
 import ssl
