@@ -1,4 +1,5 @@
-"""How a consumer handles a batch: read, route, skip, retry, dead-letter, or leave uncommitted."""
+"""How a consumer handles records: read, route, skip, retry, dead-letter, or leave uncommitted;
+and, on real Kafka, how it commits only what is done while a slow record holds one slot."""
 
 import json
 
@@ -9,7 +10,7 @@ from pymongo.errors import ConnectionFailure
 from mailbox_link_contract import events
 from mailbox_link_contract.files import EXAMPLES_DIR as EXAMPLES
 from mailbox_link_shared import kafka
-from mailbox_link_shared.kafka import handle_records
+from mailbox_link_shared.kafka import handle_record
 from mailbox_link_shared.routing import EventRouter, ignore
 
 
@@ -82,7 +83,7 @@ def _linked(schema_version: int = 1, **data: object) -> bytes:
 
 async def test_a_good_record_is_handled(dead_letters: RecordingDeadLetters) -> None:
     handler = Handler()
-    await handle_records([_record(_linked())], _router(handler), dead_letters)
+    await handle_record(_record(_linked()), _router(handler), dead_letters)
     [event] = handler.handled
     assert isinstance(event, events.MailboxLinked)
     assert event.data.address == "alice@example.org"
@@ -95,7 +96,7 @@ async def test_a_record_that_is_not_json_is_dead_lettered(
 ) -> None:
     handler = Handler()
     record = _record(value)
-    await handle_records([record], _router(handler), dead_letters)
+    await handle_record(record, _router(handler), dead_letters)
     [(sent, reason)] = dead_letters.sent
     assert sent is record
     assert reason.startswith("undecodable")
@@ -106,7 +107,7 @@ async def test_an_unknown_schema_version_is_dead_lettered(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler()
-    await handle_records([_record(_linked(schema_version=2))], _router(handler), dead_letters)
+    await handle_record(_record(_linked(schema_version=2)), _router(handler), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert reason.startswith("undecodable")
     assert "schema_version" in reason
@@ -117,18 +118,19 @@ async def test_a_dead_letter_reason_carries_no_record_content(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     value = _linked(mailbox_id={"password": "hunter2-secret"})
-    await handle_records([_record(value)], _router(Handler()), dead_letters)
+    await handle_record(_record(value), _router(Handler()), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert "mailbox_id" in reason
     assert "hunter2" not in reason
 
 
-async def test_an_undecodable_record_does_not_hold_up_the_rest_of_the_batch(
+async def test_an_undecodable_record_is_dead_lettered_and_the_next_ones_handled(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler()
     batch = [_record(b"garbage", 0), _record(_linked(), 1), _record(_linked(2), 2)]
-    await handle_records(batch, _router(handler), dead_letters)
+    for record in batch:
+        await handle_record(record, _router(handler), dead_letters)
     assert len(handler.handled) == 1
     assert [r.offset for r, _ in dead_letters.sent] == [0, 2]
 
@@ -138,7 +140,7 @@ async def test_a_handler_that_keeps_failing_gets_its_record_dead_lettered(
 ) -> None:
     handler = Handler(always=ValueError("no such plan"))
     record = _record(_linked())
-    await handle_records([record], _router(handler), dead_letters)
+    await handle_record(record, _router(handler), dead_letters)
     [(sent, reason)] = dead_letters.sent
     assert sent is record
     assert reason.startswith("handler failed")
@@ -150,17 +152,17 @@ async def test_a_fault_that_goes_away_on_retry_is_not_dead_lettered(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(ValueError("once"))
-    await handle_records([_record(_linked())], _router(handler), dead_letters)
+    await handle_record(_record(_linked()), _router(handler), dead_letters)
     assert len(handler.handled) == 1
     assert dead_letters.sent == []
 
 
-async def test_storage_that_stays_away_fails_the_batch_and_dead_letters_nothing(
+async def test_storage_that_stays_away_fails_the_record_for_now_and_dead_letters_nothing(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(always=ConnectionFailure("mongo away"))
     with pytest.raises(ConnectionFailure):
-        await handle_records([_record(_linked())], _router(handler), dead_letters)
+        await handle_record(_record(_linked()), _router(handler), dead_letters)
     assert dead_letters.sent == []
     assert handler.calls == 1 + len(kafka.TRANSIENT_RETRY_DELAYS)
 
@@ -169,26 +171,9 @@ async def test_a_transient_failure_is_retried_and_the_event_handled(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(ConnectionFailure("blip"))
-    await handle_records([_record(_linked())], _router(handler), dead_letters)
+    await handle_record(_record(_linked()), _router(handler), dead_letters)
     assert handler.calls == 2
     assert len(handler.handled) == 1
-    assert dead_letters.sent == []
-
-
-async def test_one_event_failing_for_now_fails_the_batch_after_the_others_are_handled(
-    dead_letters: RecordingDeadLetters,
-) -> None:
-    class FailsOnOneAddress(Handler):
-        async def __call__(self, event: events.MailboxLinked, deps: object = None) -> None:
-            if event.data.address == "down@example.org":
-                raise ConnectionFailure("its shard is away")
-            await super().__call__(event)
-
-    handler = FailsOnOneAddress()
-    batch = [_record(_linked(address="down@example.org"), 0), _record(_linked(), 1)]
-    with pytest.raises(ConnectionFailure):
-        await handle_records(batch, _router(handler), dead_letters)
-    assert [e.data.address for e in handler.handled] == ["alice@example.org"]
     assert dead_letters.sent == []
 
 
@@ -201,7 +186,8 @@ async def test_an_event_type_the_consumer_does_not_list_is_skipped_not_dead_lett
     reserved = (EXAMPLES / "LinkReserved" / "v1.json").read_bytes()
     batch = [_record(json.dumps(never_seen).encode(), 0), _record(reserved, 1)]
     batch.append(_record(_linked(), 2))
-    await handle_records(batch, _router(handler), dead_letters)
+    for record in batch:
+        await handle_record(record, _router(handler), dead_letters)
     assert dead_letters.sent == []
     assert len(handler.handled) == 1
 
@@ -212,7 +198,9 @@ async def test_an_unknown_schema_version_of_a_listed_type_is_dead_lettered_even_
     unlinked = json.loads((EXAMPLES / "MailboxUnlinked" / "v1.json").read_text())
     unlinked["schema_version"] = 2
     handler = Handler()
-    await handle_records([_record(json.dumps(unlinked).encode())], _router(handler), dead_letters)
+    await handle_record(
+        _record(json.dumps(unlinked).encode()), _router(handler), dead_letters
+    )
     [(_, reason)] = dead_letters.sent
     assert "schema_version" in reason
     assert handler.calls == 0
