@@ -376,3 +376,32 @@ async def test_no_more_than_n_events_are_in_progress_and_the_next_starts_when_on
 
 async def _equals(offset: Awaitable[int | None], expected: int) -> bool:
     return await offset == expected
+
+
+async def test_a_rebalance_lets_go_of_a_held_event_and_its_partition_is_handled_again(
+    topic: KafkaTopic,
+) -> None:
+    held = Gate("slow@example.org")
+    first = topic.consumer(held, concurrency=4)
+    await topic.publish("slow@example.org", "r1@example.org")
+    await first.start()
+    joined = Gate()
+    second = topic.consumer(joined, concurrency=4)
+    try:
+        await _until("handled", _now(lambda: held.handled == ["r1@example.org"]))
+        await _until("committed up to the held one", lambda: _equals(topic.committed(), 0))
+        await second.start()
+        # The group rebalances without waiting for the held event (a grace of seconds, not
+        # its end), and the partition's new owner, whichever it is, gets the event again.
+        await _until(
+            "delivered again",
+            _now(lambda: (held.started + joined.started).count("slow@example.org") == 2),
+        )
+        assert "slow@example.org" not in held.handled
+        held.release.set()
+        await _until("committed to the end", lambda: _equals(topic.committed(), 2))
+        await _until("let go events finished", _now(lambda: first.in_progress == 0))
+    finally:
+        held.release.set()
+        await second.stop()
+        await first.stop()
