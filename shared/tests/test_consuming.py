@@ -1,15 +1,23 @@
-"""How a consumer handles a batch: read, route, skip, retry, dead-letter, or leave uncommitted."""
+"""How a consumer handles records: read, route, skip, retry, dead-letter, or leave uncommitted;
+and, on real Kafka, how it commits only what is done while a slow record holds one slot."""
 
+import asyncio
 import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pymongo.errors import ConnectionFailure
 
+from localinfra.stack import LocalStack
 from mailbox_link_contract import events
 from mailbox_link_contract.files import EXAMPLES_DIR as EXAMPLES
 from mailbox_link_shared import kafka
-from mailbox_link_shared.kafka import handle_records
+from mailbox_link_shared.kafka import EventConsumer, handle_record
 from mailbox_link_shared.routing import EventRouter, ignore
 
 
@@ -82,7 +90,7 @@ def _linked(schema_version: int = 1, **data: object) -> bytes:
 
 async def test_a_good_record_is_handled(dead_letters: RecordingDeadLetters) -> None:
     handler = Handler()
-    await handle_records([_record(_linked())], _router(handler), dead_letters)
+    await handle_record(_record(_linked()), _router(handler), dead_letters)
     [event] = handler.handled
     assert isinstance(event, events.MailboxLinked)
     assert event.data.address == "alice@example.org"
@@ -95,7 +103,7 @@ async def test_a_record_that_is_not_json_is_dead_lettered(
 ) -> None:
     handler = Handler()
     record = _record(value)
-    await handle_records([record], _router(handler), dead_letters)
+    await handle_record(record, _router(handler), dead_letters)
     [(sent, reason)] = dead_letters.sent
     assert sent is record
     assert reason.startswith("undecodable")
@@ -106,7 +114,7 @@ async def test_an_unknown_schema_version_is_dead_lettered(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler()
-    await handle_records([_record(_linked(schema_version=2))], _router(handler), dead_letters)
+    await handle_record(_record(_linked(schema_version=2)), _router(handler), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert reason.startswith("undecodable")
     assert "schema_version" in reason
@@ -117,18 +125,19 @@ async def test_a_dead_letter_reason_carries_no_record_content(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     value = _linked(mailbox_id={"password": "hunter2-secret"})
-    await handle_records([_record(value)], _router(Handler()), dead_letters)
+    await handle_record(_record(value), _router(Handler()), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert "mailbox_id" in reason
     assert "hunter2" not in reason
 
 
-async def test_an_undecodable_record_does_not_hold_up_the_rest_of_the_batch(
+async def test_an_undecodable_record_is_dead_lettered_and_the_next_ones_handled(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler()
     batch = [_record(b"garbage", 0), _record(_linked(), 1), _record(_linked(2), 2)]
-    await handle_records(batch, _router(handler), dead_letters)
+    for record in batch:
+        await handle_record(record, _router(handler), dead_letters)
     assert len(handler.handled) == 1
     assert [r.offset for r, _ in dead_letters.sent] == [0, 2]
 
@@ -138,7 +147,7 @@ async def test_a_handler_that_keeps_failing_gets_its_record_dead_lettered(
 ) -> None:
     handler = Handler(always=ValueError("no such plan"))
     record = _record(_linked())
-    await handle_records([record], _router(handler), dead_letters)
+    await handle_record(record, _router(handler), dead_letters)
     [(sent, reason)] = dead_letters.sent
     assert sent is record
     assert reason.startswith("handler failed")
@@ -150,17 +159,17 @@ async def test_a_fault_that_goes_away_on_retry_is_not_dead_lettered(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(ValueError("once"))
-    await handle_records([_record(_linked())], _router(handler), dead_letters)
+    await handle_record(_record(_linked()), _router(handler), dead_letters)
     assert len(handler.handled) == 1
     assert dead_letters.sent == []
 
 
-async def test_storage_that_stays_away_fails_the_batch_and_dead_letters_nothing(
+async def test_storage_that_stays_away_fails_the_record_for_now_and_dead_letters_nothing(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(always=ConnectionFailure("mongo away"))
     with pytest.raises(ConnectionFailure):
-        await handle_records([_record(_linked())], _router(handler), dead_letters)
+        await handle_record(_record(_linked()), _router(handler), dead_letters)
     assert dead_letters.sent == []
     assert handler.calls == 1 + len(kafka.TRANSIENT_RETRY_DELAYS)
 
@@ -169,26 +178,9 @@ async def test_a_transient_failure_is_retried_and_the_event_handled(
     dead_letters: RecordingDeadLetters,
 ) -> None:
     handler = Handler(ConnectionFailure("blip"))
-    await handle_records([_record(_linked())], _router(handler), dead_letters)
+    await handle_record(_record(_linked()), _router(handler), dead_letters)
     assert handler.calls == 2
     assert len(handler.handled) == 1
-    assert dead_letters.sent == []
-
-
-async def test_one_event_failing_for_now_fails_the_batch_after_the_others_are_handled(
-    dead_letters: RecordingDeadLetters,
-) -> None:
-    class FailsOnOneAddress(Handler):
-        async def __call__(self, event: events.MailboxLinked, deps: object = None) -> None:
-            if event.data.address == "down@example.org":
-                raise ConnectionFailure("its shard is away")
-            await super().__call__(event)
-
-    handler = FailsOnOneAddress()
-    batch = [_record(_linked(address="down@example.org"), 0), _record(_linked(), 1)]
-    with pytest.raises(ConnectionFailure):
-        await handle_records(batch, _router(handler), dead_letters)
-    assert [e.data.address for e in handler.handled] == ["alice@example.org"]
     assert dead_letters.sent == []
 
 
@@ -201,7 +193,8 @@ async def test_an_event_type_the_consumer_does_not_list_is_skipped_not_dead_lett
     reserved = (EXAMPLES / "LinkReserved" / "v1.json").read_bytes()
     batch = [_record(json.dumps(never_seen).encode(), 0), _record(reserved, 1)]
     batch.append(_record(_linked(), 2))
-    await handle_records(batch, _router(handler), dead_letters)
+    for record in batch:
+        await handle_record(record, _router(handler), dead_letters)
     assert dead_letters.sent == []
     assert len(handler.handled) == 1
 
@@ -212,7 +205,203 @@ async def test_an_unknown_schema_version_of_a_listed_type_is_dead_lettered_even_
     unlinked = json.loads((EXAMPLES / "MailboxUnlinked" / "v1.json").read_text())
     unlinked["schema_version"] = 2
     handler = Handler()
-    await handle_records([_record(json.dumps(unlinked).encode())], _router(handler), dead_letters)
+    await handle_record(_record(json.dumps(unlinked).encode()), _router(handler), dead_letters)
     [(_, reason)] = dead_letters.sent
     assert "schema_version" in reason
     assert handler.calls == 0
+
+
+# On real Kafka: the consumer keeps up to N events in progress and commits what is done.
+
+MAX_WAIT = 60.0  # generous: Kafka's group join and a busy 2-core machine
+
+
+class Gate:
+    """A handler that holds the events of `held` addresses until released; counts what runs."""
+
+    def __init__(self, *held: str) -> None:
+        self.held = set(held)
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+        self.handled: list[str] = []
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, event: events.MailboxLinked, deps: object = None) -> None:
+        address = event.data.address
+        self.started.append(address)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if address in self.held or "*" in self.held:
+                await self.release.wait()
+            self.handled.append(address)
+        finally:
+            self.running -= 1
+
+
+@dataclass
+class KafkaTopic:
+    """A fresh topic on the session's Kafka and a consumer group name for one test."""
+
+    bootstrap: str
+    name: str
+    group: str
+
+    async def publish(self, *addresses: str) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            for address in addresses:
+                await producer.send_and_wait(self.name, _linked(address=address), partition=0)
+        finally:
+            await producer.stop()
+
+    async def committed(self) -> int | None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.group)
+        finally:
+            await admin.close()
+        mark = offsets.get(TopicPartition(self.name, 0))
+        return None if mark is None or mark.offset < 0 else int(mark.offset)
+
+    def consumer(self, handler: Gate, concurrency: int) -> EventConsumer:
+        return EventConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            client_id="test",
+            topics=[self.name],
+            router=EventRouter({events.MailboxLinked: handler}, None),
+            dead_letters=RecordingDeadLetters(),
+            concurrency=concurrency,
+        )
+
+
+@pytest.fixture
+async def topic(local_stack: LocalStack) -> KafkaTopic:
+    bootstrap = local_stack.endpoints.kafka_bootstrap
+    name = f"consuming-{secrets.token_hex(4)}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    return KafkaTopic(bootstrap, name, f"{name}-group")
+
+
+async def _until(what: str, holds: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + MAX_WAIT
+    while not await holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {MAX_WAIT} s")
+        await asyncio.sleep(0.05)
+
+
+def _now(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
+async def test_records_after_a_slow_one_finish_and_the_commit_stops_below_it(
+    topic: KafkaTopic,
+) -> None:
+    gate = Gate("slow@example.org")
+    consumer = topic.consumer(gate, concurrency=4)
+    await topic.publish("r0@example.org", "slow@example.org", "r2@example.org", "r3@example.org")
+    await consumer.start()
+    try:
+        await _until("handled", _now(lambda: len(gate.handled) == 3))
+        await _until("committed up to the slow one", lambda: _equals(topic.committed(), 1))
+        # Published while the slow one still runs: no batch waits for it.
+        await topic.publish("r4@example.org", "r5@example.org")
+        await _until("handled", _now(lambda: len(gate.handled) == 5))
+        assert "slow@example.org" not in gate.handled
+        for _ in range(10):  # the commit never passes the unfinished record
+            assert await topic.committed() == 1
+            await asyncio.sleep(0.1)
+        gate.release.set()
+        await _until("committed to the end", lambda: _equals(topic.committed(), 6))
+    finally:
+        gate.release.set()
+        await consumer.stop()
+
+
+async def test_a_crash_delivers_again_from_the_first_unfinished_record(topic: KafkaTopic) -> None:
+    gate = Gate("slow@example.org")
+    first = topic.consumer(gate, concurrency=4)
+    await topic.publish("r0@example.org", "slow@example.org", "r2@example.org")
+    await first.start()
+    await _until("handled", _now(lambda: len(gate.handled) == 2))
+    await _until("committed up to the slow one", lambda: _equals(topic.committed(), 1))
+    await first.stop(grace=0)  # the slow one is cut off, as by a crash
+    assert await topic.committed() == 1
+
+    again = Gate()
+    second = topic.consumer(again, concurrency=4)
+    await second.start()
+    try:
+        await _until("delivered again", _now(lambda: len(again.handled) == 2))
+        assert again.handled.count("slow@example.org") == 1
+        assert "r0@example.org" not in again.handled  # done before the slow one: committed
+        await _until("committed to the end", lambda: _equals(topic.committed(), 3))
+    finally:
+        await second.stop()
+
+
+async def test_no_more_than_n_events_are_in_progress_and_the_next_starts_when_one_ends(
+    topic: KafkaTopic,
+) -> None:
+    gate = Gate("*")
+    consumer = topic.consumer(gate, concurrency=2)
+    await topic.publish(*(f"r{i}@example.org" for i in range(5)))
+    await consumer.start()
+    try:
+        await _until("started", _now(lambda: len(gate.started) == 2))
+        await asyncio.sleep(1.5)  # time enough for a third to start, if it could
+        assert len(gate.started) == 2
+        assert consumer.in_progress == 2
+        gate.release.set()
+        await _until("handled", _now(lambda: len(gate.handled) == 5))
+        assert gate.most_running == 2
+        await _until("committed to the end", lambda: _equals(topic.committed(), 5))
+    finally:
+        gate.release.set()
+        await consumer.stop()
+
+
+async def _equals(offset: Awaitable[int | None], expected: int) -> bool:
+    return await offset == expected
+
+
+async def test_a_rebalance_lets_go_of_a_held_event_and_its_partition_is_handled_again(
+    topic: KafkaTopic,
+) -> None:
+    held = Gate("slow@example.org")
+    first = topic.consumer(held, concurrency=4)
+    await topic.publish("slow@example.org", "r1@example.org")
+    await first.start()
+    joined = Gate()
+    second = topic.consumer(joined, concurrency=4)
+    try:
+        await _until("handled", _now(lambda: held.handled == ["r1@example.org"]))
+        await _until("committed up to the held one", lambda: _equals(topic.committed(), 0))
+        await second.start()
+        # The group rebalances without waiting for the held event (a grace of seconds, not
+        # its end), and the partition's new owner, whichever it is, gets the event again.
+        await _until(
+            "delivered again",
+            _now(lambda: (held.started + joined.started).count("slow@example.org") == 2),
+        )
+        assert "slow@example.org" not in held.handled
+        held.release.set()
+        await _until("committed to the end", lambda: _equals(topic.committed(), 2))
+        await _until("let go events finished", _now(lambda: first.in_progress == 0))
+    finally:
+        held.release.set()
+        await second.stop()
+        await first.stop()

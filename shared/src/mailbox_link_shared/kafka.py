@@ -1,22 +1,21 @@
 """The one way every service talks to Kafka: broker factory, consuming, publishing.
 
-Consuming is at least once: a batch's offsets are committed only after every event in it was
-handled (its effects stored) or sent to the dead-letter topic; otherwise the batch is fetched
-again. Handlers are therefore idempotent.
+Consuming is at least once and never waits for a batch (docs/adr/0018): each process keeps up to
+`MBL_CONSUMER_CONCURRENCY` events in progress, starts the next record as soon as one ends, and
+commits per partition only the offset below the lowest record not yet done. A crash therefore
+delivers again the first unfinished record and everything after it. Handlers are idempotent.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from pymongo.errors import ConnectionFailure
 
 from mailbox_link_contract.events import Envelope
@@ -33,9 +32,19 @@ FETCH_MAX_WAIT_MS = 500
 # The broker's minimum: a consumer that died (SIGKILL) gives its partitions back in seconds.
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 2000
-MAX_BATCH = 100
-# Infrastructure that is away for a moment: retry, and if it stays away, leave the offsets
-# uncommitted so the batch comes back. Anything else is a fault of the event or of our code.
+# While every slot is taken the consumer fetches nothing (its partitions are paused), but it
+# still polls this often: aiokafka leaves the group when a consumer stops polling for
+# max_poll_interval_ms, and a slot may stay taken for minutes (an ownership proof, Mongo away).
+FULL_POLL_SECONDS = 1.0
+# A rebalance revokes every partition of every member (aiokafka's eager protocol) and the whole
+# group waits for the slowest member's callback, so in-flight events of revoked partitions get
+# this long to end and be committed; the rest are let go (see EventConsumer).
+REVOKE_GRACE_SECONDS = 3.0
+# On shutdown, events in progress get this long to end before they are cancelled uncommitted.
+STOP_GRACE_SECONDS = 10.0
+# Infrastructure that is away for a moment: retry, and if it stays away, keep the record in
+# progress (uncommitted) and try it again every STALLED_RETRY_SECONDS. Anything else is a fault
+# of the event or of our code.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionFailure,
     KafkaError,
@@ -44,6 +53,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 TRANSIENT_RETRY_DELAYS = (0.1, 0.3, 1.0, 3.0)
 FAULT_RETRY_DELAYS = (0.05, 0.2)
+STALLED_RETRY_SECONDS = 5.0
 
 logger = logging.getLogger(__name__)
 
@@ -66,69 +76,285 @@ def subscribe(
     settings: ServiceSettings,
     service_name: str,
     router: "EventRouter[Any]",
-) -> None:
-    """Consumes the topics the catalogue says `service_name` reads, routing through `router`.
+) -> "EventConsumer":
+    """Returns the consumer of the topics the catalogue says `service_name` reads, routing
+    through `router`; start it after the broker (it publishes dead letters through it) and stop
+    it before.
 
     Event types the router's table does not list are skipped and committed past (the contract
     lets producers add types to any topic). Records it cannot read (not JSON, no envelope, an
     unknown schema version of a listed type) go to the dead-letter topic with the reason and
-    do not hold up the partition. The events of a batch are handled concurrently, so handlers
-    must not depend on order within a batch.
+    do not hold up the partition. Up to `settings.consumer_concurrency` events are handled at
+    once, in no particular order, so handlers must not depend on the order of events.
     """
     topics = Topics.for_namespace(settings.namespace)
-    names = [topics.name_of(spec) for spec in topics_consumed_by(service_name)]
-    dead_letters = DeadLetters(broker, settings, service_name)
-
-    @broker.subscriber(
-        *names,
-        batch=True,
-        max_records=MAX_BATCH,
+    return EventConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.namespace}.{service_name}",
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        # A batch that raises is rewound and fetched again, never committed.
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_no_decoding,
-        title=f"{service_name}:{'+'.join(names)}",
+        client_id=service_name,
+        topics=[topics.name_of(spec) for spec in topics_consumed_by(service_name)],
+        router=router,
+        dead_letters=DeadLetters(broker, settings, service_name),
+        concurrency=settings.consumer_concurrency,
     )
-    async def on_records(message: KafkaMessage) -> None:
-        records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
-        await handle_records(records, router, dead_letters, settings.consumer_concurrency)
 
 
-async def handle_records(
-    records: Sequence["ConsumerRecord[bytes, bytes]"],
+class PartitionProgress:
+    """Which fetched records of one partition are still in progress, and so which offset may
+    be committed: the one below the lowest record not yet done (everything under it is done)."""
+
+    def __init__(self) -> None:
+        self._in_progress: set[int] = set()
+        self._fetched_to: int | None = None  # one past the last offset fetched
+        self.committed: int | None = None
+
+    def started(self, offset: int) -> None:
+        """Notes a fetched record; records of a partition are fetched in offset order."""
+        self._in_progress.add(offset)
+        self._fetched_to = offset + 1
+
+    def finished(self, offset: int) -> None:
+        """Notes that a record's effects are stored (or it was skipped or dead-lettered)."""
+        self._in_progress.discard(offset)
+
+    @property
+    def in_progress(self) -> int:
+        """Returns how many of the partition's records are not done."""
+        return len(self._in_progress)
+
+    def committable(self) -> int | None:
+        """Returns the offset to commit: the lowest not done, or one past the last fetched."""
+        if self._fetched_to is None:
+            return None
+        return min(self._in_progress, default=self._fetched_to)
+
+    def ahead_of_commit(self) -> int | None:
+        """Returns the offset to commit if it moved since the last commit, else None."""
+        offset = self.committable()
+        return offset if offset is not None and offset != self.committed else None
+
+
+class EventConsumer:
+    """Consumes topics with up to `concurrency` events in progress, committing what is done.
+
+    One fetch loop takes records while a slot is free (at most as many as are free, so the
+    records held never exceed `concurrency`) and starts each as a task; when every slot is
+    taken it pauses its partitions and only polls. A record ends handled, skipped or
+    dead-lettered; one that fails for now (infrastructure away) stays in progress and is tried
+    again, so its offset is not committed past. A commit loop commits each partition's
+    contiguous done prefix whenever it advanced.
+
+    Rebalance: when partitions are revoked, their in-flight events get REVOKE_GRACE_SECONDS to
+    end, the done prefix is committed while the partitions are still ours, and the partitions
+    are forgotten: events still running finish (they hold their slot until then) but are never
+    committed by us, and the new owner handles them again, which idempotent handlers allow (the
+    verifier's start marker makes its second delivery a no-op).
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        client_id: str,
+        topics: Collection[str],
+        router: "EventRouter[Any]",
+        dead_letters: "DeadLetterSink",
+        concurrency: int,
+    ) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._group_id = group_id
+        self._client_id = client_id
+        self._topics = list(topics)
+        self._router = router
+        self._dead_letters = dead_letters
+        self._concurrency = concurrency
+        self._consumer: AIOKafkaConsumer | None = None
+        self._progress: dict[TopicPartition, PartitionProgress] = {}
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._slot_freed = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def in_progress(self) -> int:
+        """Returns how many records this process holds and has not finished."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Joins the consumer group and starts fetching."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self._group_id,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        )
+        consumer.subscribe(topics=self._topics, listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+        self._loops = [
+            asyncio.create_task(self._fetch_loop(consumer), name=f"{self._group_id}-fetch"),
+            asyncio.create_task(self._commit_loop(consumer), name=f"{self._group_id}-commit"),
+        ]
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stops fetching, lets events in progress end within `grace` seconds, commits what is
+        done, cancels the rest (they come back to whoever consumes next) and leaves the group."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._settle(list(self._tasks), grace)
+        await self._commit(consumer, set(self._progress))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._progress.clear()
+        await consumer.stop()
+
+    async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                await self._fetch(consumer)
+            except KafkaError as exc:
+                # aiokafka reconnects by itself; keep asking.
+                logger.warning("fetch failed: %s", type(exc).__name__)
+                await asyncio.sleep(FULL_POLL_SECONDS)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
+        free = self._concurrency - len(self._tasks)
+        if free <= 0:
+            # Full: take nothing more, but poll so the group keeps us (FULL_POLL_SECONDS).
+            consumer.pause(*consumer.assignment())
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FULL_POLL_SECONDS):
+                    await self._slot_freed.wait()
+            await consumer.getmany(timeout_ms=0)
+            return
+        consumer.resume(*consumer.assignment())
+        fetched = await consumer.getmany(timeout_ms=FETCH_MAX_WAIT_MS, max_records=free)
+        for tp, records in fetched.items():
+            if tp not in consumer.assignment():
+                continue  # revoked while the records were on their way: the new owner's
+            progress = self._progress.setdefault(tp, PartitionProgress())
+            for record in records:
+                progress.started(record.offset)
+                task = asyncio.create_task(self._handle(record, progress))
+                self._tasks[task] = tp
+                task.add_done_callback(self._ended)
+
+    async def _handle(
+        self, record: "ConsumerRecord[bytes, bytes]", progress: PartitionProgress
+    ) -> None:
+        while True:
+            try:
+                await handle_record(record, self._router, self._dead_letters)
+                break
+            except Exception as exc:
+                logger.error(
+                    "%s could not be handled for now (%s); it stays uncommitted and is tried "
+                    "again in %.0f s",
+                    _where(record),
+                    type(exc).__name__,
+                    STALLED_RETRY_SECONDS,
+                )
+                await asyncio.sleep(STALLED_RETRY_SECONDS)
+        progress.finished(record.offset)
+        self._advanced.set()
+
+    def _ended(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.pop(task, None)
+        self._slot_freed.set()
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await self._advanced.wait()
+            self._advanced.clear()
+            if not await self._commit(consumer, set(self._progress)):
+                await asyncio.sleep(FULL_POLL_SECONDS)
+                self._advanced.set()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> bool:
+        """Commits the done prefix of those of `partitions` we own; False if Kafka refused."""
+        async with self._commit_lock:
+            owned = consumer.assignment()
+            progress = {tp: self._progress[tp] for tp in partitions & owned if tp in self._progress}
+            offsets = {
+                tp: offset
+                for tp, each in progress.items()
+                if (offset := each.ahead_of_commit()) is not None
+            }
+            if not offsets:
+                return True
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # A rebalance under way, or the coordinator away: tried again shortly (a
+                # partition revoked meanwhile is forgotten, so never committed); at worst the
+                # records come back.
+                logger.warning("commit of %s failed: %s", _offsets(offsets), type(exc).__name__)
+                return False
+            for tp, offset in offsets.items():
+                progress[tp].committed = offset
+            return True
+
+    async def _partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        consumer = self._consumer
+        partitions = set(revoked)
+        running = [task for task, tp in self._tasks.items() if tp in partitions]
+        await self._settle(running, REVOKE_GRACE_SECONDS)
+        if consumer is not None:
+            await self._commit(consumer, partitions)
+        left = sum(1 for task in running if not task.done())
+        if left:
+            logger.info("%d events of revoked partitions run on uncommitted", left)
+        for tp in partitions:
+            self._progress.pop(tp, None)
+
+    @staticmethod
+    async def _settle(tasks: list["asyncio.Task[None]"], seconds: float) -> None:
+        if tasks and seconds > 0:
+            await asyncio.wait(tasks, timeout=seconds)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands aiokafka's rebalance callbacks to the consumer."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._consumer._partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Nothing to load: a partition's progress starts with its first fetched record."""
+
+
+async def handle_record(
+    record: "ConsumerRecord[bytes, bytes]",
     router: "EventRouter[Any]",
     dead_letters: "DeadLetterSink",
-    concurrency: int = 1,
 ) -> None:
-    """Reads and handles a batch, `concurrency` events at a time, in order of arrival.
+    """Reads and handles one record: handled, skipped (a type the table does not list) or
+    dead-lettered (unreadable, or a handler that keeps failing with a fault).
 
-    Raises if any event could not be handled for now, so the batch is not committed.
+    Raises if the event could not be handled for now, so the record is not committed past.
     """
-    readable: list[tuple[ConsumerRecord[bytes, bytes], Envelope]] = []
-    for record in records:
-        outcome = router.read(record.value or b"")
-        if isinstance(outcome, Unreadable):
-            await dead_letters.send(record, outcome.reason)
-        elif isinstance(outcome, NotHandled):
-            logger.debug("skipped %s: %s is not handled here", _where(record), outcome.event_type)
-        else:
-            readable.append((record, outcome))
-    slots = asyncio.Semaphore(concurrency)
-
-    async def handle_in_turn(record: "ConsumerRecord[bytes, bytes]", event: Envelope) -> None:
-        async with slots:
-            await _handle_one(record, event, router.handle, dead_letters)
-
-    outcomes = await asyncio.gather(
-        *(handle_in_turn(record, event) for record, event in readable), return_exceptions=True
-    )
-    for failure in outcomes:
-        if isinstance(failure, BaseException):
-            raise failure
+    outcome = router.read(record.value or b"")
+    if isinstance(outcome, Unreadable):
+        await dead_letters.send(record, outcome.reason)
+    elif isinstance(outcome, NotHandled):
+        logger.debug("skipped %s: %s is not handled here", _where(record), outcome.event_type)
+    else:
+        await _handle_one(record, outcome, router.handle, dead_letters)
 
 
 async def _handle_one(
@@ -191,14 +417,12 @@ class DeadLetters:
         logger.warning("dead-lettered %s: %s", _where(record), reason)
 
 
-async def _no_decoding(message: Any) -> Any:
-    # Decoding is ours (handle_records), so a record that is not JSON reaches the dead-letter
-    # topic instead of failing inside FastStream and being fetched again for ever.
-    return None
-
-
 def _where(record: "ConsumerRecord[bytes, bytes]") -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _offsets(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in offsets.items())
 
 
 class KafkaEventPublisher:

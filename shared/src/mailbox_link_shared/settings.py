@@ -36,7 +36,7 @@ class ServiceSettings(BaseSettings):
         default=8,
         ge=1,
         le=100,
-        description="Events of a fetched batch handled at the same time by one process.",
+        description="Events one process handles at the same time; the next starts when one ends.",
     )
 
     @field_validator("encryption_keys")

@@ -49,12 +49,14 @@ def build_app(settings: Settings) -> AsgiFastStream:
             product=settings.ownership_proof_product,
         ),
     )
-    register_subscribers(broker, settings, deps)
+    consumer = register_subscribers(broker, settings, deps)
     sweep = make_expiry_sweep(store.delete_expired, settings.expiry_sweep_interval_seconds)
 
     return AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
         on_startup=[store.create_indexes, functools.partial(ensure_topics, settings), sweep.start],
-        on_shutdown=[sweep.stop, mongo.close],
+        # The consumer publishes through the broker: it starts after it and stops before.
+        after_startup=[consumer.start],
+        on_shutdown=[consumer.stop, sweep.stop, mongo.close],
     )

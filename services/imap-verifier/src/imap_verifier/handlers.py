@@ -10,7 +10,11 @@ from imap_verifier.adapters.typed_inbox import typed_inbox
 from imap_verifier.config import SERVICE_NAME
 from imap_verifier.domain.ownership import ProofFailed, needs_proof, prove_ownership
 from imap_verifier.domain.pending import StartReason
-from imap_verifier.domain.port_switch import other_port_works_detail, other_way_to_try
+from imap_verifier.domain.port_switch import (
+    may_be_cured_elsewhere,
+    other_port_works_detail,
+    standard_other_way,
+)
 from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import (
     Authority,
@@ -33,6 +37,11 @@ from mailbox_link_shared.mail_probes import Probe, ProbeFailed
 from mailbox_link_shared.routing import EventHandlers, ignore
 
 logger = logging.getLogger(__name__)
+# When the typed way has not answered after this share of the check's budget, the standard other
+# way is tried beside it (it keeps the rest of the budget): a silent typed port then still gets
+# its other-port suggestion by the deadline, and a server that answers within the first third
+# (any working one: a login takes a second or two) is never logged in to twice.
+OTHER_WAY_AFTER = 1 / 3
 
 
 async def when_link_requested_remember(event: LinkRequested, deps: VerifierDeps) -> None:
@@ -121,7 +130,8 @@ async def _prove(event: LinkRequested, credentials: MailboxCredentials, deps: Ve
 async def verify_mailbox(
     imap: ServerSettings, smtp: ServerSettings, credentials: MailboxCredentials, deps: VerifierDeps
 ) -> None:
-    """Checks both servers at once; raises ProbeFailed, preferring IMAP's reason over SMTP's."""
+    """Checks both servers at once, each within `deps.timeout` seconds, the other-port try
+    included; raises ProbeFailed, preferring IMAP's reason over SMTP's."""
     results = await asyncio.gather(
         _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps),
         _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps),
@@ -135,23 +145,58 @@ async def verify_mailbox(
 async def _check(
     kind: str, server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps
 ) -> None:
+    """Logs in as typed and, if that fails in a way another port may cure (or has not answered
+    after OTHER_WAY_AFTER of the budget), on the standard other port too; every try ends by one
+    deadline, so a silent typed port still gets its suggestion within `deps.timeout`."""
+    deadline = asyncio.get_running_loop().time() + deps.timeout
+    other = standard_other_way(server)
+    if other is None:
+        await _login(server, password, probe, deps, deadline)
+        return
+    typed = asyncio.create_task(_login(server, password, probe, deps, deadline))
+    second: asyncio.Task[None] | None = None
     try:
-        await _login(server, password, probe, deps)
-    except ProbeFailed as failure:
-        other = other_way_to_try(server, failure.code)
-        if other is None:
-            raise
+        await asyncio.wait((typed,), timeout=deps.timeout * OTHER_WAY_AFTER)
+        if not typed.done() or _curable_failure(typed) is not None:
+            second = asyncio.create_task(_login(other, password, probe, deps, deadline))
+        await asyncio.wait((typed,))
+        failure = _curable_failure(typed)
+        if second is None or failure is None:
+            typed.result()  # worked, or failed in a way no other port cures
+            return
         try:
-            await _login(other, password, probe, deps)
+            await second
         except ProbeFailed:
             raise failure from None
         detail = other_port_works_detail(kind, server, failure.code, other)
         raise ProbeFailed(FailureCode.OTHER_PORT_WORKS, detail) from None
+    finally:
+        started = [task for task in (typed, second) if task is not None]
+        for task in started:
+            task.cancel()
+        await asyncio.gather(*started, return_exceptions=True)
 
 
-async def _login(server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps) -> None:
-    endpoint = await deps.resolve(server, deps.allowlist, deps.timeout)
-    await probe(endpoint, server.username, password, deps.tls, deps.timeout)
+def _curable_failure(login: "asyncio.Task[None]") -> ProbeFailed | None:
+    """Returns the login's failure if it ended with one another port may cure."""
+    failure = login.exception() if login.done() else None
+    if isinstance(failure, ProbeFailed) and may_be_cured_elsewhere(failure.code):
+        return failure
+    return None
+
+
+async def _login(
+    server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps, deadline: float
+) -> None:
+    endpoint = await deps.resolve(server, deps.allowlist, _left(deadline, deps.timeout))
+    await probe(endpoint, server.username, password, deps.tls, _left(deadline, deps.timeout))
+
+
+def _left(deadline: float, budget: float) -> float:
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise ProbeFailed(FailureCode.TIMEOUT, f"no answer within {budget:g} s")
+    return left
 
 
 def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:

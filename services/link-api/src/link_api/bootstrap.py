@@ -51,7 +51,7 @@ def build_app(settings: Settings) -> FastAPI:
         headers={"Authorization": f"Bearer {settings.registry_token.get_secret_value()}"},
         timeout=httpx.Timeout(5.0),
     )
-    register_subscribers(broker, settings, deps)
+    consumer = register_subscribers(broker, settings, deps)
     dns = DnsLookup(settings.dns_servers, settings.dns_timeout_seconds)
     autoconfig = AutoconfigFetcher(
         dns,
@@ -71,6 +71,11 @@ def build_app(settings: Settings) -> FastAPI:
         title="mailbox-link link-api",
         router=router,
         service_keys=settings.service_keys,
-        on_start=[open_storage, functools.partial(ensure_topics, settings), broker.start],
-        on_stop=[sweep.stop, broker.stop, registry_http.aclose, mongo.close],
+        on_start=[
+            open_storage,
+            functools.partial(ensure_topics, settings),
+            broker.start,
+            consumer.start,
+        ],
+        on_stop=[sweep.stop, consumer.stop, broker.stop, registry_http.aclose, mongo.close],
     )

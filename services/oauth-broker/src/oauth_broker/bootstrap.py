@@ -58,7 +58,7 @@ def build_app(settings: Settings) -> FastAPI:
         start_url=settings.start_url,
         confirm_lifetime=settings.confirm_lifetime,
     )
-    register_subscribers(broker, settings, deps)
+    consumer = register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
 
     async def load_providers() -> None:
@@ -82,9 +82,10 @@ def build_app(settings: Settings) -> FastAPI:
             store.create_indexes,
             functools.partial(ensure_topics, settings),
             broker.start,
+            consumer.start,
             housekeeper.start,
         ],
-        on_stop=[housekeeper.stop, broker.stop, close_providers, mongo.close],
+        on_stop=[housekeeper.stop, consumer.stop, broker.stop, close_providers, mongo.close],
     )
 
 

@@ -29,7 +29,7 @@ def build_app(settings: Settings) -> FastAPI:
         plans=PlanTable(settings.plans, settings.default_plan),
         reservation_ttl=settings.reservation_ttl,
     )
-    register_subscribers(broker, settings, deps)
+    consumer = register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
     sweeper = make_retention_sweeper(
         deps, settings.retention_interval_seconds, settings.link_retention
@@ -46,8 +46,9 @@ def build_app(settings: Settings) -> FastAPI:
             store.create_indexes,
             functools.partial(ensure_topics, settings),
             broker.start,
+            consumer.start,
             housekeeper.start,
             sweeper.start,
         ],
-        on_stop=[sweeper.stop, housekeeper.stop, broker.stop, mongo.close],
+        on_stop=[sweeper.stop, housekeeper.stop, consumer.stop, broker.stop, mongo.close],
     )

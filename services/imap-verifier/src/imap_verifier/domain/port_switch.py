@@ -29,11 +29,21 @@ CONNECTION_FAILURES = frozenset(
 def other_way_to_try(server: ServerSettings, failure: FailureCode) -> ServerSettings | None:
     """Returns the same server on its standard other port and security, if the failure is one
     that may be cured that way and the port has a standard other; else None."""
+    return standard_other_way(server) if may_be_cured_elsewhere(failure) else None
+
+
+def standard_other_way(server: ServerSettings) -> ServerSettings | None:
+    """Returns the same server on its standard other port and security, if it has one."""
     other = OTHER_WAY.get((server.port, server.security))
-    if failure not in CONNECTION_FAILURES or other is None:
+    if other is None:
         return None
     port, security = other
     return server.model_copy(update={"port": port, "security": security})
+
+
+def may_be_cured_elsewhere(failure: FailureCode) -> bool:
+    """Tells whether another port or security might cure the failure (not a wrong password)."""
+    return failure in CONNECTION_FAILURES
 
 
 def other_port_works_detail(

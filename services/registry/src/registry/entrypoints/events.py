@@ -2,7 +2,7 @@
 
 from faststream.kafka import KafkaBroker
 
-from mailbox_link_shared.kafka import subscribe
+from mailbox_link_shared.kafka import EventConsumer, subscribe
 from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
 from registry.config import SERVICE_NAME
@@ -11,6 +11,7 @@ from registry.handlers import EVENT_HANDLERS, RegistryDeps
 
 def register_subscribers(
     broker: KafkaBroker, settings: ServiceSettings, deps: RegistryDeps
-) -> None:
-    """Subscribes registry to its topics, each event to its handler."""
-    subscribe(broker, settings, SERVICE_NAME, EventRouter(EVENT_HANDLERS, deps))
+) -> EventConsumer:
+    """Returns registry's consumer of its topics, each event to its handler (start it after the
+    broker, stop it before)."""
+    return subscribe(broker, settings, SERVICE_NAME, EventRouter(EVENT_HANDLERS, deps))
