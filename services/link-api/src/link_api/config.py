@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.topics import LINK_API, topics_consumed_by
+from mailbox_link_shared.rate_limit_settings import RateLimitSettings
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     HttpSettings,
@@ -31,7 +32,7 @@ DEFAULT_LINK_RETENTION = longest_event_retention() + timedelta(days=1)
 DEFAULT_IDEMPOTENCY_KEY_RETENTION = timedelta(hours=24)  # as Stripe keeps them
 
 
-class Settings(ServiceSettings, MongoSettings, HttpSettings):
+class Settings(ServiceSettings, MongoSettings, HttpSettings, RateLimitSettings):
     """Everything link-api reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
