@@ -167,7 +167,7 @@ class RateLimiter:
         """Records an authentication failure of a target login."""
         index, ends = _memory_window(back_off, now)
         prefix = f"{key}/failures/{index}"
-        first = await self._count(prefix)
+        first = await self._first_free(prefix, MAX_FAILURE_SLOTS)
         for slot in range(first, MAX_FAILURE_SLOTS):
             if await self._slots.add(f"{prefix}/{slot}", now, ends + back_off.memory):
                 return
@@ -179,7 +179,7 @@ class RateLimiter:
         failures = 0
         for window in (index, index - 1):
             prefix = f"{key}/failures/{window}"
-            count = await self._count(prefix)
+            count = await self._first_free(prefix, MAX_FAILURE_SLOTS)
             failures += count
             if count and latest is None:
                 latest = await self._slots.taken_at(f"{prefix}/{count - 1}")
@@ -192,28 +192,18 @@ class RateLimiter:
             if until is not None:
                 raise TooManyAttempts("back_off", until)
 
-    async def _first_free(self, prefix: str, count: int) -> int:
-        # Taken slots are a prefix 0..f-1 of the window's: binary search for f.
-        low, high = 0, count
-        while low < high:
-            middle = (low + high) // 2
-            if await self._slots.taken_at(f"{prefix}/{middle}") is not None:
-                low = middle + 1
-            else:
-                high = middle
-        return low
-
-    async def _count(self, prefix: str) -> int:
-        # Failures are few: probe 0, 1, 3, 7, ... then binary search (1 lookup when none).
+    async def _first_free(self, prefix: str, cap: int) -> int:
+        # Taken slots are a prefix 0..f-1 of the window's. Most budgets are barely used, so
+        # probe 0, 1, 3, 7, ... (one lookup when none is taken), then binary search for f.
         high = 1
-        while high < MAX_FAILURE_SLOTS and (
-            await self._slots.taken_at(f"{prefix}/{high - 1}") is not None
-        ):
-            high = min(high * 2, MAX_FAILURE_SLOTS)
-        if high == 1:
-            return 0
-        low = high // 2  # slot low - 1 is taken, and (below the cap) slot high - 1 is free
-        while low < high:
+        while high < cap and await self._slots.taken_at(f"{prefix}/{high - 1}") is not None:
+            high = min(high * 2, cap)
+        if high == 1 < cap:
+            return 0  # slot 0 is free
+        low = high // 2  # every slot below low is taken
+        if high == cap and await self._slots.taken_at(f"{prefix}/{cap - 1}") is not None:
+            return cap
+        while low < high:  # slot high - 1 is free (checked, or the first free is below it)
             middle = (low + high) // 2
             if await self._slots.taken_at(f"{prefix}/{middle}") is not None:
                 low = middle + 1
