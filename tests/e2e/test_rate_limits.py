@@ -28,7 +28,9 @@ from .conftest import (
     unique_user_id,
     wait_for_outcome,
 )
+from .probes import dump_databases, events_about
 
+NAMESPACE = "e2e-limits"
 USER_BUDGET = 3  # per hour, small so the budget test stays short; the rest are the defaults
 FREE_FAILURES = 5  # the default (RateLimitSettings.rate_limit_free_failures)
 LOGIN_ATTEMPTS = 10  # the default attempts per target login per hour
@@ -39,7 +41,7 @@ FIRST_WAIT = 15 * 60  # the default first back-off wait, seconds
 def limited_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
     config = service_config(
         infra,
-        namespace="e2e-limits",
+        namespace=NAMESPACE,
         rate_limits={"MBL_RATE_LIMIT_USER_LINKS_PER_HOUR": str(USER_BUDGET)},
     )
     running = start_services(config, workdir / "services-limits")
@@ -138,12 +140,20 @@ async def test_a_burst_of_guesses_for_one_login_is_refused_after_the_limit_and_s
     assert outcomes == ["imap_auth_failed"] * FREE_FAILURES + ["429"] * 4
     assert at_limit["imap"] == FREE_FAILURES
 
-    # The right password, during the back-off: refused too, so a guess cannot succeed.
-    outcome, response = await attempt(
-        limited_api, account, guess_body(infra, victim, victim.password)
-    )
+    # The right password, during the back-off: refused too, so a guess cannot succeed; the
+    # refused request left nothing behind but its budget slot.
+    right = guess_body(infra, victim, victim.password)
+    outcome, response = await attempt(limited_api, account, right)
     assert outcome == "429"
     assert_is_back_off_429(response)
+    assert await events_about(infra.kafka_bootstrap, NAMESPACE, right["email"]) == []
+    stored = b"".join(await dump_databases(infra.mongodb_uri, NAMESPACE))
+    assert right["email"].encode() not in stored
+    # The limits' documents name no address or username, and hold no password.
+    limits = b"".join(await dump_databases(infra.mongodb_uri, f"{NAMESPACE}-rate-limits"))
+    assert limits
+    assert victim.address.encode() not in limits
+    assert victim.password.encode() not in limits
     after = await settled_checks(infra, victim.address)
     assert after == at_limit, "a login reached Dovecot past the limit"
     print(f"limit reached after {FREE_FAILURES} attempts; Dovecot saw {after}")
