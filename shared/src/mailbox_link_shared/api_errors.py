@@ -30,6 +30,7 @@ class ApiErrorCode(StrEnum):
     OAUTH_REQUIRED = "oauth_required"
     SETTINGS_REQUIRED = "settings_required"
     PROVIDER_SERVERS_REQUIRED = "provider_servers_required"
+    TOO_MANY_REQUESTS = "too_many_requests"
 
 
 @dataclass(frozen=True)
@@ -84,5 +85,11 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
         422,
         "The address is hosted by a known provider (Google, Microsoft, Yahoo, AOL, iCloud): "
         "link it by the provider's sign-in or with the provider's own servers.",
+    ),
+    ApiErrorCode.TOO_MANY_REQUESTS: ApiErrorText(
+        429,
+        "A rate limit: this user's or account's link requests this hour, or the target login "
+        "is in back-off after repeated wrong passwords (the field names which); retry after "
+        "Retry-After seconds.",
     ),
 }

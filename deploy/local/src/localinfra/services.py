@@ -33,6 +33,16 @@ _PROFILE_PATHS = {
 READY_TIMEOUT = 60.0
 # Where free_port() and the stack's mail servers land (net.ipv4.ip_local_port_range).
 LINUX_EPHEMERAL_PORTS = "32768-60999"
+# Rate limits for shared service sets (tests, benches, `make run`): the suite links the same
+# few Dovecot logins on one host many times, wrong passwords included, so the production
+# defaults (docs/adr/0015) would refuse it; tests of the limits pass their own.
+GENEROUS_RATE_LIMITS = {
+    "MBL_RATE_LIMIT_USER_LINKS_PER_HOUR": "100000",
+    "MBL_RATE_LIMIT_ACCOUNT_LINKS_PER_HOUR": "100000",
+    "MBL_RATE_LIMIT_LOGIN_ATTEMPTS_PER_HOUR": "100000",
+    "MBL_RATE_LIMIT_HOST_LOGINS_PER_MINUTE": "100000",
+    "MBL_RATE_LIMIT_FREE_FAILURES": "100000",
+}
 
 
 def _random_key() -> str:
@@ -74,6 +84,8 @@ class ServiceConfig:
     ownership_relay_port: int = 0
     # Further MBL_* settings, e.g. a short reservation expiry for a test.
     extra_env: dict[str, str] = field(default_factory=dict)
+    # MBL_RATE_LIMIT_* settings; {} runs with the services' (production) defaults.
+    rate_limits: dict[str, str] = field(default_factory=lambda: dict(GENEROUS_RATE_LIMITS))
 
 
 @dataclass
@@ -114,6 +126,7 @@ def start_services(
     base_env = {
         **_environment(config, internal_token, registry_port=ports["registry"]),
         **_broker_environment(config, ports["oauth_broker"]),
+        **config.rate_limits,
         **config.extra_env,
     }
     processes: list[ManagedProcess] = []

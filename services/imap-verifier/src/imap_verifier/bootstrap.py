@@ -10,12 +10,15 @@ from imap_verifier.config import SERVICE_NAME, Settings
 from imap_verifier.domain.ownership import ProofPolicy
 from imap_verifier.entrypoints.events import register_subscribers
 from imap_verifier.entrypoints.housekeeping import make_expiry_sweep
+from imap_verifier.login_limits import LoginLimits
 from imap_verifier.ports import OwnershipProof, VerifierDeps
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.mongo import make_mongo_client
+from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
+from mailbox_link_shared.rate_limits import RateLimiter
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
@@ -31,6 +34,10 @@ def build_app(settings: Settings) -> AsgiFastStream:
         RelayProofSender(relay, settings.ownership_relay_port, settings.verifier_timeout_seconds)
         if relay
         else None
+    )
+    slots = MongoSlots(mongo, rate_limit_database(settings.namespace))
+    login_limits = LoginLimits(
+        RateLimiter(slots), settings.login_limit(), settings.host_limit(), settings.back_off()
     )
     deps = VerifierDeps(
         publisher=KafkaEventPublisher(broker, topics),
@@ -48,15 +55,23 @@ def build_app(settings: Settings) -> AsgiFastStream:
             from_address=settings.ownership_proof_from,
             product=settings.ownership_proof_product,
         ),
+        login_limits=login_limits,
     )
     consumer = register_subscribers(broker, settings, deps)
     sweep = make_expiry_sweep(store.delete_expired, settings.expiry_sweep_interval_seconds)
+    slot_sweep = make_slot_sweep(slots, settings.rate_limit_sweep_interval_seconds)
 
     return AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
-        on_startup=[store.create_indexes, functools.partial(ensure_topics, settings), sweep.start],
+        on_startup=[
+            store.create_indexes,
+            slots.create_indexes,
+            functools.partial(ensure_topics, settings),
+            sweep.start,
+            slot_sweep.start,
+        ],
         # The consumer publishes through the broker: it starts after it and stops before.
         after_startup=[consumer.start],
-        on_shutdown=[consumer.stop, sweep.stop, mongo.close],
+        on_shutdown=[consumer.stop, sweep.stop, slot_sweep.stop, mongo.close],
     )

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.topics import IMAP_VERIFIER
+from mailbox_link_shared.rate_limit_settings import RateLimitSettings
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     MailCheckSettings,
@@ -16,7 +17,7 @@ from mailbox_link_shared.settings import (
 SERVICE_NAME = IMAP_VERIFIER  # the catalogue's name: consumer group and producer
 
 
-class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
+class Settings(ServiceSettings, MongoSettings, MailCheckSettings, RateLimitSettings):
     """Everything the verifier reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)

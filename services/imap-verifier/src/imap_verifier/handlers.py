@@ -34,6 +34,7 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.mail_probes import Probe, ProbeFailed
+from mailbox_link_shared.rate_limits import TooManyAttempts, wait_text
 from mailbox_link_shared.routing import EventHandlers, ignore
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,25 @@ async def verify_link(event: LinkRequested, deps: VerifierDeps) -> None:
             raise ValueError("a password link without credentials")
         opened = deps.secret_box.open(data.credentials, context=data.address)
         credentials = MailboxCredentials.from_json(opened)
-        await verify_mailbox(data.imap, data.smtp, credentials, deps)
+        limits = deps.login_limits
+        if limits is not None:
+            await limits.before_logins(data.imap, data.smtp, deps.clock())
+        try:
+            await verify_mailbox(data.imap, data.smtp, credentials, deps)
+        except ProbeFailed as failure:
+            if limits is not None:
+                await limits.after_failure(failure.code, data.imap, data.smtp, deps.clock())
+            raise
         if needs_proof(authority):
             await _prove(event, credentials, deps)
             authority = Authority.OWNERSHIP_PROOF
+    except TooManyAttempts as over:
+        # Nothing connected: the target login is in back-off, or it or its host is out of budget.
+        logger.info("link %s not tried: %s", data.link_id, over.limit)
+        detail = wait_text(over.retry_at, deps.clock())
+        failed = Failure.of(FailureCode.TOO_MANY_ATTEMPTS, detail)
+        await deps.publisher.publish(_failed(event, failed))
+        return
     except (ProbeFailed, ProofFailed) as failure:
         logger.info(
             "link %s failed verification: %s (%s)", data.link_id, failure.code, failure.detail

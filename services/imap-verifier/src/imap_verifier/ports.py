@@ -11,6 +11,7 @@ from typing import Protocol
 
 from imap_verifier.domain.ownership import ProofMailSender, ProofPolicy
 from imap_verifier.domain.pending import StartReason
+from imap_verifier.login_limits import LoginLimits
 from mailbox_link_contract.events import ServerSettings, utc_now
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.mail_probes import Endpoint, Probe
@@ -57,3 +58,5 @@ class VerifierDeps:
     store: PendingStore
     proof: OwnershipProof
     clock: Callable[[], datetime] = utc_now
+    # Rate limits on the logins made for others (login_limits.py); None: unlimited (unit tests).
+    login_limits: LoginLimits | None = None

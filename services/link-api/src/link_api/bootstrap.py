@@ -17,11 +17,14 @@ from link_api.entrypoints.housekeeping import make_retention_sweep
 from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
+from link_api.link_budgets import LinkBudgets
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.network_policy import parse_networks
+from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
+from mailbox_link_shared.rate_limits import RateLimiter
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -62,8 +65,16 @@ def build_app(settings: Settings) -> FastAPI:
     )
     detector = Detector(dns, autoconfig)
     router = APIRouter()
+    # The limits' store is shared with the imap-verifier, which records the failures.
+    slots = MongoSlots(mongo, rate_limit_database(settings.namespace))
+    slot_sweep = make_slot_sweep(slots, settings.rate_limit_sweep_interval_seconds)
+    budgets = LinkBudgets(
+        RateLimiter(slots), settings.user_limit(), settings.account_limit(), settings.back_off()
+    )
     router.include_router(
-        build_router(deps, HttpRegistry(registry_http), detector, settings.allowed_ports())
+        build_router(
+            deps, HttpRegistry(registry_http), detector, settings.allowed_ports(), budgets
+        )
     )
     router.include_router(build_providers_router(detector))
 
@@ -73,9 +84,18 @@ def build_app(settings: Settings) -> FastAPI:
         service_keys=settings.service_keys,
         on_start=[
             open_storage,
+            slots.create_indexes,
+            slot_sweep.start,
             functools.partial(ensure_topics, settings),
             broker.start,
             consumer.start,
         ],
-        on_stop=[sweep.stop, consumer.stop, broker.stop, registry_http.aclose, mongo.close],
+        on_stop=[
+            sweep.stop,
+            slot_sweep.stop,
+            consumer.stop,
+            broker.stop,
+            registry_http.aclose,
+            mongo.close,
+        ],
     )

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.topics import LINK_API, topics_consumed_by
+from mailbox_link_shared.rate_limit_settings import RateLimitSettings
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
     HttpSettings,
@@ -34,7 +35,7 @@ DEFAULT_IDEMPOTENCY_KEY_RETENTION = timedelta(hours=24)  # as Stripe keeps them
 
 # MailCheckSettings for MBL_VERIFIER_ALLOWED_PORTS: typed servers are refused at the POST
 # on the same ports the verifier would refuse.
-class Settings(ServiceSettings, MongoSettings, HttpSettings, MailCheckSettings):
+class Settings(ServiceSettings, MongoSettings, HttpSettings, MailCheckSettings, RateLimitSettings):
     """Everything link-api reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)

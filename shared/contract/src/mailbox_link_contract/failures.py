@@ -39,6 +39,7 @@ class FailureCode(StrEnum):
     RECONNECT_REQUIRED = "reconnect_required"
     INTERNAL_ERROR = "internal_error"
     OWNERSHIP_UNPROVEN = "ownership_unproven"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,12 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.INTERNAL_ERROR: FailureText(
         "We could not check this mailbox because of a problem on our side.",
         "Try again in a few minutes; if it keeps happening, contact support.",
+    ),
+    FailureCode.TOO_MANY_ATTEMPTS: FailureText(
+        "This login, or its mail server, was tried too often recently (several wrong passwords, "
+        "or many links at once), so we did not log in this time, to protect the mailbox.",
+        "Wait until the time the detail gives, check the username and password (or create an "
+        "app password), then try again.",
     ),
 }
 

@@ -12,8 +12,10 @@ from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable
 from link_api.domain.link_request import CannotLink, LinkRequest
 from link_api.domain.providers import AuthMethod
+from link_api.entrypoints.rate_limits_http import admit_or_429
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
+from link_api.link_budgets import LinkBudgets
 from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
@@ -38,9 +40,10 @@ def build_router(
     registry: Registry,
     detector: DetectsProviders,
     allowed_ports: PortRanges = MAIL_PORTS,
+    budgets: LinkBudgets | None = None,
 ) -> APIRouter:
-    """Returns the routes, bound to the handlers' dependencies; typed servers must use one of
-    `allowed_ports` (the verifier's MBL_VERIFIER_ALLOWED_PORTS)."""
+    """Returns the routes, bound to the handlers' dependencies (and the rate limits, if any);
+    typed servers must use one of `allowed_ports` (the verifier's MBL_VERIFIER_ALLOWED_PORTS)."""
     router = APIRouter(prefix=USER_PATH)
 
     @router.post("/links", status_code=status.HTTP_202_ACCEPTED)
@@ -55,6 +58,8 @@ def build_router(
         _check_idempotency_key(idempotency_key)
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         link_request = await _link_request(body, owner, detector, allowed_ports)
+        # Before anything is stored or emitted: a refused request leaves only its budget slot.
+        await admit_or_429(link_request, body.imap is not None, budgets)
         try:
             result = await handlers.request_link(link_request, idempotency_key, deps)
         except IdempotencyKeyReused:
