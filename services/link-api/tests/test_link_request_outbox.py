@@ -62,7 +62,7 @@ def deps() -> LinkApiDeps:
     return LinkApiDeps(InMemoryLinkStore(), FlakyPublisher(), box, timedelta(minutes=15))
 
 
-def _request(password: str = "pw-1") -> LinkRequest:
+def _request(password: str = "pw-1") -> LinkRequest:  # noqa: S107 - a test value
     server = ServerSettings(host="imap.example.org", port=993, security="ssl", username="a@x.org")
     credentials = MailboxCredentials(password, password)
     return LinkRequest(OWNER, "a@x.org", ProviderType.IMAP, server, server, credentials)
@@ -135,10 +135,12 @@ async def test_a_request_not_sent_by_the_deadline_fails_and_a_new_key_gets_a_fre
     link = await handlers.get_link(OWNER, dead, deps)
     assert link is not None
     assert link.status is LinkStatus.FAILED
-    assert link.failure is not None and link.failure.code is FailureCode.REQUEST_NOT_SENT
+    assert link.failure is not None
+    assert link.failure.code is FailureCode.REQUEST_NOT_SENT
     assert not _sent(deps)
     fresh = await handlers.request_link(_request(), "key-2", deps)
-    assert fresh.created and fresh.link.link_id != dead
+    assert fresh.created
+    assert fresh.link.link_id != dead
     assert [e.data.link_id for e in _sent(deps)] == [fresh.link.link_id]
     # The first key still names its own link, ended.
     replayed = await handlers.request_link(_request(), "key-1", deps)
@@ -153,9 +155,11 @@ async def test_a_retry_never_waits_on_a_link_that_cannot_finish(
     deps = replace(deps, send_deadline=timedelta(0))
     dead = await _crashed_request(deps, "stored")
     fresh = await handlers.request_link(_request("pw-2"), key, deps)
-    assert fresh.created and fresh.link.link_id != dead
+    assert fresh.created
+    assert fresh.link.link_id != dead
     dead_link = await handlers.get_link(OWNER, dead, deps)
-    assert dead_link is not None and dead_link.status is LinkStatus.FAILED
+    assert dead_link is not None
+    assert dead_link.status is LinkStatus.FAILED
     assert [e.data.link_id for e in _sent(deps)] == [fresh.link.link_id]
 
 
@@ -179,7 +183,8 @@ async def test_a_request_kafka_refused_is_answered_and_sent_by_the_relay_later(
     assert isinstance(deps.publisher, FlakyPublisher)
     deps.publisher.down = True
     result: RequestedLink = await handlers.request_link(_request(), "key-1", deps)
-    assert result.created and result.link.status is LinkStatus.PENDING
+    assert result.created
+    assert result.link.status is LinkStatus.PENDING
     await handlers.relay_unsent(deps, NOW, 100)  # still down: kept for the next round
     assert _store(deps).unsent_since
     deps.publisher.down = False
