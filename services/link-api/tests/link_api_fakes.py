@@ -24,11 +24,12 @@ class InMemoryLinkStore:
         self.decisions: dict[str, SendDecision] = {}
         self.unsent_since: dict[str, datetime] = {}
 
-    async def insert_link(self, link: LinkView, outbox: str) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> None:
         self.unsent_since.setdefault(link.link_id, link.created_at)
         if link.link_id not in self.links:
             self.links[link.link_id] = link
-            self.outboxes[link.link_id] = outbox
+            if outbox is not None:
+                self.outboxes[link.link_id] = outbox
 
     async def delete_link(self, link_id: str) -> None:
         self.links.pop(link_id, None)

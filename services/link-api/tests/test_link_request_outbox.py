@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from link_api import handlers
+from link_api.adapters.link_store import IdempotencyRecord
 from link_api.domain.link_request import LinkRequest
 from link_api.domain.link_status import LinkStatus
 from link_api.handlers import FAULT_POINTS, LinkApiDeps, RequestedLink
@@ -118,7 +119,7 @@ async def test_a_retry_whose_key_was_bound_before_the_link_was_stored_carries_it
     deps: LinkApiDeps,
 ) -> None:
     # The first request bound the key to its link id, then died before storing the link.
-    first = handlers.IdempotencyRecord("first-link", _request().fingerprint())
+    first = IdempotencyRecord("first-link", _request().fingerprint())
     scope = handlers._idempotency_scope(OWNER, "key-1")
     await deps.store.remember_idempotency_key(scope, first)
     again = await handlers.request_link(_request(), "key-1", deps)

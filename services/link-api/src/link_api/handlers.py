@@ -252,6 +252,8 @@ async def _replay(link_id: str, request: LinkRequest, deps: LinkApiDeps) -> Requ
         await _carry_out(link_id, decision, deps)
     if decision is not None and decision.send is Send.DUPLICATE and decision.holder:
         return await _answer_with(decision.holder, deps)
+    if link is not None and decision is not None and decision.send is Send.PUBLISH:
+        return RequestedLink(link, created=False)  # still pending, as read
     return await _answer_with(link_id, deps)
 
 

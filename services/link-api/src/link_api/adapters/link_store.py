@@ -92,7 +92,7 @@ class Retention:
 class LinkStore(Protocol):
     """What the handlers need from storage."""
 
-    async def insert_link(self, link: LinkView, outbox: str) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> None:
         """Lists the link as unsent, then stores it with its LinkRequested (JSON, credentials
         sealed) in one insert; a link already stored (a retry carrying it on) is kept."""
 
@@ -214,13 +214,14 @@ class MongoLinkStore:
 
     # Links -------------------------------------------------------------------------------
 
-    async def insert_link(self, link: LinkView, outbox: str) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> None:
         # Listed first, so that no stored link is missing from the relay's list; an entry whose
         # link never came is dropped by the relay after the send deadline.
         with suppress(DuplicateKeyError):
             await self._unsent.insert_one({"_id": link.link_id, "since": link.created_at})
         with suppress(DuplicateKeyError):  # a retry with the same key stored it first
-            await self._links.insert_one({**_to_document(link), "outbox": outbox})
+            outboxed = {"outbox": outbox} if outbox is not None else {}
+            await self._links.insert_one({**_to_document(link), **outboxed})
 
     async def delete_link(self, link_id: str) -> None:
         # Only for a duplicate, decided so before: nothing else ever writes its document.
