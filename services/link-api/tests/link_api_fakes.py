@@ -24,12 +24,14 @@ class InMemoryLinkStore:
         self.decisions: dict[str, SendDecision] = {}
         self.unsent_since: dict[str, datetime] = {}
 
-    async def insert_link(self, link: LinkView, outbox: str | None = None) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
         self.unsent_since.setdefault(link.link_id, link.created_at)
-        if link.link_id not in self.links:
-            self.links[link.link_id] = link
-            if outbox is not None:
-                self.outboxes[link.link_id] = outbox
+        if link.link_id in self.links:
+            return self.outboxes.get(link.link_id)
+        self.links[link.link_id] = link
+        if outbox is not None:
+            self.outboxes[link.link_id] = outbox
+        return outbox
 
     async def delete_link(self, link_id: str) -> None:
         self.links.pop(link_id, None)

@@ -130,7 +130,11 @@ async def _start(
     )
     event = _link_requested(link_id, request, deps.secret_box)
     # Store first, then claim: whoever holds the claim has a link document a caller can read.
-    await deps.store.insert_link(link, event.model_dump_json())
+    ours = event.model_dump_json()
+    stored_event = await deps.store.insert_link(link, ours)
+    if stored_event is not None and stored_event != ours:
+        # A retry with our key stored it first: its event (and event_id) is the one sent.
+        event = LinkRequested.model_validate_json(stored_event)
     holder = await _claim(link_id, request.in_flight_key(), now, deps)
     if holder != link_id:
         await _drop_duplicate(link_id, holder, deps)

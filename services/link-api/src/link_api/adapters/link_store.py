@@ -92,9 +92,10 @@ class Retention:
 class LinkStore(Protocol):
     """What the handlers need from storage."""
 
-    async def insert_link(self, link: LinkView, outbox: str | None = None) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
         """Lists the link as unsent, then stores it with its LinkRequested (JSON, credentials
-        sealed) in one insert; a link already stored (a retry carrying it on) is kept."""
+        sealed) in one insert; a link already stored (a retry carrying it on) is kept. Returns
+        the outbox that stands (None once the link ended)."""
 
     async def delete_link(self, link_id: str) -> None:
         """Deletes a link that was never requested (a duplicate), and its unsent entry."""
@@ -214,14 +215,17 @@ class MongoLinkStore:
 
     # Links -------------------------------------------------------------------------------
 
-    async def insert_link(self, link: LinkView, outbox: str | None = None) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
         # Listed first, so that no stored link is missing from the relay's list; an entry whose
         # link never came is dropped by the relay after the send deadline.
         with suppress(DuplicateKeyError):
             await self._unsent.insert_one({"_id": link.link_id, "since": link.created_at})
-        with suppress(DuplicateKeyError):  # a retry with the same key stored it first
-            outboxed = {"outbox": outbox} if outbox is not None else {}
+        outboxed = {"outbox": outbox} if outbox is not None else {}
+        try:
             await self._links.insert_one({**_to_document(link), **outboxed})
+        except DuplicateKeyError:  # a retry with the same key stored it first: its event stands
+            return await self.get_outbox(link.link_id)
+        return outbox
 
     async def delete_link(self, link_id: str) -> None:
         # Only for a duplicate, decided so before: nothing else ever writes its document.
