@@ -3,8 +3,10 @@ still ends with exactly one final status, a retry with its Idempotency-Key gets 
 and a request that could not be sent in time fails `request_not_sent` and frees the mailbox
 for a fresh link (issue 13, point 6; services/link-api/DESIGN.md, "Sending a request").
 
-The windows are entered deterministically: link-api started with MBL_TEST_PAUSE_AT (test only)
-pauses every request there after writing a marker file, and the test kills it then."""
+The windows are entered deterministically: link-api runs with MBL_TEST_PAUSE_FILE (test only);
+a request reaching the window the file names writes `<file>.reached` and waits, and the test
+kills link-api then. Each kill and restart is a new process: a few of them take minutes on a
+busy machine, hence the timeouts."""
 
 import asyncio
 import json
@@ -33,8 +35,16 @@ FINAL_EVENTS = {"MailboxLinked", "LinkRejected"}
 
 
 @pytest.fixture(scope="module")
-async def crash_services(infra: Endpoints, workdir: Path) -> AsyncIterator[RunningServices]:
-    config = service_config(infra, namespace=NAMESPACE, extra_env=dict(RELAY))
+def pause_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("crash") / "pause"
+
+
+@pytest.fixture(scope="module")
+async def crash_services(
+    infra: Endpoints, workdir: Path, pause_file: Path
+) -> AsyncIterator[RunningServices]:
+    env = {**RELAY, "MBL_TEST_PAUSE_FILE": str(pause_file)}
+    config = service_config(infra, namespace=NAMESPACE, extra_env=env)
     running = await asyncio.to_thread(start_services, config, workdir / "services-crash")
     try:
         yield running
@@ -43,10 +53,8 @@ async def crash_services(infra: Endpoints, workdir: Path) -> AsyncIterator[Runni
 
 
 async def _restart_link_api(services: RunningServices, **env: str | None) -> None:
-    changes = {"MBL_TEST_PAUSE_AT": None, "MBL_TEST_PAUSE_MARKER": None,
-               "MBL_SEND_DEADLINE_SECONDS": None, **env}  # fmt: skip
     await asyncio.to_thread(services.kill, LINK_API)
-    await asyncio.to_thread(services.restart, LINK_API, changes)
+    await asyncio.to_thread(services.restart, LINK_API, env)
 
 
 async def _request_killed_in(
@@ -55,25 +63,30 @@ async def _request_killed_in(
     body: dict[str, Any],
     user_id: str,
     key: str,
-    marker: Path,
+    pause_file: Path,
 ) -> float:
-    """Sends the request to a link-api that pauses in the window, kills it there, and returns
-    when (time.time()) the request reached the window."""
-    await _restart_link_api(services, MBL_TEST_PAUSE_AT=window, MBL_TEST_PAUSE_MARKER=str(marker))
-    async with caller(services.api_url, services) as api:
-        post = asyncio.create_task(
-            api.post(links_path("acme", user_id), json=body, headers={"Idempotency-Key": key})
-        )
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert not post.done(), f"answered before the window: {post.result().text}"
-            assert time.monotonic() < deadline, f"never reached the {window} window"
-            await asyncio.sleep(0.01)
-        reached = time.time()
-        await asyncio.to_thread(services.kill, LINK_API)
-        with pytest.raises(httpx.TransportError):
-            await post  # the caller never got an answer
-    return reached
+    """Sends the request to link-api, which pauses in the window, kills link-api there, and
+    returns when (time.time()) the request reached the window."""
+    reached = pause_file.with_name(pause_file.name + ".reached")
+    reached.unlink(missing_ok=True)
+    pause_file.write_text(window)
+    try:
+        async with caller(services.api_url, services) as api:
+            post = asyncio.create_task(
+                api.post(links_path("acme", user_id), json=body, headers={"Idempotency-Key": key})
+            )
+            deadline = time.monotonic() + 60
+            while not reached.exists():
+                assert not post.done(), f"answered before the window: {post.result().text}"
+                assert time.monotonic() < deadline, f"never reached the {window} window"
+                await asyncio.sleep(0.01)
+            at = time.time()
+            await asyncio.to_thread(services.kill, LINK_API)
+            with pytest.raises(httpx.TransportError):
+                await post  # the caller never got an answer
+    finally:
+        pause_file.unlink(missing_ok=True)  # the restarted link-api pauses nowhere
+    return at
 
 
 async def _final_events(infra: Endpoints, address: str) -> dict[str, list[str]]:
@@ -87,18 +100,19 @@ async def _final_events(infra: Endpoints, address: str) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("window", WINDOWS)
 async def test_a_request_killed_in_each_window_ends_once_and_its_key_gives_the_same_link(
     crash_services: RunningServices,
     infra: Endpoints,
     new_mail_user: Any,
-    tmp_path: Path,
+    pause_file: Path,
     window: str,
 ) -> None:
     user, user_id, key = new_mail_user(f"crash-{window}"), unique_user_id(), f"key-{window}"
     body = imap_body(infra, user)
-    await _request_killed_in(crash_services, window, body, user_id, key, tmp_path / "marker")
-    await _restart_link_api(crash_services)
+    await _request_killed_in(crash_services, window, body, user_id, key, pause_file)
+    await asyncio.to_thread(crash_services.restart, LINK_API)
     async with caller(crash_services.api_url, crash_services) as api:
         retried = await api.post(links_path("acme", user_id), json=body,
                                  headers={"Idempotency-Key": key})  # fmt: skip
@@ -119,17 +133,18 @@ async def test_a_request_killed_in_each_window_ends_once_and_its_key_gives_the_s
     assert len({t for t in types if t.startswith("id:")}) == 1, types  # resent as the same event
 
 
+@pytest.mark.timeout(600)
 async def test_a_request_not_sent_in_time_fails_and_a_new_key_gets_a_fresh_link(
-    crash_services: RunningServices, infra: Endpoints, new_mail_user: Any, tmp_path: Path
+    crash_services: RunningServices, infra: Endpoints, new_mail_user: Any, pause_file: Path
 ) -> None:
     user, user_id = new_mail_user("crash-late"), unique_user_id()
     body = imap_body(infra, user)
     reached = await _request_killed_in(
-        crash_services, "stored", body, user_id, "key-late-1", tmp_path / "marker"
+        crash_services, "stored", body, user_id, "key-late-1", pause_file
     )
     # Down for longer than the send deadline (2 s here): the relay must not send it late.
     await asyncio.sleep(max(0.0, reached + 3 - time.time()))
-    await _restart_link_api(crash_services, MBL_SEND_DEADLINE_SECONDS="2")
+    await asyncio.to_thread(crash_services.restart, LINK_API, {"MBL_SEND_DEADLINE_SECONDS": "2"})
     async with caller(crash_services.api_url, crash_services) as api:
         same_key = await api.post(links_path("acme", user_id), json=body,
                                   headers={"Idempotency-Key": "key-late-1"})  # fmt: skip
@@ -147,4 +162,4 @@ async def test_a_request_not_sent_in_time_fails_and_a_new_key_gets_a_fresh_link(
     events = await _final_events(infra, user.address)
     assert dead_id not in events, events  # never sent, so nothing else ever answers it
     assert sum(t in FINAL_EVENTS for t in events[linked["link_id"]]) == 1
-    await _restart_link_api(crash_services)
+    await _restart_link_api(crash_services, MBL_SEND_DEADLINE_SECONDS=None)

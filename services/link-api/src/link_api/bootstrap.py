@@ -14,7 +14,7 @@ from link_api.adapters.link_store import MongoLinkStore, Retention
 from link_api.adapters.registry_client import HttpRegistry
 from link_api.config import SERVICE_NAME, Settings
 from link_api.entrypoints.events import register_subscribers
-from link_api.entrypoints.fault_points import pause_at
+from link_api.entrypoints.fault_points import pause_file_fault_point
 from link_api.entrypoints.housekeeping import make_outbox_relay, make_retention_sweep
 from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router
@@ -49,7 +49,7 @@ def build_app(settings: Settings) -> FastAPI:
         in_flight_expiry=timedelta(seconds=settings.in_flight_expiry_seconds),
         send_deadline=timedelta(seconds=settings.send_deadline_seconds),
     )
-    fault_point = pause_at(settings.test_pause_at, settings.test_pause_marker)
+    fault_point = pause_file_fault_point(settings.test_pause_file)
     if fault_point is not None:
         deps = replace(deps, fault_point=fault_point)
     relay = make_outbox_relay(

@@ -82,12 +82,11 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
         "(a POST normally sends it within milliseconds).",
     )
     outbox_relay_batch_size: int = Field(default=200, ge=1, le=10_000)
-    test_pause_at: str | None = Field(
+    test_pause_file: str | None = Field(
         default=None,
-        description="TESTS ONLY: the crash window (stored, decided, published) where every "
-        "link request pauses for good after writing test_pause_marker, to be SIGKILLed there.",
+        description="TESTS ONLY: a file naming a crash window (stored, decided, published) "
+        "where link requests then pause for good, to be SIGKILLed there.",
     )
-    test_pause_marker: str | None = Field(default=None, description="TESTS ONLY: see above.")
     dns_servers: list[str] = Field(
         default_factory=list,
         description='DNS servers for provider detection, e.g. ["10.0.0.2", "127.0.0.1:5353"]; '

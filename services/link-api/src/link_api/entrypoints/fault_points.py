@@ -1,29 +1,32 @@
 """TESTS ONLY: a pause at one crash window of a link request, so a test can SIGKILL link-api
-exactly there (tests/e2e/test_link_api_crash_windows.py). Off unless MBL_TEST_PAUSE_AT names a
-window; never set it in production."""
+exactly there (tests/e2e/test_link_api_crash_windows.py). Off unless MBL_TEST_PAUSE_FILE is
+set; never set it in production."""
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from link_api.handlers import FAULT_POINTS
-
 logger = logging.getLogger(__name__)
 
 
-def pause_at(point: str | None, marker: str | None) -> Callable[[str], Awaitable[None]] | None:
-    """Returns a fault point that, at `point`, writes `marker` and waits for good; None when
-    no point is set (the handlers' default, which does nothing)."""
-    if point is None:
+def pause_file_fault_point(pause_file: str | None) -> Callable[[str], Awaitable[None]] | None:
+    """Returns a fault point that, at the window the file names (stored, decided, published),
+    writes `<file>.reached` and waits for good; None when no file is set (the handlers' default,
+    which does nothing). The file is read at each window, so a test picks the window without
+    restarting link-api."""
+    if pause_file is None:
         return None
-    if point not in FAULT_POINTS or marker is None:
-        raise ValueError(f"test_pause_at must be one of {FAULT_POINTS}, with test_pause_marker")
-    logger.warning("TEST ONLY: every link request pauses at %r", point)
+    logger.warning("TEST ONLY: link requests pause at the window named in %s", pause_file)
+    path = Path(pause_file)
 
-    async def fault_point(reached: str) -> None:
-        if reached == point:
-            await asyncio.to_thread(Path(marker).write_text, point)
+    def pauses_at(point: str) -> bool:
+        return path.is_file() and path.read_text().strip() == point
+
+    async def fault_point(point: str) -> None:
+        if await asyncio.to_thread(pauses_at, point):
+            reached = path.with_name(path.name + ".reached")
+            await asyncio.to_thread(reached.write_text, point)
             await asyncio.Event().wait()  # until the test kills the process
 
     return fault_point
