@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from link_api.adapters.dns_lookup import Answer, SrvTarget
-from link_api.adapters.link_store import IdempotencyRecord
+from link_api.adapters.link_store import IdempotencyRecord, SendDecision, Unsent
 from link_api.domain.link_status import TERMINAL, LinkProgress, LinkView
 from link_api.domain.providers import Discovered
 
@@ -20,15 +20,44 @@ class InMemoryLinkStore:
         self.links: dict[str, LinkView] = {}
         self.in_flight: dict[str, tuple[str, datetime]] = {}
         self.keys: dict[str, IdempotencyRecord] = {}
+        self.outboxes: dict[str, str] = {}
+        self.decisions: dict[str, SendDecision] = {}
+        self.unsent_since: dict[str, datetime] = {}
 
-    async def insert_link(self, link: LinkView) -> None:
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
+        self.unsent_since.setdefault(link.link_id, link.created_at)
+        if link.link_id in self.links:
+            return self.outboxes.get(link.link_id)
         self.links[link.link_id] = link
+        if outbox is not None:
+            self.outboxes[link.link_id] = outbox
+        return outbox
 
     async def delete_link(self, link_id: str) -> None:
         self.links.pop(link_id, None)
+        self.outboxes.pop(link_id, None)
+        self.unsent_since.pop(link_id, None)
 
     async def get_link(self, link_id: str) -> LinkView | None:
         return self.links.get(link_id)
+
+    async def get_outbox(self, link_id: str) -> str | None:
+        return self.outboxes.get(link_id)
+
+    async def decide_send(self, link_id: str, decision: SendDecision) -> SendDecision:
+        return self.decisions.setdefault(link_id, decision)
+
+    async def send_decision(self, link_id: str) -> SendDecision | None:
+        return self.decisions.get(link_id)
+
+    async def mark_sent(self, link_id: str) -> None:
+        self.unsent_since.pop(link_id, None)
+
+    async def unsent(self, listed_before: datetime, limit: int) -> list[Unsent]:
+        listed = sorted((since, link_id) for link_id, since in self.unsent_since.items())
+        return [Unsent(link_id, since) for since, link_id in listed if since < listed_before][
+            :limit
+        ]
 
     async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
         link = self.links.get(link_id)
@@ -36,6 +65,8 @@ class InMemoryLinkStore:
             return None
         moved = replace(link, **progress.changes())
         self.links[link_id] = moved
+        if progress.status in TERMINAL:
+            self.outboxes.pop(link_id, None)  # as the Mongo store drops an ended link's outbox
         return moved
 
     async def claim_in_flight(

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from link_api.adapters.link_store import IdempotencyRecord, MongoLinkStore
+from link_api.adapters.link_store import (
+    IdempotencyRecord,
+    MongoLinkStore,
+    Send,
+    SendDecision,
+)
 from link_api.domain.link_status import LinkProgress, LinkStatus, LinkView
 from mailbox_link_contract.events import AuthMethod, Failure, MailboxOwner, ProviderType, utc_now
 from mailbox_link_contract.failures import FailureCode
@@ -104,3 +109,40 @@ async def test_an_idempotency_key_keeps_its_first_link(store: MongoLinkStore) ->
     second = await store.remember_idempotency_key("scope", IdempotencyRecord("l2", "f2"))
     assert first == second == IdempotencyRecord("l1", "f1")
     assert await store.find_idempotency_key("scope") == first
+
+
+async def test_a_link_is_stored_with_its_request_and_listed_unsent_until_sent(
+    store: MongoLinkStore,
+) -> None:
+    link = _link("l1")
+    await store.insert_link(link, '{"event": 1}')
+    await store.insert_link(_link("l1"), '{"event": 2}')  # a retry carrying it on keeps it
+    assert await store.get_outbox("l1") == '{"event": 1}'
+    assert await store.get_link("l1") is not None
+    later = utc_now() + timedelta(seconds=1)
+    assert [entry.link_id for entry in await store.unsent(later, 10)] == ["l1"]
+    assert await store.unsent(link.created_at - timedelta(seconds=1), 10) == []
+    await store.mark_sent("l1")
+    assert await store.unsent(later, 10) == []
+
+
+async def test_of_concurrent_send_decisions_exactly_one_stands(store: MongoLinkStore) -> None:
+    wanted = [SendDecision(Send.PUBLISH), SendDecision(Send.FAIL)] * 6
+    decided = await asyncio.gather(*(store.decide_send("l1", w) for w in wanted))
+    assert len(set(decided)) == 1
+    assert await store.send_decision("l1") == decided[0]
+    assert await store.send_decision("l2") is None
+
+
+async def test_an_ended_link_keeps_no_request_and_a_dropped_one_is_gone(
+    store: MongoLinkStore,
+) -> None:
+    await store.insert_link(_link("l1"), '{"sealed": "..."}')
+    failure = Failure.of(FailureCode.REQUEST_NOT_SENT)
+    assert await store.advance_link("l1", LinkProgress(LinkStatus.FAILED, utc_now(), failure))
+    assert await store.get_outbox("l1") is None
+    await store.insert_link(_link("l2"), "{}")
+    await store.delete_link("l2")
+    assert await store.get_link("l2") is None
+    listed = await store.unsent(utc_now() + timedelta(seconds=1), 10)
+    assert [entry.link_id for entry in listed] == ["l1"]  # l1 ended; only the relay unlists it

@@ -111,16 +111,22 @@ async def _handle(counted: Counted, event: Envelope) -> None:
         await handlers.when_registry_answer_update_status(event, counted.deps)
 
 
-async def test_a_link_request_costs_two_round_trips_and_a_status_read_one(
+async def test_a_link_request_costs_five_round_trips_and_a_status_read_one(
     counted: Counted,
 ) -> None:
     link_id = await _request_link(counted)
-    assert counted.commands.take() == ["insert", "findAndModify"]  # the view, the claim
+    # Listed unsent, the view with its request, the claim, the send decision, unlisted.
+    assert counted.commands.take() == ["insert", "insert", "findAndModify", "insert", "delete"]
     assert await handlers.get_link(OWNER, link_id, counted.deps) is not None
     assert counted.commands.take() == ["find"]
     # The same request again while the first is under way: answered with the first link.
     assert await _request_link(counted) == link_id
-    assert counted.commands.take() == ["insert", "findAndModify", "find", "delete", "find"]
+    # Listed and stored; the claim's pointer; has the holder ended? has it been decided? Then
+    # ours is decided a duplicate, its claims ended (none), it is deleted and unlisted.
+    assert counted.commands.take() == [
+        *["insert", "insert", "findAndModify", "find", "find"],
+        *["insert", "insert", "delete", "delete", "find"],
+    ]
 
 
 async def test_each_event_costs_at_most_three_round_trips(counted: Counted) -> None:
@@ -157,18 +163,28 @@ async def test_a_mailbox_requested_again_after_its_link_ended(counted: Counted) 
     await _handle(counted, _rejected(first))
     counted.commands.take()
     assert await _request_link(counted) != first
-    # The view; the pointer read (the claim's upsert); has the holder's link ended?; the next
-    # generation's claim; the pointer moved on.
-    assert counted.commands.take() == ["insert", "findAndModify", "find", "insert", "update"]
+    # Listed, the view; the pointer read (the claim's upsert); has the holder's link ended?;
+    # the next generation's claim; the pointer moved on; the send decision; unlisted.
+    assert counted.commands.take() == [
+        *["insert", "insert", "findAndModify", "find", "insert", "update", "insert", "delete"]
+    ]
 
 
-async def test_an_idempotency_key_costs_two_round_trips_and_a_replay_two(
+async def test_an_idempotency_key_costs_one_round_trip_and_a_replay_three_or_four(
     counted: Counted,
 ) -> None:
     link_id = await _request_link(counted, key="key-1")
-    assert counted.commands.take() == ["find", "insert", "findAndModify", "insert"]
+    # The key bound to the new link first, then as without a key.
+    assert counted.commands.take() == [
+        *["insert", "insert", "insert", "findAndModify", "insert", "delete"]
+    ]
+    # The key's insert refused, the key, the link; still pending: its send decision.
     assert await _request_link(counted, key="key-1") == link_id
-    assert counted.commands.take() == ["find", "find"]
+    assert counted.commands.take() == ["insert", "find", "find", "find"]
+    await _handle(counted, _rejected(link_id))
+    counted.commands.take()
+    assert await _request_link(counted, key="key-1") == link_id
+    assert counted.commands.take() == ["insert", "find", "find"]
 
 
 def _reserved(link_id: str) -> LinkReserved:

@@ -107,6 +107,28 @@ class RunningServices:
         for process in self.processes:
             process.stop()
 
+    def kill(self, name: str) -> None:
+        """SIGKILLs one service process (by its name in `logs`, e.g. "link_api"), as a crash
+        would, and reaps it."""
+        self._process(name).kill()
+
+    def restart(self, name: str, env: Mapping[str, str | None] | None = None) -> None:
+        """Starts one service process again (after `kill`) with the same command, port and log,
+        its environment changed by `env` (None removes a variable), and waits for /healthz."""
+        old = self._process(name)
+        old.stop()
+        changed = {**(old.env or {}), **{k: v for k, v in (env or {}).items() if v is not None}}
+        for removed in [k for k, v in (env or {}).items() if v is None]:
+            changed.pop(removed, None)
+        process = ManagedProcess(name, old.argv, old.log_file, cwd=old.cwd, env=changed)
+        process.start()
+        self.processes[self.processes.index(old)] = process
+        url = f"http://127.0.0.1:{changed['MBL_HTTP_PORT']}/healthz"
+        wait_until_ready(process, functools.partial(_answers, url), READY_TIMEOUT, url)
+
+    def _process(self, name: str) -> ManagedProcess:
+        return next(process for process in self.processes if process.name == name)
+
 
 def start_services(
     config: ServiceConfig,

@@ -1,6 +1,7 @@
 """The one place that wires link-api together: settings in, a runnable ASGI app out."""
 
 import functools
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -13,7 +14,8 @@ from link_api.adapters.link_store import MongoLinkStore, Retention
 from link_api.adapters.registry_client import HttpRegistry
 from link_api.config import SERVICE_NAME, Settings
 from link_api.entrypoints.events import register_subscribers
-from link_api.entrypoints.housekeeping import make_retention_sweep
+from link_api.entrypoints.fault_points import pause_file_fault_point
+from link_api.entrypoints.housekeeping import make_outbox_relay, make_retention_sweep
 from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
@@ -48,6 +50,16 @@ def build_app(settings: Settings) -> FastAPI:
         publisher=KafkaEventPublisher(broker, topics),
         secret_box=settings.secret_box(),
         in_flight_expiry=timedelta(seconds=settings.in_flight_expiry_seconds),
+        send_deadline=timedelta(seconds=settings.send_deadline_seconds),
+    )
+    fault_point = pause_file_fault_point(settings.test_pause_file)
+    if fault_point is not None:
+        deps = replace(deps, fault_point=fault_point)
+    relay = make_outbox_relay(
+        deps,
+        settings.outbox_relay_interval_seconds,
+        timedelta(seconds=settings.outbox_relay_grace_seconds),
+        settings.outbox_relay_batch_size,
     )
     registry_http = httpx.AsyncClient(
         base_url=settings.registry_url,
@@ -82,15 +94,18 @@ def build_app(settings: Settings) -> FastAPI:
         title="mailbox-link link-api",
         router=router,
         service_keys=settings.service_keys,
+        # The relay publishes, so it starts once the broker has.
         on_start=[
             open_storage,
             slots.create_indexes,
             slot_sweep.start,
             functools.partial(ensure_topics, settings),
             broker.start,
+            relay.start,
             consumer.start,
         ],
         on_stop=[
+            relay.stop,
             sweep.stop,
             slot_sweep.stop,
             consumer.stop,

@@ -31,6 +31,8 @@ def longest_event_retention() -> timedelta:
 # A day more than Kafka keeps the events: a redelivered or replayed event still finds its link.
 DEFAULT_LINK_RETENTION = longest_event_retention() + timedelta(days=1)
 DEFAULT_IDEMPOTENCY_KEY_RETENTION = timedelta(hours=24)  # as Stripe keeps them
+# A stored request not decided for sending by then is failed (request_not_sent), not sent late.
+DEFAULT_SEND_DEADLINE = timedelta(seconds=60)
 
 
 # MailCheckSettings for MBL_VERIFIER_ALLOWED_PORTS: typed servers are refused at the POST
@@ -67,6 +69,28 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings, MailCheckSettings, 
     retention_batch_size: int = Field(
         default=500, ge=1, le=10_000, description="Documents deleted per batch of that sweep."
     )
+    send_deadline_seconds: float = Field(
+        default=DEFAULT_SEND_DEADLINE.total_seconds(),
+        gt=0,
+        description="A stored link request that no replica decided to send within this (all "
+        "of them down, or each crashed in the window) is never sent: its link ends failed "
+        "with request_not_sent and frees the mailbox for a new request.",
+    )
+    outbox_relay_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the relay looks for requests not sent."
+    )
+    outbox_relay_grace_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a request may stay unsent before the relay carries it on "
+        "(a POST normally sends it within milliseconds).",
+    )
+    outbox_relay_batch_size: int = Field(default=200, ge=1, le=10_000)
+    test_pause_file: str | None = Field(
+        default=None,
+        description="TESTS ONLY: a file naming a crash window (stored, decided, published) "
+        "where link requests then pause for good, to be SIGKILLed there.",
+    )
     dns_servers: list[str] = Field(
         default_factory=list,
         description='DNS servers for provider detection, e.g. ["10.0.0.2", "127.0.0.1:5353"]; '
@@ -101,6 +125,12 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings, MailCheckSettings, 
                 f"link_retention_seconds must exceed {longest.total_seconds():.0f}, how long "
                 "Kafka keeps the events a link answers (a redelivered one would find no link)"
             )
+        if not self.outbox_relay_grace_seconds < self.send_deadline_seconds:
+            raise ValueError(
+                "outbox_relay_grace_seconds must be shorter than send_deadline_seconds"
+            )
+        if self.send_deadline_seconds >= self.in_flight_expiry_seconds:
+            raise ValueError("send_deadline_seconds must be shorter than in_flight_expiry_seconds")
         if self.in_flight_expiry_seconds >= self.link_retention_seconds:
             raise ValueError("in_flight_expiry_seconds must be shorter than link_retention_seconds")
         if self.idempotency_key_retention > self.link_retention:

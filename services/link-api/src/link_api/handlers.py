@@ -3,13 +3,20 @@
 import hashlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from link_api.adapters.link_store import IdempotencyRecord, LinkStore
-from link_api.config import SERVICE_NAME
+from link_api.adapters.link_store import IdempotencyRecord, LinkStore, Send, SendDecision
+from link_api.config import DEFAULT_SEND_DEADLINE, SERVICE_NAME
 from link_api.domain.authority import DomainFacts, authority_for, facts_from, facts_from_tables
-from link_api.domain.link_request import CannotLink, LinkPlan, LinkRequest, auth_for
+from link_api.domain.link_request import (
+    CannotLink,
+    LinkPlan,
+    LinkRequest,
+    auth_for,
+    in_flight_key,
+)
 from link_api.domain.link_status import TERMINAL, LinkProgress, LinkStatus, LinkView
 from link_api.domain.providers import (
     PROVIDERS,
@@ -23,6 +30,7 @@ from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import (
     Authority,
     AuthorizationRequired,
+    Failure,
     LinkRejected,
     LinkRequested,
     LinkRequestedData,
@@ -49,6 +57,13 @@ class IdempotencyKeyReused(Exception):
     """The same Idempotency-Key came with a different request."""
 
 
+FaultPoint = Callable[[str], Awaitable[None]]
+
+
+async def _no_fault(point: str) -> None:
+    """Production's fault point: nothing."""
+
+
 @dataclass(frozen=True)
 class LinkApiDeps:
     """What the handlers work with; wired in bootstrap."""
@@ -57,6 +72,15 @@ class LinkApiDeps:
     publisher: EventPublisher
     secret_box: SecretBox
     in_flight_expiry: timedelta
+    # A request not decided for sending by then is never sent: its link fails request_not_sent.
+    send_deadline: timedelta = DEFAULT_SEND_DEADLINE
+    # Called at each crash window of a request (FAULT_POINTS); tests pause there.
+    fault_point: FaultPoint = _no_fault
+
+
+# Where a link request can stop half done: stored, not decided; decided, not published;
+# published, not taken off the unsent list.
+FAULT_POINTS = ("stored", "decided", "published")
 
 
 @dataclass(frozen=True)
@@ -70,14 +94,29 @@ class RequestedLink:
 async def request_link(
     request: LinkRequest, idempotency_key: str | None, deps: LinkApiDeps
 ) -> RequestedLink:
-    """Starts verifying a mailbox, unless the same request is already under way."""
-    scope = _idempotency_scope(request.owner, idempotency_key) if idempotency_key else None
-    if scope is not None:
-        existing = await deps.store.find_idempotency_key(scope)
-        if existing is not None:
-            return await _replay(existing, request, deps)
+    """Starts verifying a mailbox, unless the same request is already under way.
 
+    The Idempotency-Key is bound to the new link's id first (a unique insert), so a retry with
+    it always names this link; the link is then stored with its LinkRequested (one insert), and
+    published once its send is decided. Whatever a crash leaves half done, a retry or the relay
+    carries on (DESIGN.md, "Sending a request").
+    """
     link_id = uuid.uuid4().hex
+    if idempotency_key is not None:
+        scope = _idempotency_scope(request.owner, idempotency_key)
+        record = await deps.store.remember_idempotency_key(
+            scope, IdempotencyRecord(link_id, request.fingerprint())
+        )
+        if record.fingerprint != request.fingerprint():
+            raise IdempotencyKeyReused
+        if record.link_id != link_id:
+            return await _replay(record.link_id, request, deps)
+    return await _start(link_id, request, deps, created=True)
+
+
+async def _start(
+    link_id: str, request: LinkRequest, deps: LinkApiDeps, created: bool
+) -> RequestedLink:
     now = utc_now()
     link = LinkView(
         link_id,
@@ -89,56 +128,176 @@ async def request_link(
         now,
         auth=request.auth,
     )
+    event = _link_requested(link_id, request, deps.secret_box)
     # Store first, then claim: whoever holds the claim has a link document a caller can read.
-    await deps.store.insert_link(link)
-    holder = await deps.store.claim_in_flight(
-        request.in_flight_key(), link_id, now, now + deps.in_flight_expiry
-    )
+    ours = event.model_dump_json()
+    stored_event = await deps.store.insert_link(link, ours)
+    if stored_event is not None and stored_event != ours:
+        # A retry with our key stored it first: its event (and event_id) is the one sent.
+        event = LinkRequested.model_validate_json(stored_event)
+    holder = await _claim(link_id, request.in_flight_key(), now, deps)
     if holder != link_id:
-        await deps.store.delete_link(link_id)
-        return await _answer_with(holder, request, scope, deps)
+        await _drop_duplicate(link_id, holder, deps)
+        return await _answer_with(holder, deps)
+    await deps.fault_point("stored")
+    decision = await deps.store.decide_send(link_id, SendDecision(Send.PUBLISH))
+    if decision.send is Send.PUBLISH:
+        await deps.fault_point("decided")
+        try:
+            await _publish(link_id, event, deps)
+        except Exception:
+            # Stored and decided: the relay sends it once Kafka takes it again.
+            logger.exception("link %s: LinkRequested not published yet; the relay will", link_id)
+        else:
+            logger.info(
+                "link %s requested for %s (%s, %s)",
+                link_id, request.address, request.provider, request.auth,
+            )  # fmt: skip
+    else:
+        # Decided before us, by a relay or a retry that found this request too old to send.
+        await _carry_out(link_id, decision, deps)
+    stored = await deps.store.get_link(link_id) if decision.send is not Send.PUBLISH else None
+    return RequestedLink(stored or link, created=created)
 
-    try:
-        await deps.publisher.publish(_link_requested(link_id, request, deps.secret_box))
-    except Exception:
+
+async def _claim(link_id: str, key: str, claimed_at: datetime, deps: LinkApiDeps) -> str:
+    """Claims 'this user linking this mailbox' for the link; returns the holder. A holder is
+    never a link that cannot finish: one whose request is undecided is decided here (sent if
+    still young, else failed, which ends its claim), and one that failed or was dropped has
+    its end carried out, so the claim can be taken from it."""
+    expires_at = claimed_at + deps.in_flight_expiry
+    for _ in range(_CLAIM_ATTEMPTS):
+        holder = await deps.store.claim_in_flight(key, link_id, claimed_at, expires_at)
+        if holder == link_id:
+            return link_id
+        decision = await deps.store.send_decision(holder)
+        if decision is None:
+            held = await deps.store.get_link(holder)
+            if held is None:  # a holder stored its link before it claimed
+                raise LookupError(f"in-flight link {holder} has no document")
+            decision = await _decide(held, deps)
+            if decision.send is Send.PUBLISH:
+                await _carry_out(holder, decision, deps)
+        if decision.send is Send.PUBLISH:
+            return holder
+        await _carry_out(holder, decision, deps)  # its end ends its claim
+    raise RuntimeError(f"link {link_id}: the in-flight claim kept changing hands")
+
+
+_CLAIM_ATTEMPTS = 5
+
+
+async def _decide(link: LinkView, deps: LinkApiDeps) -> SendDecision:
+    """Decides an undecided request: sent while younger than the send deadline, else failed."""
+    young = utc_now() - link.created_at < deps.send_deadline
+    wanted = SendDecision(Send.PUBLISH if young else Send.FAIL)
+    return await deps.store.decide_send(link.link_id, wanted)
+
+
+async def _carry_out(link_id: str, decision: SendDecision, deps: LinkApiDeps) -> None:
+    """Does what the decision says, again if a crash cut it short: publish the stored request,
+    record the failure, or drop the duplicate; then takes the link off the unsent list."""
+    if decision.send is Send.PUBLISH:
+        outbox = await deps.store.get_outbox(link_id)
+        if outbox is not None:  # None: the link ended, so it was sent
+            await _publish(link_id, LinkRequested.model_validate_json(outbox), deps)
+        else:
+            await deps.store.mark_sent(link_id)
+    elif decision.send is Send.FAIL:
+        failure = Failure.of(FailureCode.REQUEST_NOT_SENT)
+        # A fixed event id: a second carrying out is a redelivery of the same step.
+        progress = LinkProgress(
+            LinkStatus.FAILED, utc_now(), failure=failure, event_id=f"{link_id}.not-sent"
+        )
+        await _advance(link_id, progress, deps)
+        await deps.store.mark_sent(link_id)
+    else:
         await deps.store.release_in_flight(link_id)
         await deps.store.delete_link(link_id)
-        raise
-    logger.info(
-        "link %s requested for %s (%s, %s)",
-        link_id, request.address, request.provider, request.auth,
-    )  # fmt: skip
-    if scope is not None:
-        await deps.store.remember_idempotency_key(
-            scope, IdempotencyRecord(link_id, request.fingerprint())
-        )
-    return RequestedLink(link, created=True)
 
 
-async def _answer_with(
-    link_id: str, request: LinkRequest, scope: str | None, deps: LinkApiDeps
-) -> RequestedLink:
+async def _publish(link_id: str, event: LinkRequested, deps: LinkApiDeps) -> None:
+    # The stored event, with its event_id: a second publication is a duplicate consumers drop.
+    await deps.publisher.publish(event)
+    await deps.fault_point("published")
+    await deps.store.mark_sent(link_id)
+
+
+async def _drop_duplicate(link_id: str, holder: str, deps: LinkApiDeps) -> SendDecision:
+    """Our request is answered by the holder's link; ours is never sent. Decided by a unique
+    insert, so a relay that finds our link listed cannot send it, and a retry with our key is
+    led to the holder."""
+    decision = await deps.store.decide_send(link_id, SendDecision(Send.DUPLICATE, holder))
+    if decision.send is Send.DUPLICATE:
+        await _carry_out(link_id, decision, deps)
+    return decision
+
+
+async def _answer_with(link_id: str, deps: LinkApiDeps) -> RequestedLink:
     """Answers a duplicate with the link already under way."""
-    if scope is not None:
-        record = await deps.store.remember_idempotency_key(
-            scope, IdempotencyRecord(link_id, request.fingerprint())
-        )
-        return await _replay(record, request, deps)
     link = await deps.store.get_link(link_id)
     if link is None:
         raise LookupError(f"in-flight link {link_id} has no document")
     return RequestedLink(link, created=False)
 
 
-async def _replay(
-    record: IdempotencyRecord, request: LinkRequest, deps: LinkApiDeps
-) -> RequestedLink:
-    if record.fingerprint != request.fingerprint():
-        raise IdempotencyKeyReused
-    link = await deps.store.get_link(record.link_id)
-    if link is None:
-        raise LookupError(f"idempotent link {record.link_id} has no document")
-    return RequestedLink(link, created=False)
+async def _replay(link_id: str, request: LinkRequest, deps: LinkApiDeps) -> RequestedLink:
+    """Answers a retry with its key's link, first carrying on whatever the first request left
+    undone: its link stored, its request decided, a failure or a drop recorded."""
+    link = await deps.store.get_link(link_id)
+    if link is not None and link.status is not LinkStatus.PENDING:
+        return RequestedLink(link, created=False)  # answered, so sent
+    decision = await deps.store.send_decision(link_id)
+    if decision is None:
+        if link is None:  # the first request stopped between binding the key and storing
+            return await _start(link_id, request, deps, created=False)
+        decision = await resume(link_id, deps)
+    elif decision.send is not Send.PUBLISH:  # a sent one is the relay's to send again
+        await _carry_out(link_id, decision, deps)
+    if decision is not None and decision.send is Send.DUPLICATE and decision.holder:
+        return await _answer_with(decision.holder, deps)
+    if link is not None and decision is not None and decision.send is Send.PUBLISH:
+        return RequestedLink(link, created=False)  # still pending, as read
+    return await _answer_with(link_id, deps)
+
+
+async def resume(link_id: str, deps: LinkApiDeps) -> SendDecision | None:
+    """Carries on a listed link whose request may not have gone out (the relay's and a retry's
+    step): claims for it as its request would have, decides, and carries the decision out.
+    Returns the decision; None if the link was never stored."""
+    decision = await deps.store.send_decision(link_id)
+    if decision is None:
+        link = await deps.store.get_link(link_id)
+        if link is None:
+            return None  # listed, never stored: the relay drops the entry after the deadline
+        if link.status is not LinkStatus.PENDING:
+            await deps.store.mark_sent(link_id)  # answered, so sent
+            return SendDecision(Send.PUBLISH)
+        holder = await _claim(
+            link_id, in_flight_key(link.owner, link.address), link.created_at, deps
+        )
+        if holder != link_id:
+            return await _drop_duplicate(link_id, holder, deps)
+        decision = await _decide(link, deps)
+    await _carry_out(link_id, decision, deps)
+    return decision
+
+
+async def relay_unsent(deps: LinkApiDeps, grace: timedelta, batch: int) -> int:
+    """Carries on every link listed as unsent for longer than `grace` (a request a crash or a
+    Kafka outage cut short); returns how many it looked at. Safe on every replica at once."""
+    now = utc_now()
+    listed = await deps.store.unsent(now - grace, batch)
+    for entry in listed:
+        try:
+            if await deps.store.get_link(entry.link_id) is None:
+                if now - entry.since >= deps.send_deadline:
+                    await deps.store.mark_sent(entry.link_id)  # its request died before storing it
+                continue
+            await resume(entry.link_id, deps)
+        except Exception:
+            logger.exception("link %s: relay round failed; next round retries", entry.link_id)
+    return len(listed)
 
 
 async def get_link(owner: MailboxOwner, link_id: str, deps: LinkApiDeps) -> LinkView | None:

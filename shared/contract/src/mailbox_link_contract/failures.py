@@ -40,6 +40,7 @@ class FailureCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     OWNERSHIP_UNPROVEN = "ownership_unproven"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
+    REQUEST_NOT_SENT = "request_not_sent"
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,11 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
         "Enter the IMAP/SMTP servers and login of the account that receives this address's "
         "mail (usually shown in your mail host's settings), check that the address's mail "
         "reaches that INBOX, and try again.",
+    ),
+    FailureCode.REQUEST_NOT_SENT: FailureText(
+        "We accepted this link request but could not pass it on for checking in time, so "
+        "nothing was checked or linked.",
+        "Request the link again with a new Idempotency-Key (or none).",
     ),
     FailureCode.RESERVATION_EXPIRED: FailureText(
         "Checking this mailbox took too long, so the link was cancelled.",

@@ -1,5 +1,5 @@
-"""MongoDB storage of link-api's own view: links, their recorded steps, in-flight claims and
-idempotency keys.
+"""MongoDB storage of link-api's own view: links (each with its LinkRequested outbox), their
+recorded steps and send decisions, the unsent list, in-flight claims and idempotency keys.
 
 Written for a store that guarantees only atomic inserts of a unique `_id` and whose writes to
 one document are not isolated from each other (FerretDB 1.24 reads, changes and writes back).
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 from pymongo import AsyncMongoClient, DeleteOne, ReturnDocument
@@ -55,6 +56,30 @@ class IdempotencyRecord:
     fingerprint: str
 
 
+class Send(StrEnum):
+    """What becomes of a stored link request; decided once per link, by a unique insert."""
+
+    PUBLISH = "publish"  # its LinkRequested goes out (again, until known sent)
+    FAIL = "fail"  # never sent: the link ends failed (request_not_sent)
+    DUPLICATE = "duplicate"  # another live link of the same user and mailbox answers it
+
+
+@dataclass(frozen=True)
+class SendDecision:
+    """A link request's one send decision; `holder` is the link a duplicate was answered with."""
+
+    send: Send
+    holder: str | None = None
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """A link whose request may not have gone out yet, listed since `since`."""
+
+    link_id: str
+    since: datetime
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long what the store keeps is kept (config.py has the settings)."""
@@ -67,9 +92,28 @@ class Retention:
 class LinkStore(Protocol):
     """What the handlers need from storage."""
 
-    async def insert_link(self, link: LinkView) -> None: ...
-    async def delete_link(self, link_id: str) -> None: ...
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
+        """Lists the link as unsent, then stores it with its LinkRequested (JSON, credentials
+        sealed) in one insert; a link already stored (a retry carrying it on) is kept. Returns
+        the outbox that stands (None once the link ended)."""
+
+    async def delete_link(self, link_id: str) -> None:
+        """Deletes a link that was never requested (a duplicate), and its unsent entry."""
+
     async def get_link(self, link_id: str) -> LinkView | None: ...
+    async def get_outbox(self, link_id: str) -> str | None:
+        """The link's LinkRequested as stored; None once the link ended (or is unknown)."""
+
+    async def decide_send(self, link_id: str, decision: SendDecision) -> SendDecision:
+        """Records the decision unless one was made; returns the one that stands."""
+
+    async def send_decision(self, link_id: str) -> SendDecision | None: ...
+    async def mark_sent(self, link_id: str) -> None:
+        """Takes the link off the unsent list (sent, ended, or never stored)."""
+
+    async def unsent(self, listed_before: datetime, limit: int) -> list[Unsent]:
+        """Links listed as unsent since before the moment, oldest first."""
+
     async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
         """Records the step; returns the link if it now shows this step, else None (a step
         ranked as high or higher was recorded first, or the link is unknown)."""
@@ -106,10 +150,11 @@ class _Claim:
 class MongoLinkStore:
     """LinkStore on MongoDB (or FerretDB).
 
-    Collections: `links` (one view document per link, the cache a GET reads), `link_steps`
-    (`<link id>/<rank>`, inserted once: the record of how far each link got), `in_flight` (per
-    user and mailbox a pointer document and one claim document per generation), and
-    `idempotency_keys`.
+    Collections: `links` (one view document per link, the cache a GET reads, with the link's
+    LinkRequested as `outbox` until it ends), `link_steps` (`<link id>/<rank>`, inserted once:
+    the record of how far each link got; `<link id>/0` is its send decision), `unsent` (links
+    whose request may not have gone out: the relay's list), `in_flight` (per user and mailbox a
+    pointer document and one claim document per generation), and `idempotency_keys`.
     """
 
     def __init__(
@@ -125,6 +170,7 @@ class MongoLinkStore:
         self._steps = db["link_steps"]
         self._in_flight = db["in_flight"]
         self._idempotency = db["idempotency_keys"]
+        self._unsent = db["unsent"]
         self._retention = retention or Retention()
         self._clock = clock
 
@@ -169,16 +215,66 @@ class MongoLinkStore:
 
     # Links -------------------------------------------------------------------------------
 
-    async def insert_link(self, link: LinkView) -> None:
-        await self._links.insert_one(_to_document(link))
+    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
+        # Listed first, so that no stored link is missing from the relay's list; an entry whose
+        # link never came is dropped by the relay after the send deadline.
+        with suppress(DuplicateKeyError):
+            await self._unsent.insert_one({"_id": link.link_id, "since": link.created_at})
+        outboxed = {"outbox": outbox} if outbox is not None else {}
+        try:
+            await self._links.insert_one({**_to_document(link), **outboxed})
+        except DuplicateKeyError:  # a retry with the same key stored it first: its event stands
+            return await self.get_outbox(link.link_id)
+        return outbox
 
     async def delete_link(self, link_id: str) -> None:
-        # Only for a link never requested: nothing else ever writes its document.
+        # Only for a duplicate, decided so before: nothing else ever writes its document.
         await self._links.delete_one({"_id": link_id})
+        await self._unsent.delete_one({"_id": link_id})
 
     async def get_link(self, link_id: str) -> LinkView | None:
         document = await self._links.find_one({"_id": link_id})
         return _from_document(document) if document else None
+
+    async def get_outbox(self, link_id: str) -> str | None:
+        document = await self._links.find_one({"_id": link_id}, {"outbox": 1})
+        outbox = document.get("outbox") if document else None
+        return str(outbox) if outbox is not None else None
+
+    # Sending -------------------------------------------------------------------------------
+
+    async def decide_send(self, link_id: str, decision: SendDecision) -> SendDecision:
+        document = {
+            "_id": step_id(link_id, 0),
+            "link_id": link_id,
+            "send": decision.send.value,
+            "holder": decision.holder,
+            "at": self._clock(),
+        }
+        try:
+            await self._steps.insert_one(document)
+            return decision
+        except DuplicateKeyError:
+            decided = await self.send_decision(link_id)
+        if decided is None:  # swept: only after the link retention, long after it mattered
+            return SendDecision(Send.FAIL)
+        return decided
+
+    async def send_decision(self, link_id: str) -> SendDecision | None:
+        document = await self._steps.find_one({"_id": step_id(link_id, 0)})
+        if document is None or "send" not in document:
+            return None
+        return SendDecision(Send(document["send"]), document.get("holder"))
+
+    async def mark_sent(self, link_id: str) -> None:
+        await self._unsent.delete_one({"_id": link_id})
+
+    async def unsent(self, listed_before: datetime, limit: int) -> list[Unsent]:
+        # A scan, but of a list that holds only the links of the last few seconds (and those a
+        # crash left), not of `links`.
+        found = self._unsent.find({"since": {"$lt": listed_before}}, limit=limit)
+        entries = [Unsent(str(d["_id"]), _aware(d["since"])) async for d in found]
+        return sorted(entries, key=lambda entry: entry.since)
 
     async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
         if progress.rank == 0:
@@ -223,10 +319,14 @@ class MongoLinkStore:
         while True:
             step = decode_step(text)
             raised: dict[str, Any] = {"step": text}
+            update: dict[str, Any] = {"$max": raised}
             if step.rank == FINAL_RANK:
                 raised["ended_at"] = step.at
+                # An ended link's request is never sent again: its sealed credentials go. (A
+                # write computed before this one may put them back; retention removes them.)
+                update["$unset"] = {"outbox": ""}
             document = await self._links.find_one_and_update(
-                {"_id": link_id}, {"$max": raised}, return_document=ReturnDocument.AFTER
+                {"_id": link_id}, update, return_document=ReturnDocument.AFTER
             )
             if document is None or step.rank == FINAL_RANK:
                 return document

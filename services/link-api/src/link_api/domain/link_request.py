@@ -54,7 +54,12 @@ class LinkRequest:
 
     def in_flight_key(self) -> str:
         """Names 'this user linking this mailbox', of which only one may be under way at a time."""
-        return f"{self.owner.account_id}\x1f{self.owner.user_id}\x1f{self.address}"
+        return in_flight_key(self.owner, self.address)
+
+
+def in_flight_key(owner: MailboxOwner, address: str) -> str:
+    """The in-flight key of a user's link to an address (a stored link's too)."""
+    return f"{owner.account_id}\x1f{owner.user_id}\x1f{address}"
 
 
 class CannotLink(Exception):
