@@ -30,6 +30,7 @@ class ApiErrorCode(StrEnum):
     OAUTH_REQUIRED = "oauth_required"
     SETTINGS_REQUIRED = "settings_required"
     PROVIDER_SERVERS_REQUIRED = "provider_servers_required"
+    ACCOUNT_NOT_FOUND = "account_not_found"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
     ),
     ApiErrorCode.UNAUTHORIZED: ApiErrorText(401, "No valid service token in Authorization."),
     ApiErrorCode.FORBIDDEN: ApiErrorText(
-        403, "The service token is valid but not granted this route's scope."
+        403, "The service token is valid but not granted this route's scope; `fields` names it."
     ),
     ApiErrorCode.BAD_REQUEST: ApiErrorText(400, "The request is malformed (body, headers)."),
     ApiErrorCode.NOT_FOUND: ApiErrorText(404, "No such route."),
@@ -84,5 +85,10 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
         422,
         "The address is hosted by a known provider (Google, Microsoft, Yahoo, AOL, iCloud): "
         "link it by the provider's sign-in or with the provider's own servers.",
+    ),
+    ApiErrorCode.ACCOUNT_NOT_FOUND: ApiErrorText(
+        404,
+        "The service token is bound to other accounts (MBL_SERVICE_KEY_ACCOUNTS); the same "
+        "answer whether or not the account exists.",
     ),
 }

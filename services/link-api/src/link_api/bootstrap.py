@@ -4,7 +4,7 @@ import functools
 from datetime import timedelta
 
 import httpx
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from link_api.adapters.autoconfig import AutoconfigFetcher
 from link_api.adapters.detector import Detector
@@ -18,10 +18,11 @@ from link_api.entrypoints.http import build_router
 from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.network_policy import parse_networks
+from mailbox_link_shared.scopes import Scope
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -61,14 +62,19 @@ def build_app(settings: Settings) -> FastAPI:
         settings.autoconfig_port,
     )
     detector = Detector(dns, autoconfig)
-    router = APIRouter()
-    router.include_router(build_router(deps, HttpRegistry(registry_http), detector))
-    router.include_router(build_providers_router(detector))
+    keys = CallerKeys(settings.caller_keys())
+    # Every route here is the product's: links, mailboxes, the provider picker.
+    router = scoped(
+        keys.require(Scope.LINKS),
+        build_router(deps, HttpRegistry(registry_http), detector),
+        build_providers_router(detector),
+    )
 
     return build_http_app(
         title="mailbox-link link-api",
         router=router,
-        service_keys=settings.service_keys,
+        keys=keys,
+        api_docs=settings.api_docs,
         on_start=[open_storage, functools.partial(ensure_topics, settings), broker.start],
         on_stop=[sweep.stop, broker.stop, registry_http.aclose, mongo.close],
     )
