@@ -1,14 +1,15 @@
 """The shared HTTP plumbing: who gets in, and the one error shape."""
 
 import httpx
-import pytest
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, SecretStr
 from pymongo.errors import ServerSelectionTimeoutError
 
-from mailbox_link_shared.http import build_http_app, require_scope
+from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
+from mailbox_link_shared.scopes import Scope, caller_keys
 
 TOKEN = "t" * 32
+KEYS = CallerKeys(caller_keys({"caller": SecretStr(TOKEN)}, {}, {}))
 
 
 class Body(BaseModel):
@@ -28,7 +29,11 @@ def _client() -> httpx.AsyncClient:
         raise ServerSelectionTimeoutError("no servers")
 
     app = build_http_app(
-        title="t", router=router, service_keys={"caller": SecretStr(TOKEN)}, on_start=[], on_stop=[]
+        title="t",
+        router=scoped(KEYS.require(Scope.LINKS), router),
+        keys=KEYS,
+        on_start=[],
+        on_stop=[],
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
@@ -78,38 +83,3 @@ async def test_oversized_bodies_get_413_before_parsing() -> None:
         )
     assert response.status_code == 413
     assert response.json()["error"] == "request_too_large"
-
-
-async def test_a_scoped_route_admits_only_keys_granted_its_scope() -> None:
-    keys = {"product": SecretStr("p" * 32), "sign-in": SecretStr("s" * 32)}
-    router = APIRouter()
-
-    @router.get("/owner", dependencies=[Depends(require_scope("owner_lookup", keys, GRANTS))])
-    async def owner() -> dict[str, str]:
-        return {"owner": "someone"}
-
-    app = build_http_app(title="t", router=router, service_keys=keys, on_start=[], on_stop=[])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        granted = await c.get("/owner", headers={"Authorization": f"Bearer {'s' * 32}"})
-        refused = await c.get("/owner", headers={"Authorization": f"Bearer {'p' * 32}"})
-        unknown = await c.get("/owner", headers={"Authorization": "Bearer nope"})
-    assert granted.json() == {"owner": "someone"}
-    assert refused.status_code == 403
-    assert refused.json()["error"] == "forbidden"
-    assert refused.json()["fields"][0]["field"] == "Authorization"
-    assert "owner_lookup" in refused.json()["fields"][0]["message"]
-    assert unknown.status_code == 401
-
-
-GRANTS = {"sign-in": ["owner_lookup"]}
-
-
-def test_scopes_may_only_name_configured_keys() -> None:
-    from pydantic import ValidationError
-
-    from mailbox_link_shared.settings import HttpSettings
-
-    keys = {"sign-in": "s" * 32}
-    assert HttpSettings(service_keys=keys, service_key_scopes=GRANTS).service_key_scopes == GRANTS
-    with pytest.raises(ValidationError, match="signin"):
-        HttpSettings(service_keys=keys, service_key_scopes={"signin": ["owner_lookup"]})

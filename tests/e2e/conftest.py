@@ -87,7 +87,12 @@ async def api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def registry_api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    async with caller(services.registry_url, services) as client:
+    """The registry as an operator calls it: plans, force-unlink and the user routes (the
+    product's caller key reaches none of them, docs/adr/0017)."""
+    headers = {"Authorization": f"Bearer {services.operator_token}"}
+    async with httpx.AsyncClient(
+        base_url=services.registry_url, headers=headers, timeout=10
+    ) as client:
         yield client
 
 

@@ -48,15 +48,30 @@ def test_no_input_gets_a_server_error(
     fuzz_services: RunningServices, service: str, operation_count: int
 ) -> None:
     base_url = getattr(fuzz_services, service)
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    headers = {"Authorization": f"Bearer {fuzz_services.caller_token}"}
+    schema = _schema(fuzz_services, base_url)
     # An operation the schema does not describe validly is an Err: the count below catches it.
     operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) == operation_count
     for operation in operations:
         # The broker's browser pages answer in HTML: the test below fuzzes them.
         if not operation.path.startswith("/v1/oauth/"):
+            headers = {"Authorization": f"Bearer {_key_for(fuzz_services, service, operation)}"}
             _fuzz(operation, base_url, headers)
+
+
+def _schema(services: RunningServices, base_url: str) -> Any:
+    # /openapi.json answers only a valid key (docs/adr/0017).
+    headers = {"Authorization": f"Bearer {services.caller_token}"}
+    return schemathesis.openapi.from_url(f"{base_url}/openapi.json", headers=headers)
+
+
+def _key_for(services: RunningServices, service: str, operation: Any) -> str:
+    """The key granted the operation's scope, so the fuzzer reaches the handler."""
+    if service != "registry_url":
+        return services.caller_token  # links, and sign_in_confirm at the broker
+    if operation.path.endswith("/owner"):
+        return services.sign_in_token
+    return services.operator_token  # operators may call every other registry route
 
 
 def _fuzz(operation: Any, base_url: str, headers: dict[str, str]) -> None:
@@ -83,7 +98,7 @@ def test_no_made_up_state_completes_a_sign_in(
     fuzz_services: RunningServices, mode: GenerationMode
 ) -> None:
     base_url = fuzz_services.broker_url
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    schema = _schema(fuzz_services, base_url)
     operations = {r.ok().label: r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)}
     # The browser-facing routes (no token) and the product's confirm (its service key).
     assert sorted(operations) == [

@@ -35,7 +35,7 @@ async def test_links_a_mailbox_over_imaps_and_smtps(
     assert (mailbox["auth"], mailbox["status"]) == ("password", "active")
     owner = (await sign_in_api.get(f"/v1/mailboxes/{user.address}/owner")).json()
     assert owner == {"account_id": "acme", "user_id": user_id, "mailbox_id": link["mailbox_id"]}
-    # Only the sign-in service may ask: the product's own key would tell anyone who linked what.
+    # Only the sign-in service may ask, not even an operator: it would tell who linked what.
     refused = await registry_api.get(f"/v1/mailboxes/{user.address}/owner")
     assert refused.status_code == 403
     assert refused.json()["error"] == "forbidden"

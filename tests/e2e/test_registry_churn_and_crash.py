@@ -245,4 +245,5 @@ def _plans_json() -> str:
 
 
 def _auth(services: RunningServices) -> dict[str, str]:
-    return {"Authorization": f"Bearer {services.caller_token}"}
+    # Plans and force-unlink are the operators' (docs/adr/0017).
+    return {"Authorization": f"Bearer {services.operator_token}"}

@@ -194,7 +194,8 @@ async def test_reservation_without_an_answer_expires_and_frees_its_slot(
 
 
 def _auth(services: RunningServices) -> dict[str, str]:
-    return {"Authorization": f"Bearer {services.caller_token}"}
+    # Plans and force-unlink are the operators' (docs/adr/0017).
+    return {"Authorization": f"Bearer {services.operator_token}"}
 
 
 def _link(event: Any) -> str | None:

@@ -31,10 +31,12 @@ from mailbox_link_contract.events import (
     utc_now,
 )
 from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
 from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.scopes import Scope, caller_keys
 
 TOKEN = "caller-token-caller-token-0123"
+KEYS = CallerKeys(caller_keys({"caller": SecretStr(TOKEN)}, {}, {}))
 OWNER = MailboxOwner(account_id="acme", user_id="u1")
 LINKS = "/v1/accounts/acme/users/u1/links"
 WORKSPACE_DOMAIN = "acme-corp.example"  # Google Workspace, known only by its MX
@@ -83,8 +85,11 @@ async def api() -> AsyncIterator[Api]:
     )
     app = build_http_app(
         title="link-api under test",
-        router=build_router(deps, NoRegistry(), Detector(dns, FakeAutoconfig())),
-        service_keys={"caller": SecretStr(TOKEN)},
+        router=scoped(
+            KEYS.require(Scope.LINKS),
+            build_router(deps, NoRegistry(), Detector(dns, FakeAutoconfig())),
+        ),
+        keys=KEYS,
         on_start=[],
         on_stop=[],
     )

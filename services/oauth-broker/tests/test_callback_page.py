@@ -24,8 +24,9 @@ from mailbox_link_contract.events import (
     MailboxVerified,
     ProviderType,
 )
-from mailbox_link_shared.http import build_http_app, require_scope
+from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.scopes import caller_keys
 from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp
 from oauth_broker.config import CONFIRM_SCOPE
@@ -54,7 +55,7 @@ async def _browser(deps: BrokerDeps, return_url: str | None) -> httpx.AsyncClien
     app = build_http_app(
         title="broker under test",
         router=None,
-        service_keys={},
+        keys=CallerKeys(()),
         public_router=build_public_router(deps, return_url),
         on_start=[],
         on_stop=[],
@@ -165,6 +166,7 @@ async def test_a_verified_sign_in_returns_a_code_the_product_confirms(deps: Brok
 # The product's key may confirm; link-api's (same MBL_SERVICE_KEYS) may not.
 _KEYS = {"product": SecretStr("p" * 40), "link-api": SecretStr("l" * 40)}
 _SCOPES = {"product": [CONFIRM_SCOPE]}
+_CALLERS = CallerKeys(caller_keys(_KEYS, _SCOPES, {}))
 
 
 async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearly(
@@ -172,8 +174,8 @@ async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearl
 ) -> None:
     app = build_http_app(
         title="broker under test",
-        router=build_service_router(deps, require_scope(CONFIRM_SCOPE, _KEYS, _SCOPES)),
-        service_keys=_KEYS,
+        router=build_service_router(deps, _CALLERS.require(CONFIRM_SCOPE)),
+        keys=_CALLERS,
         public_router=build_public_router(deps, RETURN_URL),
         on_start=[],
         on_stop=[],

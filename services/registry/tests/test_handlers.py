@@ -5,8 +5,8 @@ from typing import TypeVar
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
-from pydantic import ValidationError
+from fastapi import FastAPI
+from pydantic import SecretStr, ValidationError
 
 from mailbox_link_contract.events import (
     Authority,
@@ -29,8 +29,10 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.addresses import mailbox_key
+from mailbox_link_shared.http import CallerKeys
 from mailbox_link_shared.publishing import RecordingPublisher
 from mailbox_link_shared.routing import EventRouter
+from mailbox_link_shared.scopes import Scope, caller_keys
 from registry import handlers
 from registry.adapters.registry_store import PendingEntry
 from registry.decisions import current_link, held_slots, load
@@ -1020,9 +1022,14 @@ async def test_the_mailbox_records_and_lists_the_authority_its_verification_name
     await handlers.when_mailbox_verified_link(verified.model_copy(update={"data": data}), deps)
     await _link(deps, ALICE, "l2", "older@example.org")  # no authority: linked before 1.3.0
     app = FastAPI()
-    app.include_router(build_router(deps, _anyone))
+    keys = CallerKeys(
+        caller_keys({"link-api": SecretStr(TOKEN)}, {"link-api": [Scope.REGISTRY]}, {})
+    )
+    app.include_router(build_router(deps, keys))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://registry"
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://registry",
+        headers={"Authorization": f"Bearer {TOKEN}"},
     ) as client:
         answer = await client.get("/v1/accounts/acme/users/alice/mailboxes")
     assert answer.status_code == 200
@@ -1030,5 +1037,4 @@ async def test_the_mailbox_records_and_lists_the_authority_its_verification_name
     assert authorities == {ADDRESS: "published_settings", "older@example.org": None}
 
 
-async def _anyone(request: Request) -> str:
-    return "test"
+TOKEN = "registry-token-registry-token"

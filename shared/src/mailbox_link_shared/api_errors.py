@@ -31,6 +31,7 @@ class ApiErrorCode(StrEnum):
     SETTINGS_REQUIRED = "settings_required"
     PROVIDER_SERVERS_REQUIRED = "provider_servers_required"
     TOO_MANY_REQUESTS = "too_many_requests"
+    ACCOUNT_NOT_FOUND = "account_not_found"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
     ),
     ApiErrorCode.UNAUTHORIZED: ApiErrorText(401, "No valid service token in Authorization."),
     ApiErrorCode.FORBIDDEN: ApiErrorText(
-        403, "The service token is valid but not granted this route's scope."
+        403, "The service token is valid but not granted this route's scope; `fields` names it."
     ),
     ApiErrorCode.BAD_REQUEST: ApiErrorText(400, "The request is malformed (body, headers)."),
     ApiErrorCode.NOT_FOUND: ApiErrorText(404, "No such route."),
@@ -91,5 +92,10 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
         "A rate limit: this user's or account's link requests this hour, or the target login "
         "is in back-off after repeated wrong passwords (the field names which); retry after "
         "Retry-After seconds.",
+    ),
+    ApiErrorCode.ACCOUNT_NOT_FOUND: ApiErrorText(
+        404,
+        "The service token is bound to other accounts (MBL_SERVICE_KEY_ACCOUNTS); the same "
+        "answer whether or not the account exists.",
     ),
 }

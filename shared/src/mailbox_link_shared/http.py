@@ -1,9 +1,12 @@
-"""HTTP plumbing shared by the services that have an API: bearer auth and one error shape.
+"""HTTP plumbing shared by the services that have an API: scoped bearer auth, one error shape.
 
 Every 4xx body is {"error": <code>, "message": <sentence>, "fields": [{"field", "message"}]},
 naming the field and the fix. Request values are never echoed back: they may be passwords.
 """
 
+import base64
+import binascii
+import functools
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -15,12 +18,14 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import SecretStr
+from fastapi.routing import APIRoute
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
+from mailbox_link_shared.api_docs import install_api_docs
 from mailbox_link_shared.api_errors import ApiErrorCode
+from mailbox_link_shared.scopes import CallerKey, Scope
 
 logger = logging.getLogger(__name__)
 
@@ -66,47 +71,86 @@ def address_from_path(email: str) -> str:
         raise ApiError(422, ApiErrorCode.INVALID_REQUEST, str(exc), [("email", str(exc))]) from None
 
 
-def bearer_auth(service_keys: Mapping[str, SecretStr]) -> Callable[[Request], Awaitable[str]]:
-    """Returns a dependency that admits a request carrying one of the configured service tokens."""
-    tokens = [(name, key.get_secret_value().encode()) for name, key in service_keys.items()]
+class CallerKeys:
+    """The configured service keys: who presents a token, and route guards by scope."""
 
-    async def authenticated_service(request: Request) -> str:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        presented = token.strip().encode()
+    def __init__(self, keys: Sequence[CallerKey]) -> None:
+        self._tokens = [(key, key.token.get_secret_value().encode()) for key in keys]
+
+    def identify(self, request: Request, *, allow_basic: bool = False) -> CallerKey:
+        """Returns the key presented in Authorization, or answers 401 naming the header.
+
+        `allow_basic` also takes the token as the password of HTTP Basic, which browsers ask
+        for themselves: only the docs page, which a person opens in a browser, allows it."""
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        presented = credentials.strip().encode()
+        if allow_basic and scheme.lower() == "basic":
+            presented = _basic_password(credentials.strip())
+            scheme = "bearer"
         if scheme.lower() == "bearer" and presented:
-            for name, expected in tokens:
+            for key, expected in self._tokens:
                 if hmac.compare_digest(presented, expected):
-                    return name
+                    return key
+        challenge = 'Basic realm="mailbox-link API docs"' if allow_basic else "Bearer"
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
             ApiErrorCode.UNAUTHORIZED,
             "Send a valid service token in the header 'Authorization: Bearer <token>'.",
             [("Authorization", "missing or not a configured service token")],
-            headers={"WWW-Authenticate": "Bearer"},
+            headers={"WWW-Authenticate": challenge},
         )
 
-    return authenticated_service
+    def require(self, *scopes: Scope) -> "ScopeGuard":
+        """Returns a route dependency admitting keys granted any of `scopes`."""
+        return ScopeGuard(self, frozenset(scopes))
 
 
-def require_scope(
-    scope: str, service_keys: Mapping[str, SecretStr], scopes: Mapping[str, Sequence[str]]
-) -> Callable[[Request], Awaitable[str]]:
-    """Returns a dependency that admits only a service whose key is granted `scope`."""
-    authenticated_service = bearer_auth(service_keys)
+class ScopeGuard:
+    """A route dependency: a valid key (401), granted one of the route's scopes (403), acting
+    for an account it may act for when the path names one (404, as for an unknown account)."""
 
-    async def scoped_service(request: Request) -> str:
-        name = await authenticated_service(request)
-        if scope not in scopes.get(name, ()):
+    def __init__(self, keys: CallerKeys, scopes: frozenset[Scope]) -> None:
+        self.keys = keys
+        self.scopes = scopes
+
+    async def __call__(self, request: Request) -> CallerKey:
+        key = self.keys.identify(request)
+        if not key.scopes & self.scopes:
+            needed = " or ".join(f"'{s}'" for s in sorted(self.scopes))
             raise ApiError(
                 status.HTTP_403_FORBIDDEN,
                 ApiErrorCode.FORBIDDEN,
-                f"This route needs a service key granted the scope '{scope}'.",
-                [("Authorization", f"use the key of a service granted '{scope}' "
+                f"This route needs a service key granted the scope {needed}.",
+                [("Authorization", f"use the key of a service granted {needed} "
                   "(MBL_SERVICE_KEY_SCOPES)")],
             )  # fmt: skip
-        return name
+        account_id = request.path_params.get("account_id")
+        if account_id is not None and not key.may_act_for(account_id):
+            # The same answer whether or not the account exists: a key bound to other accounts
+            # learns nothing about this one (not even that it has users).
+            raise ApiError(
+                status.HTTP_404_NOT_FOUND,
+                ApiErrorCode.ACCOUNT_NOT_FOUND,
+                "No such account for this service key.",
+                [("account_id", "use an account this key is bound to (MBL_SERVICE_KEY_ACCOUNTS)")],
+            )
+        return key
 
-    return scoped_service
+
+def scoped(guard: ScopeGuard, *routers: APIRouter) -> APIRouter:
+    """Returns one router holding `routers`' routes, each admitting only what `guard` admits."""
+    combined = APIRouter(dependencies=[Depends(guard)])
+    for router in routers:
+        combined.include_router(router)
+    return combined
+
+
+def _basic_password(credentials: str) -> bytes:
+    try:
+        decoded = base64.b64decode(credentials, validate=True)
+    except binascii.Error:
+        return b""
+    return decoded.partition(b":")[2]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -170,13 +214,16 @@ def build_http_app(
     *,
     title: str,
     router: APIRouter | None,
-    service_keys: Mapping[str, SecretStr],
+    keys: CallerKeys,
     on_start: Sequence[Hook],
     on_stop: Sequence[Hook],
     public_router: APIRouter | None = None,
+    api_docs: bool = True,
 ) -> FastAPI:
-    """Returns an app whose `router` routes need a service token, with `public_router` routes
-    (pages a browser visits) and /healthz open, and start/stop hooks."""
+    """Returns an app whose `router` routes each need a scope (a `keys.require(...)` guard on
+    the route or its router: the app refuses to build without one), with `public_router` routes
+    (pages a browser visits) and /healthz open, /docs and /openapi.json for any valid key
+    unless `api_docs` is off, and start/stop hooks."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -188,7 +235,16 @@ def build_http_app(
             for stop in on_stop:
                 await stop()
 
-    app = FastAPI(title=title, version="1.0.0", lifespan=lifespan)
+    # FastAPI's own /docs loads Swagger UI from a public CDN and its /openapi.json is open:
+    # both off, replaced by install_api_docs below.
+    app = FastAPI(
+        title=title,
+        version="1.0.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -206,15 +262,31 @@ def build_http_app(
         return await call_next(request)
 
     if router is not None:
-        app.include_router(router, dependencies=[Depends(bearer_auth(service_keys))])
+        _check_every_route_is_scoped(router)
+        app.include_router(router)
     if public_router is not None:
         app.include_router(public_router)
+    if api_docs:
+        install_api_docs(app, functools.partial(keys.identify, allow_basic=True))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+def _check_every_route_is_scoped(router: APIRouter) -> None:
+    # Fail closed: a route added without a scope would admit every key, as all routes did
+    # before scopes (issue 13), so the service does not start.
+    unscoped = [
+        f"{sorted(route.methods or ())} {route.path}"
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and not any(isinstance(d.dependency, ScopeGuard) for d in route.dependencies)
+    ]
+    if unscoped:
+        raise ValueError(f"routes without a scope guard (keys.require(...)): {unscoped}")
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:

@@ -13,6 +13,13 @@ from mailbox_link_shared.network_policy import (
     parse_networks,
     parse_ports,
 )
+from mailbox_link_shared.scopes import (
+    DEFAULT_SCOPES,
+    CallerKey,
+    Scope,
+    caller_keys,
+    key_configuration_errors,
+)
 
 ENV_PREFIX = "MBL_"
 
@@ -120,38 +127,65 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-class HttpSettings(BaseSettings):
-    """How a service with an HTTP API listens and whom it lets in."""
+class CallerKeySettings(BaseSettings):
+    """Whom a service with an HTTP API lets in, and what each caller may do (docs/adr/0017)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    http_host: str = "127.0.0.1"
     service_keys: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="JSON object of calling service name to its bearer token",
     )
-
-    service_key_scopes: dict[str, list[str]] = Field(
+    service_key_scopes: dict[str, list[Scope]] = Field(
         default_factory=dict,
-        description="JSON object of calling service name to the scopes its key is granted "
-        'beyond the default routes, e.g. {"sign-in": ["owner_lookup"]}',
+        description="JSON object of calling service name to the scopes its key is granted, "
+        f"from {[s.value for s in Scope]}; a key not named here gets only "
+        f"{sorted(DEFAULT_SCOPES)}, e.g. "
+        '{"link-api": ["registry"], "sign-in": ["owner_lookup"], "ops": ["operator"]}',
+    )
+    service_key_accounts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON object of calling service name to the only account ids its key may "
+        'act for, e.g. {"crm": ["acme"]}; a key not named here may act for any account',
+    )
+    api_docs: bool = Field(
+        default=True,
+        description="Serve /docs and /openapi.json (to callers with a valid key only); false: "
+        "both answer 404.",
     )
 
     @model_validator(mode="after")
-    def _scopes_name_keys(self) -> "HttpSettings":
-        unknown = sorted(set(self.service_key_scopes) - set(self.service_keys))
-        if unknown:
-            raise ValueError(
-                f"MBL_SERVICE_KEY_SCOPES names keys not in MBL_SERVICE_KEYS: {unknown}"
-            )
+    def _keys_consistent(self) -> "CallerKeySettings":
+        errors = key_configuration_errors(
+            self.service_keys, self.service_key_scopes, self.service_key_accounts
+        )
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
     @field_validator("service_keys")
     @classmethod
     def _tokens_strong(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        if not keys:
-            raise ValueError('set MBL_SERVICE_KEYS to a JSON object such as {"crm": "<token>"}')
         weak = [name for name, token in keys.items() if len(token.get_secret_value()) < 24]
         if weak:
             raise ValueError(f"service tokens must be at least 24 characters: {', '.join(weak)}")
+        return keys
+
+    def caller_keys(self) -> tuple[CallerKey, ...]:
+        """Returns the configured keys with their scopes and account bindings."""
+        return caller_keys(self.service_keys, self.service_key_scopes, self.service_key_accounts)
+
+
+class HttpSettings(CallerKeySettings):
+    """How a service with an HTTP API listens and whom it lets in."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    http_host: str = "127.0.0.1"
+
+    @field_validator("service_keys")
+    @classmethod
+    def _keys_present(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        if not keys:
+            raise ValueError('set MBL_SERVICE_KEYS to a JSON object such as {"crm": "<token>"}')
         return keys

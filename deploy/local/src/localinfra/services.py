@@ -64,6 +64,11 @@ class ServiceConfig:
     caller_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     # The product's sign-in service: the one caller granted the registry's owner lookup.
     sign_in_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # An operator's key (scope `operator`): the registry's plans and force-unlink.
+    operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # A second product key bound to these accounts only (MBL_SERVICE_KEY_ACCOUNTS).
+    bound_caller_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    bound_caller_accounts: tuple[str, ...] = ("acme",)
     encryption_key: str = field(default_factory=_random_key)
     # 0 picks a free port; `make run` asks for fixed ones so the README's commands work as typed.
     api_port: int = 0
@@ -99,6 +104,9 @@ class RunningServices:
     sign_in_token: str
     logs: dict[str, Path]
     processes: list[ManagedProcess]
+    operator_token: str = ""
+    registry_token: str = ""  # link-api's own key to the registry (scope `registry`)
+    bound_caller_token: str = ""  # a product key bound to ServiceConfig.bound_caller_accounts
 
     def stop(self) -> None:
         """Stops every service (idempotent)."""
@@ -182,6 +190,9 @@ def start_services(
         sign_in_token=config.sign_in_token,
         logs=logs,
         processes=processes,
+        operator_token=config.operator_token,
+        registry_token=internal_token,
+        bound_caller_token=config.bound_caller_token,
     )
 
 
@@ -200,9 +211,23 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
                 "product": config.caller_token,
                 "link-api": internal_token,
                 "sign-in": config.sign_in_token,
+                "operator": config.operator_token,
+                "product-bound": config.bound_caller_token,
             }
         ),
-        "MBL_SERVICE_KEY_SCOPES": json.dumps({"sign-in": ["owner_lookup"]}),
+        # Each key only what its caller does (docs/adr/0017); one map for every service.
+        "MBL_SERVICE_KEY_SCOPES": json.dumps(
+            {
+                "product": ["links", "sign_in_confirm"],
+                "link-api": ["registry"],
+                "sign-in": ["owner_lookup"],
+                "operator": ["operator"],
+                "product-bound": ["links"],
+            }
+        ),
+        "MBL_SERVICE_KEY_ACCOUNTS": json.dumps(
+            {"product-bound": list(config.bound_caller_accounts)}
+        ),
         "MBL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "MBL_REGISTRY_TOKEN": internal_token,
         "MBL_VERIFIER_CA_FILE": config.ca_file,
@@ -232,11 +257,8 @@ def _broker_environment(config: ServiceConfig, broker_port: int) -> dict[str, st
     """The broker's app at each provider of the local OAuth server, and the OAuth Dovecot."""
     env = {
         "MBL_OAUTH_REDIRECT_URI": oauth_redirect_uri(broker_port),
-        # Only the product's backend confirms sign-ins (ADR 0014); link-api and sign-in share
-        # MBL_SERVICE_KEYS but not this scope.
-        "MBL_SERVICE_KEY_SCOPES": json.dumps(
-            {"sign-in": ["owner_lookup"], "product": ["sign_in_confirm"]}
-        ),
+        # Only the product's backend confirms sign-ins (ADR 0014): MBL_SERVICE_KEY_SCOPES
+        # grants `sign_in_confirm` to its key alone.
     }
     if not config.oauth_server_url:
         return env

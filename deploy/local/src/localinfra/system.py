@@ -54,6 +54,7 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
                 json.dumps({"email": OAUTH_DEMOS["google"], "terms_accepted": True}, indent=2)
             )
             (state_dir / "token").write_text(services.caller_token)
+            (state_dir / "operator-token").write_text(services.operator_token)
             (state_dir / "endpoints.json").write_text(endpoints.to_json())
             demo = _demo_request(
                 endpoints.tls_hostname,
@@ -99,7 +100,8 @@ def _instructions(api_url: str, registry_url: str, state_dir: Path, infra_second
 mailbox-link is up (infrastructure started in {infra_seconds:.1f} s).
   link-api:  {api_url}
   registry:  {registry_url}
-  token:     {state_dir}/token   (send as 'Authorization: Bearer ...')
+  token:     {state_dir}/token   (send as 'Authorization: Bearer ...'; link-api's routes)
+  operator:  {state_dir}/operator-token   (the registry's plans and force-unlink)
   demo body: {state_dir}/demo-link.json   (links the local Dovecot mailbox {DEMO_ADDRESS})
   detected:  {state_dir}/demo-detected-link.json   ({DISCOVERABLE_DEMO}: address and password only)
   logs:      {state_dir}/logs/

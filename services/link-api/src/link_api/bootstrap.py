@@ -5,7 +5,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import httpx
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from link_api.adapters.autoconfig import AutoconfigFetcher
 from link_api.adapters.detector import Detector
@@ -21,12 +21,13 @@ from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
 from link_api.link_budgets import LinkBudgets
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.network_policy import parse_networks
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
+from mailbox_link_shared.scopes import Scope
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -76,24 +77,27 @@ def build_app(settings: Settings) -> FastAPI:
         settings.autoconfig_port,
     )
     detector = Detector(dns, autoconfig)
-    router = APIRouter()
     # The limits' store is shared with the imap-verifier, which records the failures.
     slots = MongoSlots(mongo, rate_limit_database(settings.namespace))
     slot_sweep = make_slot_sweep(slots, settings.rate_limit_sweep_interval_seconds)
     budgets = LinkBudgets(
         RateLimiter(slots), settings.user_limit(), settings.account_limit(), settings.back_off()
     )
-    router.include_router(
+    keys = CallerKeys(settings.caller_keys())
+    # Every route here is the product's: links, mailboxes, the provider picker.
+    router = scoped(
+        keys.require(Scope.LINKS),
         build_router(
             deps, HttpRegistry(registry_http), detector, settings.allowed_ports(), budgets
-        )
+        ),
+        build_providers_router(detector),
     )
-    router.include_router(build_providers_router(detector))
 
     return build_http_app(
         title="mailbox-link link-api",
         router=router,
-        service_keys=settings.service_keys,
+        keys=keys,
+        api_docs=settings.api_docs,
         # The relay publishes, so it starts once the broker has.
         on_start=[
             open_storage,

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from mailbox_link_contract.events import ProviderType, ServerSettings
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.http import build_http_app, require_scope
+from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from oauth_broker.adapters.broker_store import MongoBrokerStore
@@ -68,12 +68,12 @@ def build_app(settings: Settings) -> FastAPI:
         for client in clients.values():
             await client.aclose()
 
+    keys = CallerKeys(settings.caller_keys())
     return build_http_app(
         title="mailbox-link oauth-broker",
-        router=build_service_router(
-            deps, require_scope(CONFIRM_SCOPE, settings.service_keys, settings.service_key_scopes)
-        ),
-        service_keys=settings.service_keys,
+        router=build_service_router(deps, keys.require(CONFIRM_SCOPE)),
+        keys=keys,
+        api_docs=settings.api_docs,
         public_router=build_public_router(
             deps, settings.oauth_return_url, secure_cookie=settings.secure_cookie
         ),

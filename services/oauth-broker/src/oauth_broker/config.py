@@ -10,8 +10,10 @@ from pydantic_settings import SettingsConfigDict
 from mailbox_link_contract.events import ProviderType
 from mailbox_link_contract.topics import OAUTH_BROKER
 from mailbox_link_contract.values import ConnectionSecurity
+from mailbox_link_shared.scopes import Scope
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
+    CallerKeySettings,
     MailCheckSettings,
     MongoSettings,
     ServiceSettings,
@@ -64,10 +66,10 @@ class ProviderSettings(BaseModel):
 
 # The scope a service key needs to confirm a sign-in: the product's backend, which knows who is
 # signed in to the product; not link-api or the sign-in service, which share MBL_SERVICE_KEYS.
-CONFIRM_SCOPE = "sign_in_confirm"
+CONFIRM_SCOPE = Scope.SIGN_IN_CONFIRM
 
 
-class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
+class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySettings):
     """Everything the broker reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(
@@ -92,7 +94,7 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings):
         description="JSON object of calling service name to its bearer token: who may confirm "
         "sign-ins (the product's backend); empty: no sign-in can be confirmed.",
     )
-    service_key_scopes: dict[str, list[str]] = Field(
+    service_key_scopes: dict[str, list[Scope]] = Field(
         default_factory=dict,
         description="JSON object of calling service name to its scopes: only a key granted "
         f"'{CONFIRM_SCOPE}' (the product's backend) may confirm sign-ins (ADR 0014), e.g. "

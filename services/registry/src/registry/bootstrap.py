@@ -5,7 +5,7 @@ import functools
 from fastapi import FastAPI
 
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.http import build_http_app, require_scope
+from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from registry.adapters.registry_store import MongoRegistryStore
@@ -13,7 +13,7 @@ from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
 from registry.entrypoints.events import register_subscribers
 from registry.entrypoints.housekeeping import make_housekeeper, make_retention_sweeper
-from registry.entrypoints.http import OWNER_LOOKUP_SCOPE, build_router
+from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps
 
 
@@ -35,13 +35,12 @@ def build_app(settings: Settings) -> FastAPI:
         deps, settings.retention_interval_seconds, settings.link_retention
     )
 
+    keys = CallerKeys(settings.caller_keys())
     return build_http_app(
         title="mailbox-link registry",
-        router=build_router(
-            deps,
-            require_scope(OWNER_LOOKUP_SCOPE, settings.service_keys, settings.service_key_scopes),
-        ),
-        service_keys=settings.service_keys,
+        router=build_router(deps, keys),
+        keys=keys,
+        api_docs=settings.api_docs,
         on_start=[
             store.create_indexes,
             functools.partial(ensure_topics, settings),

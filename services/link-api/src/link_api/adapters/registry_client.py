@@ -1,11 +1,14 @@
 """Calls the registry's HTTP API for what only it knows: which mailboxes a user has linked."""
 
+import logging
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from mailbox_link_contract.events import MailboxOwner
+
+logger = logging.getLogger(__name__)
 
 
 class RegistryUnavailable(Exception):
@@ -40,6 +43,13 @@ class HttpRegistry:
             response = await self._client.request(method, path)
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(type(exc).__name__) from exc
+        if response.status_code in (401, 403):
+            # Configuration, not an outage: the operator must fix the keys (docs/adr/0017).
+            logger.error(
+                "the registry refused MBL_REGISTRY_TOKEN (%s): list it in the registry's "
+                "MBL_SERVICE_KEYS and grant it the scope 'registry' in MBL_SERVICE_KEY_SCOPES",
+                response.status_code,
+            )
         if response.status_code >= 500 or response.status_code in (401, 403):
             raise RegistryUnavailable(f"registry answered {response.status_code}")
         return response

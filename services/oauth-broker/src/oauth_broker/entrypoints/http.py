@@ -3,7 +3,6 @@ the page it lands on after the provider's sign-in (GET /v1/oauth/callback), and 
 confirmation of a verified sign-in (POST .../sign-ins/confirm, with a service key)."""
 
 import html
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, ScopeGuard
 from oauth_broker import handlers
 from oauth_broker.domain.sessions import CallbackRefusal, binding_cookie_name
 from oauth_broker.handlers import BrokerDeps, CallbackOutcome, CallbackResult, ConfirmRefusal
@@ -137,13 +136,11 @@ def build_public_router(
     return router
 
 
-def build_service_router(
-    deps: BrokerDeps, confirmer: Callable[[Request], Awaitable[str]] | None = None
-) -> APIRouter:
+def build_service_router(deps: BrokerDeps, confirmer: ScopeGuard) -> APIRouter:
     """Returns the routes the product's backend calls with its service key; `confirmer`
-    admits only a key granted the confirm scope (any service key when None, in unit tests)."""
+    admits only a key granted the confirm scope."""
     router = APIRouter(prefix="/v1")
-    guards = [Depends(confirmer)] if confirmer is not None else []
+    guards = [Depends(confirmer)]
 
     @router.post(
         "/accounts/{account_id}/users/{user_id}/sign-ins/confirm",

@@ -1,14 +1,14 @@
 """HTTP routes of the registry: a user's mailboxes, unlinking, owner lookup, plans."""
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 from pydantic import BaseModel, ConfigDict
 
 from mailbox_link_contract.events import MailboxOwner, UnlinkedBy
 from mailbox_link_shared.api_errors import ApiErrorCode
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, CallerKeys, address_from_path
+from mailbox_link_shared.scopes import Scope
 from registry import handlers
 from registry.domain.links import LinkRecord
 from registry.handlers import PlanUsage, RegistryDeps, UnlinkResult
@@ -25,27 +25,31 @@ class PlanIn(BaseModel):
     plan: str
 
 
-# Who may ask which user linked an address: the product's sign-in service, not any caller of
-# the product's API (it would tell anyone whose mailbox is linked where).
-OWNER_LOOKUP_SCOPE = "owner_lookup"
-
-
-def build_router(
-    deps: RegistryDeps, owner_lookup: Callable[[Request], Awaitable[str]]
-) -> APIRouter:
-    """Returns the routes, bound to the handlers' dependencies; `owner_lookup` admits the
-    callers of the owner lookup."""
+def build_router(deps: RegistryDeps, keys: CallerKeys) -> APIRouter:
+    """Returns the routes, bound to the handlers' dependencies, each admitting its scopes."""
     router = APIRouter(prefix="/v1")
     user_path = "/accounts/{account_id}/users/{user_id}"
+    # link-api's own key reads and unlinks on a user's behalf; the product's caller key never
+    # reaches the registry (docs/adr/0017). Operators may do what link-api does.
+    for_user = [Depends(keys.require(Scope.REGISTRY, Scope.OPERATOR))]
+    # Plans and force-unlink change what any account holds: operators only.
+    for_operators = [Depends(keys.require(Scope.OPERATOR))]
+    # Who may ask which user linked an address: the product's sign-in service, not any caller of
+    # the product's API (it would tell anyone whose mailbox is linked where).
+    for_sign_in = [Depends(keys.require(Scope.OWNER_LOOKUP))]
 
-    @router.get(f"{user_path}/mailboxes")
+    @router.get(f"{user_path}/mailboxes", dependencies=for_user)
     async def list_mailboxes(account_id: AccountId, user_id: UserId) -> dict[str, Any]:
         """Lists the mailboxes this user has linked."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         records = await handlers.list_mailboxes(owner, deps)
         return {"mailboxes": [_mailbox_body(r) for r in records]}
 
-    @router.delete(f"{user_path}/mailboxes/{{email}}", status_code=status.HTTP_204_NO_CONTENT)
+    @router.delete(
+        f"{user_path}/mailboxes/{{email}}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=for_user,
+    )
     async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
         """Unlinks this user's mailbox; any account may link it afterwards."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
@@ -54,7 +58,9 @@ def build_router(
         )
         return _unlink_answer(result, "This user has no linked mailbox with that address.")
 
-    @router.delete("/mailboxes/{email}", status_code=status.HTTP_204_NO_CONTENT)
+    @router.delete(
+        "/mailboxes/{email}", status_code=status.HTTP_204_NO_CONTENT, dependencies=for_operators
+    )
     async def force_unlink_mailbox(email: str) -> Response:
         """Operators: unlinks the mailbox from whichever user linked it."""
         result = await handlers.unlink_mailbox(
@@ -62,7 +68,7 @@ def build_router(
         )
         return _unlink_answer(result, "No user has linked this address.")
 
-    @router.get("/mailboxes/{email}/owner", dependencies=[Depends(owner_lookup)])
+    @router.get("/mailboxes/{email}/owner", dependencies=for_sign_in)
     async def find_owner(email: str) -> dict[str, str]:
         """Tells which user has linked this address, e.g. to sign them in with it."""
         record = await handlers.find_owner(address_from_path(email), deps)
@@ -75,13 +81,13 @@ def build_router(
             )
         return {**record.owner.model_dump(), "mailbox_id": record.mailbox.mailbox_id}
 
-    @router.get(f"{user_path}/plan")
+    @router.get(f"{user_path}/plan", dependencies=for_user)
     async def get_plan(account_id: AccountId, user_id: UserId) -> dict[str, Any]:
         """Shows the user's plan, its mailbox limit and how many mailboxes count against it."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         return _plan_body(await handlers.get_plan(owner, deps))
 
-    @router.put(f"{user_path}/plan")
+    @router.put(f"{user_path}/plan", dependencies=for_operators)
     async def assign_plan(account_id: AccountId, user_id: UserId, body: PlanIn) -> dict[str, Any]:
         """Puts the user on a plan, which sets how many mailboxes they may link."""
         if body.plan not in deps.plans.limits:
