@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, StrictJsonRoute
 from oauth_broker import handlers
 from oauth_broker.domain.sessions import CallbackRefusal, binding_cookie_name
 from oauth_broker.handlers import BrokerDeps, CallbackOutcome, CallbackResult, ConfirmRefusal
@@ -142,7 +142,7 @@ def build_service_router(
 ) -> APIRouter:
     """Returns the routes the product's backend calls with its service key; `confirmer`
     admits only a key granted the confirm scope (any service key when None, in unit tests)."""
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=StrictJsonRoute)
     guards = [Depends(confirmer)] if confirmer is not None else []
 
     @router.post(
