@@ -72,12 +72,12 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def address_from_path(email: str) -> str:
+def address_from_path(email: str, field: str = "email") -> str:
     """Returns the normalized address from a URL path, or answers 422 naming the field."""
     try:
         return normalize_address(email)
     except InvalidAddress as exc:
-        raise ApiError(422, ApiErrorCode.INVALID_REQUEST, str(exc), [("email", str(exc))]) from None
+        raise ApiError(422, ApiErrorCode.INVALID_REQUEST, str(exc), [(field, str(exc))]) from None
 
 
 def address_or_mailbox_id(mailbox: str) -> tuple[str | None, str | None]:
@@ -85,7 +85,7 @@ def address_or_mailbox_id(mailbox: str) -> tuple[str | None, str | None]:
     mailbox id, or answers 422 naming the field. Every address has exactly one @, a mailbox
     id none, so one path segment can name either."""
     if "@" in mailbox:
-        return address_from_path(mailbox), None
+        return address_from_path(mailbox, "mailbox"), None
     if not re.fullmatch(PATH_ID_PATTERN, mailbox):
         raise ApiError(
             422,
