@@ -305,8 +305,10 @@ class BodyLimit:
             f"The body is over {self.max_bytes} bytes.",
             [("body", f"send at most {self.max_bytes} bytes (a link request is well under 4 KiB)")],
         )
-        # Closing the connection spares reading (and discarding) the rest of the body.
-        response = JSONResponse(body, status_code=413, headers={"Connection": "close"})
+        # The connection stays open: the server reads the rest of the body and throws it away
+        # (uvicorn discards what arrives after a complete answer), so the client, still
+        # sending, reads this answer instead of a connection reset.
+        response = JSONResponse(body, status_code=413)
         await response(scope, _no_receive, send)
 
 
