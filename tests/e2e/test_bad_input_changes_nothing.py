@@ -1,10 +1,14 @@
 """Every class of bad input gets a 4xx naming the field and the fix, and changes nothing."""
 
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from localinfra.services import RunningServices
 from localinfra.stack import Endpoints
 
 from .conftest import MailUser, imap_body, links_path
@@ -57,6 +61,13 @@ INVALID = [
     ("imap.password", ""),
     ("imap.password", _DELETE),
     ("imap.username", "x" * 400),
+    ("imap.port", True),  # read as port 1 before strict types
+    ("imap.port", False),
+    ("imap.port", 993.0),
+    ("imap.port", "993"),
+    ("smtp.port", True),
+    ("terms_accepted", 1),
+    ("terms_accepted", "true"),
 ]
 
 
@@ -77,7 +88,7 @@ async def test_invalid_input_is_refused_and_changes_nothing(
     ("path", "body", "headers", "status", "field"),
     [
         ("/v1/accounts/acme/users/u%20x/links", None, {}, 422, "user_id"),
-        ("/v1/accounts/acme/users/u1/links", "not json", {}, 422, None),
+        ("/v1/accounts/acme/users/u1/links", "not json", {}, 400, "body"),
         (
             "/v1/accounts/acme/users/u1/links",
             None,
@@ -121,6 +132,122 @@ async def test_callers_without_a_valid_token_get_401_and_change_nothing(
     assert posted.status_code == listed.status_code == 401
     assert posted.json()["fields"][0]["field"] == "Authorization"
     assert await _state(infra) == before
+
+
+def _raw(infra: Endpoints, replace: dict[str, str] | None = None) -> str:
+    """The valid body as JSON text with some of its text replaced: what json.dumps cannot
+    write (duplicate keys, lone surrogates) can then be sent."""
+    text = json.dumps(imap_body(infra, USER))
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
+# (case, body bytes from the valid body, status, the field named)
+RAW = [
+    ("duplicate-email", {'"email": ': '"email": "x@example.org", "email": '}, 422, "email"),
+    ("duplicate-password", {'"password": ': '"password": "a", "password": '}, 422, "imap.password"),
+    ("lone-surrogate-password", {'"pw-bad-input"': '"pw-bad-input\\ud800"'}, 422, "imap.password"),
+    ("lone-surrogate-email", {"bad-input@": "bad-input\\udfff@"}, 422, "email"),
+    ("nan-port", {'"port": ': '"port": NaN, "x": '}, 400, "body"),
+    ("5000-digit-port", {'"port": ': '"port": ' + "9" * 5000 + ', "x": '}, 400, "body"),
+    ("deep-nesting", {": true": ": " + "[" * 3000 + "]" * 3000}, 400, "body"),
+]  # fmt: skip
+MALFORMED_BYTES = [
+    ("bad-utf8", lambda text: text.encode().replace(b"bad-input@", b"bad-\xffinput@")),
+    ("utf16", lambda text: text.encode("utf-16")),
+    ("trailing-data", lambda text: text.encode() + b" {}"),
+    ("truncated", lambda text: text.encode()[:-3]),
+]
+
+
+@pytest.mark.parametrize(
+    ("replace", "status", "field"), [c[1:] for c in RAW], ids=[c[0] for c in RAW]
+)
+async def test_bodies_json_loads_would_accept_are_refused_and_change_nothing(
+    api: httpx.AsyncClient, infra: Endpoints, replace: dict[str, str], status: int, field: str
+) -> None:
+    before = await _state(infra)
+    response = await api.post(
+        links_path("acme", "u-bad"),
+        content=_raw(infra, replace).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == status, response.text
+    assert [p["field"] for p in response.json()["fields"]] == [field]
+    assert "pw-bad-input" not in response.text
+    assert await _state(infra) == before
+
+
+@pytest.mark.parametrize(
+    "spoil", [c[1] for c in MALFORMED_BYTES], ids=[c[0] for c in MALFORMED_BYTES]
+)
+async def test_a_malformed_body_gets_400_saying_so_and_changes_nothing(
+    api: httpx.AsyncClient, infra: Endpoints, spoil: Any
+) -> None:
+    before = await _state(infra)
+    response = await api.post(
+        links_path("acme", "u-bad"),
+        content=spoil(_raw(infra)),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert "malformed" in response.json()["message"]
+    assert [p["field"] for p in response.json()["fields"]] == ["body"]
+    assert await _state(infra) == before
+
+
+CHUNKED_BYTES = 50 * 2**20
+# Generous: a body buffered even in part would show as tens of MB (the old limit let a 200 MB
+# chunked body take link-api to 800 MB).
+RSS_BOUND_KIB = 8 * 1024
+
+
+async def test_a_chunked_50_mb_body_gets_413_and_leaves_link_apis_memory_unchanged(
+    api: httpx.AsyncClient, infra: Endpoints, services: RunningServices
+) -> None:
+    [link_api] = [p for p in services.processes if p.name == "link_api"]
+    assert link_api.pid is not None
+    status = Path(f"/proc/{link_api.pid}/status")
+    body = _raw(infra).encode()
+
+    async def chunks(total: int) -> AsyncIterator[bytes]:
+        yield body[:-1]
+        for _ in range(total // 65536):
+            yield b" " * 65536
+        yield b"}"
+
+    path, json_type = links_path("acme", "u-big"), {"Content-Type": "application/json"}
+    warm = await api.post(path, content=chunks(2**20), headers=json_type)
+    assert warm.status_code == 413  # the refusal's code paths are loaded before measuring
+    before = _kib(status, "VmRSS")
+    _reset_peak(link_api.pid)
+    peak_before = _kib(status, "VmHWM")
+    records = await _state(infra)
+    response = await api.post(path, content=chunks(CHUNKED_BYTES), headers=json_type, timeout=120)
+    assert response.status_code == 413, response.text
+    assert response.json()["fields"][0]["field"] == "body"
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    after, peak = _kib(status, "VmRSS"), _kib(status, "VmHWM")
+    print(f"link-api VmRSS {before} -> {after} KiB, VmHWM {peak_before} -> {peak} KiB")
+    assert after - before < RSS_BOUND_KIB
+    assert peak - peak_before < RSS_BOUND_KIB
+    assert await _state(infra) == records
+    # The connection, and link-api, still serve.
+    assert (await api.get("/v1/accounts/acme/users/u-big/mailboxes")).status_code == 200
+
+
+def _kib(status: Path, key: str) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"{key} not in {status}")
+
+
+def _reset_peak(pid: int) -> None:
+    # "5" resets VmHWM to the current RSS (Linux >= 4.0), so the peak is this request's.
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 async def _state(infra: Endpoints) -> tuple[int, int]:

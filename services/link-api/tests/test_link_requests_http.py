@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from link_api import handlers
 from link_api.adapters.detector import Detector
 from link_api.adapters.dns_lookup import SrvTarget
+from link_api.adapters.registry_client import Unlink
 from link_api.entrypoints.http import build_router
 from link_api.handlers import LinkApiDeps
 from link_api_fakes import FakeAutoconfig, FakeDns, InMemoryLinkStore
@@ -52,7 +53,7 @@ class NoRegistry:
     async def list_mailboxes(self, owner: MailboxOwner) -> list[dict[str, Any]]:
         raise AssertionError("not expected")
 
-    async def unlink_mailbox(self, owner: MailboxOwner, address: str) -> bool:
+    async def unlink_mailbox(self, owner: MailboxOwner, mailbox: str) -> Unlink:
         raise AssertionError("not expected")
 
 

@@ -205,3 +205,39 @@ async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearl
         assert again.status_code == 400
         assert "code" in again.text
     assert sum(isinstance(e, MailboxVerified) for e in deps.publisher.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("template", "status", "field"),
+    [
+        ('{{"code": "{code}", "code": "{code}"}}', 422, "code"),
+        ('{{"code": "{code}\\ud800"}}', 422, "code"),
+        ('{{"code": "{code}"}} trailing', 400, "body"),
+        ('{{"code": "{code}", "n": ' + "9" * 5000 + "}}", 400, "body"),
+    ],
+)
+async def test_a_confirmation_body_that_is_not_strictly_valid_confirms_nothing(
+    deps: BrokerDeps, template: str, status: int, field: str
+) -> None:
+    app = build_http_app(
+        title="broker under test",
+        router=build_service_router(deps, require_scope(CONFIRM_SCOPE, _KEYS, _SCOPES)),
+        service_keys=_KEYS,
+        public_router=build_public_router(deps, RETURN_URL),
+        on_start=[],
+        on_stop=[],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://b.test") as browser:
+        state = await offer_sign_in(deps, browser)
+        answer = await browser.get("/v1/oauth/callback", params={"state": state, "code": "c"})
+        code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+        refused = await browser.post(
+            "/v1/accounts/acme/users/u1/sign-ins/confirm",
+            content=template.format(code=code).encode(),
+            headers={"Authorization": f"Bearer {'p' * 40}", "Content-Type": "application/json"},
+        )
+    assert refused.status_code == status, refused.text
+    assert [p["field"] for p in refused.json()["fields"]] == [field]
+    assert isinstance(deps.publisher, RecordingPublisher)
+    assert not any(isinstance(e, MailboxVerified) for e in deps.publisher.events)

@@ -50,11 +50,15 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
     ApiErrorCode.FORBIDDEN: ApiErrorText(
         403, "The service token is valid but not granted this route's scope; `fields` names it."
     ),
-    ApiErrorCode.BAD_REQUEST: ApiErrorText(400, "The request is malformed (body, headers)."),
+    ApiErrorCode.BAD_REQUEST: ApiErrorText(
+        400,
+        "The request is malformed: a body that is not well-formed UTF-8 JSON (field `body`), "
+        "or a value that cannot be used now; `fields` names it.",
+    ),
     ApiErrorCode.NOT_FOUND: ApiErrorText(404, "No such route."),
     ApiErrorCode.METHOD_NOT_ALLOWED: ApiErrorText(405, "The route does not take this method."),
     ApiErrorCode.REQUEST_TOO_LARGE: ApiErrorText(
-        413, "The body is over 64 KiB or its Content-Length is missing or invalid."
+        413, "The body is over 64 KiB (declared, or counted as it streams in, chunked or not)."
     ),
     ApiErrorCode.TEMPORARILY_UNAVAILABLE: ApiErrorText(
         503, "Kafka or MongoDB is not answering; retry after Retry-After seconds."

@@ -1,7 +1,8 @@
 """HTTP plumbing shared by the services that have an API: scoped bearer auth, one error shape.
 
 Every 4xx body is {"error": <code>, "message": <sentence>, "fields": [{"field", "message"}]},
-naming the field and the fix. Request values are never echoed back: they may be passwords.
+naming the field and the fix (`body` when the body as a whole is malformed or too large).
+Request values are never echoed back: they may be passwords.
 """
 
 import base64
@@ -9,7 +10,8 @@ import binascii
 import functools
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,12 +22,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pymongo.errors import PyMongoError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.api_docs import install_api_docs
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.scopes import CallerKey, Scope
+from mailbox_link_shared.strict_json import InvalidJsonField, MalformedJson, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +63,41 @@ def error_body(
     """Returns the JSON body of an error answer."""
     return {
         "error": error,
-        "message": message,
-        "fields": [{"field": name, "message": text} for name, text in fields],
+        "message": _printable(message),
+        "fields": [
+            {"field": _printable(name)[:200], "message": _printable(text)} for name, text in fields
+        ],
     }
 
 
-def address_from_path(email: str) -> str:
+def _printable(text: str) -> str:
+    # A field name may come from the caller (an unknown key); one with a lone surrogate would
+    # make the answer itself unencodable, a 500.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def address_from_path(email: str, field: str = "email") -> str:
     """Returns the normalized address from a URL path, or answers 422 naming the field."""
     try:
         return normalize_address(email)
     except InvalidAddress as exc:
-        raise ApiError(422, ApiErrorCode.INVALID_REQUEST, str(exc), [("email", str(exc))]) from None
+        raise ApiError(422, ApiErrorCode.INVALID_REQUEST, str(exc), [(field, str(exc))]) from None
+
+
+def address_or_mailbox_id(mailbox: str) -> tuple[str | None, str | None]:
+    """Returns (address, None) for an address from a URL path, (None, mailbox_id) for a
+    mailbox id, or answers 422 naming the field. Every address has exactly one @, a mailbox
+    id none, so one path segment can name either."""
+    if "@" in mailbox:
+        return address_from_path(mailbox, "mailbox"), None
+    if not re.fullmatch(PATH_ID_PATTERN, mailbox):
+        raise ApiError(
+            422,
+            ApiErrorCode.INVALID_REQUEST,
+            "Name the mailbox by its address or its mailbox_id.",
+            [("mailbox", "use an email or a mailbox_id from GET .../mailboxes")],
+        )
+    return None, mailbox
 
 
 class CallerKeys:
@@ -169,9 +198,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        body = error_body(_http_error_code(exc.status_code), str(exc.detail))
+        fields = [_http_error_field(request, exc)]
+        body = error_body(_http_error_code(exc.status_code), str(exc.detail), fields)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def on_backend_down(_: Request, exc: Exception) -> JSONResponse:
@@ -196,15 +226,137 @@ def _field_name(loc: Sequence[Any]) -> str:
 
 
 def _clean_message(err: Mapping[str, Any]) -> str:
+    if err.get("type") == "json_invalid":  # its loc is ("body", <offset>), not a field
+        return "the body is not valid JSON; send one JSON object in UTF-8"
     message = str(err.get("msg", "is invalid"))
     # pydantic prefixes messages raised from validators with "Value error, ".
     return message.removeprefix("Value error, ")
+
+
+def _http_error_field(request: Request, exc: HTTPException) -> tuple[str, str]:
+    """Names what a routing or reading error is about: the path, the method or the body."""
+    if exc.status_code == 404:
+        return ("path", "no route has this path; check it against the API's documentation")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return ("method", f"this route does not take {request.method}; it takes {allowed}")
+    return ("body", "the body could not be read; send it again, as one JSON object")
 
 
 def _http_error_code(status_code: int) -> ApiErrorCode:
     return {404: ApiErrorCode.NOT_FOUND, 405: ApiErrorCode.METHOD_NOT_ALLOWED}.get(
         status_code, ApiErrorCode.BAD_REQUEST
     )
+
+
+class StrictJsonRequest(Request):
+    """A request whose JSON body is parsed by `strict_json`: no duplicate keys, no lone
+    surrogates, no NaN, no huge numbers, no deep nesting."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = parse_json(await self.body())
+            except MalformedJson as exc:
+                raise ApiError(
+                    status.HTTP_400_BAD_REQUEST,
+                    ApiErrorCode.BAD_REQUEST,
+                    f"The body is malformed: {exc.reason}.",
+                    [("body", "send one well-formed JSON object in UTF-8")],
+                ) from None
+            except InvalidJsonField as exc:
+                raise ApiError(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    ApiErrorCode.INVALID_REQUEST,
+                    "Some fields are missing or invalid.",
+                    [(exc.field, exc.reason)],
+                ) from None
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """A route that reads its JSON body with StrictJsonRequest: give every router with a body
+    `route_class=StrictJsonRoute`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            try:
+                return await handler(StrictJsonRequest(request.scope, request.receive))
+            except HTTPException as exc:
+                # FastAPI turns any error from request.json() into a field-less 400; ours
+                # already says what is wrong.
+                if isinstance(exc.__cause__, ApiError):
+                    raise exc.__cause__ from None
+                raise
+
+        return strict_handler
+
+
+class BodyLimit:
+    """Refuses a request body over `max_bytes` while it streams in, chunked or not.
+
+    A declared Content-Length over the cap is refused before a byte is read. Otherwise the
+    bytes are counted as the app receives them; the chunk that passes the cap is never handed
+    on: the 413 goes out at once, the app sees the client as gone, and the connection is
+    closed, so the server holds at most the cap (plus one read) of any body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, send)
+            return
+        received = 0
+        over = answered = started = False
+
+        async def capped_receive() -> Message:
+            nonlocal received, over, answered
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    if not started:  # else the app's own answer is under way: let it finish
+                        answered = True
+                        await self._too_large(scope, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if answered:  # what the app answers to the "disconnect" after our 413 is dropped
+                return
+            started = True
+            await send(message)
+
+        await self.app(scope, capped_receive, guarded_send)
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        body = error_body(
+            ApiErrorCode.REQUEST_TOO_LARGE,
+            f"The body is over {self.max_bytes} bytes.",
+            [("body", f"send at most {self.max_bytes} bytes (a link request is well under 4 KiB)")],
+        )
+        # The connection stays open: the server reads the rest of the body and throws it away
+        # (uvicorn discards what arrives after a complete answer), so the client, still
+        # sending, reads this answer instead of a connection reset.
+        response = JSONResponse(body, status_code=413)
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -247,19 +399,7 @@ def build_http_app(
     )
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def refuse_large_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        declared = request.headers.get("content-length", "0")
-        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
-            body = error_body(
-                ApiErrorCode.REQUEST_TOO_LARGE,
-                f"Send at most {MAX_BODY_BYTES} bytes with a valid Content-Length.",
-                [("body", "too large")],
-            )
-            return JSONResponse(body, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     if router is not None:
         _check_every_route_is_scoped(router)

@@ -189,11 +189,20 @@ class UnlinkResult(StrEnum):
 
 
 async def unlink_mailbox(
-    address: str, deps: RegistryDeps, owner: MailboxOwner | None, by: UnlinkedBy
+    address: str,
+    deps: RegistryDeps,
+    owner: MailboxOwner | None,
+    by: UnlinkedBy,
+    mailbox_id: str | None = None,
 ) -> UnlinkResult:
-    """Unlinks the mailbox (of `owner`, or of anyone for an admin) and announces it."""
+    """Unlinks the mailbox (of `owner`, or of anyone for an admin; only if it is still
+    `mailbox_id` when given) and announces it."""
     record = await current_link(mailbox_key(address), deps)
     if record is None or (owner is not None and record.owner != owner):
+        return UnlinkResult.NOT_FOUND
+    if mailbox_id is not None and (
+        record.mailbox is None or record.mailbox.mailbox_id != mailbox_id
+    ):
         return UnlinkResult.NOT_FOUND
     if record.state in IN_FLIGHT:
         return UnlinkResult.IN_PROGRESS
@@ -206,6 +215,16 @@ async def unlink_mailbox(
     unlinked = unlinked_event(record, by)
     decided = await decide(record, _LINKED, LinkState.UNLINKED, unlinked, deps)
     return UnlinkResult.UNLINKED if decided.state is LinkState.UNLINKED else UnlinkResult.NOT_FOUND
+
+
+async def unlink_mailbox_by_id(
+    mailbox_id: str, deps: RegistryDeps, owner: MailboxOwner
+) -> UnlinkResult:
+    """Unlinks the user's mailbox with this mailbox_id: one of their few linked mailboxes."""
+    for record in await list_mailboxes(owner, deps):
+        if record.mailbox is not None and record.mailbox.mailbox_id == mailbox_id:
+            return await unlink_mailbox(record.address, deps, owner, UnlinkedBy.USER, mailbox_id)
+    return UnlinkResult.NOT_FOUND
 
 
 async def list_mailboxes(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecord]:

@@ -1,6 +1,7 @@
 """Calls the registry's HTTP API for what only it knows: which mailboxes a user has linked."""
 
 import logging
+from enum import Enum
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -15,11 +16,19 @@ class RegistryUnavailable(Exception):
     """The registry did not answer; the caller should retry later."""
 
 
+class Unlink(Enum):
+    """What the registry made of an unlink."""
+
+    UNLINKED = "unlinked"
+    NOT_FOUND = "not_found"
+    IN_PROGRESS = "in_progress"  # the mailbox is being linked right now
+
+
 class Registry(Protocol):
     """What link-api asks of the registry."""
 
     async def list_mailboxes(self, owner: MailboxOwner) -> list[dict[str, Any]]: ...
-    async def unlink_mailbox(self, owner: MailboxOwner, address: str) -> bool: ...
+    async def unlink_mailbox(self, owner: MailboxOwner, mailbox: str) -> Unlink: ...
 
 
 class HttpRegistry:
@@ -33,10 +42,15 @@ class HttpRegistry:
         mailboxes: list[dict[str, Any]] = response.json()["mailboxes"]
         return mailboxes
 
-    async def unlink_mailbox(self, owner: MailboxOwner, address: str) -> bool:
-        """Unlinks the mailbox; returns False when this user has no such mailbox."""
-        response = await self._call("DELETE", f"{_mailboxes_path(owner)}/{quote(address, safe='')}")
-        return response.status_code != httpx.codes.NOT_FOUND
+    async def unlink_mailbox(self, owner: MailboxOwner, mailbox: str) -> Unlink:
+        """Unlinks the mailbox named by its normalized address or its mailbox_id."""
+        # Every character percent-encoded ("/" included): the registry decodes the segment.
+        response = await self._call("DELETE", f"{_mailboxes_path(owner)}/{quote(mailbox, safe='')}")
+        if response.status_code == httpx.codes.CONFLICT:
+            return Unlink.IN_PROGRESS
+        if response.status_code == httpx.codes.NO_CONTENT:
+            return Unlink.UNLINKED
+        return Unlink.NOT_FOUND
 
     async def _call(self, method: str, path: str) -> httpx.Response:
         try:

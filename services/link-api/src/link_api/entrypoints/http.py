@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from link_api import handlers
-from link_api.adapters.registry_client import Registry, RegistryUnavailable
+from link_api.adapters.registry_client import Registry, RegistryUnavailable, Unlink
 from link_api.domain.link_request import CannotLink, LinkRequest
 from link_api.domain.providers import AuthMethod
 from link_api.entrypoints.rate_limits_http import admit_or_429
@@ -19,7 +19,12 @@ from link_api.link_budgets import LinkBudgets
 from link_api.ports import DetectsProviders
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, address_from_path
+from mailbox_link_shared.http import (
+    PATH_ID_PATTERN,
+    ApiError,
+    StrictJsonRoute,
+    address_or_mailbox_id,
+)
 from mailbox_link_shared.network_policy import (
     MAIL_PORTS,
     PortRanges,
@@ -31,6 +36,14 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 AccountId = Annotated[str, Path(pattern=PATH_ID_PATTERN, description="The product's account id.")]
 UserId = Annotated[str, Path(pattern=PATH_ID_PATTERN, description="The product's user id.")]
+Mailbox = Annotated[
+    str,
+    Path(
+        description="The mailbox's address, percent-encoded (/ % ? # as %2F %25 %3F %23), "
+        "or its mailbox_id.",
+        examples=["alice@example.org"],
+    ),
+]
 T = TypeVar("T")
 USER_PATH = "/v1/accounts/{account_id}/users/{user_id}"
 
@@ -44,7 +57,7 @@ def build_router(
 ) -> APIRouter:
     """Returns the routes, bound to the handlers' dependencies (and the rate limits, if any);
     typed servers must use one of `allowed_ports` (the verifier's MBL_VERIFIER_ALLOWED_PORTS)."""
-    router = APIRouter(prefix=USER_PATH)
+    router = APIRouter(prefix=USER_PATH, route_class=StrictJsonRoute)
 
     @router.post("/links", status_code=status.HTTP_202_ACCEPTED)
     async def request_link(
@@ -96,17 +109,28 @@ def build_router(
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         return {"mailboxes": await _ask_registry(registry.list_mailboxes(owner))}
 
-    @router.delete("/mailboxes/{email}", status_code=status.HTTP_204_NO_CONTENT)
-    async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
-        """Unlinks one of this user's mailboxes; another account may then link it."""
+    # {mailbox:path}: an address may have "/" in its local part, which arrives decoded.
+    @router.delete("/mailboxes/{mailbox:path}", status_code=status.HTTP_204_NO_CONTENT)
+    async def unlink_mailbox(account_id: AccountId, user_id: UserId, mailbox: Mailbox) -> Response:
+        """Unlinks one of this user's mailboxes, named by its address or its mailbox_id;
+        another account may then link it."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        address = address_from_path(email)
-        if not await _ask_registry(registry.unlink_mailbox(owner, address)):
+        address, mailbox_id = address_or_mailbox_id(mailbox)
+        unlinked = await _ask_registry(registry.unlink_mailbox(owner, address or mailbox))
+        if unlinked is Unlink.NOT_FOUND:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
                 ApiErrorCode.MAILBOX_NOT_FOUND,
-                "This user has no linked mailbox with that address.",
-                [("email", "use an address from GET .../mailboxes")],
+                "This user has no linked mailbox with that "
+                + ("address." if mailbox_id is None else "mailbox_id."),
+                [("mailbox", "use an email or a mailbox_id from GET .../mailboxes")],
+            )
+        if unlinked is Unlink.IN_PROGRESS:
+            raise ApiError(
+                status.HTTP_409_CONFLICT,
+                ApiErrorCode.LINK_IN_PROGRESS,
+                "This mailbox is being linked right now.",
+                [("mailbox", "wait until its link request ends (see its status), then retry")],
             )
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 

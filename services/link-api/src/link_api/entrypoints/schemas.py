@@ -2,7 +2,15 @@
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
 from link_api.domain.link_request import LinkPlan, LinkRequest
 from link_api.domain.link_status import LinkStatus, LinkView
@@ -25,7 +33,8 @@ class ServerIn(_Strict):
     """How to reach one mail server, as the user typed it."""
 
     host: str
-    port: int
+    # Strict: true, 993.0 and "993" are refused (lax mode read `true` as port 1).
+    port: StrictInt
     security: ConnectionSecurity
     username: str | None = None
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mailbox_link_contract.events import MailboxOwner
 from mailbox_link_shared.api_errors import ApiErrorCode
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, ScopeGuard
+from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, ScopeGuard, StrictJsonRoute
 from oauth_broker import handlers
 from oauth_broker.domain.sessions import CallbackRefusal, binding_cookie_name
 from oauth_broker.handlers import BrokerDeps, CallbackOutcome, CallbackResult, ConfirmRefusal
@@ -139,7 +139,7 @@ def build_public_router(
 def build_service_router(deps: BrokerDeps, confirmer: ScopeGuard) -> APIRouter:
     """Returns the routes the product's backend calls with its service key; `confirmer`
     admits only a key granted the confirm scope."""
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=StrictJsonRoute)
     guards = [Depends(confirmer)]
 
     @router.post(

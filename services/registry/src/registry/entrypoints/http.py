@@ -7,7 +7,14 @@ from pydantic import BaseModel, ConfigDict
 
 from mailbox_link_contract.events import MailboxOwner, UnlinkedBy
 from mailbox_link_shared.api_errors import ApiErrorCode
-from mailbox_link_shared.http import PATH_ID_PATTERN, ApiError, CallerKeys, address_from_path
+from mailbox_link_shared.http import (
+    PATH_ID_PATTERN,
+    ApiError,
+    CallerKeys,
+    StrictJsonRoute,
+    address_from_path,
+    address_or_mailbox_id,
+)
 from mailbox_link_shared.scopes import Scope
 from registry import handlers
 from registry.domain.links import LinkRecord
@@ -25,9 +32,13 @@ class PlanIn(BaseModel):
     plan: str
 
 
+_ENCODED = "The address, percent-encoded (/ % ? # as %2F %25 %3F %23)."
+_NAMED = "The mailbox's address, percent-encoded (/ % ? # as %2F %25 %3F %23), or its mailbox_id."
+
+
 def build_router(deps: RegistryDeps, keys: CallerKeys) -> APIRouter:
     """Returns the routes, bound to the handlers' dependencies, each admitting its scopes."""
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=StrictJsonRoute)
     user_path = "/accounts/{account_id}/users/{user_id}"
     # link-api's own key reads and unlinks on a user's behalf; the product's caller key never
     # reaches the registry (docs/adr/0017). Operators may do what link-api does.
@@ -45,31 +56,40 @@ def build_router(deps: RegistryDeps, keys: CallerKeys) -> APIRouter:
         records = await handlers.list_mailboxes(owner, deps)
         return {"mailboxes": [_mailbox_body(r) for r in records]}
 
+    # {...:path} segments: an address may have "/" in its local part, which arrives decoded.
     @router.delete(
-        f"{user_path}/mailboxes/{{email}}",
+        f"{user_path}/mailboxes/{{mailbox:path}}",
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=for_user,
     )
-    async def unlink_mailbox(account_id: AccountId, user_id: UserId, email: str) -> Response:
-        """Unlinks this user's mailbox; any account may link it afterwards."""
+    async def unlink_mailbox(
+        account_id: AccountId, user_id: UserId, mailbox: Annotated[str, Path(description=_NAMED)]
+    ) -> Response:
+        """Unlinks this user's mailbox, named by its address or its mailbox_id; any account
+        may link it afterwards."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        result = await handlers.unlink_mailbox(
-            address_from_path(email), deps, owner, UnlinkedBy.USER
-        )
-        return _unlink_answer(result, "This user has no linked mailbox with that address.")
+        address, mailbox_id = address_or_mailbox_id(mailbox)
+        if mailbox_id is not None:
+            result = await handlers.unlink_mailbox_by_id(mailbox_id, deps, owner)
+        else:
+            assert address is not None
+            result = await handlers.unlink_mailbox(address, deps, owner, UnlinkedBy.USER)
+        return _unlink_answer(result, "This user has no linked mailbox with that name.", "mailbox")
 
     @router.delete(
-        "/mailboxes/{email}", status_code=status.HTTP_204_NO_CONTENT, dependencies=for_operators
+        "/mailboxes/{email:path}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=for_operators,
     )
-    async def force_unlink_mailbox(email: str) -> Response:
+    async def force_unlink_mailbox(email: Annotated[str, Path(description=_ENCODED)]) -> Response:
         """Operators: unlinks the mailbox from whichever user linked it."""
         result = await handlers.unlink_mailbox(
             address_from_path(email), deps, None, UnlinkedBy.ADMIN
         )
         return _unlink_answer(result, "No user has linked this address.")
 
-    @router.get("/mailboxes/{email}/owner", dependencies=for_sign_in)
-    async def find_owner(email: str) -> dict[str, str]:
+    @router.get("/mailboxes/{email:path}/owner", dependencies=for_sign_in)
+    async def find_owner(email: Annotated[str, Path(description=_ENCODED)]) -> dict[str, str]:
         """Tells which user has linked this address, e.g. to sign them in with it."""
         record = await handlers.find_owner(address_from_path(email), deps)
         if record is None or record.mailbox is None:
@@ -104,20 +124,20 @@ def build_router(deps: RegistryDeps, keys: CallerKeys) -> APIRouter:
     return router
 
 
-def _unlink_answer(result: UnlinkResult, not_found: str) -> Response:
+def _unlink_answer(result: UnlinkResult, not_found: str, field: str = "email") -> Response:
     if result is UnlinkResult.NOT_FOUND:
         raise ApiError(
             status.HTTP_404_NOT_FOUND,
             ApiErrorCode.MAILBOX_NOT_FOUND,
             not_found,
-            [("email", "use an address from GET .../mailboxes")],
+            [(field, "use an email or a mailbox_id from GET .../mailboxes")],
         )
     if result is UnlinkResult.IN_PROGRESS:
         raise ApiError(
             status.HTTP_409_CONFLICT,
             ApiErrorCode.LINK_IN_PROGRESS,
             "This mailbox is being linked right now.",
-            [("email", "wait until its link request ends (see its status), then try again")],
+            [(field, "wait until its link request ends (see its status), then try again")],
         )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
