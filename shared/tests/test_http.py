@@ -4,6 +4,7 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from fastapi import APIRouter
 from pydantic import BaseModel, SecretStr
 from pymongo.errors import ServerSelectionTimeoutError

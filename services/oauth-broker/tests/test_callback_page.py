@@ -221,8 +221,8 @@ async def test_a_confirmation_body_that_is_not_strictly_valid_confirms_nothing(
 ) -> None:
     app = build_http_app(
         title="broker under test",
-        router=build_service_router(deps, require_scope(CONFIRM_SCOPE, _KEYS, _SCOPES)),
-        service_keys=_KEYS,
+        router=build_service_router(deps, _CALLERS.require(CONFIRM_SCOPE)),
+        keys=_CALLERS,
         public_router=build_public_router(deps, RETURN_URL),
         on_start=[],
         on_stop=[],

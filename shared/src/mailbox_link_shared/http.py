@@ -24,7 +24,8 @@ from fastapi.routing import APIRoute
 from pymongo.errors import PyMongoError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.api_docs import install_api_docs
@@ -307,7 +308,7 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -342,7 +343,7 @@ class BodyLimit:
 
         await self.app(scope, capped_receive, guarded_send)
 
-    async def _too_large(self, scope: Scope, send: Send) -> None:
+    async def _too_large(self, scope: AsgiScope, send: Send) -> None:
         body = error_body(
             ApiErrorCode.REQUEST_TOO_LARGE,
             f"The body is over {self.max_bytes} bytes.",
