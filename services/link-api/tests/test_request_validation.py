@@ -23,8 +23,9 @@ from mailbox_link_contract.events import AuthMethod, MailboxOwner, ProviderType,
 from mailbox_link_shared.addresses import normalize_address
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.http import MAX_BODY_BYTES, build_http_app
+from mailbox_link_shared.http import MAX_BODY_BYTES, CallerKeys, build_http_app, scoped
 from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.scopes import Scope, caller_keys
 
 
 def _body(**changes: Any) -> dict[str, Any]:
@@ -150,6 +151,7 @@ def test_a_link_request_carries_passwords_exactly_when_it_links_with_them(
 # --- over HTTP: refusals store and emit nothing ---------------------------------------------
 
 TOKEN = "caller-token-caller-token-0123"
+KEYS = CallerKeys(caller_keys({"caller": SecretStr(TOKEN)}, {}, {}))
 USER = "/v1/accounts/acme/users/u1"
 SECRET = "pw-never-echoed"
 
@@ -191,8 +193,11 @@ async def api() -> AsyncIterator[Api]:
     deps = LinkApiDeps(store, publisher, box, timedelta(minutes=15))
     app = build_http_app(
         title="link-api under test",
-        router=build_router(deps, registry, Detector(FakeDns(), FakeAutoconfig())),
-        service_keys={"caller": SecretStr(TOKEN)},
+        router=scoped(
+            KEYS.require(Scope.LINKS),
+            build_router(deps, registry, Detector(FakeDns(), FakeAutoconfig())),
+        ),
+        keys=KEYS,
         on_start=[],
         on_stop=[],
     )
