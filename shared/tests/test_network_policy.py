@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from mailbox_link_shared.network_policy import (
     MAIL_PORTS,
@@ -9,6 +10,7 @@ from mailbox_link_shared.network_policy import (
     parse_ports,
     vet_addresses,
 )
+from mailbox_link_shared.settings import MailCheckSettings
 
 
 @pytest.mark.parametrize(
@@ -84,9 +86,9 @@ def test_a_refusal_does_not_name_the_address() -> None:
 
 def test_ports_parse_single_ports_and_ranges() -> None:
     ports = parse_ports([993, "587", " 32768-60999 "])
-    assert is_port_allowed(993, ports) and is_port_allowed(587, ports)
-    assert is_port_allowed(32768, ports) and is_port_allowed(60999, ports)
-    assert not is_port_allowed(22, ports) and not is_port_allowed(61000, ports)
+    assert [p for p in (993, 587, 32768, 60999, 22, 61000) if is_port_allowed(p, ports)] == [
+        993, 587, 32768, 60999,
+    ]  # fmt: skip
     assert describe_ports(ports) == "993, 587, 32768-60999"
 
 
@@ -100,3 +102,21 @@ def test_default_ports_are_the_mail_ports_and_2525() -> None:
 def test_bad_port_settings_are_refused_naming_the_entry(bad: str) -> None:
     with pytest.raises(ValueError, match="port"):
         parse_ports([bad])
+
+
+def test_the_port_setting_reads_ports_and_ranges_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MBL_VERIFIER_ALLOWED_PORTS", '[993, "587", "32768-60999"]')
+    ports = MailCheckSettings().allowed_ports()
+    assert describe_ports(ports) == "993, 587, 32768-60999"
+    monkeypatch.delenv("MBL_VERIFIER_ALLOWED_PORTS")
+    assert MailCheckSettings().allowed_ports() == MAIL_PORTS
+
+
+def test_a_bad_port_setting_stops_the_service_naming_the_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MBL_VERIFIER_ALLOWED_PORTS", '[993, "imaps"]')
+    with pytest.raises(ValidationError, match="imaps"):
+        MailCheckSettings()
