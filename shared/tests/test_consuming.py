@@ -17,7 +17,7 @@ from localinfra.stack import LocalStack
 from mailbox_link_contract import events
 from mailbox_link_contract.files import EXAMPLES_DIR as EXAMPLES
 from mailbox_link_shared import kafka
-from mailbox_link_shared.kafka import EventConsumer, handle_record
+from mailbox_link_shared.kafka import EventConsumer, PartitionProgress, handle_record
 from mailbox_link_shared.routing import EventRouter, ignore
 
 
@@ -209,6 +209,20 @@ async def test_an_unknown_schema_version_of_a_listed_type_is_dead_lettered_even_
     [(_, reason)] = dead_letters.sent
     assert "schema_version" in reason
     assert handler.calls == 0
+
+
+def test_the_offset_to_commit_stops_below_the_lowest_unfinished_record() -> None:
+    progress = PartitionProgress()
+    assert progress.committable() is None  # nothing fetched: nothing to commit
+    for offset in range(10, 15):
+        progress.started(offset)
+    for offset in (10, 12, 13, 14):
+        progress.finished(offset)
+    assert progress.committable() == 11  # 11 runs on: 12-14 done, but not committed past it
+    progress.committed = 11
+    assert progress.ahead_of_commit() is None
+    progress.finished(11)
+    assert progress.ahead_of_commit() == 15
 
 
 # On real Kafka: the consumer keeps up to N events in progress and commits what is done.

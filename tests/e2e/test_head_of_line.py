@@ -26,14 +26,15 @@ from .conftest import (
     wait_for_outcome,
 )
 
-# Short enough to keep the test short, long enough that a normal link (well under a second
-# here) finishing before it proves nothing waited for the silent ones.
-CHECK_DEADLINE = 6.0
+# Short enough to keep the test short, long enough that a normal link (1-3 s here, 5-6 s on a
+# loaded 2-core machine) ends well before it: a link that ends before the silent checks could
+# have ended cannot have waited for them.
+CHECK_DEADLINE = 10.0
 SILENT_LINKS = 4  # fewer than the consumers' slots (MBL_CONSUMER_CONCURRENCY, 8)
 NORMAL_LINKS = 4
 # From POST to the silent link's failure, beside the check itself: the request, reservation
 # and failure events through Kafka and the registry, on a busy 2-core machine.
-MARGIN = 5.0
+MARGIN = 6.0
 
 
 @pytest.fixture
@@ -96,6 +97,7 @@ async def test_links_to_silent_servers_never_delay_the_links_queued_behind_them(
     alone = await asyncio.gather(*(_link(api, imap_body(infra, u)) for u in alone_users))
     assert all(link["status"] == "linked" for link, _ in alone), alone
 
+    silent_requested = time.monotonic()
     silent = [
         asyncio.create_task(_link(api, _silent_body(infra, silent_port)))
         for _ in range(SILENT_LINKS)
@@ -121,5 +123,6 @@ async def test_links_to_silent_servers_never_delay_the_links_queued_behind_them(
         assert link["status"] == "failed", link
         assert link["failure"]["code"] == "timeout", link
         assert took < CHECK_DEADLINE + MARGIN, (took, link)
-    # The queued links ended while every silent check was still waiting for its deadline.
-    assert queued_done < CHECK_DEADLINE * 0.75, (queued_done, queued)
+    # The queued links ended while every silent check was still waiting for its deadline
+    # (with batches, they ended only after the silent ones' batch: the test then fails).
+    assert queued_start + queued_done < silent_requested + CHECK_DEADLINE, (queued_done, queued)

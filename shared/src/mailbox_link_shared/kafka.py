@@ -117,11 +117,6 @@ class PartitionProgress:
         """Notes that a record's effects are stored (or it was skipped or dead-lettered)."""
         self._in_progress.discard(offset)
 
-    @property
-    def in_progress(self) -> int:
-        """Returns how many of the partition's records are not done."""
-        return len(self._in_progress)
-
     def committable(self) -> int | None:
         """Returns the offset to commit: the lowest not done, or one past the last fetched."""
         if self._fetched_to is None:
@@ -227,6 +222,10 @@ class EventConsumer:
                 # aiokafka reconnects by itself; keep asking.
                 logger.warning("fetch failed: %s", type(exc).__name__)
                 await asyncio.sleep(FULL_POLL_SECONDS)
+            except Exception:
+                # Never stop consuming quietly while the process looks alive.
+                logger.exception("fetch failed")
+                await asyncio.sleep(FULL_POLL_SECONDS)
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
         free = self._concurrency - len(self._tasks)
@@ -259,6 +258,10 @@ class EventConsumer:
                 await handle_record(record, self._router, self._dead_letters)
                 break
             except Exception as exc:
+                if self._progress.get(_partition(record)) is not progress:
+                    # Its partition was revoked: the new owner handles it, not us.
+                    logger.info("%s: let go after a rebalance", _where(record))
+                    return
                 logger.error(
                     "%s could not be handled for now (%s); it stays uncommitted and is tried "
                     "again in %.0f s",
@@ -419,6 +422,10 @@ class DeadLetters:
 
 def _where(record: "ConsumerRecord[bytes, bytes]") -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _partition(record: "ConsumerRecord[bytes, bytes]") -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)
 
 
 def _offsets(offsets: dict[TopicPartition, int]) -> str:
