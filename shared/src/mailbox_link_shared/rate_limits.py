@@ -26,6 +26,7 @@ from mailbox_link_contract.events import MailboxOwner
 # the target is at the longest wait anyway, so further failures need not be counted.
 MAX_FAILURE_SLOTS = 1024
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+MAX_HINTS = 10_000
 
 
 class SlotStore(Protocol):
@@ -146,6 +147,9 @@ class RateLimiter:
 
     def __init__(self, slots: SlotStore) -> None:
         self._slots = slots
+        # Per slot prefix, the first free slot this process last saw: a lower bound of the
+        # first free one now (see _first_free).
+        self._hints: dict[str, int] = {}
 
     async def take(self, key: str, limit: Limit, now: datetime) -> None:
         """Takes one attempt of `key`'s budget; raises TooManyAttempts when it is spent."""
@@ -154,7 +158,9 @@ class RateLimiter:
         first = await self._first_free(prefix, limit.count)
         for slot in range(first, limit.count):
             if await self._slots.add(f"{prefix}/{slot}", now, ends):
+                self._remember(prefix, slot + 1)
                 return
+        self._remember(prefix, limit.count)
         raise TooManyAttempts(limit.name, ends)
 
     async def take_all(self, budgets: Sequence[tuple[str, Limit]], now: datetime) -> None:
@@ -170,6 +176,7 @@ class RateLimiter:
         first = await self._first_free(prefix, MAX_FAILURE_SLOTS)
         for slot in range(first, MAX_FAILURE_SLOTS):
             if await self._slots.add(f"{prefix}/{slot}", now, ends + back_off.memory):
+                self._remember(prefix, slot + 1)
                 return
 
     async def blocked_until(self, key: str, back_off: BackOff, now: datetime) -> datetime | None:
@@ -193,23 +200,32 @@ class RateLimiter:
                 raise TooManyAttempts("back_off", until)
 
     async def _first_free(self, prefix: str, cap: int) -> int:
-        # Taken slots are a prefix 0..f-1 of the window's. Most budgets are barely used, so
-        # probe 0, 1, 3, 7, ... (one lookup when none is taken), then binary search for f.
-        high = 1
-        while high < cap and await self._slots.taken_at(f"{prefix}/{high - 1}") is not None:
-            high = min(high * 2, cap)
-        if high == 1 < cap:
-            return 0  # slot 0 is free
-        low = high // 2  # every slot below low is taken
-        if high == cap and await self._slots.taken_at(f"{prefix}/{cap - 1}") is not None:
-            return cap
-        while low < high:  # slot high - 1 is free (checked, or the first free is below it)
+        # Taken slots are a prefix 0..f-1 of the window's, and a slot once taken stays taken
+        # while its window lasts, so every slot below the first free one this process saw is
+        # still taken: search from there. Gallop (probe low, low+1, low+3, ...: one lookup when
+        # the hint is right or nothing is taken), then binary search between the last taken
+        # probe and the first free one.
+        low = min(self._hints.get(prefix, 0), cap)  # every slot below `low` is taken
+        high, step = cap, 1
+        while low + step - 1 < cap:
+            probe = low + step - 1
+            if await self._slots.taken_at(f"{prefix}/{probe}") is None:
+                high = probe  # free: the first free slot is in low..probe
+                break
+            low, step = probe + 1, step * 2
+        while low < high:
             middle = (low + high) // 2
             if await self._slots.taken_at(f"{prefix}/{middle}") is not None:
                 low = middle + 1
             else:
                 high = middle
+        self._remember(prefix, low)
         return low
+
+    def _remember(self, prefix: str, first_free: int) -> None:
+        if len(self._hints) >= MAX_HINTS:
+            self._hints.clear()  # old windows' hints are useless; a lost hint costs lookups
+        self._hints[prefix] = first_free
 
 
 def _memory_window(back_off: BackOff, now: datetime) -> tuple[int, datetime]:

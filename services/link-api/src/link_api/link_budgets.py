@@ -45,8 +45,12 @@ async def admit_link_request(request: LinkRequest, typed: bool, budgets: LinkBud
     now = budgets.clock()
     limiter = budgets.limiter
     if request.credentials is not None:
+        checked: set[str] = set()
         for kind, server in (("imap", request.imap), ("smtp", request.smtp)):
             key = login_key(server.username, server.host)
+            if key in checked:
+                continue  # SMTP with the IMAP login at the same host: one back-off
+            checked.add(key)
             until = await limiter.blocked_until(key, budgets.back_off, now)
             if until is not None:
                 field = f"{kind}.username" if typed else "email"
