@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from link_api import handlers
 from link_api.adapters.link_store import IdempotencyRecord
 from link_api.domain.link_request import LinkRequest
-from link_api.domain.link_status import LinkStatus
+from link_api.domain.link_status import LinkStatus, LinkView
 from link_api.handlers import FAULT_POINTS, LinkApiDeps, RequestedLink
 from link_api_fakes import InMemoryLinkStore
 from mailbox_link_contract.events import (
@@ -216,3 +216,16 @@ async def test_a_duplicate_with_its_own_key_is_led_to_the_link_under_way(
     assert len(_store(deps).links) == 1
     assert not _store(deps).unsent_since
     assert [e.data.link_id for e in _sent(deps)] == [first.link.link_id]
+
+
+async def test_a_request_whose_link_a_retry_stored_first_sends_the_stored_event(
+    deps: LinkApiDeps,
+) -> None:
+    # A retry with the key stored link L (its own copy of the event) before the first request.
+    first = handlers._link_requested("L", _request(), deps.secret_box)
+    now = utc_now()
+    view = LinkView("L", OWNER, "a@x.org", ProviderType.IMAP, LinkStatus.PENDING, now, now)
+    await deps.store.insert_link(view, first.model_dump_json())
+    await handlers._start("L", _request(), deps, created=True)
+    await handlers.relay_unsent(deps, NOW, 100)
+    assert {event.event_id for event in _sent(deps, "L")} == {first.event_id}
