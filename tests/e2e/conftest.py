@@ -79,6 +79,13 @@ def caller(base_url: str, services: RunningServices) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10)
 
 
+def operator(base_url: str, services: RunningServices) -> httpx.AsyncClient:
+    """Returns a client of the registry as an operator calls it: plans, force-unlink and the
+    user routes (the product's caller key reaches none of them, docs/adr/0017)."""
+    headers = {"Authorization": f"Bearer {services.operator_token}"}
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10)
+
+
 @pytest.fixture
 async def api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
     async with caller(services.api_url, services) as client:
@@ -87,12 +94,7 @@ async def api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def registry_api(services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    """The registry as an operator calls it: plans, force-unlink and the user routes (the
-    product's caller key reaches none of them, docs/adr/0017)."""
-    headers = {"Authorization": f"Bearer {services.operator_token}"}
-    async with httpx.AsyncClient(
-        base_url=services.registry_url, headers=headers, timeout=10
-    ) as client:
+    async with operator(services.registry_url, services) as client:
         yield client
 
 

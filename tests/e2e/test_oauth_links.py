@@ -22,6 +22,7 @@ from localinfra.stack import Endpoints, LocalStack
 from .conftest import (
     TERMINAL,
     caller,
+    operator,
     request_link,
     service_config,
     unique_user_id,
@@ -70,7 +71,7 @@ async def api(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClien
 
 @pytest.fixture
 async def registry(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
-    async with caller(oauth_services.registry_url, oauth_services) as client:
+    async with operator(oauth_services.registry_url, oauth_services) as client:
         yield client
 
 
