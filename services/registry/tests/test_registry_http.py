@@ -9,13 +9,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from fastapi import Request
 from pydantic import SecretStr
 
 from mailbox_link_contract.events import MailboxLinked, MailboxOwner, MailboxUnlinked
 from mailbox_link_shared.addresses import normalize_address
-from mailbox_link_shared.http import build_http_app
+from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.publishing import RecordingPublisher
+from mailbox_link_shared.scopes import caller_keys
 from registry import handlers
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.entrypoints.http import build_router
@@ -23,6 +23,10 @@ from registry.handlers import RegistryDeps
 from registry_fakes import FakeClock, InMemoryRegistryStore, requested_event, verified_event
 
 TOKEN = "operator-token-operator-token-01"
+# The owner lookup needs its own scope; one key granted every route here keeps tests short.
+KEYS = CallerKeys(
+    caller_keys({"operator": SecretStr(TOKEN)}, {"operator": ["operator", "owner_lookup"]}, {})
+)
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
 ALICE_PATH = "/v1/accounts/acme/users/alice"
 # The characters normalize_address accepts in a local part besides letters and digits.
@@ -55,10 +59,6 @@ class Registry:
         return used
 
 
-async def _anyone(request: Request) -> str:
-    return "test"
-
-
 @pytest.fixture
 async def registry() -> AsyncIterator[Registry]:
     clock = FakeClock()
@@ -68,8 +68,8 @@ async def registry() -> AsyncIterator[Registry]:
     )
     app = build_http_app(
         title="registry under test",
-        router=build_router(deps, _anyone),
-        service_keys={"operator": SecretStr(TOKEN)},
+        router=build_router(deps, KEYS),
+        keys=KEYS,
         on_start=[],
         on_stop=[],
     )
