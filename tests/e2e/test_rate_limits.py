@@ -30,6 +30,10 @@ from .conftest import (
 )
 from .probes import dump_databases, events_about
 
+# The first test also starts this module's own service set (four processes), which on a busy
+# 2-core machine can take longer than the default 120 s.
+pytestmark = pytest.mark.timeout(300)
+
 NAMESPACE = "e2e-limits"
 USER_BUDGET = 3  # per hour, small so the budget test stays short; the rest are the defaults
 FREE_FAILURES = 5  # the default (RateLimitSettings.rate_limit_free_failures)
