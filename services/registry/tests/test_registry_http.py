@@ -15,7 +15,7 @@ from mailbox_link_contract.events import MailboxLinked, MailboxOwner, MailboxUnl
 from mailbox_link_shared.addresses import normalize_address
 from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.publishing import RecordingPublisher
-from mailbox_link_shared.scopes import caller_keys
+from mailbox_link_shared.scopes import Scope, caller_keys
 from registry import handlers
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.entrypoints.http import build_router
@@ -25,7 +25,9 @@ from registry_fakes import FakeClock, InMemoryRegistryStore, requested_event, ve
 TOKEN = "operator-token-operator-token-01"
 # The owner lookup needs its own scope; one key granted every route here keeps tests short.
 KEYS = CallerKeys(
-    caller_keys({"operator": SecretStr(TOKEN)}, {"operator": ["operator", "owner_lookup"]}, {})
+    caller_keys(
+        {"operator": SecretStr(TOKEN)}, {"operator": [Scope.OPERATOR, Scope.OWNER_LOOKUP]}, {}
+    )
 )
 ALICE = MailboxOwner(account_id="acme", user_id="alice")
 ALICE_PATH = "/v1/accounts/acme/users/alice"
