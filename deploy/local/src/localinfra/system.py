@@ -44,6 +44,8 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
             oauth_imaps_port=endpoints.oauth_imaps_port,
             oauth_submissions_port=endpoints.oauth_submissions_port,
             ownership_relay_port=endpoints.relay_port,
+            # A person trying the system meets the production limits (docs/adr/0015).
+            rate_limits={},
         )
         services = start_services(config, state_dir / "logs")
         try:
