@@ -182,7 +182,11 @@ async def _check(
             return
         try:
             await second
-        except ProbeFailed:
+        except ProbeFailed as refused:
+            # The other port answered and refused the login (a wrong password): that is what
+            # to fix first, and it must count towards the login's back-off like any other.
+            if not may_be_cured_elsewhere(refused.code):
+                raise
             raise failure from None
         detail = other_port_works_detail(kind, server, failure.code, other)
         raise ProbeFailed(FailureCode.OTHER_PORT_WORKS, detail) from None
