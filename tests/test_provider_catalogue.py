@@ -8,9 +8,10 @@ both exist. This test is what keeps them, and the other lists, in step.
 
 import pytest
 
-from link_api.domain.providers import OAUTH_PROVIDER_TYPES
+from link_api.domain.providers import OAUTH_PROVIDER_TYPES, PROVIDER_HOSTS
 from localinfra import oauth_server, services
 from mailbox_link_contract.events import ProviderType
+from mailbox_link_shared.rate_limit_settings import PROVIDER_MAIL_HOSTS
 from oauth_broker.config import Settings as BrokerSettings
 from oauth_broker.domain.providers import DEFAULT_ENDPOINTS
 
@@ -33,3 +34,8 @@ def test_no_list_names_a_provider_the_contract_lacks() -> None:
     assert {p.value for p in DEFAULT_ENDPOINTS} == known
     assert set(oauth_server.PROVIDERS) == known
     assert set(services.OAUTH_PROVIDERS) == known
+
+
+def test_the_hosts_without_a_host_budget_are_the_big_providers_own_servers() -> None:
+    """The verifier's rate limits skip the per-host budget for exactly these (docs/adr/0015)."""
+    assert frozenset().union(*PROVIDER_HOSTS.values()) == PROVIDER_MAIL_HOSTS

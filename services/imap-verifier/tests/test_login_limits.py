@@ -57,12 +57,18 @@ class FakeNetwork:
         self.logins.append(("smtp", user, password))
 
 
-def _limited(network: FakeNetwork, per_login: int = 100, per_host: int = 100) -> VerifierDeps:
+def _limited(
+    network: FakeNetwork,
+    per_login: int = 100,
+    per_host: int = 100,
+    unmetered: frozenset[str] = frozenset(),
+) -> VerifierDeps:
     limits = LoginLimits(
         RateLimiter(MemorySlots()),
         Limit("login_attempts", per_login, HOUR),
         Limit("host_logins", per_host, timedelta(minutes=1)),
         BackOff(free_failures=3, first_wait=timedelta(minutes=15)),
+        unmetered,
     )
     return VerifierDeps(
         publisher=RecordingPublisher(),
@@ -149,6 +155,23 @@ async def test_a_spent_host_budget_refuses_other_logins_at_that_host() -> None:
     other = other.model_copy(update={"data": other.data.model_copy(update={"imap": imap})})
     await verify_link(other, deps)
     assert _outcomes(deps) == ["verified", "too_many_attempts"]
+
+
+async def test_a_big_providers_own_servers_have_no_host_budget_but_logins_still_do() -> None:
+    network = FakeNetwork()
+    hosts = frozenset({"imap.example.org", "smtp.example.org"})
+    deps = _limited(network, per_login=2, per_host=1, unmetered=hosts)
+    for n, user in enumerate(["a@example.org", "b@example.org", "c@example.org"]):
+        other = _with_password("pw", f"l{n}")
+        imap = other.data.imap.model_copy(update={"username": user})
+        smtp = other.data.smtp.model_copy(update={"username": user})
+        update = {"imap": imap, "smtp": smtp}
+        await verify_link(
+            other.model_copy(update={"data": other.data.model_copy(update=update)}), deps
+        )
+    for n in range(3, 6):  # one login three times: its own budget of two is spent
+        await verify_link(_with_password("pw", f"l{n}"), deps)
+    assert _outcomes(deps) == ["verified"] * 5 + ["too_many_attempts"]
 
 
 async def test_an_unrelated_failure_does_not_count_towards_back_off() -> None:

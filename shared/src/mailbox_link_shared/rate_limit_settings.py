@@ -9,6 +9,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mailbox_link_shared.rate_limits import BackOff, Limit
 from mailbox_link_shared.settings import ENV_PREFIX
 
+# The servers of the providers that host mailboxes for millions (Google, Microsoft, Yahoo, AOL,
+# iCloud), as link-api's provider table names them (tests/test_provider_catalogue.py keeps the
+# two in step).
+PROVIDER_MAIL_HOSTS = frozenset(
+    {
+        "imap.gmail.com",
+        "smtp.gmail.com",
+        "outlook.office365.com",
+        "smtp.office365.com",
+        "smtp-mail.outlook.com",
+        "imap-mail.outlook.com",
+        "imap.mail.yahoo.com",
+        "smtp.mail.yahoo.com",
+        "imap.aol.com",
+        "smtp.aol.com",
+        "imap.mail.me.com",
+        "smtp.mail.me.com",
+    }
+)
+
 
 class RateLimitSettings(BaseSettings):
     """Budgets per window, and the back-off after authentication failures of one login."""
@@ -34,6 +54,13 @@ class RateLimitSettings(BaseSettings):
         default=60,
         ge=1,
         description="Verifications one mail host gets per minute from all our replicas.",
+    )
+    rate_limit_hosts_without_host_budget: list[str] = Field(
+        default_factory=lambda: sorted(PROVIDER_MAIL_HOSTS),
+        description="Mail hosts the per-host budget does not apply to: the big providers' own "
+        "servers, which every one of our users of that provider logs in to (a shared budget "
+        "would make users wait on each other) and which guard themselves; the per-login "
+        "budget and back-off still apply.",
     )
     rate_limit_free_failures: int = Field(
         default=5,
@@ -75,6 +102,10 @@ class RateLimitSettings(BaseSettings):
     def host_limit(self) -> Limit:
         """Verifications per target host."""
         return Limit("host_logins", self.rate_limit_host_logins_per_minute, timedelta(minutes=1))
+
+    def hosts_without_host_budget(self) -> frozenset[str]:
+        """Hosts the per-host budget skips, compared in lower case without a trailing dot."""
+        return frozenset(h.lower().rstrip(".") for h in self.rate_limit_hosts_without_host_budget)
 
     def back_off(self) -> BackOff:
         """The back-off after authentication failures of one target login."""

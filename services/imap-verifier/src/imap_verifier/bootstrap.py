@@ -37,7 +37,11 @@ def build_app(settings: Settings) -> AsgiFastStream:
     )
     slots = MongoSlots(mongo, rate_limit_database(settings.namespace))
     login_limits = LoginLimits(
-        RateLimiter(slots), settings.login_limit(), settings.host_limit(), settings.back_off()
+        RateLimiter(slots),
+        settings.login_limit(),
+        settings.host_limit(),
+        settings.back_off(),
+        settings.hosts_without_host_budget(),
     )
     deps = VerifierDeps(
         publisher=KafkaEventPublisher(broker, topics),

@@ -27,6 +27,8 @@ class LoginLimits:
     per_login: Limit
     per_host: Limit
     back_off: BackOff
+    # The big providers' own servers: their users share them, so no host budget (settings).
+    hosts_without_budget: frozenset[str] = frozenset()
 
     async def before_logins(
         self, imap: ServerSettings, smtp: ServerSettings, now: datetime
@@ -34,11 +36,15 @@ class LoginLimits:
         """Takes an attempt for each target login and host; raises TooManyAttempts, before
         anything connects, when one is in back-off or out of budget."""
         logins = _distinct(login_key(s.username, s.host) for s in (imap, smtp))
-        hosts = _distinct(host_key(s.host) for s in (imap, smtp))
+        metered = [s.host for s in (imap, smtp) if not self._unmetered(s.host)]
+        hosts = _distinct(host_key(host) for host in metered)
         # Back-off first: it only reads, so a login in back-off spends no budget.
         await self.limiter.check_back_off(logins, self.back_off, now)
         budgets = [(k, self.per_login) for k in logins] + [(k, self.per_host) for k in hosts]
         await self.limiter.take_all(budgets, now)
+
+    def _unmetered(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts_without_budget
 
     async def after_failure(
         self, code: FailureCode, imap: ServerSettings, smtp: ServerSettings, now: datetime
