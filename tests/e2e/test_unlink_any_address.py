@@ -21,7 +21,7 @@ from localinfra.services import RunningServices, start_services
 from localinfra.stack import Endpoints
 from mailbox_link_contract.events import MailboxLinked, MailboxOwner
 
-from .conftest import caller, service_config, unique_user_id
+from .conftest import caller, operator, service_config, unique_user_id
 from .probes import events_about
 
 NAMESPACE = "e2e-unlink"
@@ -61,7 +61,7 @@ async def test_an_address_with_a_slash_unlinks_by_encoded_address_and_by_mailbox
     sign_in_headers = {"Authorization": f"Bearer {unlink_services.sign_in_token}"}
     async with (
         caller(unlink_services.api_url, unlink_services) as api,
-        caller(unlink_services.registry_url, unlink_services) as registry,
+        operator(unlink_services.registry_url, unlink_services) as registry,
         httpx.AsyncClient(
             base_url=unlink_services.registry_url, headers=sign_in_headers
         ) as sign_in,
