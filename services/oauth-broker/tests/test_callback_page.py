@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from broker_fakes import (
@@ -169,10 +170,9 @@ _SCOPES = {"product": [CONFIRM_SCOPE]}
 _CALLERS = CallerKeys(caller_keys(_KEYS, _SCOPES, {}))
 
 
-async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearly(
-    deps: BrokerDeps,
-) -> None:
-    app = build_http_app(
+def _broker_app(deps: BrokerDeps) -> FastAPI:
+    """The broker's public pages and its confirm route, which only the product's key passes."""
+    return build_http_app(
         title="broker under test",
         router=build_service_router(deps, _CALLERS.require(CONFIRM_SCOPE)),
         keys=_CALLERS,
@@ -180,7 +180,12 @@ async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearl
         on_start=[],
         on_stop=[],
     )
-    transport = httpx.ASGITransport(app=app)
+
+
+async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearly(
+    deps: BrokerDeps,
+) -> None:
+    transport = httpx.ASGITransport(app=_broker_app(deps))
     async with httpx.AsyncClient(transport=transport, base_url="https://b.test") as browser:
         state = await offer_sign_in(deps, browser)
         answer = await browser.get("/v1/oauth/callback", params={"state": state, "code": "c"})
@@ -219,15 +224,7 @@ async def test_only_the_products_key_confirms_and_a_wrong_user_is_refused_clearl
 async def test_a_confirmation_body_that_is_not_strictly_valid_confirms_nothing(
     deps: BrokerDeps, template: str, status: int, field: str
 ) -> None:
-    app = build_http_app(
-        title="broker under test",
-        router=build_service_router(deps, _CALLERS.require(CONFIRM_SCOPE)),
-        keys=_CALLERS,
-        public_router=build_public_router(deps, RETURN_URL),
-        on_start=[],
-        on_stop=[],
-    )
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=_broker_app(deps))
     async with httpx.AsyncClient(transport=transport, base_url="https://b.test") as browser:
         state = await offer_sign_in(deps, browser)
         answer = await browser.get("/v1/oauth/callback", params={"state": state, "code": "c"})
