@@ -1,11 +1,10 @@
 """The verifier's handler, with the network replaced by hand-written fakes."""
 
 import ssl
-from collections.abc import Sequence
 
 import pytest
 from pydantic import SecretStr
-from verifier_fakes import NO_RELAY, MemoryPendingStore
+from verifier_fakes import NO_RELAY, FakeNetwork, MemoryPendingStore
 
 from imap_verifier.handlers import verify_link
 from imap_verifier.ports import VerifierDeps
@@ -21,41 +20,10 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import Endpoint, ProbeFailed
-from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import RecordingPublisher
 
 BOX = SecretBox({"k1": SecretStr(generate_key())}, "k1")
 ADDRESS = "alice@example.org"
-
-
-class FakeNetwork:
-    """Resolves every host to a documentation address and answers probes as scripted."""
-
-    def __init__(
-        self, imap_failure: FailureCode | None = None, smtp_failure: FailureCode | None = None
-    ):
-        self.imap_failure = imap_failure
-        self.smtp_failure = smtp_failure
-        self.logins: list[tuple[str, str, str]] = []
-
-    async def resolve(
-        self, server: ServerSettings, allowlist: Sequence[IPNetwork], timeout: float
-    ) -> Endpoint:
-        return Endpoint(server.host, "192.0.2.10", server.port, server.security)
-
-    async def probe_imap(
-        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
-    ) -> None:
-        self.logins.append(("imap", user, password))
-        if self.imap_failure:
-            raise ProbeFailed(self.imap_failure, "scripted")
-
-    async def probe_smtp(
-        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
-    ) -> None:
-        self.logins.append(("smtp", user, password))
-        if self.smtp_failure:
-            raise ProbeFailed(self.smtp_failure, "scripted")
 
 
 def _deps(network: FakeNetwork) -> VerifierDeps:

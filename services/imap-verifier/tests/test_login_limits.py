@@ -3,11 +3,10 @@ login stop reaching its server after the free failures, a spent budget fails the
 too_many_attempts and the time to wait, and nothing connects for it."""
 
 import ssl
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from pydantic import SecretStr
-from verifier_fakes import NO_RELAY, MemoryPendingStore
+from verifier_fakes import NO_RELAY, FakeNetwork, MemoryPendingStore
 
 from imap_verifier.handlers import verify_link
 from imap_verifier.login_limits import LoginLimits
@@ -23,8 +22,6 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.crypto import SecretBox, generate_key
-from mailbox_link_shared.mail_probes import Endpoint, ProbeFailed
-from mailbox_link_shared.network_policy import IPNetwork
 from mailbox_link_shared.publishing import RecordingPublisher
 from mailbox_link_shared.rate_limits import BackOff, Limit, MemorySlots, RateLimiter
 
@@ -32,29 +29,6 @@ NOW = datetime(2026, 12, 7, 16, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 BOX = SecretBox({"k1": SecretStr(generate_key())}, "k1")
 ADDRESS = "alice@example.org"
-
-
-class FakeNetwork:
-    """Resolves every host to a documentation address; IMAP logins fail as scripted."""
-
-    def __init__(self, imap_failure: FailureCode | None = None) -> None:
-        self.imap_failure = imap_failure
-        self.logins: list[tuple[str, str, str]] = []
-
-    async def resolve(self, s: ServerSettings, a: Sequence[IPNetwork], t: float) -> Endpoint:
-        return Endpoint(s.host, "192.0.2.10", s.port, s.security)
-
-    async def probe_imap(
-        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
-    ) -> None:
-        self.logins.append(("imap", user, password))
-        if self.imap_failure:
-            raise ProbeFailed(self.imap_failure, "scripted")
-
-    async def probe_smtp(
-        self, ep: Endpoint, user: str, password: str, tls: ssl.SSLContext, t: float
-    ) -> None:
-        self.logins.append(("smtp", user, password))
 
 
 def _limited(
