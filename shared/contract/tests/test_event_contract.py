@@ -153,3 +153,18 @@ def test_requests_from_before_the_auth_field_read_as_password_links() -> None:
     raw = json.loads((EXAMPLES / "LinkRequested" / "v1.json").read_text())
     del raw["data"]["auth"]
     assert events.LinkRequested.model_validate(raw).data.auth is events.AuthMethod.PASSWORD
+
+
+def test_a_failure_lists_the_others_found_once_each_and_flattened() -> None:
+    from mailbox_link_contract.events import Failure
+    from mailbox_link_contract.failures import FailureCode
+
+    smtp = Failure.of(FailureCode.SECURITY_MISMATCH, "SMTP port 465 expects SSL/TLS")
+    nested = Failure.of(FailureCode.TIMEOUT).with_others([smtp])
+    failure = Failure.of(FailureCode.IMAP_AUTH_FAILED).with_others([nested, smtp])
+    assert [o.code for o in failure.other_failures] == [
+        FailureCode.TIMEOUT,
+        FailureCode.SECURITY_MISMATCH,
+    ]
+    assert failure.other_failures[1].detail == "SMTP port 465 expects SSL/TLS"
+    assert Failure.of(FailureCode.IMAP_AUTH_FAILED).with_others([smtp]).code == "imap_auth_failed"

@@ -23,6 +23,7 @@ from mailbox_link_contract.events import (
     LinkRequested,
     LinkReserved,
     MailboxLinked,
+    MailboxReconnected,
     MailboxUnlinked,
     MailboxVerified,
     MailboxVerifiedData,
@@ -239,5 +240,6 @@ EVENT_HANDLERS: EventHandlers[VerifierDeps] = {
     LinkRejected: when_link_rejected_forget,
     # A linked or unlinked mailbox is past verification: nothing of ours is left to do.
     MailboxLinked: ignore,
+    MailboxReconnected: ignore,
     MailboxUnlinked: ignore,
 }

@@ -37,6 +37,7 @@ from mailbox_link_contract.events import (
     LinkReserved,
     MailboxLinked,
     MailboxOwner,
+    MailboxReconnected,
     MailboxReconnectRequired,
     MailboxUnlinked,
     MailboxVerified,
@@ -499,6 +500,7 @@ EVENT_HANDLERS: EventHandlers[LinkApiDeps] = {
     # The registry answers a failed verification with LinkRejected, which ends the link.
     VerificationFailed: ignore,
     # About mailboxes, not link requests: the registry keeps them.
+    MailboxReconnected: ignore,  # issue 14 gives it a handler
     MailboxUnlinked: ignore,
     MailboxReconnectRequired: ignore,
 }

@@ -11,9 +11,10 @@ from mailbox_link_contract.events import (
     LinkRequested,
     LinkReserved,
     MailboxLinked,
+    MailboxReconnected,
     MailboxUnlinked,
 )
-from mailbox_link_shared.routing import EventHandlers
+from mailbox_link_shared.routing import EventHandlers, ignore
 from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
 from oauth_broker.sign_in import (
     CallbackOutcome,
@@ -62,5 +63,6 @@ EVENT_HANDLERS: EventHandlers[BrokerDeps] = {
     LinkReserved: when_link_reserved_offer_sign_in,
     MailboxLinked: when_mailbox_linked_keep_fresh,
     LinkRejected: when_link_rejected_discard,
+    MailboxReconnected: ignore,  # issue 14 gives it a handler
     MailboxUnlinked: when_mailbox_unlinked_revoke,
 }

@@ -41,6 +41,8 @@ class FailureCode(StrEnum):
     OWNERSHIP_UNPROVEN = "ownership_unproven"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     REQUEST_NOT_SENT = "request_not_sent"
+    SECURITY_MISMATCH = "security_mismatch"
+    DEPLOYMENT_MISCONFIGURED = "deployment_misconfigured"
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     FailureCode.RECONNECT_REQUIRED: FailureText(
         "The provider no longer accepts our access to this mailbox (the access was removed, or "
         "the password or security settings changed).",
-        "Reconnect the mailbox: unlink it and link it again, signing in at the provider.",
+        "Reconnect the mailbox: link it again (same address), signing in at the provider or "
+        "giving the new password; it keeps its place and id.",
     ),
     FailureCode.INTERNAL_ERROR: FailureText(
         "We could not check this mailbox because of a problem on our side.",
@@ -195,6 +198,18 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
         "or many links at once), so we did not log in this time, to protect the mailbox.",
         "Wait until the time the detail gives, check the username and password (or create an "
         "app password), then try again.",
+    ),
+    FailureCode.SECURITY_MISMATCH: FailureText(
+        "The server answers on this port, but with another security setting than the one "
+        "chosen (SSL/TLS versus STARTTLS).",
+        "Change the security setting to the one the detail names (or the port to match it), "
+        "then link again.",
+    ),
+    FailureCode.DEPLOYMENT_MISCONFIGURED: FailureText(
+        "Sign-in with this provider is misconfigured in this deployment: the provider refused "
+        "our app's own credentials. Nothing is wrong with your account.",
+        "Contact the product's support; its operators must fix the app's client id or secret. "
+        "Then link again.",
     ),
 }
 

@@ -17,6 +17,7 @@ from mailbox_link_contract.events import (
     LinkRequested,
     LinkReserved,
     MailboxLinked,
+    MailboxReconnected,
     MailboxReconnectRequired,
     MailboxUnlinked,
     MailboxVerified,
@@ -85,15 +86,16 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         role="mailboxes",
         name="mailboxes.v1",
-        events=(LinkReserved, MailboxLinked, LinkRejected, MailboxUnlinked),
+        events=(LinkReserved, MailboxLinked, LinkRejected, MailboxReconnected, MailboxUnlinked),
         key=BY_MAILBOX,
         producers=(REGISTRY,),
         consumers=(LINK_API, IMAP_VERIFIER, OAUTH_BROKER),
         partitions=LINK_PARTITIONS,
         retention=FOREVER,
-        description="LinkReserved, then exactly one MailboxLinked or LinkRejected per link "
-        "request, and MailboxUnlinked, from the registry; for any service that needs to know "
-        "which mailboxes are linked.",
+        description="LinkReserved, then exactly one MailboxLinked, MailboxReconnected (a "
+        "reconnect of the owner's mailbox) or LinkRejected per link request, and "
+        "MailboxUnlinked, from the registry; for any service that needs to know which "
+        "mailboxes are linked.",
     ),
     TopicSpec(
         role="authorizations",

@@ -20,6 +20,8 @@ class ProviderType(StrEnum):
     MICROSOFT = "microsoft"
     YAHOO = "yahoo"
     AOL = "aol"
+    # Since 1.5.0: an OpenID Connect provider the operator configured; `oidc_provider` names it.
+    OIDC = "oidc"
 
 
 class AuthMethod(StrEnum):
@@ -88,6 +90,18 @@ class LinkRequestedData(_Data):
         "ownership_proof: the verifier must find a one-time message sent to the address in "
         "the typed INBOX before the link counts as verified. Absent in older events.",
     )
+    oidc_provider: str | None = Field(
+        default=None,
+        description="Since 1.5.0, for provider oidc: the name the operator gave the OpenID "
+        "Connect provider (e.g. 'corp'). Absent for every other provider.",
+    )
+    reconnect: bool = Field(
+        default=False,
+        description="Since 1.5.0: the user asks to re-authorize (or give a new password for) "
+        "the mailbox they already have linked. If it is theirs, the registry reserves the "
+        "link without a plan slot, and success keeps its mailbox_id (MailboxReconnected). A "
+        "mailbox of theirs that is reconnect_required is reconnected even without this flag.",
+    )
 
     @model_validator(mode="after")
     def _password_links_carry_credentials(self) -> "LinkRequestedData":
@@ -127,6 +141,15 @@ class MailboxVerified(Envelope):
     data: MailboxVerifiedData
 
 
+class OtherFailure(_Data):
+    """One more thing that failed, found by the same check (since 1.5.0)."""
+
+    code: FailureCode
+    message: str
+    remediation: str
+    detail: str = ""
+
+
 class Failure(_Data):
     """Why something did not work, in words for machines, people and operators."""
 
@@ -134,12 +157,38 @@ class Failure(_Data):
     message: str
     remediation: str
     detail: str = ""
+    other_failures: tuple[OtherFailure, ...] = Field(
+        default=(),
+        description="Since 1.5.0: the other problems the same check found by its deadline "
+        "(e.g. a wrong IMAP password and a wrong SMTP security), so a user can fix them all "
+        "at once. `code` is the primary one. Empty in older events.",
+    )
 
     @classmethod
     def of(cls, code: FailureCode, detail: str = "") -> "Failure":
         """Builds a failure with the catalogue's words for its code."""
         text = text_for(code)
         return cls(code=code, message=text.message, remediation=text.remediation, detail=detail)
+
+    def with_others(self, others: "list[Failure] | tuple[Failure, ...]") -> "Failure":
+        """Returns this failure with `others` listed as other_failures (their own others are
+        flattened in; duplicates of a code already named are dropped)."""
+        seen = {self.code, *(o.code for o in self.other_failures)}
+        extra = list(self.other_failures)
+        for other in others:
+            items: list[Failure | OtherFailure] = [other, *other.other_failures]
+            for item in items:
+                if item.code not in seen:
+                    seen.add(item.code)
+                    extra.append(
+                        OtherFailure(
+                            code=item.code,
+                            message=item.message,
+                            remediation=item.remediation,
+                            detail=item.detail,
+                        )
+                    )
+        return self.model_copy(update={"other_failures": tuple(extra)})
 
 
 class VerificationFailedData(_Data):
@@ -168,6 +217,11 @@ class LinkReservedData(_Data):
         default=None,
         description="The link request's provider (since 1.2.0), so a verifier can skip "
         "reservations of links it does not serve.",
+    )
+    mailbox_id: str | None = Field(
+        default=None,
+        description="Since 1.5.0: set when this link reconnects the owner's existing mailbox "
+        "(it keeps this id, and takes no plan slot).",
     )
 
 
@@ -216,6 +270,9 @@ class MailboxLinkedData(_Data):
     owner: MailboxOwner
     address: str
     provider: ProviderType
+    oidc_provider: str | None = Field(
+        default=None, description="Since 1.5.0, for provider oidc: the operator's name for it."
+    )
     linked_at: datetime = Field(default_factory=utc_now)
 
 
@@ -224,6 +281,26 @@ class MailboxLinked(Envelope):
 
     type: Literal["MailboxLinked"] = "MailboxLinked"
     data: MailboxLinkedData
+
+
+class MailboxReconnectedData(_Data):
+    link_id: LinkId = Field(description="The link request that reconnected it.")
+    mailbox_id: str = Field(description="Unchanged: the id the mailbox had before.")
+    owner: MailboxOwner
+    address: str
+    provider: ProviderType
+    oidc_provider: str | None = None
+    reconnected_at: datetime = Field(default_factory=utc_now)
+
+
+class MailboxReconnected(Envelope):
+    """Since 1.5.0: the owner re-authorized their linked mailbox (or gave a new password) and
+    it works again, with the same mailbox_id and plan slot. It ends its link request, as
+    MailboxLinked would; a product resumes reading and sending, and stops asking the user to
+    reconnect."""
+
+    type: Literal["MailboxReconnected"] = "MailboxReconnected"
+    data: MailboxReconnectedData
 
 
 class UnlinkedBy(StrEnum):
