@@ -21,6 +21,21 @@ class MailboxProfile(StrEnum):
     USERINFO = "userinfo"  # OIDC userinfo's verified email (Yahoo, AOL)
 
 
+class OfflineAccess(StrEnum):
+    """How a provider is asked for a refresh token (lasting access)."""
+
+    SCOPE = "offline_access"  # OIDC Core 11: the offline_access scope, with prompt=consent
+    ACCESS_TYPE = "access_type"  # Google: access_type=offline (with prompt=consent)
+    GRANTED = "granted"  # nothing to ask: the provider grants one anyway (Yahoo, AOL)
+
+
+class TokenAuthMethod(StrEnum):
+    """How the token endpoint authenticates our app (RFC 6749 2.3.1)."""
+
+    BASIC = "client_secret_basic"  # form-encoded id and secret in HTTP Basic
+    POST = "client_secret_post"  # id and secret in the form body
+
+
 @dataclass(frozen=True)
 class ProviderEndpoints:
     """One provider's OAuth endpoints and scopes."""
@@ -42,6 +57,16 @@ class ProviderEndpoints:
     # token for /me from the refresh token with these scopes.
     profile_scopes: tuple[str, ...] = ()
     token_scopes: tuple[str, ...] = ()
+    # Issue 14 (filled in by the generic OIDC provider work): the sign-in's prompt, how lasting
+    # access is asked for, the token endpoint's client authentication (None: as discovery
+    # says, else client_secret_basic), what discovery advertises, and whether an id token
+    # must come back.
+    prompt: str | None = None
+    offline_access: OfflineAccess = OfflineAccess.GRANTED
+    token_auth_method: TokenAuthMethod | None = None
+    token_auth_methods_supported: tuple[str, ...] = ()
+    iss_parameter_supported: bool = False  # RFC 9207: callbacks carry `iss`
+    require_id_token: bool = False
 
 
 GOOGLE = ProviderEndpoints(
