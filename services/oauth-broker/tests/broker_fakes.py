@@ -164,11 +164,17 @@ class InMemoryBrokerStore:
         self.grants[link_id] = replace(grant, status=GrantStatus.ACTIVE, mailbox_id=mailbox_id)
         return True
 
-    async def grants_due(self, before: datetime) -> list[StoredGrant]:
+    async def holds_grant_for(self, provider: ProviderType, addresses: tuple[str, ...]) -> bool:
+        spellings = {*addresses, *(address.lower() for address in addresses)}
+        return any(g.provider is provider and g.address in spellings for g in self.grants.values())
+
+    async def grants_due(self, before: datetime, now: datetime) -> list[StoredGrant]:
         return [
             g
             for g in self.grants.values()
-            if g.status is GrantStatus.ACTIVE and g.expires_at < before
+            if g.status is GrantStatus.ACTIVE
+            and g.expires_at < before
+            and (g.retry_at is None or g.retry_at <= now)
         ]
 
     async def lease_refresh(self, link_id: str, now: datetime, until: datetime) -> bool:
@@ -187,7 +193,26 @@ class InMemoryBrokerStore:
         grant = self.grants.get(link_id)
         if grant is None or grant.status is not GrantStatus.ACTIVE:
             return False
-        self.grants[link_id] = replace(grant, sealed=sealed, expires_at=expires_at)
+        self.grants[link_id] = replace(
+            grant,
+            sealed=sealed,
+            expires_at=expires_at,
+            refresh_failures=0,
+            retry_at=None,
+            last_refresh_error=None,
+        )
+        self.leases.pop(link_id, None)
+        return True
+
+    async def postpone_refresh(
+        self, link_id: str, failures: int, retry_at: datetime, error: str
+    ) -> bool:
+        grant = self.grants.get(link_id)
+        if grant is None or grant.status is not GrantStatus.ACTIVE:
+            return False
+        self.grants[link_id] = replace(
+            grant, refresh_failures=failures, retry_at=retry_at, last_refresh_error=error
+        )
         self.leases.pop(link_id, None)
         return True
 
@@ -226,6 +251,7 @@ class FakeProvider:
     refresh_error: Exception | None = None
     nonce_seen: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    revoke_error: Exception | None = None
     refreshed: int = 0
 
     def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
@@ -246,7 +272,9 @@ class FakeProvider:
         token = f"access-{self.refreshed + 1}"
         return TokenResponse(token, None, now + self.lifetime, frozenset(), None)
 
-    async def revoke(self, token: str) -> bool:
+    async def revoke(self, token: str, hint: str = "refresh_token") -> bool:
+        if self.revoke_error is not None:
+            raise self.revoke_error
         self.revoked.append(token)
         return True
 

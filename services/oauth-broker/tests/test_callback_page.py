@@ -133,6 +133,37 @@ async def test_a_callback_without_a_known_state_is_a_400_page(
     assert 'data-code="unknown_state"' in page.text
 
 
+@pytest.mark.parametrize(
+    "too_long",
+    [
+        {"state": "s" * 513},
+        {"code": "c" * 4097},
+        {"error": "e" * 257},
+        {"error_description": "d" * 1025},
+    ],
+)
+async def test_an_overlong_callback_parameter_is_the_400_page_and_changes_nothing(
+    deps: BrokerDeps, browser: httpx.AsyncClient, too_long: dict[str, str]
+) -> None:
+    state = await offer_sign_in(deps, browser)
+    page = await browser.get("/v1/oauth/callback", params={"state": state, "code": "c", **too_long})
+    assert page.status_code == 400
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'data-code="malformed"' in page.text
+    assert page.headers["cache-control"] == "no-store"
+    # The sign-in was not used up: the genuine callback still completes.
+    genuine = await browser.get("/v1/oauth/callback", params={"state": state, "code": "c"})
+    assert genuine.status_code == 200
+    assert 'data-result="verified"' in genuine.text
+
+
+async def test_an_overlong_start_token_is_the_400_page(browser: httpx.AsyncClient) -> None:
+    page = await browser.get(f"/v1/oauth/start/{'t' * 129}")
+    assert page.status_code == 400
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'data-code="malformed"' in page.text
+
+
 async def test_a_return_url_gets_the_outcome_in_its_query(deps: BrokerDeps) -> None:
     async with await _browser(deps, RETURN_URL) as browser:
         state = await offer_sign_in(deps, browser)

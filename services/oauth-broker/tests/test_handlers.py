@@ -1,6 +1,7 @@
 """The broker's handlers with hand-written fakes: sessions, callbacks, grants, refresh."""
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import pytest
@@ -45,11 +46,17 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.publishing import RecordingPublisher
 from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp
-from oauth_broker.domain.grants import GrantStatus, TokenGrant
-from oauth_broker.domain.outcomes import ProviderUnreachable
+from oauth_broker.domain.grants import (
+    FIRST_REFRESH_RETRY,
+    MAX_REFRESH_RETRY,
+    GrantStatus,
+    TokenGrant,
+)
+from oauth_broker.domain.outcomes import ProviderRefused, ProviderUnreachable
 from oauth_broker.domain.providers import GOOGLE
 from oauth_broker.domain.sessions import CallbackRefusal
 from oauth_broker.handlers import BrokerDeps, CallbackResult, ConfirmRefusal
+from oauth_broker.token_upkeep import RefreshTally
 
 APP = OAuthApp(ProviderType.GOOGLE, "client", SecretStr("secret"), "https://cb.test/", GOOGLE)
 
@@ -226,6 +233,92 @@ async def test_a_provider_outage_at_the_exchange_is_a_provider_error(
     assert _failure(deps).code is FailureCode.PROVIDER_ERROR
 
 
+@pytest.mark.parametrize("error", ["invalid_client", "unauthorized_client"])
+async def test_our_app_refused_at_the_exchange_is_deployment_misconfigured(
+    deps: BrokerDeps, provider: FakeProvider, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.exchange_error = ProviderRefused(error, "Client authentication failed", 401)
+    with caplog.at_level(logging.ERROR, logger="oauth_broker.sign_in"):
+        await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
+    failure = _failure(deps)
+    assert failure.code is FailureCode.DEPLOYMENT_MISCONFIGURED
+    assert "misconfigured" in failure.message
+    assert "few minutes" not in failure.remediation
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert error in logged.getMessage()
+    assert "google" in logged.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("breaks", "code"),
+    [
+        ("another_account", FailureCode.ACCOUNT_MISMATCH),
+        ("scope", FailureCode.SCOPE_MISSING),
+        ("imap", FailureCode.IMAP_DISABLED),
+        ("profile", FailureCode.GMAIL_DISABLED),
+    ],
+)
+async def test_a_failed_sign_in_revokes_the_refresh_token_it_obtained(
+    deps: BrokerDeps,
+    provider: FakeProvider,
+    mail: FakeMailServers,
+    breaks: str,
+    code: FailureCode,
+) -> None:
+    if breaks == "another_account":
+        provider.signed_in_as = ("bob@gmail.com",)
+    elif breaks == "scope":
+        provider.scopes = frozenset({"openid", "email"})
+    elif breaks == "imap":
+        mail.refuse = FailureCode.IMAP_AUTH_FAILED
+    else:
+        provider.profile_error = gmail_disabled()
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
+    assert _failure(deps).code is code
+    assert provider.revoked == ["refresh-1"]
+
+
+async def test_without_a_refresh_token_the_access_token_is_revoked(
+    deps: BrokerDeps, provider: FakeProvider
+) -> None:
+    provider.refresh_token = None
+    await handlers.complete_sign_in(await offer_sign_in(deps), "code", None, "", deps, JAR)
+    assert _failure(deps).code is FailureCode.NO_REFRESH_TOKEN
+    assert provider.revoked == ["access-1"]
+
+
+async def test_nothing_is_revoked_without_an_exchange_and_a_revocation_failure_changes_nothing(
+    deps: BrokerDeps, provider: FakeProvider
+) -> None:
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), None, "access_denied", "",
+                                    deps, JAR)  # fmt: skip
+    provider.exchange_error = ProviderUnreachable("token endpoint answered 503")
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps, JAR)
+    assert provider.revoked == []
+    provider.exchange_error = None
+    provider.signed_in_as = ("bob@gmail.com",)
+    provider.revoke_error = ProviderUnreachable("revocation failed: ConnectError")
+    outcome = await handlers.complete_sign_in(
+        await offer_sign_in(deps, "l3"), "code", None, "", deps, JAR
+    )
+    assert outcome.result is CallbackResult.FAILED
+    assert outcome.failure is not None
+    assert outcome.failure.code is FailureCode.ACCOUNT_MISMATCH
+    assert _failure(deps).code is FailureCode.ACCOUNT_MISMATCH
+
+
+async def test_tokens_of_an_account_with_a_kept_grant_are_not_revoked(
+    deps: BrokerDeps, provider: FakeProvider
+) -> None:
+    # Google revokes a user's whole grant to our app: a failed sign-in of an account whose
+    # mailbox is linked must not cut that mailbox off.
+    await _linked(deps)
+    provider.scopes = frozenset({"openid", "email"})
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l2"), "code", None, "", deps, JAR)
+    assert _failure(deps).code is FailureCode.SCOPE_MISSING
+    assert provider.revoked == []
+
+
 async def test_forged_replayed_and_expired_states_change_nothing(
     deps: BrokerDeps, clock: FakeClock
 ) -> None:
@@ -298,23 +391,75 @@ async def test_linked_grants_refresh_before_expiry_and_reconnect_when_refused(
     deps: BrokerDeps, provider: FakeProvider, clock: FakeClock
 ) -> None:
     await _linked(deps)
-    assert await handlers.refresh_due_grants(deps) == 0
+    assert await handlers.refresh_due_grants(deps) == RefreshTally()
     clock.advance(timedelta(minutes=56))
-    assert await handlers.refresh_due_grants(deps) == 1
+    assert await handlers.refresh_due_grants(deps) == RefreshTally(refreshed=1)
     assert provider.refreshed == 1
     provider.refresh_error = ProviderUnreachable("timeout")
     clock.advance(timedelta(minutes=56))
-    await handlers.refresh_due_grants(deps)
+    assert await handlers.refresh_due_grants(deps) == RefreshTally(retrying=1)
     assert not [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
     provider.refresh_error = invalid_grant()
-    await handlers.refresh_due_grants(deps)
-    assert not [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
-    clock.advance(timedelta(minutes=1))  # the failed attempt's lease lapses: try again
-    await handlers.refresh_due_grants(deps)
+    # The back-off holds the next try until its time.
+    assert await handlers.refresh_due_grants(deps) == RefreshTally()
+    clock.advance(FIRST_REFRESH_RETRY)
+    assert await handlers.refresh_due_grants(deps) == RefreshTally(failed_for_good=1)
     [reconnect] = [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
     assert reconnect.data.mailbox_id == "m1"
     assert reconnect.data.failure.code is FailureCode.RECONNECT_REQUIRED
-    assert await handlers.refresh_due_grants(deps) == 0
+    assert "invalid_grant" in (reconnect.data.failure.detail or "")
+    assert await handlers.refresh_due_grants(deps) == RefreshTally()
+
+
+@pytest.mark.parametrize(
+    ("error", "recorded"),
+    [
+        (ProviderRefused("invalid_client", "client secret expired", 401), "invalid_client"),
+        (ProviderRefused("unauthorized_client", "", 400), "unauthorized_client"),
+        (ProviderRefused("temporarily_unavailable", "", 503), "temporarily_unavailable"),
+        (ProviderUnreachable("token endpoint: ConnectError"), "unreachable"),
+    ],
+)
+async def test_refresh_failures_not_the_users_back_off_and_never_flag_the_mailbox(
+    deps: BrokerDeps,
+    provider: FakeProvider,
+    clock: FakeClock,
+    error: Exception,
+    recorded: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await _linked(deps)
+    clock.advance(timedelta(minutes=56))
+    provider.refresh_error = error
+    waits = []
+    for failures in range(1, 7):
+        with caplog.at_level(logging.WARNING, logger="oauth_broker.token_upkeep"):
+            assert await handlers.refresh_due_grants(deps) == RefreshTally(retrying=1)
+        grant = await deps.store.get_grant("l1")
+        assert grant is not None
+        assert grant.status is GrantStatus.ACTIVE
+        assert (grant.refresh_failures, grant.last_refresh_error) == (failures, recorded)
+        assert grant.retry_at is not None
+        waits.append(grant.retry_at - clock())
+        # Nothing is tried before the back-off ends.
+        clock.advance(grant.retry_at - clock() - timedelta(seconds=1))
+        assert await handlers.refresh_due_grants(deps) == RefreshTally()
+        clock.advance(timedelta(seconds=1))
+    assert waits == [min(FIRST_REFRESH_RETRY * 2**n, MAX_REFRESH_RETRY) for n in range(6)]
+    assert waits[-1] == MAX_REFRESH_RETRY
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 6
+    assert all("google" in r.getMessage() and recorded in r.getMessage()
+               for r in warnings)  # fmt: skip
+    assert not [r for r in caplog.records if "refresh-1" in r.getMessage()]  # no token
+    assert not [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]
+    # Mended (the secret fixed, the provider back): the next try succeeds, the grant is fresh.
+    provider.refresh_error = None
+    assert await handlers.refresh_due_grants(deps) == RefreshTally(refreshed=1)
+    grant = await deps.store.get_grant("l1")
+    assert grant is not None
+    assert (grant.refresh_failures, grant.retry_at, grant.last_refresh_error) == (0, None, None)
+    assert grant.expires_at == clock() + provider.lifetime
 
 
 async def test_two_brokers_never_refresh_one_grant_at_once(
@@ -322,7 +467,7 @@ async def test_two_brokers_never_refresh_one_grant_at_once(
 ) -> None:
     await _linked(deps)
     clock.advance(timedelta(minutes=56))
-    [grant] = await deps.store.grants_due(clock() + timedelta(minutes=5))
+    [grant] = await deps.store.grants_due(clock() + timedelta(minutes=5), clock())
     # Both brokers read the same due grant; whichever comes second must not use its old copy.
     await asyncio.gather(handlers.refresh_grant(grant, deps), handlers.refresh_grant(grant, deps))
     assert provider.refreshed == 1

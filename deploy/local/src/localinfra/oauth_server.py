@@ -16,6 +16,8 @@ memory.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import html
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 import flask
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
@@ -234,6 +237,8 @@ class _Store:
         self._authorize_params: dict[str, dict[str, str]] = {}
         self.revoked: set[str] = set()
         self.token_requests: list[tuple[str, str]] = []
+        self.client_auth_methods: list[str] = []
+        self.outages: dict[str, tuple[int, str]] = {}
         self.access_token_lifetime = 3600
 
     def add_client(self, client: _Client) -> None:
@@ -310,6 +315,10 @@ class _Store:
         with self._lock:
             self.token_requests.append((provider, grant_type))
 
+    def record_client_auth(self, method: str) -> None:
+        with self._lock:
+            self.client_auth_methods.append(method)
+
 
 class _ServerError(OAuth2Error):  # type: ignore[misc]
     """A provider failing internally at the token endpoint (the ``token_error`` users)."""
@@ -332,6 +341,8 @@ class _AuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.scopes_supported = list(spec.scopes)
         self._bearer = BearerTokenGenerator(_random_token, _random_token, self._lifetime)
         self.register_token_generator("default", self._generate_token)
+        self.register_client_auth_method("client_secret_basic", self._basic_auth)
+        self.register_client_auth_method("client_secret_post", self._post_auth)
         self.register_grant(_CodeGrant, [_RequiredS256Challenge(), _OpenIDCode(self)])
         self.register_grant(_RefreshGrant)
         if spec.revocation:
@@ -356,6 +367,26 @@ class _AuthorizationServer(AuthorizationServer):  # type: ignore[misc]
 
     def _lifetime(self, client: _Client, grant_type: str) -> int:
         return self.store.access_token_lifetime
+
+    def _basic_auth(self, query_client: Callable[[str], _Client | None], request: Any) -> Any:
+        """client_secret_basic as RFC 6749 2.3.1 has it: the id and the secret are each
+        form-decoded (a '+' is a space, '%2B' a plus) after the base64 is split at its first
+        ':'. (authlib's own decodes '%XX' but keeps '+', so it lets raw secrets through.)"""
+        client_id, client_secret = _basic_credentials(request.headers.get("Authorization", ""))
+        client = query_client(client_id) if client_id else None
+        if client is None or client_secret is None or not client.check_client_secret(client_secret):
+            return None
+        self.store.record_client_auth("client_secret_basic")
+        return client
+
+    def _post_auth(self, query_client: Callable[[str], _Client | None], request: Any) -> Any:
+        form = request.form
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        client = query_client(client_id) if client_id else None
+        if client is None or client_secret is None or not client.check_client_secret(client_secret):
+            return None
+        self.store.record_client_auth("client_secret_post")
+        return client
 
     def _generate_token(
         self,
@@ -630,6 +661,13 @@ class _ProviderSite:
 
     def token(self) -> flask.Response:
         self.store.record_token_request(self.spec.name, flask.request.form.get("grant_type", ""))
+        outage = self.store.outages.get(self.spec.name)
+        if outage is not None:
+            status, error = outage
+            body = {"error": error, "error_description": "try again later"} if error else {}
+            return flask.Response(
+                flask.json.dumps(body), status=status, mimetype="application/json"
+            )
         return _response(self.server.create_token_response())
 
     def revoke(self) -> flask.Response:
@@ -688,7 +726,8 @@ class LocalOAuthServer:
     """Google, Microsoft, Yahoo and AOL sign-in under ``https://localhost:<port>/<provider>``.
 
     Clients trust the stack's CA file and authenticate at the token endpoint with
-    client_secret_basic or client_secret_post; PKCE S256 is required.
+    client_secret_basic (id and secret form-encoded, RFC 6749 2.3.1) or client_secret_post;
+    PKCE S256 is required.
     """
 
     def __init__(
@@ -795,6 +834,21 @@ class LocalOAuthServer:
         """The query of the last authorize request (GET) with this `state`; KeyError if none."""
         return self._store.authorize_params(state)
 
+    def token_outage(self, provider: str, status: int = 503, error: str = "") -> None:
+        """Makes the provider's token endpoint answer every request with `status` (and the
+        OAuth `error`, e.g. temporarily_unavailable, if given) until `end_token_outage`."""
+        self._store.outages[_spec(provider).name] = (status, error)
+
+    def end_token_outage(self, provider: str) -> None:
+        """The token endpoint answers again."""
+        self._store.outages.pop(_spec(provider).name, None)
+
+    @property
+    def client_auth_methods(self) -> list[str]:
+        """How each authenticated token or revocation request authenticated its client, in
+        order: client_secret_basic or client_secret_post."""
+        return list(self._store.client_auth_methods)
+
     @property
     def token_requests(self) -> list[tuple[str, str]]:
         """(provider, grant_type) of every token request so far, in order."""
@@ -818,6 +872,21 @@ def _spec(provider: str) -> _ProviderSpec:
     if provider not in _SPECS:
         raise ValueError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
     return _SPECS[provider]
+
+
+def _basic_credentials(header: str) -> tuple[str | None, str | None]:
+    """Returns the form-decoded (client id, client secret) of an HTTP Basic header."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None, None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None, None
+    client_id, colon, client_secret = decoded.partition(":")
+    if not colon:
+        return None, None
+    return unquote_plus(client_id), unquote_plus(client_secret)
 
 
 def _random_token(**_: object) -> str:

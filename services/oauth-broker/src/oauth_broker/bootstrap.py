@@ -54,6 +54,7 @@ def build_app(settings: Settings) -> FastAPI:
         ),
         session_lifetime=settings.session_lifetime,
         refresh_margin=settings.refresh_margin,
+        refresh_backoff=settings.refresh_backoff,
         mail_servers=_mail_servers(settings),
         start_url=settings.start_url,
         confirm_lifetime=settings.confirm_lifetime,

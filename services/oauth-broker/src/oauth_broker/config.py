@@ -19,6 +19,7 @@ from mailbox_link_shared.settings import (
     ServiceSettings,
     tls_context,
 )
+from oauth_broker.domain.grants import FIRST_REFRESH_RETRY, MAX_REFRESH_RETRY, RefreshBackoff
 
 SERVICE_NAME = OAUTH_BROKER  # the catalogue's name: consumer group and producer
 
@@ -122,6 +123,18 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySetti
     oauth_refresh_margin_seconds: float = Field(
         default=300, ge=0, description="Refresh an access token this long before it expires."
     )
+    oauth_refresh_retry_seconds: float = Field(
+        default=FIRST_REFRESH_RETRY.total_seconds(),
+        gt=0,
+        description="After a refresh failed by no fault of the user (our app refused, the "
+        "provider down or unreachable), wait this long before the next try; doubled with each "
+        "failure in a row up to MBL_OAUTH_REFRESH_RETRY_MAX_SECONDS.",
+    )
+    oauth_refresh_retry_max_seconds: float = Field(
+        default=MAX_REFRESH_RETRY.total_seconds(),
+        gt=0,
+        description="The longest wait between two refresh tries of one grant.",
+    )
     housekeeping_interval_seconds: float = Field(default=10.0, gt=0)
 
     def providers(self) -> dict[ProviderType, ProviderSettings]:
@@ -161,6 +174,14 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySetti
     def confirm_lifetime(self) -> timedelta:
         """How long a verified sign-in waits for the product's confirmation."""
         return timedelta(seconds=self.oauth_confirm_ttl_seconds)
+
+    @property
+    def refresh_backoff(self) -> RefreshBackoff:
+        """How failed refreshes that were not the user's are spaced."""
+        return RefreshBackoff(
+            timedelta(seconds=self.oauth_refresh_retry_seconds),
+            timedelta(seconds=self.oauth_refresh_retry_max_seconds),
+        )
 
     @property
     def refresh_margin(self) -> timedelta:

@@ -3,7 +3,7 @@
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -16,6 +16,7 @@ from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.publishing import EventPublisher
 from oauth_broker.adapters.broker_store import BrokerStore
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
+from oauth_broker.domain.grants import RefreshBackoff
 from oauth_broker.domain.sessions import (
     SessionSecrets,
 )
@@ -35,7 +36,7 @@ class OAuthProviderClient(Protocol):
     async def refresh(
         self, refresh_token: str, now: datetime, scopes: tuple[str, ...] = ()
     ) -> TokenResponse: ...
-    async def revoke(self, token: str) -> bool: ...
+    async def revoke(self, token: str, hint: str = "refresh_token") -> bool: ...
     async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]: ...
     async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox: ...
     async def aclose(self) -> None: ...
@@ -63,6 +64,8 @@ class BrokerDeps:
     check_mailbox: CheckMailbox
     session_lifetime: timedelta = timedelta(minutes=10)
     refresh_margin: timedelta = timedelta(minutes=5)
+    # How long a refresh that failed by no fault of the user waits before it is tried again.
+    refresh_backoff: RefreshBackoff = field(default_factory=RefreshBackoff)
     mail_servers: Mapping[ProviderType, MailServers] | None = None
     clock: Callable[[], datetime] = utc_now
     # Where browsers open a sign-in: AuthorizationRequired carries <start_url>/<start token>.

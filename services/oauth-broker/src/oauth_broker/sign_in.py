@@ -26,7 +26,7 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
 from mailbox_link_shared.mail_probes import ProbeFailed
-from oauth_broker.adapters.oauth_client import OAuthApp, TokenResponse
+from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.config import SERVICE_NAME
 from oauth_broker.domain.grants import (
     GrantStatus,
@@ -40,6 +40,7 @@ from oauth_broker.domain.outcomes import (
     ProviderRefused,
     ProviderUnreachable,
     failure_for_callback_error,
+    failure_for_sign_in_error,
 )
 from oauth_broker.domain.sessions import (
     AuthorizationSession,
@@ -207,8 +208,11 @@ async def complete_sign_in(
     session, sealed = claimed
     link = session.link
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
+    obtained = _Obtained()
     try:
-        grant, servers = await _verify_sign_in(link, fresh, code, error, error_description, deps)
+        grant, servers = await _verify_sign_in(
+            link, fresh, code, error, error_description, deps, obtained
+        )
     except AuthorizationFailed as failed:
         failure = Failure.of(failed.code, failed.detail)
         logger.info("link %s sign-in failed: %s (%s)", link.link_id, failed.code, failed.detail)
@@ -224,9 +228,49 @@ async def complete_sign_in(
             confirmation_code=confirmation,
         )  # fmt: skip
     await deps.publisher.publish(_failed(link, failure))
+    await _revoke_obtained(link, obtained, deps)
     return CallbackOutcome(
         CallbackResult.FAILED, link.link_id, link.address, failure, owner=link.owner
     )
+
+
+@dataclass
+class _Obtained:
+    """What a sign-in got from the provider before it failed: the tokens to revoke, and who
+    signed in (when known)."""
+
+    tokens: TokenResponse | None = None
+    mailbox: SignedInMailbox | None = None
+
+
+async def _revoke_obtained(link: LinkToAuthorize, obtained: _Obtained, deps: BrokerDeps) -> None:
+    """Revokes the tokens a failed sign-in obtained, where the provider offers revocation, so
+    no grant to our app stays behind at the provider. A revocation failure is only logged:
+    the sign-in failed for its own reason, which is what the user is told."""
+    tokens = obtained.tokens
+    if tokens is None:
+        return  # nothing was exchanged
+    # Google revokes the user's whole grant to our app, whichever token is sent: never when
+    # this broker keeps tokens of that account (a mailbox linked, or being reconnected).
+    signed_in = (link.address, *(obtained.mailbox.addresses if obtained.mailbox else ()))
+    if await deps.store.holds_grant_for(link.provider, signed_in):
+        logger.info("link %s: tokens of a failed sign-in kept, a linked grant shares them",
+                    link.link_id)  # fmt: skip
+        return
+    token, hint = (
+        (tokens.refresh_token, "refresh_token")
+        if tokens.refresh_token
+        else (tokens.access_token, "access_token")
+    )
+    try:
+        revoked = await deps.clients[link.provider].revoke(token, hint)
+    except Exception as exc:
+        # The provider's message could quote what was sent: only the kind of failure.
+        logger.warning("link %s: revoking the failed sign-in's tokens failed (%s)",
+                       link.link_id, type(exc).__name__)  # fmt: skip
+        return
+    logger.info("link %s: failed sign-in's tokens %s", link.link_id,
+                "revoked" if revoked else "not revocable at this provider")  # fmt: skip
 
 
 async def _claim_session(
@@ -256,8 +300,10 @@ async def _verify_sign_in(
     error: str | None,
     error_description: str,
     deps: BrokerDeps,
+    obtained: _Obtained,
 ) -> tuple[TokenGrant, MailServers]:
-    """Exchanges the code and checks every promise the link needs; raises AuthorizationFailed."""
+    """Exchanges the code and checks every promise the link needs; raises AuthorizationFailed.
+    What it gets from the provider goes into `obtained` at once, for revocation on failure."""
     if error:
         detail = f"{error}: {error_description}" if error_description else error
         raise AuthorizationFailed(failure_for_callback_error(error), detail)
@@ -266,13 +312,13 @@ async def _verify_sign_in(
     client = deps.clients[link.provider]
     now = deps.clock()
     try:
-        tokens = await client.exchange_code(code, fresh.code_verifier, now)
+        tokens = obtained.tokens = await client.exchange_code(code, fresh.code_verifier, now)
         if tokens.id_token:
             await client.check_id_token(tokens.id_token, fresh.nonce)
         _require_lasting_mail_access(tokens, client.app)
-        mailbox = await client.signed_in_mailbox(tokens, now)
+        mailbox = obtained.mailbox = await client.signed_in_mailbox(tokens, now)
     except (ProviderRefused, ProviderUnreachable) as exc:
-        raise AuthorizationFailed(FailureCode.PROVIDER_ERROR, str(exc)) from None
+        raise _provider_failure(link, exc) from None
     if not matches_any(link.address, mailbox.addresses):
         signed_in = ", ".join(mailbox.addresses) or "an account without a verified address"
         raise AuthorizationFailed(FailureCode.ACCOUNT_MISMATCH, f"signed in as {signed_in}")
@@ -281,6 +327,20 @@ async def _verify_sign_in(
     servers = _servers_for(link, deps)
     await _check_mailbox(servers, grant.access_token, deps)
     return grant, servers
+
+
+def _provider_failure(
+    link: LinkToAuthorize, exc: ProviderRefused | ProviderUnreachable
+) -> AuthorizationFailed:
+    code = failure_for_sign_in_error(exc)
+    if code is FailureCode.DEPLOYMENT_MISCONFIGURED:
+        # Every sign-in at this provider fails until the operators mend our app's settings.
+        logger.error(
+            "link %s: %s refused our app's credentials (%s): check its client id and secret "
+            "(MBL_OAUTH_<PROVIDER>__CLIENT_ID/__CLIENT_SECRET) and the app registration",
+            link.link_id, link.provider.value, exc,
+        )  # fmt: skip
+    return AuthorizationFailed(code, str(exc))
 
 
 def _require_lasting_mail_access(tokens: TokenResponse, app: OAuthApp) -> None:

@@ -3,7 +3,9 @@ it rejects the link, revoked when it is unlinked, and a reconnect announced when
 refuses them for good."""
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from mailbox_link_contract.events import (
     Failure,
@@ -24,14 +26,49 @@ from oauth_broker.domain.grants import (
 from oauth_broker.domain.outcomes import (
     ProviderRefused,
     ProviderUnreachable,
+    TokenFailure,
+    classify_token_failure,
 )
 from oauth_broker.ports import BrokerDeps
 
 logger = logging.getLogger(__name__)
 
-# How long one broker may take to refresh a grant before another may try; a failed refresh is
-# retried when it lapses, which spaces out retries against a provider that is down.
+# How long one broker may take to refresh a grant before another may try (a broker that dies
+# mid-refresh holds it no longer). Retries after a failure wait for the grant's back-off.
 _REFRESH_LEASE = timedelta(minutes=1)
+
+
+class RefreshResult(StrEnum):
+    """How one due grant's refresh ended."""
+
+    REFRESHED = "refreshed"
+    RECONNECT_REQUIRED = "reconnect_required"  # the user's grant is gone: final
+    RETRYING = "retrying"  # not the user's trouble: tried again after the back-off
+    SKIPPED = "skipped"  # another broker has it, or it is no longer due
+
+
+@dataclass
+class RefreshTally:
+    """One round of refreshes, for the housekeeping summary."""
+
+    refreshed: int = 0
+    failed_for_good: int = 0
+    retrying: int = 0
+    broke: int = 0  # a bug or a retired sealing key; logged with the link
+
+    def count(self, result: RefreshResult) -> None:
+        """Adds one grant's result."""
+        if result is RefreshResult.REFRESHED:
+            self.refreshed += 1
+        elif result is RefreshResult.RECONNECT_REQUIRED:
+            self.failed_for_good += 1
+        elif result is RefreshResult.RETRYING:
+            self.retrying += 1
+
+    @property
+    def any(self) -> bool:
+        """True when the round did anything worth a log line."""
+        return bool(self.refreshed or self.failed_for_good or self.retrying or self.broke)
 
 
 async def when_mailbox_linked_keep_fresh(event: MailboxLinked, deps: BrokerDeps) -> None:
@@ -75,45 +112,74 @@ async def when_mailbox_unlinked_revoke(event: MailboxUnlinked, deps: BrokerDeps)
                 "revoked" if revoked else "not revocable")  # fmt: skip
 
 
-async def refresh_due_grants(deps: BrokerDeps) -> int:
-    """Refreshes every active grant whose access token expires within the margin."""
-    due = await deps.store.grants_due(deps.clock() + deps.refresh_margin)
+async def refresh_due_grants(deps: BrokerDeps) -> RefreshTally:
+    """Refreshes every active grant whose access token expires within the margin (and whose
+    back-off, after a failure that was not the user's, has passed)."""
+    now = deps.clock()
+    due = await deps.store.grants_due(now + deps.refresh_margin, now)
+    tally = RefreshTally()
     for grant in due:
         try:
-            await refresh_grant(grant, deps)
+            tally.count(await refresh_grant(grant, deps))
         except Exception as exc:
             # One grant's trouble (a retired sealing key, a bug) must not stall the others.
+            tally.broke += 1
             logger.error("link %s: refresh broke: %s", grant.link_id, type(exc).__name__)
-    return len(due)
+    return tally
 
 
-async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> None:
-    """Renews one grant; a refusal for good marks the mailbox reconnect_required."""
+async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> RefreshResult:
+    """Renews one grant. The user's grant gone for good marks the mailbox reconnect_required;
+    any other failure (our app refused, the provider down or unreachable) is retried later."""
     now = deps.clock()
     if not await deps.store.lease_refresh(grant.link_id, now, now + _REFRESH_LEASE):
-        return  # another broker is refreshing it
+        return RefreshResult.SKIPPED  # another broker is refreshing it
     # Read again under the lease: another broker may have refreshed it since `grant` was read,
     # and an old (rotated) refresh token would now be refused as if access were revoked.
     current = await deps.store.get_grant(grant.link_id)
     due_by = now + deps.refresh_margin
     if current is None or current.status is not GrantStatus.ACTIVE or current.expires_at >= due_by:
-        return
+        return RefreshResult.SKIPPED
     grant = current
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
     try:
         fresh = await deps.clients[grant.provider].refresh(tokens.refresh_token, deps.clock())
-    except ProviderRefused as refused:
-        if refused.is_final:
-            await _require_reconnect(grant, str(refused), deps)
-        else:
-            logger.warning("link %s: refresh refused (%s); retrying", grant.link_id, refused)
-        return
-    except ProviderUnreachable as exc:
-        logger.warning("link %s: refresh failed (%s); retrying", grant.link_id, exc)
-        return
+    except (ProviderRefused, ProviderUnreachable) as failed:
+        trouble = classify_token_failure(failed)
+        if trouble is TokenFailure.USER_GRANT:
+            await _require_reconnect(grant, str(failed), deps)
+            return RefreshResult.RECONNECT_REQUIRED
+        await _retry_later(grant, trouble, failed, deps)
+        return RefreshResult.RETRYING
     renewed = tokens.renewed(fresh.access_token, fresh.expires_at, fresh.refresh_token)
     sealed = deps.secret_box.seal(renewed.to_json(), context=grant.address)
     await deps.store.renew_grant(grant.link_id, sealed, renewed.expires_at)
+    if grant.refresh_failures:
+        logger.info(
+            "link %s: refresh at %s works again after %d failures",
+            grant.link_id, grant.provider.value, grant.refresh_failures,
+        )  # fmt: skip
+    return RefreshResult.REFRESHED
+
+
+async def _retry_later(
+    grant: StoredGrant,
+    trouble: TokenFailure,
+    failed: ProviderRefused | ProviderUnreachable,
+    deps: BrokerDeps,
+) -> None:
+    # Not the user's doing: the mailbox stays linked; operators see it (WARNING, the grant's
+    # refresh_failures and last_refresh_error) and the refresh is tried again after a wait.
+    failures = grant.refresh_failures + 1
+    retry_at = deps.clock() + deps.refresh_backoff.delay(failures)
+    error = failed.error if isinstance(failed, ProviderRefused) else "unreachable"
+    await deps.store.postpone_refresh(grant.link_id, failures, retry_at, error)
+    logger.warning(
+        "link %s: refresh at %s failed with %s, %s trouble (%s); not the user's: failure %d "
+        "in a row, retrying at %s",
+        grant.link_id, grant.provider.value, error, trouble.value, failed, failures,
+        retry_at.isoformat(),
+    )  # fmt: skip
 
 
 async def _require_reconnect(grant: StoredGrant, detail: str, deps: BrokerDeps) -> None:

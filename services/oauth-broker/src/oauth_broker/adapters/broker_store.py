@@ -50,10 +50,14 @@ class BrokerStore(Protocol):
     async def save_grant(self, grant: StoredGrant) -> None: ...
     async def get_grant(self, link_id: str) -> StoredGrant | None: ...
     async def activate_grant(self, link_id: str, mailbox_id: str) -> bool: ...
-    async def grants_due(self, before: datetime) -> list[StoredGrant]: ...
+    async def holds_grant_for(self, provider: ProviderType, addresses: tuple[str, ...]) -> bool: ...
+    async def grants_due(self, before: datetime, now: datetime) -> list[StoredGrant]: ...
     async def lease_refresh(self, link_id: str, now: datetime, until: datetime) -> bool: ...
     async def renew_grant(
         self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+    ) -> bool: ...
+    async def postpone_refresh(
+        self, link_id: str, failures: int, retry_at: datetime, error: str
     ) -> bool: ...
     async def mark_reconnect_required(self, link_id: str) -> bool: ...
     async def delete_grant(self, link_id: str) -> bool: ...
@@ -258,10 +262,24 @@ class MongoBrokerStore:
         )
         return result.modified_count == 1
 
-    async def grants_due(self, before: datetime) -> list[StoredGrant]:
-        """Returns active grants whose access token expires before the given time."""
+    async def holds_grant_for(self, provider: ProviderType, addresses: tuple[str, ...]) -> bool:
+        """True if any grant at the provider belongs to one of the addresses (as requested, or
+        in lower case)."""
+        spellings = sorted({*addresses, *(address.lower() for address in addresses)})
+        found = await self._grants.find_one(
+            {"provider": provider.value, "address": {"$in": spellings}}, {"_id": 1}
+        )
+        return found is not None
+
+    async def grants_due(self, before: datetime, now: datetime) -> list[StoredGrant]:
+        """Returns active grants whose access token expires before `before`, but not those
+        whose failed refresh may be tried again only later than `now`."""
         cursor = self._grants.find(
-            {"status": GrantStatus.ACTIVE.value, "expires_at": {"$lt": before}}
+            {
+                "status": GrantStatus.ACTIVE.value,
+                "expires_at": {"$lt": before},
+                "$or": [{"retry_at": None}, {"retry_at": {"$lte": now}}],
+            }
         )
         return [_grant(document) async for document in cursor]
 
@@ -288,6 +306,27 @@ class MongoBrokerStore:
                 "$set": {
                     "sealed": sealed.model_dump_json(),
                     "expires_at": expires_at,
+                    "refresh_lease": None,
+                    "refresh_failures": 0,
+                    "retry_at": None,
+                    "last_refresh_error": None,
+                }
+            },
+        )
+        return result.modified_count == 1
+
+    async def postpone_refresh(
+        self, link_id: str, failures: int, retry_at: datetime, error: str
+    ) -> bool:
+        """Records a refresh that failed by no fault of the user, and when to try again; frees
+        the lease. False if the grant ended meanwhile."""
+        result = await self._grants.update_one(
+            {"_id": link_id, "status": GrantStatus.ACTIVE.value},
+            {
+                "$set": {
+                    "refresh_failures": failures,
+                    "retry_at": retry_at,
+                    "last_refresh_error": error,
                     "refresh_lease": None,
                 }
             },
@@ -347,6 +386,9 @@ def _grant_document(grant: StoredGrant) -> dict[str, Any]:
         "sealed": grant.sealed.model_dump_json(),
         "verified_at": grant.verified_at,
         "mailbox_id": grant.mailbox_id,
+        "refresh_failures": grant.refresh_failures,
+        "retry_at": grant.retry_at,
+        "last_refresh_error": grant.last_refresh_error,
     }
 
 
@@ -361,4 +403,7 @@ def _grant(document: dict[str, Any]) -> StoredGrant:
         sealed=EncryptedSecret.model_validate_json(document["sealed"]),
         verified_at=document["verified_at"],
         mailbox_id=document.get("mailbox_id"),
+        refresh_failures=int(document.get("refresh_failures") or 0),
+        retry_at=document.get("retry_at"),
+        last_refresh_error=document.get("last_refresh_error"),
     )

@@ -1,15 +1,17 @@
-"""Talks OAuth 2.0 / OpenID Connect to one provider with authlib: sign-in URL, code exchange,
-refresh, revocation, id token checks, and reading which mailbox signed in."""
+"""Talks OAuth 2.0 / OpenID Connect to one provider: sign-in URL (authlib), code exchange,
+refresh and revocation (form POSTs with our app's client authentication, RFC 6749 2.3.1),
+id token checks, and reading which mailbox signed in."""
 
+import base64
 import logging
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote_plus
 
 import httpx2
-from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
@@ -20,7 +22,7 @@ from pydantic import SecretStr
 from mailbox_link_contract.events import ProviderType
 from mailbox_link_contract.failures import FailureCode
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused, ProviderUnreachable
-from oauth_broker.domain.providers import MailboxProfile, ProviderEndpoints
+from oauth_broker.domain.providers import MailboxProfile, ProviderEndpoints, TokenAuthMethod
 from oauth_broker.domain.sessions import SessionSecrets
 
 logger = logging.getLogger(__name__)
@@ -98,53 +100,46 @@ class OAuthClient:
 
     async def exchange_code(self, code: str, code_verifier: str, now: datetime) -> TokenResponse:
         """Trades the callback's code (with the PKCE verifier) for tokens."""
-        extra = _scope_param(self.app.endpoints.token_scopes)
-        async with self._client() as client:
-            token = await self._token_call(
-                client.fetch_token(
-                    self.app.endpoints.token_url,
-                    grant_type="authorization_code",
-                    code=code,
-                    code_verifier=code_verifier,
-                    **extra,
-                )
-            )
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": code_verifier,
+            "redirect_uri": self.app.redirect_uri,
+            **_scope_param(self.app.endpoints.token_scopes),
+        }
+        token = await self._token_call(form)
         return _token_response(token, self.app.endpoints.scopes, now)
 
     async def refresh(
         self, refresh_token: str, now: datetime, scopes: tuple[str, ...] = ()
     ) -> TokenResponse:
-        """Renews an access token; raises ProviderRefused(is_final) when the grant is gone."""
+        """Renews an access token; raises ProviderRefused or ProviderUnreachable, which
+        outcomes.classify_refresh_failure tells apart (the user's, for good, or not)."""
         wanted = scopes or self.app.endpoints.token_scopes
-        async with self._client() as client:
-            token = await self._token_call(
-                client.refresh_token(
-                    self.app.endpoints.token_url,
-                    refresh_token=refresh_token,
-                    # Without scopes of our own, send none: the refresh then covers what was
-                    # granted (RFC 6749 section 6). authlib would otherwise send every scope
-                    # asked at sign-in, refused (invalid_scope) once the user unchecked one.
-                    scope=" ".join(wanted) or None,
-                )
-            )
+        # Without scopes of our own, send none: the refresh then covers what was granted
+        # (RFC 6749 section 6). Asking again for every scope of the sign-in would be refused
+        # (invalid_scope) once the user unchecked one.
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        token = await self._token_call({**form, **_scope_param(wanted)})
         return _token_response(token, wanted or self.app.endpoints.scopes, now)
 
-    async def revoke(self, token: str) -> bool:
-        """Revokes a token where the provider offers it; False where it does not."""
+    async def revoke(self, token: str, hint: str = "refresh_token") -> bool:
+        """Revokes a token (RFC 7009; `hint` is its kind) where the provider offers it; False
+        where it does not. Our app authenticates as at the token endpoint."""
         url = self.app.endpoints.revocation_url
         if url is None:
             return False
-        async with self._client() as client:
-            try:
-                response = await client.revoke_token(
-                    url,
-                    token=token,
-                    token_type_hint="refresh_token",  # noqa: S106
-                )
-            except httpx2.HTTPError as exc:
-                raise ProviderUnreachable(f"revocation failed: {type(exc).__name__}") from None
+        try:
+            response = await self._post_authenticated(
+                url, {"token": token, "token_type_hint": hint}
+            )
+        except httpx2.HTTPError as exc:
+            raise ProviderUnreachable(f"revocation failed: {type(exc).__name__}") from None
+        if response.status_code >= 500:
+            raise ProviderUnreachable(f"revocation endpoint answered {response.status_code}")
         if response.status_code >= 400:
-            raise ProviderRefused("revocation_refused", "", response.status_code)
+            error, description = _error_of(_json_object(response))
+            raise ProviderRefused(error, description, response.status_code)
         return True
 
     async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
@@ -217,10 +212,8 @@ class OAuthClient:
 
     async def _get_json(self, url: str, access_token: str | None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
-        if self._http is None:
-            self._http = httpx2.AsyncClient(verify=self._tls, timeout=self._timeout)
         try:
-            response = await self._http.get(url, headers=headers)
+            response = await self._client().get(url, headers=headers)
         except httpx2.HTTPError as exc:
             raise ProviderUnreachable(f"{url}: {type(exc).__name__}") from None
         if response.status_code >= 500:
@@ -230,29 +223,62 @@ class OAuthClient:
             raise ProviderRefused(*_error_of(body), response.status_code)
         return body
 
-    async def _token_call(self, call: Any) -> dict[str, Any]:
+    async def _token_call(self, form: dict[str, str]) -> dict[str, Any]:
+        """POSTs a token request; an OAuth error answer (RFC 6749 5.2) is ProviderRefused with
+        its HTTP status, no answer or an answer without an error is ProviderUnreachable."""
         try:
-            token: dict[str, Any] = dict(await call)
-        except OAuthError as exc:
-            raise ProviderRefused(str(exc.error), str(exc.description or "")) from None
-        except httpx2.HTTPStatusError as exc:
-            raise ProviderUnreachable(
-                f"token endpoint answered {exc.response.status_code}"
-            ) from None
-        except (httpx2.HTTPError, ValueError) as exc:
+            response = await self._post_authenticated(self.app.endpoints.token_url, form)
+        except httpx2.HTTPError as exc:
             raise ProviderUnreachable(f"token endpoint: {type(exc).__name__}") from None
-        return token
+        body = _json_object(response)
+        if response.status_code >= 400 and "error" in body:
+            raise ProviderRefused(*_error_of(body), response.status_code)
+        if response.status_code >= 400:
+            raise ProviderUnreachable(f"token endpoint answered {response.status_code}")
+        if not body.get("access_token"):
+            raise ProviderUnreachable("token endpoint answered without an access token")
+        return body
 
-    def _client(self) -> AsyncOAuth2Client:
-        return AsyncOAuth2Client(
-            client_id=self.app.client_id,
-            client_secret=self.app.client_secret.get_secret_value(),
-            scope=" ".join(self.app.endpoints.scopes),
-            redirect_uri=self.app.redirect_uri,
-            code_challenge_method="S256",
-            verify=self._tls,
-            timeout=self._timeout,
+    async def _post_authenticated(self, url: str, form: dict[str, str]) -> httpx2.Response:
+        """POSTs a form to the token or revocation endpoint, authenticating our app the way
+        the provider takes it."""
+        method = token_auth_method(self.app.endpoints)
+        headers, credentials = client_credentials(
+            method, self.app.client_id, self.app.client_secret.get_secret_value()
         )
+        headers["Accept"] = "application/json"
+        return await self._client().post(url, data={**form, **credentials}, headers=headers)
+
+    def _client(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            self._http = httpx2.AsyncClient(verify=self._tls, timeout=self._timeout)
+        return self._http
+
+
+def token_auth_method(endpoints: ProviderEndpoints) -> TokenAuthMethod:
+    """How our app authenticates at the provider's token and revocation endpoints: as
+    configured; else the first method of ours the discovery document lists (in its order);
+    else client_secret_basic, the default of RFC 8414 when discovery says nothing."""
+    if endpoints.token_auth_method is not None:
+        return endpoints.token_auth_method
+    ours = {method.value: method for method in TokenAuthMethod}
+    for name in endpoints.token_auth_methods_supported:
+        if name in ours:
+            return ours[name]
+    return TokenAuthMethod.BASIC
+
+
+def client_credentials(
+    method: TokenAuthMethod, client_id: str, client_secret: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Returns the headers and form fields that authenticate our app (RFC 6749 2.3.1)."""
+    if method is TokenAuthMethod.POST:
+        return {}, {"client_id": client_id, "client_secret": client_secret}
+    # RFC 6749 2.3.1: the id and the secret are each form-encoded (application/x-www-form-
+    # urlencoded) before they are joined with ':' and base64-encoded; sent raw, a secret with
+    # '+' or '%' (or an id with ':') reaches a conforming server as another value.
+    pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    return {"Authorization": f"Basic {base64.b64encode(pair.encode()).decode('ascii')}"}, {}
 
 
 def _scope_param(scopes: tuple[str, ...]) -> dict[str, str]:

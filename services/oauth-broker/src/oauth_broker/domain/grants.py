@@ -2,7 +2,7 @@
 
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -82,3 +82,31 @@ class StoredGrant:
     sealed: EncryptedSecret  # TokenGrant JSON, bound to the address
     verified_at: datetime
     mailbox_id: str | None = None
+    # Refreshes that failed in a row by no fault of the user (our app refused, the provider
+    # down or unreachable), when the next one may be tried, and the last error (an OAuth
+    # error code or what failed, never a token): reset by a successful refresh.
+    refresh_failures: int = 0
+    retry_at: datetime | None = None
+    last_refresh_error: str | None = None
+
+
+# A refresh that failed by no fault of the user is tried again after FIRST_REFRESH_RETRY, the
+# wait doubling with each failure in a row up to MAX_REFRESH_RETRY: a provider outage or a
+# rotated client secret is not hammered, and is noticed within minutes once mended.
+FIRST_REFRESH_RETRY = timedelta(seconds=30)
+MAX_REFRESH_RETRY = timedelta(minutes=15)
+_MAX_DOUBLINGS = 30  # beyond any cap; keeps 2**n finite
+
+
+@dataclass(frozen=True)
+class RefreshBackoff:
+    """How long to wait before refreshing again after failures that were not the user's."""
+
+    first: timedelta = FIRST_REFRESH_RETRY
+    cap: timedelta = MAX_REFRESH_RETRY
+
+    def delay(self, failures: int) -> timedelta:
+        """The wait after the `failures`-th failure in a row (1 for the first)."""
+        doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
+        wait: timedelta = self.first * (1 << doublings)
+        return min(self.cap, wait)

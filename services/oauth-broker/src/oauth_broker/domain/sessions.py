@@ -169,6 +169,7 @@ class CallbackRefusal(StrEnum):
     SESSION_EXPIRED = "session_expired"
     START_USED = "start_used"  # the start URL was already opened (in this or another browser)
     NOT_BOUND = "not_bound"  # the callback came to a browser that did not start the sign-in
+    MALFORMED = "malformed"  # a parameter longer than any we issue or a provider sends
 
 
 def refuse_callback(session: AuthorizationSession | None, now: datetime) -> CallbackRefusal | None:

@@ -14,8 +14,15 @@ def make_housekeeper(deps: BrokerDeps, interval: float) -> PeriodicTask:
 
     async def housekeeping_round() -> None:
         expired = await handlers.end_expired_sessions(deps)
-        refreshed = await handlers.refresh_due_grants(deps)
-        if expired or refreshed:
-            logger.info("housekeeping: %d sign-ins expired, %d refreshed", expired, refreshed)
+        refreshes = await handlers.refresh_due_grants(deps)
+        if expired or refreshes.any:
+            # Retried refreshes are not the users' doing (see the WARNINGs before this line):
+            # our app refused, or the provider down or unreachable.
+            logger.info(
+                "housekeeping: %d sign-ins expired; refreshes: %d refreshed, %d failed for good "
+                "(reconnect required), %d to retry, %d broke",
+                expired, refreshes.refreshed, refreshes.failed_for_good, refreshes.retrying,
+                refreshes.broke,
+            )  # fmt: skip
 
     return PeriodicTask("oauth-broker-housekeeping", interval, housekeeping_round)

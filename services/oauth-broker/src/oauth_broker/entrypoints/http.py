@@ -3,11 +3,15 @@ the page it lands on after the provider's sign-in (GET /v1/oauth/callback), and 
 confirmation of a verified sign-in (POST .../sign-ins/confirm, with a service key)."""
 
 import html
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailbox_link_contract.events import MailboxOwner
@@ -46,6 +50,10 @@ REFUSALS = {
     CallbackRefusal.NOT_BOUND: (
         "This sign-in was not started in this browser.",
         "Open the sign-in link from the app in this browser; never use a link someone sent you.",
+    ),
+    CallbackRefusal.MALFORMED: (
+        "This sign-in link is not one we issued: a part of it is longer than any we use.",
+        "Open the sign-in link from the app unchanged, or start linking the mailbox again.",
     ),
 }
 # A refused confirmation: status, code, message, and the field with its fix. Nothing changes.
@@ -88,11 +96,28 @@ class ConfirmBody(BaseModel):
     code: str = Field(min_length=1, max_length=256)
 
 
+class PageRoute(APIRoute):
+    """A browser-facing route: a parameter that fails its checks (too long, say) gets the 400
+    refusal page a person can read, not the JSON 422 API callers get; nothing changes."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                refused = CallbackOutcome(CallbackResult.REFUSED, refusal=CallbackRefusal.MALFORMED)
+                return _no_store(_page(refused))
+
+        return page_handler
+
+
 def build_public_router(
     deps: BrokerDeps, return_url: str | None, secure_cookie: bool = True
 ) -> APIRouter:
     """Returns the browser-facing routes (no service token: browsers and the provider come here)."""
-    router = APIRouter(prefix="/v1/oauth")
+    router = APIRouter(prefix="/v1/oauth", route_class=PageRoute)
 
     @router.get("/start/{token}", response_class=HTMLResponse)
     async def oauth_start(token: str = Path(max_length=128)) -> Response:
@@ -129,11 +154,15 @@ def build_public_router(
             answer: Response = RedirectResponse(_return_to(return_url, outcome), status_code=303)
         else:
             answer = _page(outcome)
-        answer.headers["Cache-Control"] = "no-store"
-        answer.headers["Referrer-Policy"] = "no-referrer"
-        return answer
+        return _no_store(answer)
 
     return router
+
+
+def _no_store(answer: Response) -> Response:
+    answer.headers["Cache-Control"] = "no-store"
+    answer.headers["Referrer-Policy"] = "no-referrer"
+    return answer
 
 
 def build_service_router(deps: BrokerDeps, confirmer: ScopeGuard) -> APIRouter:
