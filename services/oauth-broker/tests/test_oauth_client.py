@@ -26,7 +26,7 @@ from mailbox_link_shared.settings import tls_context
 from oauth_broker.adapters.discovery import apply_discovery, apply_overrides, fetch_discovery
 from oauth_broker.adapters.oauth_client import OAuthApp, OAuthClient, TokenResponse
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused, ProviderUnreachable
-from oauth_broker.domain.providers import DEFAULT_ENDPOINTS
+from oauth_broker.domain.providers import DEFAULT_ENDPOINTS, TokenAuthMethod
 from oauth_broker.domain.sessions import SessionSecrets
 
 REDIRECT_URI = "https://cb.test/callback"  # registered, never visited
@@ -390,6 +390,128 @@ async def test_microsoft_offers_no_revocation(
     assert await client.revoke(tokens.refresh_token) is False
 
     assert not oauth.was_revoked(tokens.refresh_token)
+
+
+# --- client authentication at the token and revocation endpoints (RFC 6749 2.3.1) ------------
+
+# What broke with authlib's client: a '+' and a '%' in the secret, a ':' in the client id.
+AWKWARD_ID = "mailbox-link:adapter"
+AWKWARD_SECRET = "s3cr+t%2F/with:colon=and space"
+
+
+def awkward_app(
+    clients: dict[ProviderType, OAuthClient], oauth: LocalOAuthServer, **endpoints: object
+) -> OAuthApp:
+    """Google's app of `clients`, registered under an awkward id and secret."""
+    client_id = f"{AWKWARD_ID}-{secrets.token_hex(4)}"
+    secret = f"{AWKWARD_SECRET}-{secrets.token_hex(4)}"
+    oauth.register_client(client_id, secret, [REDIRECT_URI])
+    google = clients[ProviderType.GOOGLE].app
+    return replace(
+        google,
+        client_id=client_id,
+        client_secret=SecretStr(secret),
+        endpoints=replace(google.endpoints, **endpoints),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("configured", "discovered", "used"),
+    [
+        (None, (), "client_secret_basic"),  # discovery silent: RFC 8414's default
+        (TokenAuthMethod.POST, ("client_secret_basic",), "client_secret_post"),
+        (TokenAuthMethod.BASIC, ("client_secret_post",), "client_secret_basic"),
+        (None, ("private_key_jwt", "client_secret_post", "client_secret_basic"),
+         "client_secret_post"),
+    ],
+)  # fmt: skip
+async def test_an_awkward_client_secret_works_with_either_method(
+    clients: dict[ProviderType, OAuthClient],
+    oauth: LocalOAuthServer,
+    browser: httpx.AsyncClient,
+    tls: ssl.SSLContext,
+    configured: TokenAuthMethod | None,
+    discovered: tuple[str, ...],
+    used: str,
+) -> None:
+    app = awkward_app(
+        clients, oauth, token_auth_method=configured, token_auth_methods_supported=discovered
+    )
+    client = OAuthClient(app, tls, TIMEOUT)
+    address = new_account(oauth, ProviderType.GOOGLE)
+    before = len(oauth.client_auth_methods)
+
+    fresh, code = await sign_in(browser, client, address)
+    tokens = await client.exchange_code(code, fresh.code_verifier, now())
+    assert tokens.refresh_token
+    renewed = await client.refresh(tokens.refresh_token, now())
+    assert renewed.access_token != tokens.access_token
+    assert await client.revoke(tokens.refresh_token) is True
+    await client.aclose()
+
+    assert oauth.was_revoked(tokens.refresh_token)
+    # The exchange, the refresh and the revocation each authenticated our app this way.
+    assert oauth.client_auth_methods[before:] == [used] * 3
+
+
+async def test_the_local_server_refuses_an_id_and_secret_sent_without_form_encoding(
+    clients: dict[ProviderType, OAuthClient], oauth: LocalOAuthServer, tls: ssl.SSLContext
+) -> None:
+    # What authlib's client sent: the proof that the server above checks the encoding.
+    app = awkward_app(clients, oauth)
+    raw = f"{app.client_id}:{app.client_secret.get_secret_value()}".encode()
+    async with httpx.AsyncClient(verify=tls, timeout=TIMEOUT) as http:
+        answer = await http.post(
+            app.endpoints.token_url,
+            data={"grant_type": "refresh_token", "refresh_token": "any"},
+            headers={"Authorization": f"Basic {base64.b64encode(raw).decode()}"},
+        )
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_client"
+
+
+async def test_a_wrong_client_secret_is_invalid_client_and_not_final(
+    clients: dict[ProviderType, OAuthClient],
+    oauth: LocalOAuthServer,
+    browser: httpx.AsyncClient,
+    tls: ssl.SSLContext,
+) -> None:
+    app = awkward_app(clients, oauth)
+    client = OAuthClient(app, tls, TIMEOUT)
+    _, tokens = await signed_in_tokens(browser, client, new_account(oauth, ProviderType.GOOGLE))
+    assert tokens.refresh_token
+    rotated = OAuthClient(replace(app, client_secret=SecretStr("rotated")), tls, TIMEOUT)
+
+    with pytest.raises(ProviderRefused) as refused:
+        await rotated.refresh(tokens.refresh_token, now())
+
+    assert (refused.value.error, refused.value.status) == ("invalid_client", 401)
+    assert not refused.value.is_final  # the user's grant is fine: it is our app
+    assert await client.refresh(tokens.refresh_token, now())
+    await client.aclose()
+    await rotated.aclose()
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, "temporarily_unavailable"), (502, "")])
+async def test_a_token_endpoint_outage_is_not_final(
+    clients: dict[ProviderType, OAuthClient],
+    oauth: LocalOAuthServer,
+    browser: httpx.AsyncClient,
+    status: int,
+    error: str,
+) -> None:
+    client = clients[ProviderType.YAHOO]
+    _, tokens = await signed_in_tokens(browser, client, new_account(oauth, ProviderType.YAHOO))
+    assert tokens.refresh_token
+    oauth.token_outage("yahoo", status, error)
+    try:
+        with pytest.raises((ProviderRefused, ProviderUnreachable)) as failed:
+            await client.refresh(tokens.refresh_token, now())
+    finally:
+        oauth.end_token_outage("yahoo")
+    assert str(status) in str(failed.value) or getattr(failed.value, "status", 0) == status
+    assert not (isinstance(failed.value, ProviderRefused) and failed.value.is_final)
+    assert await client.refresh(tokens.refresh_token, now())
 
 
 # --- provider trouble --------------------------------------------------------------------------
