@@ -47,14 +47,6 @@ CLIENT_SECRET = f"up+keep%25:{secrets.token_urlsafe(12)}"
 BACKOFF = RefreshBackoff(FIRST_REFRESH_RETRY, FIRST_REFRESH_RETRY * 8)
 
 
-class TrustingClient(OAuthClient):
-    """The real client, which also lends the test browser its TLS trust."""
-
-    def __init__(self, app: OAuthApp, tls: ssl.SSLContext, timeout: float) -> None:
-        super().__init__(app, tls, timeout)
-        self.tls = tls
-
-
 class Clock:
     """Real time to start with; moved only by the test."""
 
@@ -80,13 +72,13 @@ def tls(local_stack: LocalStack) -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def client(oauth: LocalOAuthServer, tls: ssl.SSLContext) -> AsyncIterator[TrustingClient]:
+async def client(oauth: LocalOAuthServer, tls: ssl.SSLContext) -> AsyncIterator[OAuthClient]:
     url = f"{oauth.issuer('yahoo')}/.well-known/openid-configuration"
     endpoints = apply_discovery(
         DEFAULT_ENDPOINTS[ProviderType.YAHOO], await fetch_discovery(url, tls, TIMEOUT)
     )
     app = OAuthApp(ProviderType.YAHOO, CLIENT_ID, SecretStr(CLIENT_SECRET), REDIRECT_URI, endpoints)
-    built = TrustingClient(app, tls, TIMEOUT)
+    built = OAuthClient(app, tls, TIMEOUT)
     yield built
     await built.aclose()
 
@@ -121,14 +113,23 @@ def broker(store: MongoBrokerStore, client: OAuthClient, clock: Clock) -> Broker
     )
 
 
+@pytest.fixture
+async def browser(tls: ssl.SSLContext) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(verify=tls, timeout=TIMEOUT) as opened:
+        yield opened
+
+
 async def linked_grant(
-    oauth: LocalOAuthServer, client: TrustingClient, store: MongoBrokerStore, clock: Clock
+    oauth: LocalOAuthServer,
+    client: OAuthClient,
+    store: MongoBrokerStore,
+    clock: Clock,
+    browser: httpx.AsyncClient,
 ) -> tuple[str, str]:
     """Signs a fresh Yahoo account in and stores its grant as a linked mailbox's, due for a
     refresh; returns the link id and the address."""
     address = new_account(oauth, ProviderType.YAHOO)
-    async with httpx.AsyncClient(verify=client.tls, timeout=TIMEOUT) as browser:
-        fresh, code = await sign_in(browser, client, address)
+    fresh, code = await sign_in(browser, client, address)
     tokens = await client.exchange_code(code, fresh.code_verifier, clock())
     assert tokens.refresh_token
     grant = TokenGrant(tokens.access_token, tokens.refresh_token, clock(), tokens.scopes)
@@ -153,10 +154,14 @@ def reconnects(deps: BrokerDeps) -> list[MailboxReconnectRequired]:
 
 
 async def test_a_revoked_grant_asks_the_user_to_reconnect(
-    oauth: LocalOAuthServer, client: TrustingClient, store: MongoBrokerStore, clock: Clock
+    oauth: LocalOAuthServer,
+    client: OAuthClient,
+    store: MongoBrokerStore,
+    clock: Clock,
+    browser: httpx.AsyncClient,
 ) -> None:
     deps = broker(store, client, clock)
-    link_id, address = await linked_grant(oauth, client, store, clock)
+    link_id, address = await linked_grant(oauth, client, store, clock, browser)
     assert await handlers.refresh_due_grants(deps) == RefreshTally(refreshed=1)
     clock.advance(timedelta(hours=1))
     oauth.revoke_refresh_tokens("yahoo", address)  # the user removed our app
@@ -171,13 +176,14 @@ async def test_a_revoked_grant_asks_the_user_to_reconnect(
 
 async def test_a_rotated_client_secret_is_retried_and_works_once_fixed(
     oauth: LocalOAuthServer,
-    client: TrustingClient,
+    client: OAuthClient,
     store: MongoBrokerStore,
     clock: Clock,
+    browser: httpx.AsyncClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     deps = broker(store, client, clock)
-    link_id, _ = await linked_grant(oauth, client, store, clock)
+    link_id, _ = await linked_grant(oauth, client, store, clock, browser)
     # The operator rotated the secret at the provider, not yet in the broker.
     oauth.register_client(CLIENT_ID, "the-new-secret", [REDIRECT_URI])
     try:
@@ -210,14 +216,15 @@ async def test_a_rotated_client_secret_is_retried_and_works_once_fixed(
 @pytest.mark.parametrize(("status", "error"), [(503, "temporarily_unavailable"), (500, "")])
 async def test_a_provider_outage_is_retried(
     oauth: LocalOAuthServer,
-    client: TrustingClient,
+    client: OAuthClient,
     store: MongoBrokerStore,
     clock: Clock,
+    browser: httpx.AsyncClient,
     status: int,
     error: str,
 ) -> None:
     deps = broker(store, client, clock)
-    link_id, _ = await linked_grant(oauth, client, store, clock)
+    link_id, _ = await linked_grant(oauth, client, store, clock, browser)
     oauth.token_outage("yahoo", status, error)
     try:
         assert await handlers.refresh_due_grants(deps) == RefreshTally(retrying=1)
@@ -234,12 +241,13 @@ async def test_a_provider_outage_is_retried(
 
 async def test_an_unreachable_provider_is_retried(
     oauth: LocalOAuthServer,
-    client: TrustingClient,
+    client: OAuthClient,
     store: MongoBrokerStore,
     clock: Clock,
+    browser: httpx.AsyncClient,
     tls: ssl.SSLContext,
 ) -> None:
-    link_id, _ = await linked_grant(oauth, client, store, clock)
+    link_id, _ = await linked_grant(oauth, client, store, clock, browser)
     closed = "https://127.0.0.1:9/token"  # discard port: nothing listens
     endpoints = replace(client.app.endpoints, token_url=closed)
     offline = OAuthClient(replace(client.app, endpoints=endpoints), tls, 2.0)
