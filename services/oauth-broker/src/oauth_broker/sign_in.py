@@ -250,19 +250,19 @@ async def _revoke_obtained(link: LinkToAuthorize, obtained: _Obtained, deps: Bro
     tokens = obtained.tokens
     if tokens is None:
         return  # nothing was exchanged
-    # Google revokes the user's whole grant to our app, whichever token is sent: never when
-    # this broker keeps tokens of that account (a mailbox linked, or being reconnected).
-    signed_in = (link.address, *(obtained.mailbox.addresses if obtained.mailbox else ()))
-    if await deps.store.holds_grant_for(link.provider, signed_in):
-        logger.info("link %s: tokens of a failed sign-in kept, a linked grant shares them",
-                    link.link_id)  # fmt: skip
-        return
     token, hint = (
         (tokens.refresh_token, "refresh_token")
         if tokens.refresh_token
         else (tokens.access_token, "access_token")
     )
+    # Google revokes the user's whole grant to our app, whichever token is sent: never when
+    # this broker keeps tokens of that account (a mailbox linked, or being reconnected).
+    signed_in = (link.address, *(obtained.mailbox.addresses if obtained.mailbox else ()))
     try:
+        if await deps.store.holds_grant_for(link.provider, signed_in):
+            logger.info("link %s: tokens of a failed sign-in kept, a linked grant shares them",
+                        link.link_id)  # fmt: skip
+            return
         revoked = await deps.clients[link.provider].revoke(token, hint)
     except Exception as exc:
         # The provider's message could quote what was sent: only the kind of failure.
