@@ -62,7 +62,7 @@ async def when_mailbox_unlinked_revoke(event: MailboxUnlinked, deps: BrokerDeps)
     if grant is None or link_id is None:
         return  # a password mailbox, or already done
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
-    client = deps.clients.get(grant.provider)
+    client = deps.clients.get(grant.provider_key)
     revoked = False
     if client is not None:
         try:
@@ -101,7 +101,7 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> None:
     grant = current
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
     try:
-        fresh = await deps.clients[grant.provider].refresh(tokens.refresh_token, deps.clock())
+        fresh = await deps.clients[grant.provider_key].refresh(tokens.refresh_token, deps.clock())
     except ProviderRefused as refused:
         if refused.is_final:
             await _require_reconnect(grant, str(refused), deps)

@@ -99,6 +99,7 @@ class MongoBrokerStore:
             "user_id": link.owner.user_id,
             "address": link.address,
             "provider": link.provider.value,
+            "oidc_provider": link.oidc_provider,
             "imap": link.imap.model_dump_json(),
             "smtp": link.smtp.model_dump_json(),
             "secrets": sealed.model_dump_json(),
@@ -323,6 +324,7 @@ def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedS
         provider=ProviderType(document["provider"]),
         imap=ServerSettings.model_validate_json(document["imap"]),
         smtp=ServerSettings.model_validate_json(document["smtp"]),
+        oidc_provider=document.get("oidc_provider"),
     )
     session = AuthorizationSession(
         link=link,
@@ -347,6 +349,8 @@ def _grant_document(grant: StoredGrant) -> dict[str, Any]:
         "sealed": grant.sealed.model_dump_json(),
         "verified_at": grant.verified_at,
         "mailbox_id": grant.mailbox_id,
+        "oidc_provider": grant.oidc_provider,
+        "subject": grant.subject,
     }
 
 
@@ -361,4 +365,6 @@ def _grant(document: dict[str, Any]) -> StoredGrant:
         sealed=EncryptedSecret.model_validate_json(document["sealed"]),
         verified_at=document["verified_at"],
         mailbox_id=document.get("mailbox_id"),
+        oidc_provider=document.get("oidc_provider"),
+        subject=document.get("subject"),
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from mailbox_link_contract.events import MailboxOwner, ProviderType
 from mailbox_link_contract.values import EncryptedSecret
+from oauth_broker.domain.providers import ProviderKey, provider_key
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,12 @@ class StoredGrant:
     sealed: EncryptedSecret  # TokenGrant JSON, bound to the address
     verified_at: datetime
     mailbox_id: str | None = None
+    oidc_provider: str | None = None  # the configured OpenID Connect provider's name
+    # The provider's stable id of the account that signed in (the id token's `sub`, else
+    # userinfo's): a reconnect must come from the same account.
+    subject: str | None = None
+
+    @property
+    def provider_key(self) -> ProviderKey:
+        """Which provider client refreshes and revokes this grant."""
+        return provider_key(self.provider, self.oidc_provider)
