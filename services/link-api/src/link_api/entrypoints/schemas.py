@@ -19,6 +19,7 @@ from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSetti
 from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.addresses import normalize_address, normalize_host
 from mailbox_link_shared.credentials import MailboxCredentials
+from mailbox_link_shared.oidc_providers import OIDC_PROVIDER_NAME_PATTERN
 
 MAX_USERNAME_LENGTH = 320
 MAX_PASSWORD_LENGTH = 1024
@@ -90,6 +91,12 @@ class LinkRequestIn(_Strict):
     provider: Provider | None = Field(
         default=None, description="Overrides detection: who hosts the mailbox."
     )
+    oidc_provider: str | None = Field(
+        default=None,
+        pattern=OIDC_PROVIDER_NAME_PATTERN,
+        description='With provider "oidc": which OpenID Connect provider of this deployment '
+        "(GET /v1/providers); omitted, the one serving the address's domain.",
+    )
     password: Password | None = None
     auth: AuthMethod | None = Field(
         default=None,
@@ -144,6 +151,7 @@ class LinkRequestIn(_Strict):
                 None,
                 AuthMethod.OAUTH,
                 plan.authority,
+                plan.oidc_provider,
             )
         if self.password is None:
             raise ValueError("a password link needs the password")
