@@ -13,7 +13,6 @@ A provider is named by its key: the ProviderType's value for the built-in ones (
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NewType
 
 from mailbox_link_contract.events import ProviderType
 
@@ -41,19 +40,20 @@ class TokenAuthMethod(StrEnum):
     POST = "client_secret_post"  # id and secret in the form body
 
 
-ProviderKey = NewType("ProviderKey", str)
+# A plain str, so a ProviderType (a StrEnum) is its built-in provider's key as it is.
+ProviderKey = str
 
 
 def oidc_key(name: str) -> ProviderKey:
     """Returns the key of the configured OpenID Connect provider `name`."""
-    return ProviderKey(f"{ProviderType.OIDC.value}:{name}")
+    return f"{ProviderType.OIDC.value}:{name}"
 
 
 def provider_key(provider: ProviderType, oidc_provider: str | None) -> ProviderKey:
     """Returns the key a link's provider client is found by."""
     if provider is ProviderType.OIDC:
         return oidc_key(oidc_provider or "")
-    return ProviderKey(provider.value)
+    return provider.value
 
 
 # Authorize parameters the broker sets itself: extra parameters may not replace them.
