@@ -289,10 +289,10 @@ class FakeMailServers:
         self,
         imap: ServerSettings,
         smtp: ServerSettings,
-        token: str,
+        access_token: str,
         mechanism: SaslMechanism = SaslMechanism.XOAUTH2,
     ) -> None:
-        self.logins.append((imap.host, imap.username, token))
+        self.logins.append((imap.host, imap.username, access_token))
         self.mechanisms.append(mechanism)
         if self.refuse is not None:
             raise ProbeFailed(self.refuse, "login rejected: [AUTHENTICATIONFAILED]")

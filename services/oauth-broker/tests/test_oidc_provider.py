@@ -133,9 +133,9 @@ async def browser(local_oauth: tuple[str, LocalOAuthServer]) -> AsyncIterator[ht
         yield client
 
 
-def _account(oauth: LocalOAuthServer, **modes: object) -> str:
+def _account(oauth: LocalOAuthServer, **modes: bool) -> str:
     address = f"user-{secrets.token_hex(4)}@{DOMAIN}"
-    oauth.add_user(STANDARD, address, **modes)  # type: ignore[arg-type]
+    oauth.add_user(STANDARD, address, **modes)
     return address
 
 
@@ -279,7 +279,8 @@ async def test_no_id_token_for_openid_fails_the_sign_in(
 async def test_userinfo_about_another_account_fails_the_sign_in(
     oauth: LocalOAuthServer, deps: BrokerDeps, browser: httpx.AsyncClient
 ) -> None:
-    address = _account(oauth, userinfo_sub="000000000000000000042")
+    address = _account(oauth)
+    oauth.answer_userinfo_as(STANDARD, address, "000000000000000000042")
 
     outcome = await _callback(deps, await _sign_in(deps, browser, address))
 

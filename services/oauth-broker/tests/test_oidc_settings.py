@@ -235,7 +235,8 @@ def test_an_id_token_is_needed_whenever_openid_is_asked() -> None:
 
 
 def test_provider_keys() -> None:
-    assert provider_key(ProviderType.GOOGLE, None) == "google" == ProviderType.GOOGLE
+    assert provider_key(ProviderType.GOOGLE, None) == "google"
+    assert provider_key(ProviderType.GOOGLE, None) in {ProviderType.GOOGLE: "a ProviderType"}
     assert provider_key(ProviderType.OIDC, "corp") == "oidc:corp"
     # Only an OIDC link's name counts.
     assert provider_key(ProviderType.YAHOO, "corp") == "yahoo"

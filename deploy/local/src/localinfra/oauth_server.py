@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -795,7 +795,6 @@ class LocalOAuthServer:
         no_refresh_token: bool = False,
         token_error: bool = False,
         no_id_token: bool = False,
-        userinfo_sub: str | None = None,
     ) -> None:
         """Creates (or replaces) an account at `provider`; only accounts can sign in.
 
@@ -804,7 +803,6 @@ class LocalOAuthServer:
         no_refresh_token: the code exchange answers without a refresh token.
         token_error: the code exchange answers 500 server_error.
         no_id_token: the code exchange answers without an id token, even for openid.
-        userinfo_sub: userinfo names this `sub` instead of the id token's.
         """
         user = _User(
             _spec(provider).name,
@@ -814,9 +812,16 @@ class LocalOAuthServer:
             no_refresh_token=no_refresh_token,
             token_error=token_error,
             no_id_token=no_id_token,
-            userinfo_sub=userinfo_sub,
         )
         self._store.add_user(user)
+
+    def answer_userinfo_as(self, provider: str, email: str, sub: str) -> None:
+        """Makes userinfo name another account's `sub` than the id token (a confused or
+        compromised provider, OIDC Core 5.3.2)."""
+        user = self._store.user(_spec(provider).name, email)
+        if user is None:
+            raise KeyError(f"no account {email} at {provider}")
+        self._store.add_user(replace(user, userinfo_sub=sub))
 
     def send_iss(self, enabled: bool = True, iss: str | None = None) -> None:
         """RFC 9207 at every provider: discovery advertises it and the redirect back carries
