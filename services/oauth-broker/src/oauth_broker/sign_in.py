@@ -264,7 +264,8 @@ async def _claim_session(
         endpoints = client.app.endpoints
         refusal = refuse_issuer(iss, endpoints.issuer, endpoints.iss_parameter_supported)
         if refusal is not None:
-            logger.warning("link %s: callback with iss %r refused", start.link_id, iss)
+            shown = None if iss is None else iss[:200]
+            logger.warning("link %s: callback with iss %r refused", start.link_id, shown)
             return refusal
     if not await deps.store.claim_session(found[0].link.link_id, now):
         return CallbackRefusal.STATE_USED  # a concurrent replay won the claim
@@ -316,7 +317,8 @@ async def _checked_id_token(
     if not tokens.id_token:
         if client.app.endpoints.needs_id_token:
             raise AuthorizationFailed(
-                FailureCode.PROVIDER_ERROR, "the provider sent no id token, though openid was asked"
+                FailureCode.PROVIDER_ERROR,
+                "the provider sent no id token, which the sign-in requires (openid was asked)",
             )
         return None
     claims = await client.check_id_token(tokens.id_token, nonce)

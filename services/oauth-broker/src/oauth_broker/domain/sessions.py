@@ -209,15 +209,12 @@ def refuse_issuer(
     """Returns why a callback's RFC 9207 `iss` must be refused, or None to go on. Checked when
     the provider advertises the parameter (then it must be there) and whenever it is present;
     not where the issuer cannot be known (Microsoft's multi-tenant endpoint)."""
-    if issuer is None:
+    if issuer is None or (iss is None and not iss_parameter_supported):
         return None
-    if iss is None:
-        return CallbackRefusal.ISSUER_MISMATCH if iss_parameter_supported else None
-    return (
-        None
-        if hmac.compare_digest(iss.encode(), issuer.encode())
-        else (CallbackRefusal.ISSUER_MISMATCH)
-    )
+    # Exactly the issuer, compared as strings (RFC 9207 2.4: no normalization).
+    if iss is not None and iss == issuer:
+        return None
+    return CallbackRefusal.ISSUER_MISMATCH
 
 
 @dataclass(frozen=True)
