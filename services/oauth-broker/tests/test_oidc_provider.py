@@ -4,8 +4,12 @@ authorization server started on its own (no Kafka or mail servers: the mailbox c
 hand-written fake). It plays a standard provider: RFC 9207 `iss`, a wrong `iss`, no id token,
 userinfo about another account, and a discovery document of another issuer."""
 
+import http.server
 import json
+import os
 import secrets
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +38,7 @@ from mailbox_link_shared.crypto import generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
 from mailbox_link_shared.settings import tls_context
 from oauth_broker import handlers
-from oauth_broker.bootstrap import _build_clients, _mail_servers
+from oauth_broker.bootstrap import ProviderLoader, _build_clients, _mail_servers
 from oauth_broker.config import Settings
 from oauth_broker.domain.sessions import CallbackRefusal, binding_cookie_name
 from oauth_broker.handlers import BrokerDeps, CallbackOutcome, CallbackResult, OAuthProviderClient
@@ -290,3 +294,73 @@ async def test_userinfo_about_another_account_fails_the_sign_in(
     assert "sub" in detail
     assert isinstance(deps.store, InMemoryBrokerStore)
     assert deps.store.grants == {}
+
+
+class _DocumentServer:
+    """Serves one discovery document over plain HTTP on the loopback, once started."""
+
+    def __init__(self, document: dict[str, object]) -> None:
+        body = json.dumps(document).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        with socket.socket() as probe:  # a free port, taken only once the "IdP comes back"
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._handler = Handler
+        self._server: http.server.HTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/.well-known/openid-configuration"
+
+    def start(self) -> None:
+        self._server = http.server.HTTPServer(("127.0.0.1", self.port), self._handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+async def test_a_provider_whose_discovery_was_down_at_start_is_loaded_when_it_is_back(
+    oauth: LocalOAuthServer,
+    settings: Settings,
+    browser: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issuer = oauth.issuer(STANDARD)
+    document = (await browser.get(f"{issuer}/.well-known/openid-configuration")).json()
+    idp = _DocumentServer(document)
+    corp = json.loads(os.environ["MBL_OIDC_PROVIDERS"])["corp"]
+    monkeypatch.setenv(
+        "MBL_OIDC_PROVIDERS", json.dumps({"later": {**corp, "discovery_url": idp.url}})
+    )
+    for name in ("CORP", "ELSEWHERE"):  # a secret alone, without its provider, is refused
+        monkeypatch.delenv(f"MBL_OIDC_PROVIDERS__{name}__CLIENT_SECRET")
+    monkeypatch.setenv("MBL_OIDC_PROVIDERS__LATER__CLIENT_SECRET", SECRET)
+    loader = ProviderLoader(Settings(), {}, {})
+
+    await loader.load_all()
+    assert set(loader.unavailable) == {"oidc:later"}
+    assert loader.clients == {}
+
+    idp.start()
+    try:
+        await loader.retry_unavailable()
+    finally:
+        idp.stop()
+
+    assert loader.unavailable == {}
+    assert loader.clients["oidc:later"].app.endpoints.token_url == f"{issuer}/token"
+    await loader.clients["oidc:later"].aclose()

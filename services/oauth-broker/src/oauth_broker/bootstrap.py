@@ -13,6 +13,7 @@ from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.oidc_providers import OidcMailServer
+from mailbox_link_shared.timer import PeriodicTask
 from oauth_broker.adapters.broker_store import MongoBrokerStore
 from oauth_broker.adapters.discovery import (
     REQUIRED_FOR_OIDC,
@@ -85,8 +86,12 @@ def build_app(settings: Settings) -> FastAPI:
     consumer = register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
 
-    async def load_providers() -> None:
-        await _build_clients(settings, clients, unavailable)
+    providers = ProviderLoader(settings, clients, unavailable)
+    # A provider that could not be loaded (its IdP down at start, its document fixed later) is
+    # tried again every so often: its links work again without a restart.
+    reloader = PeriodicTask(
+        "oauth-broker-providers", settings.oauth_provider_retry_seconds, providers.retry_unavailable
+    )
 
     async def close_providers() -> None:
         for client in clients.values():
@@ -102,14 +107,22 @@ def build_app(settings: Settings) -> FastAPI:
             deps, settings.oauth_return_url, secure_cookie=settings.secure_cookie
         ),
         on_start=[
-            load_providers,
+            providers.load_all,
             store.create_indexes,
             functools.partial(ensure_topics, settings),
             broker.start,
             consumer.start,
             housekeeper.start,
+            reloader.start,
         ],
-        on_stop=[housekeeper.stop, consumer.stop, broker.stop, close_providers, mongo.close],
+        on_stop=[
+            reloader.stop,
+            housekeeper.stop,
+            consumer.stop,
+            broker.stop,
+            close_providers,
+            mongo.close,
+        ],
     )
 
 
@@ -118,16 +131,58 @@ async def _build_clients(
     clients: dict[ProviderKey, OAuthProviderClient],
     unavailable: dict[ProviderKey, str],
 ) -> None:
-    """Builds a client per configured provider. One that cannot be loaded (discovery failed or
-    refused) is logged for operators and left out: its links fail deployment_misconfigured,
-    and the other providers work."""
-    for provider, configured in settings.providers().items():
-        key = provider_key(provider, None)
+    """Builds a client per configured provider into `clients`; why one could not be, into
+    `unavailable`."""
+    await ProviderLoader(settings, clients, unavailable).load_all()
+
+
+@dataclasses.dataclass
+class ProviderLoader:
+    """Builds a client per configured provider. One that cannot be loaded (discovery failed
+    or refused, no credentials) is logged for operators and left out: its links fail
+    deployment_misconfigured, and the other providers work."""
+
+    settings: Settings
+    clients: dict[ProviderKey, OAuthProviderClient]
+    unavailable: dict[ProviderKey, str]
+
+    async def load_all(self) -> None:
+        """Loads every configured provider."""
+        for key in self._configured():
+            await self._load(key)
+
+    async def retry_unavailable(self) -> None:
+        """Tries again the providers that could not be loaded."""
+        for key in list(self.unavailable):
+            await self._load(key)
+
+    def _configured(self) -> list[ProviderKey]:
+        built_in = [provider_key(provider, None) for provider in self.settings.providers()]
+        return built_in + list(self.settings.oidc())
+
+    async def _load(self, key: ProviderKey) -> None:
+        built = await self._build(key)
+        if isinstance(built, str):
+            if self.unavailable.get(key) != built:  # logged once per reason, not every retry
+                logger.error("provider %s not loaded, its links will fail: %s", key, built)
+            self.unavailable[key] = built
+            return
+        self.clients[key] = built
+        if self.unavailable.pop(key, None) is not None:
+            logger.info("provider %s loaded: its links work again", key)
+
+    async def _build(self, key: ProviderKey) -> OAuthClient | str:
+        settings = self.settings
+        oidc = settings.oidc()
+        if key in oidc:
+            name, configured_oidc = oidc[key]
+            return await _oidc_client(name, configured_oidc, settings)
+        provider = ProviderType(key)
+        configured = settings.providers()[provider]
         try:
             endpoints = await _endpoints(provider, configured, settings)
         except _LOAD_FAILURES as exc:
-            _refuse(key, str(exc) or type(exc).__name__, unavailable)
-            continue
+            return str(exc) or type(exc).__name__
         app = OAuthApp(
             provider=provider,
             client_id=configured.client_id,
@@ -135,18 +190,7 @@ async def _build_clients(
             redirect_uri=configured.redirect_uri or settings.oauth_redirect_uri,
             endpoints=endpoints,
         )
-        clients[key] = OAuthClient(app, settings.oauth_tls(), settings.oauth_timeout_seconds)
-    for key, (name, oidc) in settings.oidc().items():
-        built = await _oidc_client(name, oidc, settings)
-        if isinstance(built, str):
-            _refuse(key, built, unavailable)
-        else:
-            clients[key] = built
-
-
-def _refuse(key: ProviderKey, reason: str, unavailable: dict[ProviderKey, str]) -> None:
-    unavailable[key] = reason
-    logger.error("provider %s not loaded, its links will fail: %s", key, reason)
+        return OAuthClient(app, settings.oauth_tls(), settings.oauth_timeout_seconds)
 
 
 async def _oidc_client(

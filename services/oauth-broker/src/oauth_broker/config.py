@@ -212,6 +212,12 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySetti
         default=300, ge=0, description="Refresh an access token this long before it expires."
     )
     housekeeping_interval_seconds: float = Field(default=10.0, gt=0)
+    oauth_provider_retry_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often a configured provider that could not be loaded (its discovery "
+        "unreachable or refused) is tried again.",
+    )
 
     def providers(self) -> dict[ProviderType, ProviderSettings]:
         """Returns the settings of each provider whose app credentials are configured."""
