@@ -83,7 +83,8 @@ class LinkRequestIn(_Strict):
     Give `imap` and `smtp` to use exactly those servers. Otherwise the servers come from
     `provider`, or from detection when it is omitted: give the `password` (an app password
     where the provider needs one) to link with it, or no password to sign in at a provider
-    that offers it (Google, Microsoft, Yahoo, AOL).
+    that offers it (Google, Microsoft, Yahoo, AOL, or the deployment's OpenID Connect
+    providers: `provider` "oidc" with `oidc_provider`, or an address in their domains).
     """
 
     email: str = Field(examples=["alice@example.org"])
