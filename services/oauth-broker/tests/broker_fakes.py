@@ -25,6 +25,7 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.mail_probes import ProbeFailed
+from mailbox_link_shared.oidc_providers import SaslMechanism
 from mailbox_link_shared.publishing import RecordingPublisher
 from oauth_broker import handlers
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
@@ -249,6 +250,10 @@ class FakeProvider:
     exchange_error: Exception | None = None
     profile_error: Exception | None = None
     refresh_error: Exception | None = None
+    # The id token's and userinfo's `sub`; id_token=False: the code exchange returns none.
+    id_subject: str = "subject-1"
+    userinfo_subject: str | None = "subject-1"
+    id_token: bool = True
     nonce_seen: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     revoke_error: Exception | None = None
@@ -261,7 +266,8 @@ class FakeProvider:
         if self.exchange_error is not None:
             raise self.exchange_error
         scopes = self.scopes or frozenset(self.app.endpoints.scopes)
-        return TokenResponse("access-1", self.refresh_token, now + self.lifetime, scopes, "idt")
+        id_token = "idt" if self.id_token else None
+        return TokenResponse("access-1", self.refresh_token, now + self.lifetime, scopes, id_token)
 
     async def refresh(
         self, refresh_token: str, now: datetime, scopes: tuple[str, ...] = ()
@@ -280,12 +286,12 @@ class FakeProvider:
 
     async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         self.nonce_seen.append(nonce)
-        return {"nonce": nonce}
+        return {"nonce": nonce, "sub": self.id_subject}
 
     async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         if self.profile_error is not None:
             raise self.profile_error
-        return SignedInMailbox(self.signed_in_as)
+        return SignedInMailbox(self.signed_in_as, subject=self.userinfo_subject)
 
     async def aclose(self) -> None:
         return None
@@ -305,9 +311,17 @@ class FakeMailServers:
     def __init__(self) -> None:
         self.refuse: FailureCode | None = None
         self.logins: list[tuple[str, str, str]] = []
+        self.mechanisms: list[SaslMechanism] = []
 
-    async def __call__(self, imap: ServerSettings, smtp: ServerSettings, token: str) -> None:
-        self.logins.append((imap.host, imap.username, token))
+    async def __call__(
+        self,
+        imap: ServerSettings,
+        smtp: ServerSettings,
+        access_token: str,
+        mechanism: SaslMechanism = SaslMechanism.XOAUTH2,
+    ) -> None:
+        self.logins.append((imap.host, imap.username, access_token))
+        self.mechanisms.append(mechanism)
         if self.refuse is not None:
             raise ProbeFailed(self.refuse, "login rejected: [AUTHENTICATIONFAILED]")
 

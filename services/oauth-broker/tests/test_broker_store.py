@@ -14,6 +14,7 @@ from localinfra.stack import LocalStack
 from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings, utc_now
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from oauth_broker.adapters.broker_store import MongoBrokerStore
+from oauth_broker.domain.grants import GrantStatus, StoredGrant
 from oauth_broker.domain.sessions import AuthorizationSession, LinkToAuthorize
 
 SERVER = ServerSettings(host="imap.gmail.com", port=993, security="ssl", username="a@gmail.com")
@@ -53,3 +54,29 @@ async def test_a_request_and_its_reservation_stored_at_the_same_moment_are_both_
     await asyncio.gather(*(f(link) for link in links for f in (request, reserve)))
     found = await asyncio.gather(*(store.get_session(link.link_id) for link in links))
     assert all(f is not None and f[0].reserved for f in found)
+
+
+async def test_an_oidc_sessions_provider_and_its_grants_subject_are_kept(
+    store: MongoBrokerStore,
+) -> None:
+    now = utc_now()
+    box = SecretBox({"k": SecretStr(generate_key())}, "k")
+    owner = MailboxOwner(account_id="acme", user_id="alice")
+    link = LinkToAuthorize(
+        "oidc-1", owner, "a@corp.example", ProviderType.OIDC, SERVER, SERVER, "corp"
+    )
+    session, fresh = AuthorizationSession.open(link, now, timedelta(minutes=10))
+    await store.save_request(session, box.seal(fresh.to_json(), context=link.link_id))
+    grant = StoredGrant(
+        "oidc-1", owner, link.address, ProviderType.OIDC, GrantStatus.VERIFIED, now,
+        box.seal("{}", context=link.address), now, oidc_provider="corp", subject="sub-1",
+    )  # fmt: skip
+    await store.save_grant(grant)
+
+    found = await store.get_session("oidc-1")
+    kept = await store.get_grant("oidc-1")
+
+    assert found is not None
+    assert found[0].link.provider_key == "oidc:corp"
+    assert kept is not None
+    assert (kept.provider_key, kept.subject) == ("oidc:corp", "sub-1")

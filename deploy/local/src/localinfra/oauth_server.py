@@ -27,10 +27,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlencode
 
 import flask
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
@@ -144,6 +144,8 @@ class _User:
     imap_disabled: bool = False
     no_refresh_token: bool = False
     token_error: bool = False
+    no_id_token: bool = False
+    userinfo_sub: str | None = None
 
     @property
     def sub(self) -> str:
@@ -157,6 +159,10 @@ class _User:
 
     def claims(self) -> dict[str, Any]:
         return {"sub": self.sub, "email": self.email, "email_verified": True, "name": self.name}
+
+    def userinfo(self) -> dict[str, Any]:
+        """What userinfo answers: the id token's claims, or another account's `sub`."""
+        return {**self.claims(), "sub": self.userinfo_sub or self.sub}
 
 
 @dataclass(frozen=True)
@@ -240,6 +246,9 @@ class _Store:
         self.client_auth_methods: list[str] = []
         self.outages: dict[str, tuple[int, str]] = {}
         self.access_token_lifetime = 3600
+        # RFC 9207 (send_iss): off by default, as at Google, Microsoft, Yahoo and AOL today.
+        self.iss_parameter = False
+        self.iss_override: str | None = None
 
     def add_client(self, client: _Client) -> None:
         with self._lock:
@@ -531,6 +540,12 @@ class _OpenIDCode(OpenIDCode):  # type: ignore[misc]
     def generate_user_info(self, user: _User, scope: str) -> dict[str, Any]:
         return user.claims()
 
+    def process_token(self, grant: Any, response: Any) -> dict[str, Any]:
+        token: dict[str, Any] = super().process_token(grant, response)
+        if grant.request.user is not None and grant.request.user.no_id_token:
+            token.pop("id_token", None)  # a provider that ignores openid at the token endpoint
+        return token
+
 
 class _Revocation(RevocationEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
@@ -608,6 +623,8 @@ class _ProviderSite:
         }
         if self.spec.revocation:
             document["revocation_endpoint"] = f"{issuer}/revoke"
+        if self.store.iss_parameter:
+            document["authorization_response_iss_parameter_supported"] = True
         return flask.jsonify(document)
 
     def jwks(self) -> flask.Response:
@@ -655,9 +672,20 @@ class _ProviderSite:
             grant = self.server.get_consent_grant(request, end_user=user)
         except OAuth2Error as error:
             return _response(self.server.handle_error_response(request, error))
-        return _response(
+        answer = _response(
             self.server.create_authorization_response(request, grant_user=user, grant=grant)
         )
+        return self._with_iss(answer)
+
+    def _with_iss(self, answer: flask.Response) -> flask.Response:
+        """RFC 9207: the redirect back names the issuer (or the one tests set instead)."""
+        location = answer.headers.get("Location")
+        if not self.store.iss_parameter or not location:
+            return answer
+        iss = self.store.iss_override or self.server.issuer
+        separator = "&" if "?" in location else "?"
+        answer.headers["Location"] = f"{location}{separator}{urlencode({'iss': iss})}"
+        return answer
 
     def token(self) -> flask.Response:
         self.store.record_token_request(self.spec.name, flask.request.form.get("grant_type", ""))
@@ -675,7 +703,7 @@ class _ProviderSite:
 
     def userinfo(self) -> flask.Response:
         with self.protector.acquire() as token:
-            return flask.jsonify(self._user(token).claims())
+            return flask.jsonify(self._user(token).userinfo())
 
     def graph_me(self) -> flask.Response:
         with self.protector.acquire() as token:
@@ -804,6 +832,7 @@ class LocalOAuthServer:
         imap_disabled: bool = False,
         no_refresh_token: bool = False,
         token_error: bool = False,
+        no_id_token: bool = False,
     ) -> None:
         """Creates (or replaces) an account at `provider`; only accounts can sign in.
 
@@ -811,6 +840,7 @@ class LocalOAuthServer:
         imap_disabled: tokens are issued but the mail servers refuse them.
         no_refresh_token: the code exchange answers without a refresh token.
         token_error: the code exchange answers 500 server_error.
+        no_id_token: the code exchange answers without an id token, even for openid.
         """
         user = _User(
             _spec(provider).name,
@@ -819,8 +849,22 @@ class LocalOAuthServer:
             imap_disabled=imap_disabled,
             no_refresh_token=no_refresh_token,
             token_error=token_error,
+            no_id_token=no_id_token,
         )
         self._store.add_user(user)
+
+    def answer_userinfo_as(self, provider: str, email: str, sub: str) -> None:
+        """Makes userinfo name another account's `sub` than the id token (a confused or
+        compromised provider, OIDC Core 5.3.2)."""
+        user = self._store.user(_spec(provider).name, email)
+        if user is None:
+            raise KeyError(f"no account {email} at {provider}")
+        self._store.add_user(replace(user, userinfo_sub=sub))
+
+    def send_iss(self, enabled: bool = True, iss: str | None = None) -> None:
+        """RFC 9207 at every provider: discovery advertises it and the redirect back carries
+        `iss`, the provider's issuer or, to play a mix-up, `iss`."""
+        self._store.iss_parameter, self._store.iss_override = enabled, iss
 
     def revoke_refresh_tokens(self, provider: str, email: str) -> None:
         """Revokes the account's refresh tokens (a password change, the app removed): a later

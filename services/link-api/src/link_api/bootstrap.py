@@ -13,6 +13,7 @@ from link_api.adapters.dns_lookup import DnsLookup
 from link_api.adapters.link_store import MongoLinkStore, Retention
 from link_api.adapters.registry_client import HttpRegistry
 from link_api.config import SERVICE_NAME, Settings
+from link_api.domain.oidc import OidcCatalogue
 from link_api.entrypoints.events import register_subscribers
 from link_api.entrypoints.fault_points import pause_file_fault_point
 from link_api.entrypoints.housekeeping import make_outbox_relay, make_retention_sweep
@@ -83,14 +84,15 @@ def build_app(settings: Settings) -> FastAPI:
     budgets = LinkBudgets(
         RateLimiter(slots), settings.user_limit(), settings.account_limit(), settings.back_off()
     )
+    oidc = OidcCatalogue.of(settings.oidc_providers)
     keys = CallerKeys(settings.caller_keys())
     # Every route here is the product's: links, mailboxes, the provider picker.
     router = scoped(
         keys.require(Scope.LINKS),
         build_router(
-            deps, HttpRegistry(registry_http), detector, settings.allowed_ports(), budgets
+            deps, HttpRegistry(registry_http), detector, settings.allowed_ports(), budgets, oidc
         ),
-        build_providers_router(detector),
+        build_providers_router(detector, oidc),
     )
 
     return build_http_app(

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.topics import LINK_API, topics_consumed_by
+from mailbox_link_shared.oidc_providers import OidcProvidersSettings
 from mailbox_link_shared.rate_limit_settings import RateLimitSettings
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
@@ -37,8 +38,16 @@ DEFAULT_SEND_DEADLINE = timedelta(seconds=60)
 
 # MailCheckSettings for MBL_VERIFIER_ALLOWED_PORTS: typed servers are refused at the POST
 # on the same ports the verifier would refuse.
-class Settings(ServiceSettings, MongoSettings, HttpSettings, MailCheckSettings, RateLimitSettings):
-    """Everything link-api reads from the environment (MBL_*)."""
+class Settings(
+    ServiceSettings,
+    MongoSettings,
+    HttpSettings,
+    MailCheckSettings,
+    RateLimitSettings,
+    OidcProvidersSettings,
+):
+    """Everything link-api reads from the environment (MBL_*); MBL_OIDC_PROVIDERS without the
+    broker's fields (no secret is needed here)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 

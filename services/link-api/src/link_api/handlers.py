@@ -481,6 +481,7 @@ def _link_requested(link_id: str, request: LinkRequest, box: SecretBox) -> LinkR
         smtp=request.smtp,
         credentials=sealed,
         authority=request.authority,
+        oidc_provider=request.oidc_provider,
     )
     return LinkRequested(correlation_id=link_id, producer=SERVICE_NAME, data=data)
 

@@ -4,12 +4,13 @@ import ssl
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.events import ProviderType
 from mailbox_link_contract.topics import OAUTH_BROKER
 from mailbox_link_contract.values import ConnectionSecurity
+from mailbox_link_shared.oidc_providers import OidcProviderName, OidcProviderPublic
 from mailbox_link_shared.scopes import Scope
 from mailbox_link_shared.settings import (
     ENV_PREFIX,
@@ -20,8 +21,26 @@ from mailbox_link_shared.settings import (
     tls_context,
 )
 from oauth_broker.domain.grants import FIRST_REFRESH_RETRY, MAX_REFRESH_RETRY, RefreshBackoff
+from oauth_broker.domain.providers import (
+    RESERVED_AUTHORIZE_PARAMS,
+    OfflineAccess,
+    ProviderKey,
+    TokenAuthMethod,
+    oidc_key,
+)
 
 SERVICE_NAME = OAUTH_BROKER  # the catalogue's name: consumer group and producer
+
+
+def _no_reserved_params(params: dict[str, str]) -> dict[str, str]:
+    """Extra authorize parameters may not replace the ones the sign-in's security rests on."""
+    reserved = sorted(RESERVED_AUTHORIZE_PARAMS & set(params))
+    if reserved:
+        raise ValueError(
+            f"authorize_params may not set {', '.join(reserved)}: the broker sets them; use "
+            "prompt, scopes or offline_access for what they control"
+        )
+    return params
 
 
 class MailServerIn(BaseModel):
@@ -58,11 +77,76 @@ class ProviderSettings(BaseModel):
     scopes: list[str] | None = None
     imap: MailServerIn | None = None
     smtp: MailServerIn | None = None
+    # The sign-in options (issue 14); None keeps the provider's documented default. An empty
+    # prompt sends none.
+    prompt: str | None = None
+    authorize_params: dict[str, str] | None = None
+    offline_access: OfflineAccess | None = None
+    token_endpoint_auth_method: TokenAuthMethod | None = None
+    require_id_token: bool | None = None
+
+    @field_validator("authorize_params")
+    @classmethod
+    def _params(cls, params: dict[str, str] | None) -> dict[str, str] | None:
+        return None if params is None else _no_reserved_params(params)
 
     @property
     def configured(self) -> bool:
         """True once the operator supplied the app's credentials."""
         return bool(self.client_id and self.client_secret.get_secret_value())
+
+
+class OidcProviderSettings(OidcProviderPublic):
+    """A generic OpenID Connect provider, as the broker reads it from MBL_OIDC_PROVIDERS:
+    the shared part (issuer, servers, SASL mechanism) plus our app there and the sign-in
+    options. The secret is best given alone: MBL_OIDC_PROVIDERS__<NAME>__CLIENT_SECRET."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    discovery_url: str | None = Field(
+        default=None, description="Default: the issuer + /.well-known/openid-configuration."
+    )
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    redirect_uri: str | None = None
+    scopes: tuple[str, ...] = ("openid", "email", "offline_access")
+    mail_scopes: tuple[str, ...] = ()
+    prompt: str | None = Field(
+        default=None,
+        description='Default: "consent" when offline access is asked for (offline_access or '
+        'access_type); "" sends no prompt.',
+    )
+    authorize_params: dict[str, str] = Field(default_factory=dict)
+    offline_access: OfflineAccess = OfflineAccess.SCOPE
+    token_endpoint_auth_method: TokenAuthMethod | None = Field(
+        default=None, description="None: the first the discovery document supports."
+    )
+    require_id_token: bool = True
+    email_claim: str = Field(default="email", min_length=1, max_length=64)
+
+    @field_validator("authorize_params")
+    @classmethod
+    def _params(cls, params: dict[str, str]) -> dict[str, str]:
+        return _no_reserved_params(params)
+
+    @model_validator(mode="after")
+    def _id_token_needs_openid(self) -> "OidcProviderSettings":
+        if self.require_id_token and "openid" not in self.scopes:
+            raise ValueError(
+                'an id token comes only with the "openid" scope: add it to scopes, or set '
+                "require_id_token to false"
+            )
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """True once the operator supplied the app's credentials."""
+        return bool(self.client_id and self.client_secret.get_secret_value())
+
+    @property
+    def discovery_document_url(self) -> str:
+        """Where the provider's discovery document is (OpenID Discovery 4)."""
+        return self.discovery_url or f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
 
 
 # The scope a service key needs to confirm a sign-in: the product's backend, which knows who is
@@ -113,6 +197,11 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySetti
     oauth_microsoft: ProviderSettings = ProviderSettings()
     oauth_yahoo: ProviderSettings = ProviderSettings()
     oauth_aol: ProviderSettings = ProviderSettings()
+    oidc_providers: dict[OidcProviderName, OidcProviderSettings] = Field(
+        default_factory=dict,
+        description="JSON object of OpenID Connect provider name to its settings (shared with "
+        "link-api); secrets best as MBL_OIDC_PROVIDERS__<NAME>__CLIENT_SECRET.",
+    )
     oauth_ca_file: str | None = Field(
         default=None, description="Extra CA certificates (PEM) to trust for provider endpoints."
     )
@@ -136,6 +225,12 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySetti
         description="The longest wait between two refresh tries of one grant.",
     )
     housekeeping_interval_seconds: float = Field(default=10.0, gt=0)
+    oauth_provider_retry_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often a configured provider that could not be loaded (its discovery "
+        "unreachable or refused) is tried again.",
+    )
 
     def providers(self) -> dict[ProviderType, ProviderSettings]:
         """Returns the settings of each provider whose app credentials are configured."""
@@ -146,6 +241,11 @@ class Settings(ServiceSettings, MongoSettings, MailCheckSettings, CallerKeySetti
             ProviderType.AOL: self.oauth_aol,
         }
         return {name: settings for name, settings in every.items() if settings.configured}
+
+    def oidc(self) -> dict[ProviderKey, tuple[str, OidcProviderSettings]]:
+        """Returns each configured OpenID Connect provider by its key ("oidc:<name>"), with
+        its name; one without client credentials is left out (and logged by bootstrap)."""
+        return {oidc_key(name): (name, found) for name, found in self.oidc_providers.items()}
 
     def oauth_tls(self) -> ssl.SSLContext:
         """Returns a verifying TLS context for provider endpoints."""

@@ -8,15 +8,16 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from mailbox_link_contract.events import (
-    ProviderType,
     ServerSettings,
     utc_now,
 )
 from mailbox_link_shared.crypto import SecretBox
+from mailbox_link_shared.oidc_providers import SaslMechanism
 from mailbox_link_shared.publishing import EventPublisher
 from oauth_broker.adapters.broker_store import BrokerStore
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.domain.grants import RefreshBackoff
+from oauth_broker.domain.providers import ProviderKey
 from oauth_broker.domain.sessions import (
     SessionSecrets,
 )
@@ -42,15 +43,26 @@ class OAuthProviderClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-CheckMailbox = Callable[[ServerSettings, ServerSettings, str], Awaitable[None]]
+class CheckMailbox(Protocol):
+    """Logs in to both mail servers with an access token (adapters/mailbox_check.py)."""
+
+    def __call__(
+        self,
+        imap: ServerSettings,
+        smtp: ServerSettings,
+        access_token: str,
+        mechanism: SaslMechanism = SaslMechanism.XOAUTH2,
+    ) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
 class MailServers:
-    """Where to check a provider's mailboxes with XOAUTH2, instead of the request's servers."""
+    """Where to check a provider's mailboxes, instead of the request's servers, and the SASL
+    mechanism they take the token with."""
 
     imap: ServerSettings
     smtp: ServerSettings
+    mechanism: SaslMechanism = SaslMechanism.XOAUTH2
 
 
 @dataclass(frozen=True)
@@ -60,15 +72,19 @@ class BrokerDeps:
     store: BrokerStore
     publisher: EventPublisher
     secret_box: SecretBox
-    clients: Mapping[ProviderType, OAuthProviderClient]
+    # By provider key: "google", ..., "oidc:<name>" (domain/providers.py).
+    clients: Mapping[ProviderKey, OAuthProviderClient]
     check_mailbox: CheckMailbox
     session_lifetime: timedelta = timedelta(minutes=10)
     refresh_margin: timedelta = timedelta(minutes=5)
     # How long a refresh that failed by no fault of the user waits before it is tried again.
     refresh_backoff: RefreshBackoff = field(default_factory=RefreshBackoff)
-    mail_servers: Mapping[ProviderType, MailServers] | None = None
+    mail_servers: Mapping[ProviderKey, MailServers] | None = None
     clock: Callable[[], datetime] = utc_now
     # Where browsers open a sign-in: AuthorizationRequired carries <start_url>/<start token>.
     start_url: str = "http://127.0.0.1:8083/v1/oauth/start"
     # How long the product has to confirm a verified sign-in (at most until the reservation).
     confirm_lifetime: timedelta = timedelta(minutes=10)
+    # Configured providers that could not be loaded, and why (for operators; their links fail
+    # deployment_misconfigured).
+    unavailable: Mapping[ProviderKey, str] = field(default_factory=dict)

@@ -52,10 +52,11 @@ from oauth_broker.domain.sessions import (
     binding_cookie_name,
     new_secret,
     refuse_callback,
+    refuse_issuer,
     same_secret,
     state_digest,
 )
-from oauth_broker.ports import BrokerDeps, MailServers
+from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
 
 logger = logging.getLogger(__name__)
 # Reservation markers of password links, which the broker sees but never serves.
@@ -77,19 +78,28 @@ async def when_link_requested_open_session(event: LinkRequested, deps: BrokerDep
     data = event.data
     if data.auth is not AuthMethod.OAUTH:
         return  # a password link: the IMAP verifier's
-    if data.provider not in deps.clients:
-        failure = Failure.of(
-            FailureCode.PROVIDER_ERROR,
-            f"sign-in with {data.provider.value} is not configured in this deployment",
-        )
-        await deps.publisher.publish(_failed(LinkToAuthorize.of(event), failure))
+    link = LinkToAuthorize.of(event)
+    if link.provider_key not in deps.clients:
+        await deps.publisher.publish(_failed(link, _not_available(link, deps)))
         return
-    session, fresh = AuthorizationSession.open(
-        LinkToAuthorize.of(event), deps.clock(), deps.session_lifetime
-    )
+    session, fresh = AuthorizationSession.open(link, deps.clock(), deps.session_lifetime)
     sealed = deps.secret_box.seal(fresh.to_json(), context=data.link_id)
     await deps.store.save_request(session, sealed)
     await _offer_if_reserved(data.link_id, deps)
+
+
+def _not_available(link: LinkToAuthorize, deps: BrokerDeps) -> Failure:
+    """Why a link's provider cannot sign anyone in here: not configured, or configured but not
+    loaded (its discovery failed or was refused; the broker's log says why)."""
+    key = link.provider_key
+    if key in deps.unavailable:
+        detail = f"sign-in with {key} could not be set up in this deployment (see its log)"
+        return Failure.of(FailureCode.DEPLOYMENT_MISCONFIGURED, detail)
+    detail = f"sign-in with {key} is not configured in this deployment"
+    if link.provider is ProviderType.OIDC:
+        # link-api offered it, so the two services' MBL_OIDC_PROVIDERS disagree.
+        return Failure.of(FailureCode.DEPLOYMENT_MISCONFIGURED, detail)
+    return Failure.of(FailureCode.PROVIDER_ERROR, detail)
 
 
 async def when_link_reserved_offer_sign_in(event: LinkReserved, deps: BrokerDeps) -> None:
@@ -159,7 +169,7 @@ async def start_sign_in(start_token: str, deps: BrokerDeps) -> StartOutcome:
         logger.info("link %s: start URL opened again, refused", link.link_id)
         return StartOutcome(refusal=CallbackRefusal.START_USED)
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
-    client = deps.clients[link.provider]
+    client = deps.clients[link.provider_key]
     url = client.authorize_url(fresh.started(state), login_hint=link.address)
     logger.info("link %s: sign-in started", link.link_id)
     return StartOutcome(url, link.link_id, binding, session.usable_until)
@@ -194,14 +204,16 @@ async def complete_sign_in(
     error_description: str,
     deps: BrokerDeps,
     cookies: Mapping[str, str] | None = None,
+    iss: str | None = None,
 ) -> CallbackOutcome:
     """Handles the browser's return from the provider: verifies the mailbox, or says why not.
 
-    A forged, replayed or expired state, one of a link the registry ended, or a callback in a
-    browser that did not start the sign-in (no matching binding cookie) changes nothing. A
-    verified sign-in is announced only once the product confirms it (confirm_sign_in).
+    A forged, replayed or expired state, one of a link the registry ended, a callback in a
+    browser that did not start the sign-in (no matching binding cookie), or one whose RFC 9207
+    `iss` is not the provider's changes nothing. A verified sign-in is announced only once the
+    product confirms it (confirm_sign_in).
     """
-    claimed = await _claim_session(state, cookies or {}, deps)
+    claimed = await _claim_session(state, cookies or {}, iss, deps)
     if isinstance(claimed, CallbackRefusal):
         logger.info("callback refused: %s", claimed.value)
         return CallbackOutcome(CallbackResult.REFUSED, refusal=claimed)
@@ -210,7 +222,7 @@ async def complete_sign_in(
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
     obtained = _Obtained()
     try:
-        grant, servers = await _verify_sign_in(
+        grant, servers, subject = await _verify_sign_in(
             link, fresh, code, error, error_description, deps, obtained
         )
     except AuthorizationFailed as failed:
@@ -222,7 +234,7 @@ async def complete_sign_in(
         logger.error("link %s sign-in broke: %s", link.link_id, type(exc).__name__)
         failure = Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
     else:
-        confirmation = await _await_confirmation(session, grant, servers, deps)
+        confirmation = await _await_confirmation(session, grant, servers, subject, deps)
         return CallbackOutcome(
             CallbackResult.VERIFIED, link.link_id, link.address, owner=link.owner,
             confirmation_code=confirmation,
@@ -263,7 +275,7 @@ async def _revoke_obtained(link: LinkToAuthorize, obtained: _Obtained, deps: Bro
             logger.info("link %s: tokens of a failed sign-in kept, a linked grant shares them",
                         link.link_id)  # fmt: skip
             return
-        revoked = await deps.clients[link.provider].revoke(token, hint)
+        revoked = await deps.clients[link.provider_key].revoke(token, hint)
     except Exception as exc:
         # The provider's message could quote what was sent: only the kind of failure.
         logger.warning("link %s: revoking the failed sign-in's tokens failed (%s)",
@@ -274,7 +286,7 @@ async def _revoke_obtained(link: LinkToAuthorize, obtained: _Obtained, deps: Bro
 
 
 async def _claim_session(
-    state: str, cookies: Mapping[str, str], deps: BrokerDeps
+    state: str, cookies: Mapping[str, str], iss: str | None, deps: BrokerDeps
 ) -> tuple[AuthorizationSession, EncryptedSecret] | CallbackRefusal:
     """Finds the state's session and uses it up, or says why the callback must be refused."""
     now = deps.clock()
@@ -288,6 +300,15 @@ async def _claim_session(
     refusal = refuse_callback(found[0] if found else None, now)
     if refusal is not None or found is None:
         return refusal or CallbackRefusal.UNKNOWN_STATE
+    # Before the session is used up: a mixed-up or forged answer must not spend it.
+    client = deps.clients.get(found[0].link.provider_key)
+    if client is not None:
+        endpoints = client.app.endpoints
+        refusal = refuse_issuer(iss, endpoints.issuer, endpoints.iss_parameter_supported)
+        if refusal is not None:
+            shown = None if iss is None else iss[:200]
+            logger.warning("link %s: callback with iss %r refused", start.link_id, shown)
+            return refusal
     if not await deps.store.claim_session(found[0].link.link_id, now):
         return CallbackRefusal.STATE_USED  # a concurrent replay won the claim
     return found
@@ -301,24 +322,26 @@ async def _verify_sign_in(
     error_description: str,
     deps: BrokerDeps,
     obtained: _Obtained,
-) -> tuple[TokenGrant, MailServers]:
+) -> tuple[TokenGrant, MailServers, str | None]:
     """Exchanges the code and checks every promise the link needs; raises AuthorizationFailed.
-    What it gets from the provider goes into `obtained` at once, for revocation on failure."""
+    What it gets from the provider goes into `obtained` at once, for revocation on failure.
+    Returns the grant, the servers it was checked on, and the provider's stable id of the
+    account that signed in (the id token's `sub`, else userinfo's; None where neither came)."""
     if error:
         detail = f"{error}: {error_description}" if error_description else error
         raise AuthorizationFailed(failure_for_callback_error(error), detail)
     if not code:
         raise AuthorizationFailed(FailureCode.PROVIDER_ERROR, "the provider sent no code")
-    client = deps.clients[link.provider]
+    client = deps.clients[link.provider_key]
     now = deps.clock()
     try:
         tokens = obtained.tokens = await client.exchange_code(code, fresh.code_verifier, now)
-        if tokens.id_token:
-            await client.check_id_token(tokens.id_token, fresh.nonce)
+        id_subject = await _checked_id_token(tokens, fresh.nonce, client)
         _require_lasting_mail_access(tokens, client.app)
         mailbox = obtained.mailbox = await client.signed_in_mailbox(tokens, now)
     except (ProviderRefused, ProviderUnreachable) as exc:
         raise _provider_failure(link, exc) from None
+    subject = _same_subject(id_subject, mailbox.subject)
     if not matches_any(link.address, mailbox.addresses):
         signed_in = ", ".join(mailbox.addresses) or "an account without a verified address"
         raise AuthorizationFailed(FailureCode.ACCOUNT_MISMATCH, f"signed in as {signed_in}")
@@ -326,7 +349,36 @@ async def _verify_sign_in(
     grant = TokenGrant(tokens.access_token, refresh_token, tokens.expires_at, tokens.scopes)
     servers = _servers_for(link, deps)
     await _check_mailbox(servers, grant.access_token, deps)
-    return grant, servers
+    return grant, servers, subject
+
+
+async def _checked_id_token(
+    tokens: TokenResponse, nonce: str, client: OAuthProviderClient
+) -> str | None:
+    """Checks the id token (signature, issuer, audience, expiry, our nonce) and returns its
+    `sub`. One must come whenever `openid` was asked for: without it nothing binds the answer
+    to this sign-in's nonce (RFC 9700 2.1.1)."""
+    if not tokens.id_token:
+        if client.app.endpoints.needs_id_token:
+            raise AuthorizationFailed(
+                FailureCode.PROVIDER_ERROR,
+                "the provider sent no id token, which the sign-in requires (openid was asked)",
+            )
+        return None
+    claims = await client.check_id_token(tokens.id_token, nonce)
+    sub = claims.get("sub")
+    return str(sub) if sub is not None else None
+
+
+def _same_subject(id_subject: str | None, userinfo_subject: str | None) -> str | None:
+    """Returns the signed-in account's stable id; refuses userinfo about another account than
+    the id token's (OIDC Core 5.3.2: its values must then not be used)."""
+    if id_subject is not None and userinfo_subject is not None and id_subject != userinfo_subject:
+        raise AuthorizationFailed(
+            FailureCode.PROVIDER_ERROR,
+            "userinfo describes another account (sub) than the id token: not used",
+        )
+    return id_subject if id_subject is not None else userinfo_subject or None
 
 
 def _provider_failure(
@@ -353,24 +405,29 @@ def _require_lasting_mail_access(tokens: TokenResponse, app: OAuthApp) -> None:
 
 async def _check_mailbox(servers: MailServers, access_token: str, deps: BrokerDeps) -> None:
     try:
-        await deps.check_mailbox(servers.imap, servers.smtp, access_token)
+        await deps.check_mailbox(servers.imap, servers.smtp, access_token, servers.mechanism)
     except ProbeFailed as failed:
         code = _LOGIN_REFUSALS.get(failed.code, failed.code)
         raise AuthorizationFailed(code, failed.detail) from None
 
 
 def _servers_for(link: LinkToAuthorize, deps: BrokerDeps) -> MailServers:
-    configured = (deps.mail_servers or {}).get(link.provider)
+    configured = (deps.mail_servers or {}).get(link.provider_key)
     if configured is None:
         return MailServers(link.imap, link.smtp)
     return MailServers(
         configured.imap.model_copy(update={"username": link.address}),
         configured.smtp.model_copy(update={"username": link.address}),
+        configured.mechanism,
     )
 
 
 async def _await_confirmation(
-    session: AuthorizationSession, grant: TokenGrant, servers: MailServers, deps: BrokerDeps
+    session: AuthorizationSession,
+    grant: TokenGrant,
+    servers: MailServers,
+    subject: str | None,
+    deps: BrokerDeps,
 ) -> str:
     """Keeps a verified sign-in (tokens sealed) until the product confirms it; returns the
     one-time code, stored only as a digest."""
@@ -379,7 +436,8 @@ async def _await_confirmation(
     sealed = deps.secret_box.seal(grant.to_json(), context=link.address)
     stored = StoredGrant(
         link.link_id, link.owner, link.address, link.provider, GrantStatus.VERIFIED,
-        grant.expires_at, sealed, verified_at=now,
+        grant.expires_at, sealed, verified_at=now, oidc_provider=link.oidc_provider,
+        subject=subject,
     )  # fmt: skip
     await deps.store.save_grant(stored)
     code = new_secret()
@@ -431,6 +489,7 @@ async def confirm_sign_in(
         owner=link.owner,
         address=link.address,
         provider=link.provider,
+        oidc_provider=link.oidc_provider,
         auth=AuthMethod.OAUTH,
         imap=pending.imap,
         smtp=pending.smtp,

@@ -99,7 +99,7 @@ async def when_mailbox_unlinked_revoke(event: MailboxUnlinked, deps: BrokerDeps)
     if grant is None or link_id is None:
         return  # a password mailbox, or already done
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
-    client = deps.clients.get(grant.provider)
+    client = deps.clients.get(grant.provider_key)
     revoked = False
     if client is not None:
         try:
@@ -143,7 +143,7 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> RefreshResult:
     grant = current
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
     try:
-        fresh = await deps.clients[grant.provider].refresh(tokens.refresh_token, deps.clock())
+        fresh = await deps.clients[grant.provider_key].refresh(tokens.refresh_token, deps.clock())
     except (ProviderRefused, ProviderUnreachable) as failed:
         trouble = classify_token_failure(failed)
         if trouble is TokenFailure.USER_GRANT:

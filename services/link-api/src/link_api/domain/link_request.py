@@ -34,6 +34,7 @@ class LinkRequest:
     # Why the servers speak for the address (domain/authority.py). The default is the weakest
     # on purpose: a request whose authority was never decided must prove ownership.
     authority: Authority = Authority.OWNERSHIP_PROOF
+    oidc_provider: str | None = None  # provider oidc: the configured provider's name
 
     def __post_init__(self) -> None:
         # The event contract refuses the other combinations; fail here, before anything is stored.
@@ -50,6 +51,8 @@ class LinkRequest:
             "imap": self.imap.model_dump(mode="json"),
             "smtp": self.smtp.model_dump(mode="json"),
         }
+        if self.oidc_provider is not None:
+            content["oidc_provider"] = self.oidc_provider
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def in_flight_key(self) -> str:
@@ -79,10 +82,13 @@ class LinkPlan:
     auth: AuthMethod
     settings: MailSettings
     authority: Authority = Authority.OWNERSHIP_PROOF
+    oidc_provider: str | None = None  # provider OIDC: the configured provider's name
 
     @property
     def provider_type(self) -> ProviderType:
         """Who verifies the link: the OAuth broker for this provider, or the IMAP verifier."""
+        if self.provider is Provider.OIDC:
+            return ProviderType.OIDC
         if self.auth is AuthMethod.OAUTH:
             return OAUTH_PROVIDER_TYPES[self.provider]
         return ProviderType.IMAP

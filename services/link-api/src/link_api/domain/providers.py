@@ -22,6 +22,9 @@ class Provider(StrEnum):
     ICLOUD = "icloud"
     IMAP = "imap"
     UNKNOWN = "unknown"
+    # A generic OpenID Connect provider the operator configured (domain/oidc.py); which one,
+    # `oidc_provider` says. Not in the tables below: its settings are the deployment's.
+    OIDC = "oidc"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from link_api import handlers
 from link_api.adapters.registry_client import Registry, RegistryUnavailable, Unlink
 from link_api.domain.link_request import CannotLink, LinkRequest
-from link_api.domain.providers import AuthMethod
+from link_api.domain.oidc import OidcCatalogue
+from link_api.domain.providers import AuthMethod, Provider
 from link_api.entrypoints.rate_limits_http import admit_or_429
 from link_api.entrypoints.schemas import LinkRequestIn, link_body
 from link_api.handlers import IdempotencyKeyReused, LinkApiDeps
@@ -54,9 +55,12 @@ def build_router(
     detector: DetectsProviders,
     allowed_ports: PortRanges = MAIL_PORTS,
     budgets: LinkBudgets | None = None,
+    oidc: OidcCatalogue | None = None,
 ) -> APIRouter:
     """Returns the routes, bound to the handlers' dependencies (and the rate limits, if any);
-    typed servers must use one of `allowed_ports` (the verifier's MBL_VERIFIER_ALLOWED_PORTS)."""
+    typed servers must use one of `allowed_ports` (the verifier's MBL_VERIFIER_ALLOWED_PORTS);
+    `oidc` has the deployment's OpenID Connect providers."""
+    catalogue = oidc or OidcCatalogue.empty()
     router = APIRouter(prefix=USER_PATH, route_class=StrictJsonRoute)
 
     @router.post("/links", status_code=status.HTTP_202_ACCEPTED)
@@ -70,7 +74,7 @@ def build_router(
         """Starts linking a mailbox; answers at once with where to watch its status."""
         _check_idempotency_key(idempotency_key)
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
-        link_request = await _link_request(body, owner, detector, allowed_ports)
+        link_request = await _link_request(body, owner, detector, allowed_ports, catalogue)
         # Before anything is stored or emitted: a refused request leaves only its budget slot.
         await admit_or_429(link_request, body.imap is not None, budgets)
         try:
@@ -165,18 +169,32 @@ def _status_url(request: Request, owner: MailboxOwner, link_id: str) -> str:
 
 
 async def _link_request(
-    body: LinkRequestIn, owner: MailboxOwner, detector: DetectsProviders, ports: PortRanges
+    body: LinkRequestIn,
+    owner: MailboxOwner,
+    detector: DetectsProviders,
+    ports: PortRanges,
+    oidc: OidcCatalogue,
 ) -> LinkRequest:
     """Typed servers, unless the address's known provider hosts it elsewhere; otherwise the
+    configured OpenID Connect provider's (named, or serving the address's domain), the
     provider's or the detected ones, with the password or the provider's sign-in. Each with
     the authority that makes its servers speak for the address."""
     try:
         if body.imap is not None or body.smtp is not None:
+            if body.provider is Provider.OIDC or body.oidc_provider is not None:
+                raise CannotLink(
+                    ApiErrorCode.INVALID_REQUEST,
+                    "An OpenID Connect provider's mailboxes link to its own servers.",
+                    "imap", "omit imap and smtp, or omit provider and oidc_provider",
+                )  # fmt: skip
             _check_typed_servers(body, ports)
             typed = body.to_domain(owner)
             authority = await handlers.typed_servers_authority(typed, detector)
             return replace(typed, authority=authority)
         has_password = body.password is not None
+        chosen = oidc.choose(body.email, body.provider, body.oidc_provider, body.auth, has_password)
+        if chosen is not None:
+            return body.with_plan(owner, chosen.plan())
         plan = await handlers.plan_link(
             body.email, body.provider, body.auth, has_password, detector
         )

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Query
 
 from link_api import handlers
 from link_api.adapters.detector import Detector
-from link_api.domain.providers import PROVIDERS, Detection, MailSettings, ProviderInfo
+from link_api.domain.oidc import OidcCatalogue, OidcProvider
+from link_api.domain.providers import PROVIDERS, AuthMethod, Detection, MailSettings, ProviderInfo
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import ApiError
@@ -17,14 +18,18 @@ REASONS = {
 }
 
 
-def build_providers_router(detector: Detector) -> APIRouter:
-    """Returns the provider routes."""
+def build_providers_router(detector: Detector, oidc: OidcCatalogue | None = None) -> APIRouter:
+    """Returns the provider routes; `oidc` has the deployment's OpenID Connect providers."""
     router = APIRouter(prefix="/v1/providers")
+    catalogue = oidc or OidcCatalogue.empty()
 
     @router.get("")
     async def list_providers() -> dict[str, Any]:
-        """Lists the providers a picker offers, with how to link each and where to get help."""
-        return {"providers": [_provider_body(info) for info in PROVIDERS.values()]}
+        """Lists the providers a picker offers, with how to link each and where to get help:
+        the deployment's OpenID Connect providers (provider "oidc" and its oidc_provider name)
+        first, then the built-in ones."""
+        configured = [_oidc_body(found) for found in catalogue.providers.values()]
+        return {"providers": configured + [_provider_body(info) for info in PROVIDERS.values()]}
 
     @router.get("/detect")
     async def detect_provider(
@@ -40,6 +45,9 @@ def build_providers_router(detector: Detector) -> APIRouter:
                 "The address is not valid.",
                 [("email", str(exc))],
             ) from None
+        configured = catalogue.for_address(address)
+        if configured is not None:  # the operator's word beats anything DNS could say
+            return _oidc_detection_body(address, configured)
         return _detection_body(address, await handlers.detect_provider(address, detector))
 
     return router
@@ -48,6 +56,7 @@ def build_providers_router(detector: Detector) -> APIRouter:
 def _provider_body(info: ProviderInfo) -> dict[str, Any]:
     return {
         "provider": info.provider.value,
+        "oidc_provider": None,
         "name": info.name,
         "auth_methods": [m.value for m in info.auth_methods],
         "settings": _settings_body(info.settings, None),
@@ -56,11 +65,48 @@ def _provider_body(info: ProviderInfo) -> dict[str, Any]:
     }
 
 
+def _oidc_body(found: OidcProvider) -> dict[str, Any]:
+    return {
+        "provider": "oidc",
+        "oidc_provider": found.name,
+        "name": found.title,
+        "auth_methods": [AuthMethod.OAUTH.value],
+        "settings": _settings_body(found.settings, None),
+        "help": f"Sign in with {found.title}.",
+        "app_password_url": None,
+    }
+
+
+def _oidc_detection_body(address: str, found: OidcProvider) -> dict[str, Any]:
+    domain = address.rpartition("@")[2]
+    return {
+        "email": address,
+        "domain": domain,
+        "provider": "oidc",
+        "oidc_provider": found.name,
+        "provider_name": found.title,
+        "auth_method": AuthMethod.OAUTH.value,
+        "auth_methods": [AuthMethod.OAUTH.value],
+        "confidence": "high",
+        "evidence": [
+            {
+                "rule": "oidc_domain",
+                "detail": f"{domain} signs in with this deployment's provider {found.name}",
+            }
+        ],
+        "settings": _settings_body(found.settings, address),
+        "reason": None,
+        "message": None,
+        "alternatives": [],
+    }
+
+
 def _detection_body(address: str, detection: Detection) -> dict[str, Any]:
     return {
         "email": address,
         "domain": detection.domain,
         "provider": detection.provider.value,
+        "oidc_provider": None,
         "provider_name": detection.provider_name,
         "auth_method": detection.auth_methods[0].value if detection.auth_methods else None,
         "auth_methods": [m.value for m in detection.auth_methods],

@@ -19,6 +19,7 @@ from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSetti
 from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.addresses import normalize_address, normalize_host
 from mailbox_link_shared.credentials import MailboxCredentials
+from mailbox_link_shared.oidc_providers import OIDC_PROVIDER_NAME_PATTERN
 
 MAX_USERNAME_LENGTH = 320
 MAX_PASSWORD_LENGTH = 1024
@@ -82,13 +83,20 @@ class LinkRequestIn(_Strict):
     Give `imap` and `smtp` to use exactly those servers. Otherwise the servers come from
     `provider`, or from detection when it is omitted: give the `password` (an app password
     where the provider needs one) to link with it, or no password to sign in at a provider
-    that offers it (Google, Microsoft, Yahoo, AOL).
+    that offers it (Google, Microsoft, Yahoo, AOL, or the deployment's OpenID Connect
+    providers: `provider` "oidc" with `oidc_provider`, or an address in their domains).
     """
 
     email: str = Field(examples=["alice@example.org"])
     terms_accepted: StrictBool
     provider: Provider | None = Field(
         default=None, description="Overrides detection: who hosts the mailbox."
+    )
+    oidc_provider: str | None = Field(
+        default=None,
+        pattern=OIDC_PROVIDER_NAME_PATTERN,
+        description='With provider "oidc": which OpenID Connect provider of this deployment '
+        "(GET /v1/providers); omitted, the one serving the address's domain.",
     )
     password: Password | None = None
     auth: AuthMethod | None = Field(
@@ -144,6 +152,7 @@ class LinkRequestIn(_Strict):
                 None,
                 AuthMethod.OAUTH,
                 plan.authority,
+                plan.oidc_provider,
             )
         if self.password is None:
             raise ValueError("a password link needs the password")

@@ -103,6 +103,7 @@ class MongoBrokerStore:
             "user_id": link.owner.user_id,
             "address": link.address,
             "provider": link.provider.value,
+            "oidc_provider": link.oidc_provider,
             "imap": link.imap.model_dump_json(),
             "smtp": link.smtp.model_dump_json(),
             "secrets": sealed.model_dump_json(),
@@ -362,6 +363,7 @@ def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedS
         provider=ProviderType(document["provider"]),
         imap=ServerSettings.model_validate_json(document["imap"]),
         smtp=ServerSettings.model_validate_json(document["smtp"]),
+        oidc_provider=document.get("oidc_provider"),
     )
     session = AuthorizationSession(
         link=link,
@@ -389,6 +391,8 @@ def _grant_document(grant: StoredGrant) -> dict[str, Any]:
         "refresh_failures": grant.refresh_failures,
         "retry_at": grant.retry_at,
         "last_refresh_error": grant.last_refresh_error,
+        "oidc_provider": grant.oidc_provider,
+        "subject": grant.subject,
     }
 
 
@@ -406,4 +410,6 @@ def _grant(document: dict[str, Any]) -> StoredGrant:
         refresh_failures=int(document.get("refresh_failures") or 0),
         retry_at=document.get("retry_at"),
         last_refresh_error=document.get("last_refresh_error"),
+        oidc_provider=document.get("oidc_provider"),
+        subject=document.get("subject"),
     )

@@ -1,18 +1,31 @@
-"""Logs in to a mailbox's IMAP and SMTP servers with XOAUTH2, as a product would use it."""
+"""Logs in to a mailbox's IMAP and SMTP servers with an OAuth access token, as a product would
+use it: XOAUTH2 (Google, Microsoft, Dovecot), or the mechanism an OIDC provider is configured
+with."""
 
 import asyncio
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mailbox_link_contract.events import ServerSettings
-from mailbox_link_shared.mail_probes import probe_imap_xoauth2, probe_smtp_xoauth2
+from mailbox_link_shared.mail_probes import Endpoint, probe_imap_xoauth2, probe_smtp_xoauth2
 from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.network_policy import IPNetwork, PortRanges
+from mailbox_link_shared.oidc_providers import SaslMechanism
+
+_Probe = Callable[[Endpoint, str, str, ssl.SSLContext, float], Awaitable[None]]
+# The token logins this build has, IMAP's and SMTP's. OAUTHBEARER (RFC 7628) is the seam for
+# the mail probes' own: add (probe_imap_oauthbearer, probe_smtp_oauthbearer) here once
+# mailbox_link_shared.mail_probes has them; until then bootstrap refuses to load a provider
+# configured with it.
+_PROBES: dict[SaslMechanism, tuple[_Probe, _Probe]] = {
+    SaslMechanism.XOAUTH2: (probe_imap_xoauth2, probe_smtp_xoauth2),
+}
+SUPPORTED_MECHANISMS = frozenset(_PROBES)
 
 
 @dataclass(frozen=True)
-class XOAuth2MailboxCheck:
+class OAuthMailboxCheck:
     """Checks both servers at once; raises ProbeFailed, IMAP's reason before SMTP's."""
 
     tls: ssl.SSLContext
@@ -20,22 +33,25 @@ class XOAuth2MailboxCheck:
     timeout: float
     allowed_ports: PortRanges
 
-    async def __call__(self, imap: ServerSettings, smtp: ServerSettings, access_token: str) -> None:
+    async def __call__(
+        self,
+        imap: ServerSettings,
+        smtp: ServerSettings,
+        access_token: str,
+        mechanism: SaslMechanism = SaslMechanism.XOAUTH2,
+    ) -> None:
+        probe_imap, probe_smtp = _PROBES[mechanism]
         results = await asyncio.gather(
-            self._imap(imap, access_token), self._smtp(smtp, access_token), return_exceptions=True
+            self._login(probe_imap, imap, access_token),
+            self._login(probe_smtp, smtp, access_token),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _imap(self, server: ServerSettings, access_token: str) -> None:
+    async def _login(self, probe: _Probe, server: ServerSettings, access_token: str) -> None:
         endpoint = await resolve_endpoint(
             server, self.allowlist, self.timeout, allowed_ports=self.allowed_ports
         )
-        await probe_imap_xoauth2(endpoint, server.username, access_token, self.tls, self.timeout)
-
-    async def _smtp(self, server: ServerSettings, access_token: str) -> None:
-        endpoint = await resolve_endpoint(
-            server, self.allowlist, self.timeout, allowed_ports=self.allowed_ports
-        )
-        await probe_smtp_xoauth2(endpoint, server.username, access_token, self.tls, self.timeout)
+        await probe(endpoint, server.username, access_token, self.tls, self.timeout)

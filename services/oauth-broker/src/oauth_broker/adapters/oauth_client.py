@@ -56,10 +56,14 @@ class TokenResponse:
 
 @dataclass(frozen=True)
 class SignedInMailbox:
-    """The addresses of the account that signed in, and a refresh token the lookup rotated."""
+    """The addresses of the account that signed in, and a refresh token the lookup rotated.
+
+    `subject` is userinfo's `sub` where userinfo was read (None where the profile came from
+    elsewhere: Graph's /me): it must equal the id token's (OIDC Core 5.3.2)."""
 
     addresses: tuple[str, ...]
     rotated_refresh_token: str | None = None
+    subject: str | None = None
 
 
 class OAuthClient:
@@ -81,20 +85,21 @@ class OAuthClient:
             self._http = None
 
     def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
-        """Returns the provider sign-in URL for a session: state, PKCE S256, nonce, hint."""
+        """Returns the provider sign-in URL for a session: state, PKCE S256, nonce, hint, and
+        the provider's own parameters (lasting access, prompt, extras)."""
         endpoints = self.app.endpoints
         url: str = prepare_grant_uri(
             endpoints.authorize_url,
             client_id=self.app.client_id,
             response_type="code",
             redirect_uri=self.app.redirect_uri,
-            scope=" ".join(endpoints.scopes),
+            scope=" ".join(endpoints.requested_scopes),
             state=secrets.state,
             code_challenge=create_s256_code_challenge(secrets.code_verifier),
             code_challenge_method="S256",
             nonce=secrets.nonce,
             login_hint=login_hint,
-            **dict(endpoints.authorize_params),
+            **dict(endpoints.sign_in_params()),
         )
         return url
 
@@ -143,7 +148,8 @@ class OAuthClient:
         return True
 
     async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
-        """Verifies the id token's signature, issuer, audience, expiry and our nonce."""
+        """Verifies the id token's signature, issuer, audience, expiry and our nonce, and that
+        it names a subject."""
         endpoints = self.app.endpoints
         try:
             claims = await self._decode(id_token)
@@ -151,6 +157,7 @@ class OAuthClient:
                 "aud": {"essential": True, "value": self.app.client_id},
                 "nonce": {"essential": True, "value": nonce},
                 "exp": {"essential": True},
+                "sub": {"essential": True},
             }
             if endpoints.issuer is not None:
                 expected["iss"] = {"essential": True, "value": endpoints.issuer}
@@ -182,11 +189,12 @@ class OAuthClient:
         if profile is MailboxProfile.GRAPH:
             return await self._graph_mailbox(tokens, now)
         userinfo = await self._get_json(self.app.endpoints.userinfo_url, tokens.access_token)
-        return SignedInMailbox(_verified_email(userinfo))
+        claim = self.app.endpoints.email_claim
+        return SignedInMailbox(_verified_email(userinfo, claim), subject=_subject(userinfo))
 
     async def _gmail_mailbox(self, access_token: str) -> SignedInMailbox:
         userinfo = await self._get_json(self.app.endpoints.userinfo_url, access_token)
-        signed_in = _verified_email(userinfo)
+        signed_in = _verified_email(userinfo, "email")
         url = self.app.endpoints.profile_url or ""
         try:
             profile = await self._get_json(url, access_token)
@@ -198,7 +206,8 @@ class OAuthClient:
                     f"{', '.join(signed_in) or 'this account'}",
                 ) from None
             raise
-        return SignedInMailbox((str(profile.get("emailAddress", "")), *signed_in))
+        addresses = (str(profile.get("emailAddress", "")), *signed_in)
+        return SignedInMailbox(addresses, subject=_subject(userinfo))
 
     async def _graph_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         # Graph is another resource than Outlook's IMAP/SMTP: its token comes from the refresh
@@ -299,12 +308,23 @@ def _token_response(token: dict[str, Any], asked: tuple[str, ...], now: datetime
     )
 
 
-def _verified_email(userinfo: dict[str, Any]) -> tuple[str, ...]:
-    email = userinfo.get("email")
-    # An unverified address proves nothing about who owns the mailbox.
-    if not email or userinfo.get("email_verified") is False:
+def _verified_email(userinfo: dict[str, Any], claim: str) -> tuple[str, ...]:
+    email = userinfo.get(claim)
+    # An unverified address proves nothing about who owns the mailbox; "false" as a string
+    # is how some providers spell it.
+    if (
+        not email
+        or not isinstance(email, str)
+        or userinfo.get("email_verified") in (False, "false")
+    ):
         return ()
-    return (str(email),)
+    return (email,)
+
+
+def _subject(userinfo: dict[str, Any]) -> str:
+    # "" when missing: OIDC Core 5.3.2 requires it, so it then matches no id token's.
+    sub = userinfo.get("sub")
+    return sub if isinstance(sub, str) else ""
 
 
 def _json_object(response: httpx2.Response) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mailbox_link_contract.events import MailboxOwner, ProviderType
 from mailbox_link_contract.values import EncryptedSecret
+from oauth_broker.domain.providers import ProviderKey, provider_key
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,15 @@ class StoredGrant:
     refresh_failures: int = 0
     retry_at: datetime | None = None
     last_refresh_error: str | None = None
+    oidc_provider: str | None = None  # the configured OpenID Connect provider's name
+    # The provider's stable id of the account that signed in (the id token's `sub`, else
+    # userinfo's): a reconnect must come from the same account.
+    subject: str | None = None
+
+    @property
+    def provider_key(self) -> ProviderKey:
+        """Which provider client refreshes and revokes this grant."""
+        return provider_key(self.provider, self.oidc_provider)
 
 
 # A refresh that failed by no fault of the user is tried again after FIRST_REFRESH_RETRY, the

@@ -2,7 +2,11 @@
 
 The endpoints and scopes here are the real providers' defaults; an operator supplies only the
 client credentials and the redirect URI, and may override any endpoint (tests point them at a
-local authorization server).
+local authorization server). Generic OpenID Connect providers (MBL_OIDC_PROVIDERS) have no
+defaults: their endpoints come from discovery, their options from the configuration.
+
+A provider is named by its key: the ProviderType's value for the built-in ones ("google"), and
+"oidc:<name>" for a configured OpenID Connect provider.
 """
 
 # ruff: noqa: S106 - "token_url" names an endpoint, not a secret
@@ -36,6 +40,32 @@ class TokenAuthMethod(StrEnum):
     POST = "client_secret_post"  # id and secret in the form body
 
 
+# A plain str, so a ProviderType (a StrEnum) is its built-in provider's key as it is.
+ProviderKey = str
+
+
+def oidc_key(name: str) -> ProviderKey:
+    """Returns the key of the configured OpenID Connect provider `name`."""
+    return f"{ProviderType.OIDC.value}:{name}"
+
+
+def provider_key(provider: ProviderType, oidc_provider: str | None) -> ProviderKey:
+    """Returns the key a link's provider client is found by."""
+    if provider is ProviderType.OIDC:
+        return oidc_key(oidc_provider or "")
+    return provider.value
+
+
+# Authorize parameters the broker sets itself: extra parameters may not replace them.
+RESERVED_AUTHORIZE_PARAMS = frozenset(
+    {
+        "client_id", "response_type", "redirect_uri", "scope", "state", "nonce",
+        "code_challenge", "code_challenge_method", "login_hint", "request", "request_uri",
+        "response_mode", "prompt", "access_type",
+    }
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ProviderEndpoints:
     """One provider's OAuth endpoints and scopes."""
@@ -57,16 +87,49 @@ class ProviderEndpoints:
     # token for /me from the refresh token with these scopes.
     profile_scopes: tuple[str, ...] = ()
     token_scopes: tuple[str, ...] = ()
-    # Issue 14 (filled in by the generic OIDC provider work): the sign-in's prompt, how lasting
-    # access is asked for, the token endpoint's client authentication (None: as discovery
-    # says, else client_secret_basic), what discovery advertises, and whether an id token
-    # must come back.
+    # The sign-in's prompt (None: "consent" when offline access is asked for; "": none), how
+    # lasting access is asked for, the token endpoint's client authentication (None: as
+    # discovery says, else client_secret_basic), what discovery advertises, and whether an id
+    # token must come back even without `openid` (with it, one always must).
     prompt: str | None = None
     offline_access: OfflineAccess = OfflineAccess.GRANTED
     token_auth_method: TokenAuthMethod | None = None
     token_auth_methods_supported: tuple[str, ...] = ()
     iss_parameter_supported: bool = False  # RFC 9207: callbacks carry `iss`
     require_id_token: bool = False
+    # Which userinfo claim is the mailbox's address (MailboxProfile.USERINFO).
+    email_claim: str = "email"
+
+    @property
+    def requested_scopes(self) -> tuple[str, ...]:
+        """The scopes asked for at sign-in: OIDC Core 11's offline_access is added when that
+        is how this provider grants lasting access."""
+        if self.offline_access is OfflineAccess.SCOPE and "offline_access" not in self.scopes:
+            return (*self.scopes, "offline_access")
+        return self.scopes
+
+    @property
+    def needs_id_token(self) -> bool:
+        """True when the code exchange must return an id token (checked, nonce included):
+        whenever `openid` is asked for (RFC 9700 2.1.1, OIDC Core 3.1.3.3), or as configured."""
+        return self.require_id_token or "openid" in self.requested_scopes
+
+    def sign_in_params(self) -> tuple[tuple[str, str], ...]:
+        """The authorize parameters besides OAuth's and PKCE's own: how lasting access is
+        asked for, the prompt, then the provider's extra parameters."""
+        params: list[tuple[str, str]] = []
+        if self.offline_access is OfflineAccess.ACCESS_TYPE:
+            params.append(("access_type", "offline"))
+        prompt = self.prompt
+        if prompt is None and self.offline_access is not OfflineAccess.GRANTED:
+            # OIDC Core 11: offline_access is honoured only after a consent just shown;
+            # Google likewise grants a refresh token only then.
+            prompt = "consent"
+        if prompt:
+            params.append(("prompt", prompt))
+        taken = {name for name, _ in params}
+        params.extend((name, value) for name, value in self.authorize_params if name not in taken)
+        return tuple(params)
 
 
 GOOGLE = ProviderEndpoints(
@@ -80,8 +143,10 @@ GOOGLE = ProviderEndpoints(
     profile_url="https://gmail.googleapis.com/gmail/v1/users/me/profile",
     scopes=("openid", "email", "https://mail.google.com/"),
     mail_scopes=("https://mail.google.com/",),
-    # offline + consent: Google only grants a refresh token on a consent it just showed.
-    authorize_params=(("access_type", "offline"), ("prompt", "consent")),
+    # access_type=offline + prompt=consent: Google only grants a refresh token on a consent
+    # it just showed.
+    offline_access=OfflineAccess.ACCESS_TYPE,
+    prompt="consent",
 )
 
 _OUTLOOK_MAIL = (
@@ -99,7 +164,10 @@ MICROSOFT = ProviderEndpoints(
     profile_url="https://graph.microsoft.com/v1.0/me",
     scopes=("openid", "email", "offline_access", "User.Read", *_OUTLOOK_MAIL),
     mail_scopes=_OUTLOOK_MAIL,
-    authorize_params=(("prompt", "select_account"),),
+    # offline_access is among the scopes: Microsoft grants a refresh token without a consent
+    # prompt; select_account lets a user with several accounts pick the mailbox's.
+    offline_access=OfflineAccess.SCOPE,
+    prompt="select_account",
     profile_scopes=("User.Read",),
     token_scopes=("openid", "offline_access", *_OUTLOOK_MAIL),
 )
@@ -118,7 +186,9 @@ def _yahoo_login(host: str) -> ProviderEndpoints:
         profile_url=None,
         scopes=("openid", "email", "mail-w"),
         mail_scopes=("mail-w",),
-        authorize_params=(("prompt", "login"),),
+        # Yahoo grants a refresh token with every code; its documentation asks for a login.
+        offline_access=OfflineAccess.GRANTED,
+        prompt="login",
     )
 
 

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from mailbox_link_contract.events import LinkRequested, MailboxOwner, ProviderType, ServerSettings
+from oauth_broker.domain.providers import ProviderKey, provider_key
 
 
 class SessionStatus(StrEnum):
@@ -109,12 +110,21 @@ class LinkToAuthorize:
     provider: ProviderType
     imap: ServerSettings
     smtp: ServerSettings
+    oidc_provider: str | None = None  # the configured OpenID Connect provider's name
 
     @classmethod
     def of(cls, event: LinkRequested) -> "LinkToAuthorize":
         """Returns the part of a link request the sign-in needs."""
         data = event.data
-        return cls(data.link_id, data.owner, data.address, data.provider, data.imap, data.smtp)
+        return cls(
+            data.link_id, data.owner, data.address, data.provider, data.imap, data.smtp,
+            data.oidc_provider if data.provider is ProviderType.OIDC else None,
+        )  # fmt: skip
+
+    @property
+    def provider_key(self) -> ProviderKey:
+        """Which provider client signs this link in."""
+        return provider_key(self.provider, self.oidc_provider)
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,9 @@ class CallbackRefusal(StrEnum):
     START_USED = "start_used"  # the start URL was already opened (in this or another browser)
     NOT_BOUND = "not_bound"  # the callback came to a browser that did not start the sign-in
     MALFORMED = "malformed"  # a parameter longer than any we issue or a provider sends
+    # RFC 9207: the callback names another issuer than the link's provider, or none where the
+    # provider promises one: a mix-up attack, or a forged callback.
+    ISSUER_MISMATCH = "issuer_mismatch"
 
 
 def refuse_callback(session: AuthorizationSession | None, now: datetime) -> CallbackRefusal | None:
@@ -189,6 +202,20 @@ def refuse_callback(session: AuthorizationSession | None, now: datetime) -> Call
         # The registry has ended the link, or will as soon as it notices: do not race it.
         return CallbackRefusal.LINK_ENDED
     return None
+
+
+def refuse_issuer(
+    iss: str | None, issuer: str | None, iss_parameter_supported: bool
+) -> CallbackRefusal | None:
+    """Returns why a callback's RFC 9207 `iss` must be refused, or None to go on. Checked when
+    the provider advertises the parameter (then it must be there) and whenever it is present;
+    not where the issuer cannot be known (Microsoft's multi-tenant endpoint)."""
+    if issuer is None or (iss is None and not iss_parameter_supported):
+        return None
+    # Exactly the issuer, compared as strings (RFC 9207 2.4: no normalization).
+    if iss is not None and iss == issuer:
+        return None
+    return CallbackRefusal.ISSUER_MISMATCH
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,11 @@ REFUSALS = {
         "This sign-in link is not one we issued: a part of it is longer than any we use.",
         "Open the sign-in link from the app unchanged, or start linking the mailbox again.",
     ),
+    CallbackRefusal.ISSUER_MISMATCH: (
+        "This answer did not come from the provider you were signing in with.",
+        "Close this page and open the sign-in link from the app again; if this keeps "
+        "happening, tell the product's support.",
+    ),
 }
 # A refused confirmation: status, code, message, and the field with its fix. Nothing changes.
 CONFIRM_REFUSALS: dict[ConfirmRefusal, tuple[int, ApiErrorCode, str, tuple[str, str]]] = {
@@ -146,9 +151,11 @@ def build_public_router(
         code: str | None = Query(default=None, max_length=4096),
         error: str | None = Query(default=None, max_length=256),
         error_description: str = Query(default="", max_length=1024),
+        # RFC 9207: the issuer that sent this answer; checked against the link's provider.
+        iss: str | None = Query(default=None, max_length=2048),
     ) -> Response:
         outcome = await handlers.complete_sign_in(
-            state, code, error, error_description, deps, request.cookies
+            state, code, error, error_description, deps, request.cookies, iss=iss
         )
         if return_url and outcome.result is not CallbackResult.REFUSED:
             answer: Response = RedirectResponse(_return_to(return_url, outcome), status_code=303)
