@@ -143,7 +143,8 @@ async def test_a_reconnect_required_mailbox_linked_again_is_reconnected_in_place
     [answer] = _finals(deps, "r1")
     assert isinstance(answer, MailboxReconnected)
     assert answer.data.mailbox_id == linked.data.mailbox_id
-    assert answer.data.address == ADDRESS and answer.data.owner == ALICE
+    assert answer.data.address == ADDRESS
+    assert answer.data.owner == ALICE
     mailbox = await _mailbox(deps)
     assert mailbox.mailbox_id == linked.data.mailbox_id
     assert mailbox.reconnect_required is None
@@ -156,7 +157,8 @@ async def test_a_reconnect_required_mailbox_linked_again_is_reconnected_in_place
     assert (await _record(deps, "r1")).state is LinkState.RECONNECTED
     assert store.pending_entries == {}
     owner = await handlers.find_owner(ADDRESS, deps)
-    assert owner is not None and owner.link_id == "l1"
+    assert owner is not None
+    assert owner.link_id == "l1"
 
 
 async def test_an_active_mailbox_answers_already_linked_unless_reconnect_is_asked(
