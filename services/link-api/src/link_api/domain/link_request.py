@@ -34,6 +34,8 @@ class LinkRequest:
     # Why the servers speak for the address (domain/authority.py). The default is the weakest
     # on purpose: a request whose authority was never decided must prove ownership.
     authority: Authority = Authority.OWNERSHIP_PROOF
+    # The user asks to reconnect their linked mailbox in place (the registry decides).
+    reconnect: bool = False
 
     def __post_init__(self) -> None:
         # The event contract refuses the other combinations; fail here, before anything is stored.
@@ -50,6 +52,8 @@ class LinkRequest:
             "imap": self.imap.model_dump(mode="json"),
             "smtp": self.smtp.model_dump(mode="json"),
         }
+        if self.reconnect:  # only when set: fingerprints of earlier requests stay as they were
+            content["reconnect"] = True
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def in_flight_key(self) -> str:

@@ -175,14 +175,14 @@ async def _link_request(
             _check_typed_servers(body, ports)
             typed = body.to_domain(owner)
             authority = await handlers.typed_servers_authority(typed, detector)
-            return replace(typed, authority=authority)
+            return replace(typed, authority=authority, reconnect=body.reconnect)
         has_password = body.password is not None
         plan = await handlers.plan_link(
             body.email, body.provider, body.auth, has_password, detector
         )
     except CannotLink as exc:
         raise ApiError(422, exc.code, exc.message, [(exc.field, exc.fix)]) from None
-    return body.with_plan(owner, plan)
+    return replace(body.with_plan(owner, plan), reconnect=body.reconnect)
 
 
 def _check_typed_servers(body: LinkRequestIn, ports: PortRanges) -> None:
