@@ -44,7 +44,7 @@ class LinkRequest:
 
     def fingerprint(self) -> str:
         """Identifies the request's non-secret content, to tell a retry from a different request."""
-        content = {
+        content: dict[str, object] = {
             "owner": self.owner.model_dump(),
             "address": self.address,
             "provider": self.provider.value,
