@@ -72,6 +72,7 @@ class InMemoryBrokerStore:
         self.starts: dict[str, SignInStart] = {}
         self.confirmations: dict[str, PendingConfirmation] = {}
         self.confirmed: set[str] = set()
+        self.reconnects: dict[str, str] = {}
 
     async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
         entry = self.sessions.setdefault(session.link.link_id, _Session())
@@ -211,6 +212,32 @@ class InMemoryBrokerStore:
             del self.grants[link_id]
         return len(unanswered)
 
+    async def note_reconnect(self, link_id: str, mailbox_id: str, now: datetime) -> None:
+        self.reconnects.setdefault(link_id, mailbox_id)
+
+    async def reconnect_of(self, link_id: str) -> str | None:
+        return self.reconnects.get(link_id)
+
+    async def forget_reconnect(self, link_id: str) -> None:
+        self.reconnects.pop(link_id, None)
+
+    async def grant_of_mailbox(self, mailbox_id: str) -> StoredGrant | None:
+        return next((g for g in self.grants.values() if g.mailbox_id == mailbox_id), None)
+
+    async def adopt_grant(self, link_id: str, grant: StoredGrant) -> bool:
+        old = self.grants.get(link_id)
+        if old is None:
+            return False
+        self.grants[link_id] = replace(
+            old,
+            sealed=grant.sealed,
+            expires_at=grant.expires_at,
+            verified_at=grant.verified_at,
+            status=GrantStatus.ACTIVE,
+        )
+        self.leases.pop(link_id, None)
+        return True
+
 
 @dataclass
 class FakeProvider:
@@ -227,6 +254,8 @@ class FakeProvider:
     nonce_seen: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     refreshed: int = 0
+    refreshed_with: list[str] = field(default_factory=list)
+    subject: str | None = "sub-alice"
 
     def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
         return f"https://provider.test/authorize?state={secrets.state}&login_hint={login_hint}"
@@ -243,6 +272,7 @@ class FakeProvider:
         if self.refresh_error is not None:
             raise self.refresh_error
         self.refreshed += 1
+        self.refreshed_with.append(refresh_token)
         token = f"access-{self.refreshed + 1}"
         return TokenResponse(token, None, now + self.lifetime, frozenset(), None)
 
@@ -257,7 +287,7 @@ class FakeProvider:
     async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         if self.profile_error is not None:
             raise self.profile_error
-        return SignedInMailbox(self.signed_in_as)
+        return SignedInMailbox(self.signed_in_as, subject=self.subject)
 
     async def aclose(self) -> None:
         return None
@@ -300,12 +330,15 @@ def requested(link_id: str) -> LinkRequested:
     return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
 
 
-def reserved(link_id: str, provider: ProviderType = ProviderType.GOOGLE) -> LinkReserved:
-    """The registry's reservation of that request, for an hour."""
+def reserved(
+    link_id: str, provider: ProviderType = ProviderType.GOOGLE, mailbox_id: str | None = None
+) -> LinkReserved:
+    """The registry's reservation of that request, for an hour (to reconnect `mailbox_id`)."""
     expires_at = FakeClock()() + timedelta(hours=1)
     data = LinkReservedData(
-        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=expires_at, provider=provider
-    )
+        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=expires_at, provider=provider,
+        mailbox_id=mailbox_id,
+    )  # fmt: skip
     return LinkReserved(correlation_id=link_id, producer="registry", data=data)
 
 

@@ -55,6 +55,7 @@ from oauth_broker.domain.sessions import (
     state_digest,
 )
 from oauth_broker.ports import BrokerDeps, MailServers
+from oauth_broker.reconnects import require_the_account_linked_before
 
 logger = logging.getLogger(__name__)
 # Reservation markers of password links, which the broker sees but never serves.
@@ -276,8 +277,11 @@ async def _verify_sign_in(
     if not matches_any(link.address, mailbox.addresses):
         signed_in = ", ".join(mailbox.addresses) or "an account without a verified address"
         raise AuthorizationFailed(FailureCode.ACCOUNT_MISMATCH, f"signed in as {signed_in}")
+    await require_the_account_linked_before(link, mailbox, deps)
     refresh_token = mailbox.rotated_refresh_token or tokens.refresh_token or ""
-    grant = TokenGrant(tokens.access_token, refresh_token, tokens.expires_at, tokens.scopes)
+    grant = TokenGrant(
+        tokens.access_token, refresh_token, tokens.expires_at, tokens.scopes, mailbox.subject
+    )
     servers = _servers_for(link, deps)
     await _check_mailbox(servers, grant.access_token, deps)
     return grant, servers

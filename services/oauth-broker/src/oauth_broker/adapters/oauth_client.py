@@ -58,6 +58,9 @@ class SignedInMailbox:
 
     addresses: tuple[str, ...]
     rotated_refresh_token: str | None = None
+    # The provider's stable id of the account (userinfo `sub`, Graph `id`): an address can be
+    # given to another account later, this id is not (a reconnect must come from the same one).
+    subject: str | None = None
 
 
 class OAuthClient:
@@ -187,7 +190,7 @@ class OAuthClient:
         if profile is MailboxProfile.GRAPH:
             return await self._graph_mailbox(tokens, now)
         userinfo = await self._get_json(self.app.endpoints.userinfo_url, tokens.access_token)
-        return SignedInMailbox(_verified_email(userinfo))
+        return SignedInMailbox(_verified_email(userinfo), subject=_subject(userinfo, "sub"))
 
     async def _gmail_mailbox(self, access_token: str) -> SignedInMailbox:
         userinfo = await self._get_json(self.app.endpoints.userinfo_url, access_token)
@@ -203,7 +206,9 @@ class OAuthClient:
                     f"{', '.join(signed_in) or 'this account'}",
                 ) from None
             raise
-        return SignedInMailbox((str(profile.get("emailAddress", "")), *signed_in))
+        return SignedInMailbox(
+            (str(profile.get("emailAddress", "")), *signed_in), subject=_subject(userinfo, "sub")
+        )
 
     async def _graph_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         # Graph is another resource than Outlook's IMAP/SMTP: its token comes from the refresh
@@ -213,7 +218,7 @@ class OAuthClient:
         graph = await self.refresh(tokens.refresh_token, now, self.app.endpoints.profile_scopes)
         me = await self._get_json(self.app.endpoints.profile_url or "", graph.access_token)
         addresses = tuple(str(me[key]) for key in ("mail", "userPrincipalName") if me.get(key))
-        return SignedInMailbox(addresses, graph.refresh_token)
+        return SignedInMailbox(addresses, graph.refresh_token, subject=_subject(me, "id"))
 
     async def _get_json(self, url: str, access_token: str | None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
@@ -279,6 +284,11 @@ def _verified_email(userinfo: dict[str, Any]) -> tuple[str, ...]:
     if not email or userinfo.get("email_verified") is False:
         return ()
     return (str(email),)
+
+
+def _subject(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return str(value) if value else None
 
 
 def _json_object(response: httpx2.Response) -> dict[str, Any]:
