@@ -17,7 +17,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from localinfra import LocalOAuthServer
-from localinfra.registry_driver import EventSender
+from localinfra.registry_driver import EventSender, registry_documents
 from localinfra.services import RunningServices, register_broker_app, start_services
 from localinfra.stack import Endpoints, LocalStack
 from mailbox_link_contract.events import (
@@ -41,6 +41,7 @@ from .conftest import (
     wait_for_outcome,
 )
 from .probes import read_topics
+from .registry_checks import assert_registry_consistent
 from .test_oauth_links import Browser, confirm, new_account, wait_for_sign_in_url
 
 # The namespace of the session's services (conftest.services).
@@ -239,6 +240,13 @@ async def test_an_oauth_mailbox_refused_for_good_reconnects_with_the_same_accoun
             assert (grant["_id"], grant["status"]) == (first["link_id"], "active")
         finally:
             await mongo.close()
+        # The registry keeps the reconnect's sealed tokens for the mailbox, and only those;
+        # one holder of each address, hold and slot.
+        documents = await registry_documents(infra.mongodb_uri, NAMESPACE)
+        ours = {link["_id"] for link in documents["links"] if link["address"] == address}
+        kept = {v["_id"] for v in documents["verifications"]} & ours
+        assert kept == {again["link_id"]}
+        assert_registry_consistent(documents)
     finally:
         oauth.access_token_lifetime = 3600
         oauth.set_subject("google", address, None)
