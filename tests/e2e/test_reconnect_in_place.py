@@ -252,14 +252,47 @@ async def test_an_oauth_mailbox_refused_for_good_reconnects_with_the_same_accoun
         oauth.set_subject("google", address, None)
 
 
+async def test_an_active_oauth_mailbox_is_signed_in_again_only_when_reconnect_is_asked(
+    oauth_api: httpx.AsyncClient,
+    browser: Browser,
+    oauth: LocalOAuthServer,
+    infra: Endpoints,
+) -> None:
+    address, user_id = new_account(oauth, "google"), unique_user_id()
+    first, _ = await _sign_in_link(oauth_api, browser, user_id, address)
+    assert first["status"] == "linked", first
+    body = {"email": address, "terms_accepted": True}
+    accepted = await request_link(oauth_api, "acme", user_id, body)
+    plain = await wait_for_outcome(oauth_api, accepted["status_url"])
+    assert (plain["status"], plain["already_linked"], plain["authorization"]) == (
+        "linked", True, None,
+    )  # fmt: skip
+    old_refresh = oauth.issued_tokens(address, "refresh_token")[-1]
+
+    again, _ = await _sign_in_link(oauth_api, browser, user_id, address, reconnect=True)
+    assert (again["status"], again["reconnected"], again["mailbox_id"]) == (
+        "linked", True, first["mailbox_id"],
+    )  # fmt: skip
+    [event] = await _reconnected_events(infra, NAMESPACE, again["link_id"])
+    assert event["data"]["mailbox_id"] == first["mailbox_id"]
+    # Google ends every grant of the user when one token is revoked: the replaced tokens are
+    # only deleted, and the new ones keep working.
+    newest = oauth.issued_tokens(address, "refresh_token")[-1]
+    assert newest != old_refresh
+    assert not oauth.was_revoked(newest)
+    [mailbox] = await _mailboxes(oauth_api, user_id)
+    assert (mailbox["mailbox_id"], mailbox["status"]) == (first["mailbox_id"], "active")
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
 async def _sign_in_link(
-    api: httpx.AsyncClient, browser: Browser, user_id: str, address: str
+    api: httpx.AsyncClient, browser: Browser, user_id: str, address: str, **extra: Any
 ) -> tuple[dict[str, Any], httpx.Response]:
     """Links (or reconnects) a Google mailbox of this user through its sign-in."""
-    accepted = await request_link(api, "acme", user_id, {"email": address, "terms_accepted": True})
+    body = {"email": address, "terms_accepted": True, **extra}
+    accepted = await request_link(api, "acme", user_id, body)
     link = await wait_for_sign_in_url(api, accepted["status_url"])
     assert link["status"] == "authorization_required", link  # a sign-in is offered
     page = await browser.open(await browser.consent(link["authorization"]["url"], address))
