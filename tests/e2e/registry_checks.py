@@ -5,7 +5,7 @@ from typing import Any
 
 from mailbox_link_shared.addresses import mailbox_key
 
-HOLDING = ("reserved", "linked")
+HOLDING = ("reserved", "linked", "reconnecting")
 
 
 def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> None:
@@ -15,7 +15,8 @@ def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> No
     claim on it (a reserved link claims the address only once verified, so need not hold it);
     every link in flight or linked holds the latest claim of its user's own hold on the
     mailbox, one per user and mailbox, and the latest claim on one of its user's slots, a slot
-    no other link holds.
+    no other link holds. A reconnect link in flight (docs/adr/0019) holds only the latest claim
+    of its mailbox's reconnect hold, one per mailbox.
     """
     links = {d["_id"]: d for d in documents["links"]}
     assert not [i for i, d in links.items() if d["state"] == "reserving"], "links left reserving"
@@ -32,6 +33,11 @@ def assert_registry_consistent(documents: dict[str, list[dict[str, Any]]]) -> No
             continue
         key = mailbox_key(link["address"])
         named = {c.rsplit("#", 1)[0]: c for c in link["claims"]}
+        if link.get("reconnects"):
+            hold = named.get(f"reconnect:{link['reconnects']}")
+            assert latest_ids.get(hold or "") == link_id, f"{link_id} lost its reconnect hold"
+            holders[f"reconnect:{link['reconnects']}"].append(link_id)
+            continue
         user = f"{link['account_id']}\x1f{link['user_id']}"
         own = named.get(f"owner-mailbox:{user}:{key}")
         assert latest_ids.get(own or "") == link_id, f"{link_id} lost its user's hold"

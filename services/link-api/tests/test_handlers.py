@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -21,6 +22,8 @@ from mailbox_link_contract.events import (
     MailboxLinked,
     MailboxLinkedData,
     MailboxOwner,
+    MailboxReconnected,
+    MailboxReconnectedData,
     MailboxVerified,
     MailboxVerifiedData,
     ProviderType,
@@ -145,6 +148,30 @@ async def test_linked_mailbox_shows_as_linked_with_its_id(deps: LinkApiDeps) -> 
     assert link.mailbox_id == "mb1"
     assert not link.already_linked
     assert link.failure is None
+    assert (await handlers.request_link(_request(), None, deps)).created  # no longer in flight
+
+
+async def test_a_reconnect_asked_for_reaches_the_registry_and_ends_linked_reconnected(
+    deps: LinkApiDeps,
+) -> None:
+    request = replace(_request(), reconnect=True)
+    link_id = (await handlers.request_link(request, None, deps)).link.link_id
+    assert isinstance(deps.publisher, RecordingPublisher)
+    [sent] = [e for e in deps.publisher.events if isinstance(e, LinkRequested)]
+    assert sent.data.reconnect
+    assert request.fingerprint() != _request().fingerprint()  # a key names one or the other
+    await handlers.when_registry_answer_update_status(_reserved(link_id), deps)
+    data = MailboxReconnectedData(
+        link_id=link_id, mailbox_id="mb-kept", owner=OWNER, address="alice@example.org",
+        provider=ProviderType.IMAP,
+    )  # fmt: skip
+    event = MailboxReconnected(correlation_id=link_id, producer="registry", data=data)
+    await handlers.when_registry_answer_update_status(event, deps)
+    link = await _status(link_id, deps)
+    assert link.status is LinkStatus.LINKED
+    assert link.mailbox_id == "mb-kept"
+    assert link.reconnected
+    assert not link.already_linked
     assert (await handlers.request_link(_request(), None, deps)).created  # no longer in flight
 
 

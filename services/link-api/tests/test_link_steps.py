@@ -56,6 +56,7 @@ def _steps() -> list[LinkProgress]:
         ),
         LinkProgress(S.VERIFIED, AT),
         LinkProgress(S.LINKED, AT, mailbox_id="mb1", already_linked=True),
+        LinkProgress(S.LINKED, AT, mailbox_id="mb1", reconnected=True),
         LinkProgress(S.FAILED, AT, failure=Failure.of(FailureCode.TIMEOUT, "after 15 s")),
     ]
 

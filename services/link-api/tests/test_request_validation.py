@@ -56,6 +56,8 @@ def test_defaults_usernames_to_the_email_and_smtp_password_to_imap() -> None:
         ({"email": "alice@@example.org"}, "email"),
         ({"terms_accepted": False}, "terms_accepted"),
         ({"terms_accepted": "yes"}, "terms_accepted"),
+        ({"reconnect": "true"}, "reconnect"),
+        ({"reconnect": 1}, "reconnect"),
         (
             {"imap": {"host": "imap.example.org", "port": 0, "security": "ssl", "password": "x"}},
             "port",

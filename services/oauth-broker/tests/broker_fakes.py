@@ -73,6 +73,7 @@ class InMemoryBrokerStore:
         self.starts: dict[str, SignInStart] = {}
         self.confirmations: dict[str, PendingConfirmation] = {}
         self.confirmed: set[str] = set()
+        self.reconnects: dict[str, str] = {}
 
     async def save_request(self, session: AuthorizationSession, sealed: EncryptedSecret) -> None:
         entry = self.sessions.setdefault(session.link.link_id, _Session())
@@ -237,6 +238,32 @@ class InMemoryBrokerStore:
             del self.grants[link_id]
         return len(unanswered)
 
+    async def note_reconnect(self, link_id: str, mailbox_id: str, now: datetime) -> None:
+        self.reconnects.setdefault(link_id, mailbox_id)
+
+    async def reconnect_of(self, link_id: str) -> str | None:
+        return self.reconnects.get(link_id)
+
+    async def forget_reconnect(self, link_id: str) -> None:
+        self.reconnects.pop(link_id, None)
+
+    async def grant_of_mailbox(self, mailbox_id: str) -> StoredGrant | None:
+        return next((g for g in self.grants.values() if g.mailbox_id == mailbox_id), None)
+
+    async def adopt_grant(self, link_id: str, grant: StoredGrant) -> bool:
+        old = self.grants.get(link_id)
+        if old is None:
+            return False
+        self.grants[link_id] = replace(
+            old,
+            sealed=grant.sealed,
+            expires_at=grant.expires_at,
+            verified_at=grant.verified_at,
+            status=GrantStatus.ACTIVE,
+        )
+        self.leases.pop(link_id, None)
+        return True
+
 
 @dataclass
 class FakeProvider:
@@ -251,13 +278,23 @@ class FakeProvider:
     profile_error: Exception | None = None
     refresh_error: Exception | None = None
     # The id token's and userinfo's `sub`; id_token=False: the code exchange returns none.
-    id_subject: str = "subject-1"
+    id_subject: str | None = "subject-1"
     userinfo_subject: str | None = "subject-1"
     id_token: bool = True
     nonce_seen: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     revoke_error: Exception | None = None
     refreshed: int = 0
+    refreshed_with: list[str] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str | None:
+        """The account's id, as both the id token and userinfo give it."""
+        return self.userinfo_subject
+
+    @subject.setter
+    def subject(self, value: str | None) -> None:
+        self.id_subject = self.userinfo_subject = value
 
     def authorize_url(self, secrets: SessionSecrets, login_hint: str) -> str:
         return f"https://provider.test/authorize?state={secrets.state}&login_hint={login_hint}"
@@ -275,6 +312,7 @@ class FakeProvider:
         if self.refresh_error is not None:
             raise self.refresh_error
         self.refreshed += 1
+        self.refreshed_with.append(refresh_token)
         token = f"access-{self.refreshed + 1}"
         return TokenResponse(token, None, now + self.lifetime, frozenset(), None)
 
@@ -286,7 +324,8 @@ class FakeProvider:
 
     async def check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         self.nonce_seen.append(nonce)
-        return {"nonce": nonce, "sub": self.id_subject}
+        claims = {"nonce": nonce}
+        return claims if self.id_subject is None else {**claims, "sub": self.id_subject}
 
     async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         if self.profile_error is not None:
@@ -342,12 +381,15 @@ def requested(link_id: str) -> LinkRequested:
     return LinkRequested(correlation_id=link_id, producer="link-api", data=data)
 
 
-def reserved(link_id: str, provider: ProviderType = ProviderType.GOOGLE) -> LinkReserved:
-    """The registry's reservation of that request, for an hour."""
+def reserved(
+    link_id: str, provider: ProviderType = ProviderType.GOOGLE, mailbox_id: str | None = None
+) -> LinkReserved:
+    """The registry's reservation of that request, for an hour (to reconnect `mailbox_id`)."""
     expires_at = FakeClock()() + timedelta(hours=1)
     data = LinkReservedData(
-        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=expires_at, provider=provider
-    )
+        link_id=link_id, owner=ALICE, address=ADDRESS, expires_at=expires_at, provider=provider,
+        mailbox_id=mailbox_id,
+    )  # fmt: skip
     return LinkReserved(correlation_id=link_id, producer="registry", data=data)
 
 

@@ -80,3 +80,38 @@ async def test_an_oidc_sessions_provider_and_its_grants_subject_are_kept(
     assert found[0].link.provider_key == "oidc:corp"
     assert kept is not None
     assert (kept.provider_key, kept.subject) == ("oidc:corp", "sub-1")
+
+
+async def test_a_reconnect_is_noted_once_and_its_tokens_become_the_mailboxs_grant(
+    store: MongoBrokerStore,
+) -> None:
+    now = utc_now()
+    box = SecretBox({"k": SecretStr(generate_key())}, "k")
+    owner = MailboxOwner(account_id="acme", user_id="alice")
+
+    def grant(link_id: str, status: GrantStatus, token: str, mailbox_id: str | None) -> StoredGrant:
+        sealed = box.seal(token, context="a@gmail.com")
+        return StoredGrant(
+            link_id, owner, "a@gmail.com", ProviderType.GOOGLE, status,
+            now + timedelta(hours=1), sealed, verified_at=now, mailbox_id=mailbox_id,
+        )  # fmt: skip
+
+    await store.note_reconnect("r1", "m1", now)
+    await store.note_reconnect("r1", "m-other", now)  # a redelivery changes nothing
+    assert await store.reconnect_of("r1") == "m1"
+    assert await store.reconnect_of("l1") is None
+    await store.save_grant(grant("l1", GrantStatus.RECONNECT_REQUIRED, "old", "m1"))
+    new = grant("r1", GrantStatus.VERIFIED, "new", None)
+    await store.save_grant(new)
+    found = await store.grant_of_mailbox("m1")
+    assert found is not None
+    assert found.link_id == "l1"
+    assert await store.adopt_grant("l1", new)
+    adopted = await store.get_grant("l1")
+    assert adopted is not None
+    assert (adopted.status, adopted.mailbox_id) == (GrantStatus.ACTIVE, "m1")
+    assert box.open(adopted.sealed, context="a@gmail.com") == "new"
+    assert [g.link_id for g in await store.grants_due(now + timedelta(hours=2), now)] == ["l1"]
+    await store.forget_reconnect("r1")
+    assert await store.reconnect_of("r1") is None
+    assert not await store.adopt_grant("gone", new)

@@ -200,12 +200,13 @@ class InMemoryRegistryStore:
         ended = [self.links[i] for i, at in self.ended_at.items() if at < cutoff]
         return ended[:limit]
 
-    async def forget_link(self, link_id: str, steps: int) -> None:
+    async def forget_link(self, link_id: str, steps: int, keep_verification: bool = False) -> None:
         await self._maybe_cut_in("forget_link")
         for step in range(1, steps + 1):
             self.decisions.pop((link_id, step), None)
             self.pending_entries.pop(f"{link_id}/{step}", None)
-        self.verifications.pop(link_id, None)
+        if not keep_verification:
+            self.verifications.pop(link_id, None)
         self.links.pop(link_id, None)
         self.ended_at.pop(link_id, None)
 

@@ -190,6 +190,31 @@ async def test_forgetting_a_link_deletes_its_documents(store: MongoRegistryStore
     assert await store.pending(10) == []
 
 
+async def test_a_reconnect_reads_back_from_decisions_progress_and_retention(
+    store: MongoRegistryStore,
+) -> None:
+    # The reconnect link a decision names, and the one whose verification a mailbox uses.
+    mailbox = MailboxDetails("m1", SERVER, SERVER, utc_now(), verified_by="r1")
+    decision = Decision(3, LinkState.LINKED, utc_now(), mailbox=mailbox, reconnects="l0")
+    assert await store.add_decision("r1", decision)
+    stored = await store.get_decision("r1", 3)
+    assert stored is not None
+    assert stored.reconnects == "l0"
+    assert stored.mailbox is not None
+    assert stored.mailbox.verified_by == "r1"
+    await store.add_link(_record("r1"))
+    progress = Progress(2, LinkState.RECONNECTING, 2, ("reconnect:l0#0",), reconnects="l0")
+    await store.note_progress("r1", progress, utc_now())
+    link = await store.get_link("r1")
+    assert link is not None
+    assert link.progress == progress
+    # A reconnected link's verification is its mailbox's: retention keeps it.
+    await store.add_verification("r1", Verification(SERVER, SERVER, AuthMethod.PASSWORD, None))
+    await store.forget_link("r1", 3, keep_verification=True)
+    assert await store.get_link("r1") is None
+    assert await store.get_verification("r1") is not None
+
+
 async def test_a_verification_keeps_its_sealed_credentials_until_dropped(
     store: MongoRegistryStore,
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import html
@@ -146,10 +147,13 @@ class _User:
     token_error: bool = False
     no_id_token: bool = False
     userinfo_sub: str | None = None
+    subject: str | None = None  # set: another account than the address's usual one
 
     @property
     def sub(self) -> str:
         """Stable per provider and address, digits only like Google's."""
+        if self.subject is not None:
+            return self.subject
         digest = hashlib.sha256(f"{self.provider}:{self.email.lower()}".encode()).digest()
         return str(int.from_bytes(digest[:9], "big") % 10**21).zfill(21)
 
@@ -865,6 +869,14 @@ class LocalOAuthServer:
         """RFC 9207 at every provider: discovery advertises it and the redirect back carries
         `iss`, the provider's issuer or, to play a mix-up, `iss`."""
         self._store.iss_parameter, self._store.iss_override = enabled, iss
+
+    def set_subject(self, provider: str, email: str, subject: str | None) -> None:
+        """Makes the account under `email` another account: its `sub` (Graph `id`) becomes
+        `subject` (a deleted and recreated user); None gives it back its usual one."""
+        user = self._store.user(_spec(provider).name, email)
+        if user is None:
+            raise KeyError(f"no {provider} account {email}")
+        self._store.add_user(dataclasses.replace(user, subject=subject))
 
     def revoke_refresh_tokens(self, provider: str, email: str) -> None:
         """Revokes the account's refresh tokens (a password change, the app removed): a later

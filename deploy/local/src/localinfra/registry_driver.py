@@ -205,8 +205,8 @@ class MailboxesTopic:
 
 
 async def registry_documents(uri: str, namespace: str) -> dict[str, list[dict[str, Any]]]:
-    """Returns the registry's collections; each link document gets its `state` and `claims`
-    from its latest decision (the document's own are hints) and `step`."""
+    """Returns the registry's collections; each link document gets its `state`, `claims` and
+    `reconnects` from its latest decision (the document's own are hints) and `step`."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
     try:
         db = client[f"{namespace}-registry"]
@@ -224,4 +224,5 @@ async def registry_documents(uri: str, namespace: str) -> dict[str, list[dict[st
         link["state"] = found["state"] if found else "reserving"
         link["claims"] = list(found["claims"]) if found else []
         link["step"] = found["step"] if found else 0
+        link["reconnects"] = found.get("reconnects") if found else None
     return documents

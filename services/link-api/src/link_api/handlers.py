@@ -338,15 +338,25 @@ async def when_authorization_required_show_url(
 
 
 async def when_registry_answer_update_status(
-    event: LinkReserved | MailboxLinked | LinkRejected, deps: LinkApiDeps
+    event: LinkReserved | MailboxLinked | MailboxReconnected | LinkRejected, deps: LinkApiDeps
 ) -> None:
-    """Moves the link to reserved, linked, or failed with the reason, as the registry decided."""
+    """Moves the link to reserved, linked (or reconnected), or failed with the reason, as the
+    registry decided."""
     now, event_id = utc_now(), event.event_id.hex
     if isinstance(event, LinkReserved):
         progress = LinkProgress(LinkStatus.RESERVED, now, event_id=event_id)
     elif isinstance(event, MailboxLinked):
         progress = LinkProgress(
             LinkStatus.LINKED, now, mailbox_id=event.data.mailbox_id, event_id=event_id
+        )
+    elif isinstance(event, MailboxReconnected):
+        # The user's mailbox works again, under the id it had.
+        progress = LinkProgress(
+            LinkStatus.LINKED,
+            now,
+            mailbox_id=event.data.mailbox_id,
+            reconnected=True,
+            event_id=event_id,
         )
     elif event.data.failure.code is FailureCode.ALREADY_LINKED:
         # Not an error for the caller: the mailbox they asked for is linked to them.
@@ -482,6 +492,7 @@ def _link_requested(link_id: str, request: LinkRequest, box: SecretBox) -> LinkR
         credentials=sealed,
         authority=request.authority,
         oidc_provider=request.oidc_provider,
+        reconnect=request.reconnect,
     )
     return LinkRequested(correlation_id=link_id, producer=SERVICE_NAME, data=data)
 
@@ -497,11 +508,11 @@ EVENT_HANDLERS: EventHandlers[LinkApiDeps] = {
     LinkReserved: when_registry_answer_update_status,
     MailboxLinked: when_registry_answer_update_status,
     LinkRejected: when_registry_answer_update_status,
+    MailboxReconnected: when_registry_answer_update_status,
     AuthorizationRequired: when_authorization_required_show_url,
     # The registry answers a failed verification with LinkRejected, which ends the link.
     VerificationFailed: ignore,
     # About mailboxes, not link requests: the registry keeps them.
-    MailboxReconnected: ignore,  # issue 14 gives it a handler
     MailboxUnlinked: ignore,
     MailboxReconnectRequired: ignore,
 }

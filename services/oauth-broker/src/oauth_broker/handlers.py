@@ -14,8 +14,13 @@ from mailbox_link_contract.events import (
     MailboxReconnected,
     MailboxUnlinked,
 )
-from mailbox_link_shared.routing import EventHandlers, ignore
+from mailbox_link_shared.routing import EventHandlers
 from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
+from oauth_broker.reconnects import (
+    forget_rejected_reconnect,
+    note_reconnect,
+    when_mailbox_reconnected_hand_over,
+)
 from oauth_broker.sign_in import (
     CallbackOutcome,
     CallbackResult,
@@ -55,14 +60,31 @@ __all__ = [
     "when_link_requested_open_session",
     "when_link_reserved_offer_sign_in",
     "when_mailbox_linked_keep_fresh",
+    "when_mailbox_reconnected_hand_over",
     "when_mailbox_unlinked_revoke",
 ]
 
+
+async def when_link_reserved_note_reconnect_offer_sign_in(
+    event: LinkReserved, deps: BrokerDeps
+) -> None:
+    """Offers the sign-in as for any link, having noted first which mailbox a reconnect link
+    reconnects (reconnects.py)."""
+    await note_reconnect(event, deps)
+    await when_link_reserved_offer_sign_in(event, deps)
+
+
+async def when_link_rejected_discard_all(event: LinkRejected, deps: BrokerDeps) -> None:
+    """Forgets a rejected link's sign-in and tokens, and what it was to reconnect."""
+    await when_link_rejected_discard(event, deps)
+    await forget_rejected_reconnect(event, deps)
+
+
 EVENT_HANDLERS: EventHandlers[BrokerDeps] = {
     LinkRequested: when_link_requested_open_session,
-    LinkReserved: when_link_reserved_offer_sign_in,
+    LinkReserved: when_link_reserved_note_reconnect_offer_sign_in,
     MailboxLinked: when_mailbox_linked_keep_fresh,
-    LinkRejected: when_link_rejected_discard,
-    MailboxReconnected: ignore,  # issue 14 gives it a handler
+    LinkRejected: when_link_rejected_discard_all,
+    MailboxReconnected: when_mailbox_reconnected_hand_over,
     MailboxUnlinked: when_mailbox_unlinked_revoke,
 }

@@ -57,6 +57,7 @@ from oauth_broker.domain.sessions import (
     state_digest,
 )
 from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
+from oauth_broker.reconnects import require_the_account_linked_before
 
 logger = logging.getLogger(__name__)
 # Reservation markers of password links, which the broker sees but never serves.
@@ -345,8 +346,11 @@ async def _verify_sign_in(
     if not matches_any(link.address, mailbox.addresses):
         signed_in = ", ".join(mailbox.addresses) or "an account without a verified address"
         raise AuthorizationFailed(FailureCode.ACCOUNT_MISMATCH, f"signed in as {signed_in}")
+    await require_the_account_linked_before(link, mailbox, subject, deps)
     refresh_token = mailbox.rotated_refresh_token or tokens.refresh_token or ""
-    grant = TokenGrant(tokens.access_token, refresh_token, tokens.expires_at, tokens.scopes)
+    grant = TokenGrant(
+        tokens.access_token, refresh_token, tokens.expires_at, tokens.scopes, subject
+    )
     servers = _servers_for(link, deps)
     await _check_mailbox(servers, grant.access_token, deps)
     return grant, servers, subject

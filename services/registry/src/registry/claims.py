@@ -31,6 +31,12 @@ def owner_mailbox_resource(account_id: str, user_id: str, mailbox_key: str) -> s
     return f"owner-mailbox:{account_id}\x1f{user_id}:{mailbox_key}"
 
 
+def reconnect_resource(mailbox_link_id: str) -> str:
+    """The hold a reconnect link takes on the linked mailbox it reconnects (named by the link
+    it is linked under): one reconnect of a mailbox at a time."""
+    return f"reconnect:{mailbox_link_id}"
+
+
 def slot_resource(account_id: str, user_id: str, slot: int) -> str:
     return f"slot:{account_id}\x1f{user_id}:{slot}"
 

@@ -32,14 +32,21 @@ from registry.claims import (
     address_resource,
     holder_of,
     owner_mailbox_resource,
+    reconnect_resource,
     slot_resource,
     take,
 )
-from registry.domain.events import linked_event, rejected_event, reserved_event
+from registry.domain.events import (
+    linked_event,
+    reconnected_event,
+    rejected_event,
+    reserved_event,
+)
 from registry.domain.links import (
-    ENDED,
+    DROPS_VERIFICATION,
     HOLDING,
     IN_FLIGHT,
+    UNFINISHED,
     Decision,
     HolderVerdict,
     LinkRecord,
@@ -48,6 +55,8 @@ from registry.domain.links import (
     Progress,
     counts_claim,
     judge_address_holder,
+    may_reconnect,
+    reconnected_details,
 )
 from registry.ports import RegistryDeps
 from registry.user_plans import current_plan
@@ -66,6 +75,8 @@ _REFUSALS = {
 FIRST_ENTRY_STEP = 1
 _RESERVING = frozenset({LinkState.RESERVING})
 _RESERVED = frozenset({LinkState.RESERVED})
+_LINKED = frozenset({LinkState.LINKED})
+_RECONNECTING = frozenset({LinkState.RECONNECTING})
 
 
 def new_record(
@@ -115,7 +126,7 @@ async def start(
     if existing is None:
         return fresh
     record = await load(existing, deps)
-    if record.state not in IN_FLIGHT:
+    if record.state not in UNFINISHED:
         # A redelivery reopened the entry of decisions long made: nothing left for it.
         await deps.store.close_pending(entry_id(record.link_id, FIRST_ENTRY_STEP))
     return record
@@ -128,7 +139,13 @@ def _reserved_at_rest(progress: Progress) -> bool:
 def _as_hinted(record: LinkRecord) -> Decision:
     # Only what a reservation holds: its state and claims (its event is already announced).
     progress = record.progress
-    return Decision(progress.step, progress.state, record.expires_at, claims=progress.claims)
+    return Decision(
+        progress.step,
+        progress.state,
+        record.expires_at,
+        claims=progress.claims,
+        reconnects=progress.reconnects,
+    )
 
 
 async def load(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
@@ -156,10 +173,12 @@ async def decide(
     deps: RegistryDeps,
     mailbox: MailboxDetails | None = None,
     claims: tuple[str, ...] | None = None,
+    reconnects: str | None = None,
 ) -> LinkRecord:
     """Takes the link from one of `from_states` to `to_state`, announcing `event`, and
     settles it. If a competing request decided first, its decision stands: this one is tried
-    again only if the link is still in one of `from_states`."""
+    again only if the link is still in one of `from_states`. A reconnect link's decisions
+    keep naming the link it reconnects."""
     for _ in range(MAX_ATTEMPTS):
         if record.state not in from_states:
             return await settle(record, deps)
@@ -170,6 +189,7 @@ async def decide(
             outbox=event.model_dump(mode="json") if event else None,
             mailbox=mailbox or record.mailbox,
             claims=record.claims if claims is None else claims,
+            reconnects=reconnects or record.reconnects,
         )
         if await deps.store.add_decision(record.link_id, decision):
             return await settle(replace(record, latest=decision), deps)
@@ -187,27 +207,41 @@ async def settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
     announced, which keeps each address's events in order on its partition.
     """
     announced = record.progress.announced
+    if record.state is LinkState.UNLINKED and announced < record.step:
+        # A reconnect committed before this unlink is announced first: no MailboxReconnected
+        # may follow the mailbox's MailboxUnlinked on the topic (ADR 0019).
+        await _finish_reconnect_of(record, deps)
     for step in range(announced + 1, record.step + 1):
         decision = record.latest
         if step != record.step:
             decision = await deps.store.get_decision(record.link_id, step)
         if decision is not None and decision.outbox is not None:
             await deps.publisher.publish(_outbox_event(decision.outbox))
-    progress = Progress(record.step, record.state, announced=record.step, claims=record.claims)
+    progress = Progress(
+        record.step,
+        record.state,
+        announced=record.step,
+        claims=record.claims,
+        reconnects=record.reconnects,
+    )
     if progress != record.progress:
-        if record.state in ENDED:
-            # An ended link keeps no credentials: its sealed passwords or tokens go.
+        if record.state in DROPS_VERIFICATION:
+            # An ended link keeps no credentials: its sealed passwords or tokens go, and those
+            # of the reconnect its mailbox took them from.
             await deps.store.drop_verification(record.link_id)
+            if record.mailbox is not None and record.mailbox.verified_by is not None:
+                await deps.store.drop_verification(record.mailbox.verified_by)
         await deps.store.note_progress(record.link_id, progress, deps.clock())
-        if record.state not in IN_FLIGHT:
+        if record.state not in UNFINISHED:
             await deps.store.close_pending(_entry_of(record))
     return replace(record, progress=progress)
 
 
 def _entry_of(record: LinkRecord) -> str:
-    # Decisions 1 and 2 are covered by the entry opened with the link; later ones (an unlink)
-    # by an entry opened just before them.
-    return entry_id(record.link_id, FIRST_ENTRY_STEP if record.step <= 2 else record.step)
+    # Decisions 1 and 2 (and a reconnect link's third) are covered by the entry opened with the
+    # link; later ones (an unlink) by an entry opened just before them.
+    first = record.step <= 2 or record.reconnects is not None
+    return entry_id(record.link_id, FIRST_ENTRY_STEP if first else record.step)
 
 
 def _outbox_event(outbox: dict[str, Any]) -> Envelope:
@@ -245,14 +279,17 @@ def _live_holders(deps: RegistryDeps) -> LiveHolder:
     return functools.partial(live_holder, deps)
 
 
-async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+async def reserve(record: LinkRecord, deps: RegistryDeps, reconnect: bool = False) -> LinkRecord:
     """Claims the user's own hold on the mailbox, then a plan slot; ends in RESERVED (linking
     at once if the verification is already stored) or REJECTED. Safe to repeat.
 
     The address itself is not claimed here: before its verification a request may learn
     nothing about other accounts, and must hold nothing against the address's owner.
+
+    If the user's hold is their own linked link and they asked to `reconnect` (or the mailbox
+    needs it), the link is reserved as a reconnect of that mailbox instead: no slot.
     """
-    if record.state is LinkState.RESERVED:
+    if record.state in (LinkState.RESERVED, LinkState.RECONNECTING):
         return await link_if_verified(await settle(record, deps), deps)
     if record.state is not LinkState.RESERVING:
         return await settle(record, deps)
@@ -267,6 +304,8 @@ async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
         likely_new=True,
     )
     if isinstance(holder, LinkRecord):
+        if may_reconnect(record, holder, reconnect, deps.clock()):
+            return await _reserve_reconnect(record, holder, deps)
         refusal = _refusal(record, judge_address_holder(record.owner, holder, deps.clock()), holder)
         return await decide(record, _RESERVING, LinkState.REJECTED, refusal, deps, claims=())
     slot = await _take_slot(record, deps)
@@ -281,6 +320,36 @@ async def reserve(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
         deps,
         claims=(holder, slot),
     )
+    return await link_if_verified(record, deps)
+
+
+async def _reserve_reconnect(
+    record: LinkRecord, mailbox_link: LinkRecord, deps: RegistryDeps
+) -> LinkRecord:
+    """Reserves the link as a reconnect of the user's linked mailbox: it claims the mailbox's
+    reconnect hold (one reconnect at a time) and no plan slot, since the mailbox keeps its own."""
+    hold = await take(
+        reconnect_resource(mailbox_link.link_id),
+        record.link_id,
+        deps.store,
+        _live_holders(deps),
+        likely_new=True,
+    )
+    if isinstance(hold, LinkRecord):
+        refusal = rejected_event(record, Failure.of(FailureCode.LINK_IN_PROGRESS))
+        return await decide(record, _RESERVING, LinkState.REJECTED, refusal, deps, claims=())
+    mailbox_id = mailbox_link.mailbox.mailbox_id if mailbox_link.mailbox else None
+    reserved = reserved_event(record, mailbox_id=mailbox_id)
+    record = await decide(
+        record,
+        _RESERVING,
+        LinkState.RESERVED,
+        reserved,
+        deps,
+        claims=(hold,),
+        reconnects=mailbox_link.link_id,
+    )
+    logger.info("link %s reserved to reconnect link %s", record.link_id, mailbox_link.link_id)
     return await link_if_verified(record, deps)
 
 
@@ -366,6 +435,8 @@ async def link_if_verified(
     Whichever of the reservation and the verification is stored second sees the first, so
     one of the two requests always links it.
     """
+    if record.state is LinkState.RECONNECTING:
+        return await finish_reconnect(record, deps)
     if record.state not in IN_FLIGHT:
         return record
     if record.has_expired(deps.clock()):
@@ -375,6 +446,11 @@ async def link_if_verified(
     verification = verification or await deps.store.get_verification(record.link_id)
     if verification is None:
         return record
+    if record.reconnects is not None:
+        # Committed on the link's own chain first, against its expiry or failure: from here
+        # on it ends reconnected, or rejected only if its mailbox was unlinked first.
+        record = await decide(record, _RESERVED, LinkState.RECONNECTING, None, deps)
+        return await finish_reconnect(record, deps)
     # Only now, with control proven, is the address claimed: the first verified link wins.
     address = await take(
         address_resource(record.mailbox_key), record.link_id, deps.store, _live_holders(deps)
@@ -394,6 +470,45 @@ async def link_if_verified(
     linked = linked_event(record, mailbox)
     claims = record.claims if address in record.claims else (*record.claims, address)
     return await decide(record, _RESERVED, LinkState.LINKED, linked, deps, mailbox, claims)
+
+
+async def finish_reconnect(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:
+    """Gives a committed reconnect link's verification to its mailbox, then ends the link with
+    MailboxReconnected; or with mailbox_unlinked if the mailbox was unlinked first. Safe to
+    repeat and to race an unlink or a flag: both go by decisions on the mailbox's link, and
+    the mailbox records which reconnect it took (`verified_by`), so it takes it once."""
+    if record.state is not LinkState.RECONNECTING or record.reconnects is None:
+        return await settle(record, deps)
+    stored = await deps.store.get_link(record.reconnects)
+    mailbox_link = await load(stored, deps) if stored is not None else None
+    for _ in range(MAX_ATTEMPTS):
+        mailbox = mailbox_link.mailbox if mailbox_link is not None else None
+        if mailbox_link is None or mailbox is None:
+            break
+        if mailbox.verified_by == record.link_id:
+            event = reconnected_event(record, mailbox_link.address, mailbox)
+            return await decide(record, _RECONNECTING, LinkState.RECONNECTED, event, deps)
+        if mailbox_link.state is not LinkState.LINKED:
+            break
+        verification = await deps.store.get_verification(record.link_id)
+        if verification is None:  # pragma: no cover - stored before the link was committed
+            raise LookupError(f"reconnect link {record.link_id} has no verification")
+        details = reconnected_details(mailbox, record.link_id, verification)
+        mailbox_link = await decide(mailbox_link, _LINKED, LinkState.LINKED, None, deps, details)
+        if mailbox_link.mailbox is not None and mailbox_link.mailbox.verified_by == record.link_id:
+            # The mailbox's former credentials are replaced: they go.
+            await deps.store.drop_verification(mailbox.verified_by or mailbox_link.link_id)
+    rejected = rejected_event(record, Failure.of(FailureCode.MAILBOX_UNLINKED))
+    return await decide(record, _RECONNECTING, LinkState.REJECTED, rejected, deps)
+
+
+async def _finish_reconnect_of(mailbox_link: LinkRecord, deps: RegistryDeps) -> None:
+    """Finishes the reconnect of this mailbox's link that is committed, if any."""
+    holder = await holder_of(
+        reconnect_resource(mailbox_link.link_id), deps.store, _live_holders(deps)
+    )
+    if holder is not None and holder.state is LinkState.RECONNECTING:
+        await finish_reconnect(holder, deps)
 
 
 async def current_link(mailbox_key: str, deps: RegistryDeps) -> LinkRecord | None:

@@ -28,6 +28,7 @@ from registry.decisions import (
     decide,
     entry_id,
     expire,
+    finish_reconnect,
     held_slots,
     link_if_verified,
     load,
@@ -37,7 +38,7 @@ from registry.decisions import (
     start,
 )
 from registry.domain.events import rejected_event, unlinked_event
-from registry.domain.links import ENDED, IN_FLIGHT, LinkRecord, LinkState
+from registry.domain.links import DROPS_VERIFICATION, IN_FLIGHT, LinkRecord, LinkState
 from registry.ports import RegistryDeps
 from registry.user_plans import apply_plan, current_plan
 
@@ -50,7 +51,8 @@ _LINKED = frozenset({LinkState.LINKED})
 
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
     """Reserves the address and a plan slot for a new link request, or rejects it."""
-    record = await reserve(await start(event, deps, likely_new=True), deps)
+    record = await start(event, deps, likely_new=True)
+    record = await reserve(record, deps, reconnect=event.data.reconnect)
     logger.info("link %s of %s: %s", record.link_id, record.address, record.state)
 
 
@@ -65,7 +67,7 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
     await deps.store.add_verification(data.link_id, verification)
     record = await start(event, deps, likely_new=False, about_to_decide=True)
     record = await link_if_verified(record, deps, verification)
-    if record.state in ENDED:
+    if record.state in DROPS_VERIFICATION:
         # Too late (expired, refused): the credentials must not outlive the request.
         await deps.store.drop_verification(record.link_id)
         await settle(record, deps)
@@ -86,6 +88,10 @@ async def when_reconnect_required_flag_mailbox(
     data = event.data
     stored = await deps.store.get_link(data.link_id)
     record = await load(stored, deps) if stored else None
+    if record is not None and record.state is LinkState.RECONNECTED and record.reconnects:
+        # Tokens a reconnect brought, named by its link: the mailbox is the reconnected one.
+        stored = await deps.store.get_link(record.reconnects)
+        record = await load(stored, deps) if stored else None
     flagged = False
     while record is not None and record.state is LinkState.LINKED and record.mailbox:
         if record.mailbox.reconnect_required is not None:
@@ -149,6 +155,9 @@ async def finish_pending(
         if record.has_expired(now):
             await expire(record, deps)
             expired += 1
+        elif record.state is LinkState.RECONNECTING and entry.opened_at < now - grace:
+            await finish_reconnect(record, deps)  # a crash left it between its two decisions
+            finished += 1
         elif entry.opened_at < now - grace and record.state not in IN_FLIGHT:
             await settle(record, deps)
             # Settling closes the entry of the latest decision; this one may be older.
@@ -173,7 +182,9 @@ async def forget_ended_links(deps: RegistryDeps, retention: timedelta, batch: in
             head = await deps.store.get_claim(resource, 0)
             if int(generation) > 0 and head is not None and int(generation) < head.latest:
                 await deps.store.forget_claim(resource, int(generation))
-        await deps.store.forget_link(record.link_id, record.step)
+        # A reconnected link's verification is its mailbox's now (dropped when that ends).
+        keep = record.state is LinkState.RECONNECTED
+        await deps.store.forget_link(record.link_id, record.step, keep_verification=keep)
     return len(ended)
 
 

@@ -43,6 +43,7 @@ class FailureCode(StrEnum):
     REQUEST_NOT_SENT = "request_not_sent"
     SECURITY_MISMATCH = "security_mismatch"
     DEPLOYMENT_MISCONFIGURED = "deployment_misconfigured"
+    MAILBOX_UNLINKED = "mailbox_unlinked"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
     ),
     FailureCode.ALREADY_LINKED: FailureText(
         "This mailbox is already linked to your account.",
-        "Nothing to do: it is ready to use. To change its password, unlink it and link it again.",
+        "Nothing to do: it is ready to use. To give it a new password or sign in again, link "
+        "it again with reconnect set to true: it keeps its place and id.",
     ),
     FailureCode.LINK_IN_PROGRESS: FailureText(
         "You are already linking this mailbox.",
@@ -210,6 +212,11 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
         "our app's own credentials. Nothing is wrong with your account.",
         "Contact the product's support; its operators must fix the app's client id or secret. "
         "Then link again.",
+    ),
+    FailureCode.MAILBOX_UNLINKED: FailureText(
+        "The mailbox this link was reconnecting was unlinked meanwhile, so nothing was "
+        "reconnected.",
+        "Link the mailbox again if you still want it (without reconnect).",
     ),
 }
 

@@ -496,6 +496,7 @@ def encode_step(step: LinkProgress) -> str:
         "failure": step.failure.model_dump(mode="json") if step.failure else None,
         "mailbox_id": step.mailbox_id,
         "already_linked": step.already_linked,
+        "reconnected": step.reconnected,
         "authorize_url": step.authorize_url,
         "authorization_expires_at": (
             step.authorization_expires_at.isoformat() if step.authorization_expires_at else None
@@ -515,6 +516,7 @@ def decode_step(text: str) -> LinkProgress:
         failure=Failure.model_validate(failure) if failure else None,
         mailbox_id=data.get("mailbox_id"),
         already_linked=bool(data.get("already_linked", False)),
+        reconnected=bool(data.get("reconnected", False)),
         authorize_url=data.get("authorize_url"),
         authorization_expires_at=datetime.fromisoformat(expires) if expires else None,
         event_id=str(data["event_id"]),
@@ -545,6 +547,7 @@ def _step_of_link(link: LinkView) -> LinkProgress:
         failure=link.failure,
         mailbox_id=link.mailbox_id,
         already_linked=link.already_linked,
+        reconnected=link.reconnected,
         authorize_url=link.authorize_url,
         authorization_expires_at=link.authorization_expires_at,
         event_id="created",
@@ -608,6 +611,7 @@ def _from_document(document: dict[str, Any]) -> LinkView:
         failure=step.failure,
         mailbox_id=step.mailbox_id,
         already_linked=step.already_linked,
+        reconnected=step.reconnected,
         # Links stored before OAuth existed were all password links.
         auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
         authorize_url=step.authorize_url,

@@ -35,6 +35,8 @@ class LinkRequest:
     # on purpose: a request whose authority was never decided must prove ownership.
     authority: Authority = Authority.OWNERSHIP_PROOF
     oidc_provider: str | None = None  # provider oidc: the configured provider's name
+    # The user asks to reconnect their linked mailbox in place (the registry decides).
+    reconnect: bool = False
 
     def __post_init__(self) -> None:
         # The event contract refuses the other combinations; fail here, before anything is stored.
@@ -43,7 +45,7 @@ class LinkRequest:
 
     def fingerprint(self) -> str:
         """Identifies the request's non-secret content, to tell a retry from a different request."""
-        content = {
+        content: dict[str, object] = {
             "owner": self.owner.model_dump(),
             "address": self.address,
             "provider": self.provider.value,
@@ -53,6 +55,8 @@ class LinkRequest:
         }
         if self.oidc_provider is not None:
             content["oidc_provider"] = self.oidc_provider
+        if self.reconnect:  # only when set: fingerprints of earlier requests stay as they were
+            content["reconnect"] = True
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def in_flight_key(self) -> str:

@@ -13,8 +13,8 @@ class LinkStatus(StrEnum):
     """Where a link stands: pending -> reserved -> authorization_required (OAuth links only)
     -> verified -> linked, or failed at any point.
 
-    Only the registry's answer (MailboxLinked or LinkRejected) ends a link, so every link has
-    one final status, the same one the registry recorded.
+    Only the registry's answer (MailboxLinked, MailboxReconnected or LinkRejected) ends a link,
+    so every link has one final status, the same one the registry recorded.
     """
 
     PENDING = "pending"
@@ -60,6 +60,7 @@ class LinkView:
     failure: Failure | None = None
     mailbox_id: str | None = None
     already_linked: bool = False  # linked before this request: nothing new was linked
+    reconnected: bool = False  # this request reconnected the user's mailbox (same mailbox_id)
     auth: AuthMethod = AuthMethod.PASSWORD
     # Where the user signs in, and until when; set only while authorization is required.
     authorize_url: str | None = None
@@ -75,6 +76,7 @@ class LinkProgress:
     failure: Failure | None = None
     mailbox_id: str | None = None
     already_linked: bool = False
+    reconnected: bool = False
     authorize_url: str | None = None
     authorization_expires_at: datetime | None = None
     # The event that brought the step (its event_id), so a redelivery of it is told from
@@ -101,6 +103,7 @@ class LinkProgress:
             "authorize_url": self.authorize_url,
             "authorization_expires_at": self.authorization_expires_at,
             "already_linked": self.already_linked,
+            "reconnected": self.reconnected,
             "failure": self.failure,
             "mailbox_id": self.mailbox_id,
         }

@@ -190,7 +190,7 @@ async def _link_request(
             _check_typed_servers(body, ports)
             typed = body.to_domain(owner)
             authority = await handlers.typed_servers_authority(typed, detector)
-            return replace(typed, authority=authority)
+            return replace(typed, authority=authority, reconnect=body.reconnect)
         has_password = body.password is not None
         chosen = oidc.choose(body.email, body.provider, body.oidc_provider, body.auth, has_password)
         if chosen is not None:
@@ -200,7 +200,7 @@ async def _link_request(
         )
     except CannotLink as exc:
         raise ApiError(422, exc.code, exc.message, [(exc.field, exc.fix)]) from None
-    return body.with_plan(owner, plan)
+    return replace(body.with_plan(owner, plan), reconnect=body.reconnect)
 
 
 def _check_typed_servers(body: LinkRequestIn, ports: PortRanges) -> None:

@@ -106,6 +106,13 @@ class LinkRequestIn(_Strict):
     )
     imap: ImapIn | None = None
     smtp: SmtpIn | None = None
+    reconnect: StrictBool = Field(
+        default=False,
+        description="true: give a new password to (or sign in again for) a mailbox you have "
+        "linked already; it keeps its mailbox_id and plan slot, and the link ends linked "
+        "with reconnected true. A mailbox whose status is reconnect_required is reconnected "
+        "without it; an active one answers already_linked without it.",
+    )
 
     @field_validator("email")
     @classmethod
@@ -193,6 +200,7 @@ def link_body(link: LinkView, status_url: str) -> dict[str, Any]:
         "failure": link.failure.model_dump(mode="json") if link.failure else None,
         "mailbox_id": link.mailbox_id,
         "already_linked": link.already_linked,
+        "reconnected": link.reconnected,
         "auth": link.auth.value,
         "authorization": _authorization_body(link),
         "created_at": link.created_at.isoformat(),

@@ -62,6 +62,12 @@ class BrokerStore(Protocol):
     async def mark_reconnect_required(self, link_id: str) -> bool: ...
     async def delete_grant(self, link_id: str) -> bool: ...
     async def delete_unanswered_grants(self, verified_before: datetime) -> int: ...
+    # Reconnects (reconnects.py).
+    async def note_reconnect(self, link_id: str, mailbox_id: str, now: datetime) -> None: ...
+    async def reconnect_of(self, link_id: str) -> str | None: ...
+    async def forget_reconnect(self, link_id: str) -> None: ...
+    async def grant_of_mailbox(self, mailbox_id: str) -> StoredGrant | None: ...
+    async def adopt_grant(self, link_id: str, grant: StoredGrant) -> bool: ...
 
 
 class MongoBrokerStore:
@@ -82,12 +88,15 @@ class MongoBrokerStore:
         self._starts = db["starts"]
         self._confirmations = db["confirmations"]
         self._confirmed = db["confirmed"]
+        # Links the registry reserved to reconnect a linked mailbox: link id -> its mailbox_id.
+        self._reconnects = db["reconnects"]
 
     async def create_indexes(self) -> None:
         """Creates the lookup indexes (idempotent)."""
         await self._sessions.create_index([("state_digest", ASCENDING)])
         await self._sessions.create_index([("status", ASCENDING), ("expires_at", ASCENDING)])
         await self._grants.create_index([("status", ASCENDING), ("expires_at", ASCENDING)])
+        await self._grants.create_index([("mailbox_id", ASCENDING)], sparse=True)
         await self._starts.create_index([("state_digest", ASCENDING)])
         await self._confirmations.create_index([("code_digest", ASCENDING)])
 
@@ -353,6 +362,45 @@ class MongoBrokerStore:
             {"status": GrantStatus.VERIFIED.value, "verified_at": {"$lt": verified_before}}
         )
         return result.deleted_count
+
+    # --- reconnects ---------------------------------------------------------------------------
+
+    async def note_reconnect(self, link_id: str, mailbox_id: str, now: datetime) -> None:
+        """Records that the registry reserved this link to reconnect the mailbox `mailbox_id`."""
+        with contextlib.suppress(DuplicateKeyError):  # the registry reserves a link once
+            await self._reconnects.insert_one(
+                {"_id": link_id, "mailbox_id": mailbox_id, "noted_at": now}
+            )
+
+    async def reconnect_of(self, link_id: str) -> str | None:
+        """The mailbox_id this link reconnects, or None for a link of a new mailbox."""
+        document = await self._reconnects.find_one({"_id": link_id})
+        return str(document["mailbox_id"]) if document else None
+
+    async def forget_reconnect(self, link_id: str) -> None:
+        await self._reconnects.delete_one({"_id": link_id})
+
+    async def grant_of_mailbox(self, mailbox_id: str) -> StoredGrant | None:
+        """The grant a linked mailbox uses (there is one per mailbox_id), or None."""
+        document = await self._grants.find_one({"mailbox_id": mailbox_id})
+        return _grant(document) if document else None
+
+    async def adopt_grant(self, link_id: str, grant: StoredGrant) -> bool:
+        """Gives the link's grant the tokens of `grant` (a reconnect's) and keeps them fresh
+        again; one document written whole, so a reader sees the old tokens or the new."""
+        result = await self._grants.update_one(
+            {"_id": link_id},
+            {
+                "$set": {
+                    "sealed": grant.sealed.model_dump_json(),
+                    "expires_at": grant.expires_at,
+                    "verified_at": grant.verified_at,
+                    "status": GrantStatus.ACTIVE.value,
+                    "refresh_lease": None,
+                }
+            },
+        )
+        return result.matched_count == 1
 
 
 def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedSecret]:

@@ -63,6 +63,8 @@ class SignedInMailbox:
 
     addresses: tuple[str, ...]
     rotated_refresh_token: str | None = None
+    # The provider's stable id of the account (userinfo `sub`, Graph `id`): an address can be
+    # given to another account later, this id is not (a reconnect must come from the same one).
     subject: str | None = None
 
 

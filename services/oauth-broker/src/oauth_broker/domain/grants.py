@@ -19,20 +19,24 @@ class TokenGrant:
     refresh_token: str
     expires_at: datetime
     scopes: frozenset[str]
+    # The provider's stable id of the account that granted them (None: granted before it was
+    # kept); sealed with the tokens, read when the mailbox is reconnected.
+    subject: str | None = None
 
     def __repr__(self) -> str:
         return f"TokenGrant(<redacted>, expires_at={self.expires_at.isoformat()})"
 
     def to_json(self) -> str:
         """Returns the JSON object that gets sealed (the shape MailboxVerified documents)."""
-        return json.dumps(
-            {
-                "access_token": self.access_token,
-                "refresh_token": self.refresh_token,
-                "expires_at": self.expires_at.isoformat(),
-                "scope": " ".join(sorted(self.scopes)),
-            }
-        )
+        fields = {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "expires_at": self.expires_at.isoformat(),
+            "scope": " ".join(sorted(self.scopes)),
+        }
+        if self.subject is not None:
+            fields["subject"] = self.subject
+        return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text: str) -> "TokenGrant":
@@ -43,6 +47,7 @@ class TokenGrant:
             refresh_token=str(raw["refresh_token"]),
             expires_at=datetime.fromisoformat(raw["expires_at"]),
             scopes=frozenset(str(raw["scope"]).split()),
+            subject=str(raw["subject"]) if raw.get("subject") else None,
         )
 
     def renewed(

@@ -112,7 +112,9 @@ class RegistryStore(Protocol):
     async def pending(self, limit: int) -> list[PendingEntry]: ...
     async def close_pending(self, entry_id: str) -> None: ...
     async def ended_before(self, cutoff: datetime, limit: int) -> list[LinkRecord]: ...
-    async def forget_link(self, link_id: str, steps: int) -> None: ...
+    async def forget_link(
+        self, link_id: str, steps: int, keep_verification: bool = False
+    ) -> None: ...
     async def forget_claim(self, resource: str, generation: int) -> None: ...
 
 
@@ -151,6 +153,7 @@ class MongoRegistryStore:
             "state": progress.state.value,
             "announced": progress.announced,
             "claims": list(progress.claims),
+            "reconnects": progress.reconnects,
         }
         if progress.at_rest_ended:
             changes["ended_at"] = at
@@ -256,12 +259,13 @@ class MongoRegistryStore:
         cursor = self._links.find({"ended_at": {"$lt": cutoff}}).limit(limit)
         return [_link(d) async for d in cursor]
 
-    async def forget_link(self, link_id: str, steps: int) -> None:
+    async def forget_link(self, link_id: str, steps: int, keep_verification: bool = False) -> None:
         """Deletes an ended link's documents; each id is never used again, so deleting by id
-        cannot hit a newer document."""
+        cannot hit a newer document. A reconnected link's verification is its mailbox's: kept."""
         for step in range(1, steps + 1):
             await self._decisions.delete_one({"_id": f"{link_id}/{step}"})
-        await self._verifications.delete_one({"_id": link_id})
+        if not keep_verification:
+            await self._verifications.delete_one({"_id": link_id})
         for step in range(1, steps + 1):
             await self._pending.delete_one({"_id": f"{link_id}/{step}"})
         await self._links.delete_one({"_id": link_id})
@@ -294,6 +298,7 @@ def _link_document(record: LinkRecord) -> Document:
         "state": record.progress.state.value,
         "announced": record.progress.announced,
         "claims": list(record.progress.claims),
+        "reconnects": record.progress.reconnects,
     }
 
 
@@ -309,6 +314,7 @@ def _link(document: Document) -> LinkRecord:
             state=LinkState(document.get("state", LinkState.RESERVING)),
             announced=int(document.get("announced", 0)),
             claims=tuple(document.get("claims", ())),
+            reconnects=document.get("reconnects"),
         ),
     )
 
@@ -325,6 +331,7 @@ def _decision_document(link_id: str, decision: Decision) -> Document:
         "outbox": json.dumps(decision.outbox, sort_keys=True) if decision.outbox else None,
         "mailbox": _mailbox_document(mailbox) if mailbox else None,
         "claims": list(decision.claims),
+        "reconnects": decision.reconnects,
     }
 
 
@@ -337,6 +344,7 @@ def _decision(document: Document) -> Decision:
         outbox=json.loads(document["outbox"]) if document.get("outbox") else None,
         mailbox=_mailbox(mailbox) if mailbox else None,
         claims=tuple(document.get("claims", ())),
+        reconnects=document.get("reconnects"),
     )
 
 
@@ -349,6 +357,7 @@ def _mailbox_document(mailbox: MailboxDetails) -> Document:
         "auth": mailbox.auth.value,
         "reconnect_required": mailbox.reconnect_required,
         "authority": mailbox.authority.value if mailbox.authority else None,
+        "verified_by": mailbox.verified_by,
     }
 
 
@@ -362,6 +371,7 @@ def _mailbox(document: Document) -> MailboxDetails:
         auth=AuthMethod(document.get("auth", AuthMethod.PASSWORD)),
         reconnect_required=FailureCode(code) if code else None,
         authority=_authority(document),
+        verified_by=document.get("verified_by"),
     )
 
 

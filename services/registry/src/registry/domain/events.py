@@ -8,6 +8,8 @@ from mailbox_link_contract.events import (
     LinkReservedData,
     MailboxLinked,
     MailboxLinkedData,
+    MailboxReconnected,
+    MailboxReconnectedData,
     MailboxUnlinked,
     MailboxUnlinkedData,
     UnlinkedBy,
@@ -16,13 +18,15 @@ from mailbox_link_contract.topics import REGISTRY
 from registry.domain.links import LinkRecord, MailboxDetails
 
 
-def reserved_event(record: LinkRecord) -> LinkReserved:
+def reserved_event(record: LinkRecord, mailbox_id: str | None = None) -> LinkReserved:
+    """`mailbox_id`: the link reconnects the owner's mailbox with this id."""
     data = LinkReservedData(
         link_id=record.link_id,
         owner=record.owner,
         address=record.address,
         expires_at=record.expires_at,
         provider=record.provider,
+        mailbox_id=mailbox_id,
     )
     return LinkReserved(correlation_id=record.link_id, producer=REGISTRY, data=data)
 
@@ -54,6 +58,20 @@ def linked_event(record: LinkRecord, mailbox: MailboxDetails) -> MailboxLinked:
         linked_at=mailbox.linked_at,
     )
     return MailboxLinked(correlation_id=record.link_id, producer=REGISTRY, data=data)
+
+
+def reconnected_event(
+    record: LinkRecord, address: str, mailbox: MailboxDetails
+) -> MailboxReconnected:
+    """Ends a reconnect link: its mailbox (linked as `address`) works again, same id."""
+    data = MailboxReconnectedData(
+        link_id=record.link_id,
+        mailbox_id=mailbox.mailbox_id,
+        owner=record.owner,
+        address=address,
+        provider=record.provider,
+    )
+    return MailboxReconnected(correlation_id=record.link_id, producer=REGISTRY, data=data)
 
 
 def unlinked_event(record: LinkRecord, by: UnlinkedBy) -> MailboxUnlinked:

@@ -11,10 +11,10 @@ A link's life is a chain of decisions, numbered from 1. Each is stored once unde
 step): of two requests deciding from the same step, the store's unique key lets one win.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from mailbox_link_contract.events import (
     AuthMethod,
@@ -27,6 +27,19 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.addresses import mailbox_key
 
 
+class VerifiedSettings(Protocol):
+    """What a verification proved that a mailbox's details keep (registry_store.Verification)."""
+
+    @property
+    def imap(self) -> ServerSettings: ...
+    @property
+    def smtp(self) -> ServerSettings: ...
+    @property
+    def auth(self) -> AuthMethod: ...
+    @property
+    def authority(self) -> Authority | None: ...
+
+
 class LinkState(StrEnum):
     """Where a link request stands in the registry."""
 
@@ -35,12 +48,21 @@ class LinkState(StrEnum):
     LINKED = "linked"  # verified and linked: holds both until unlinked
     REJECTED = "rejected"  # ended without a link: refused, failed verification or expired
     UNLINKED = "unlinked"  # was linked, then unlinked
+    # A reconnect link (one that re-verifies its owner's linked mailbox, ADR 0019), verified
+    # and committed to reconnecting: its mailbox's link is being given the new verification.
+    RECONNECTING = "reconnecting"
+    RECONNECTED = "reconnected"  # its mailbox took its verification; the link itself ended
 
 
 IN_FLIGHT = frozenset({LinkState.RESERVING, LinkState.RESERVED})
 # In these states a link holds what it claimed; in the others it has let go of everything.
-HOLDING = IN_FLIGHT | {LinkState.LINKED}
-ENDED = frozenset({LinkState.REJECTED, LinkState.UNLINKED})
+HOLDING = IN_FLIGHT | {LinkState.LINKED, LinkState.RECONNECTING}
+ENDED = frozenset({LinkState.REJECTED, LinkState.UNLINKED, LinkState.RECONNECTED})
+# Not at rest: housekeeping keeps the link's pending entry until it leaves these.
+UNFINISHED = IN_FLIGHT | {LinkState.RECONNECTING}
+# An ended link in these states keeps no credentials; a reconnected one's verification is its
+# mailbox's now (MailboxDetails.verified_by).
+DROPS_VERIFICATION = frozenset({LinkState.REJECTED, LinkState.UNLINKED})
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,9 @@ class MailboxDetails:
     reconnect_required: FailureCode | None = None
     # Which rule made the servers authoritative for the address (None: linked before 1.3.0).
     authority: Authority | None = None
+    # The reconnect link whose verification (servers, sealed credentials) the mailbox uses
+    # now; None: its own link's. Also what tells a reconnect already applied (ADR 0019).
+    verified_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,8 @@ class Decision:
     outbox: dict[str, Any] | None = None
     mailbox: MailboxDetails | None = None
     claims: tuple[str, ...] = ()
+    # On a reconnect link's decisions: the link under which the mailbox it reconnects is linked.
+    reconnects: str | None = None
 
     @property
     def event_id(self) -> str | None:
@@ -89,6 +116,7 @@ class Progress:
     state: LinkState = LinkState.RESERVING
     announced: int = 0
     claims: tuple[str, ...] = ()  # those the decision at `step` names
+    reconnects: str | None = None  # what the decision at `step` names
 
     @property
     def at_rest_ended(self) -> bool:
@@ -128,6 +156,11 @@ class LinkRecord:
         return self.latest.claims if self.latest else ()
 
     @property
+    def reconnects(self) -> str | None:
+        """For a reconnect link: the link of the mailbox it reconnects."""
+        return self.latest.reconnects if self.latest else None
+
+    @property
     def mailbox_key(self) -> str:
         """What the address claim is taken on: one key for every spelling of the mailbox."""
         return mailbox_key(self.address)
@@ -158,6 +191,33 @@ def judge_address_holder(
     if holder.state is LinkState.LINKED:
         return HolderVerdict.ALREADY_LINKED
     return HolderVerdict.LINK_IN_PROGRESS
+
+
+def may_reconnect(requester: LinkRecord, holder: LinkRecord, asked: bool, now: datetime) -> bool:
+    """True if a request of the holder's own user reconnects the holder's mailbox instead of
+    being answered already_linked: the holder is linked, the request comes through the same
+    verifier, and the user asked to reconnect or the mailbox needs it."""
+    if is_stale(holder, now) or holder.state is not LinkState.LINKED or holder.mailbox is None:
+        return False
+    if holder.owner != requester.owner or holder.provider is not requester.provider:
+        return False
+    return asked or holder.mailbox.reconnect_required is not None
+
+
+def reconnected_details(
+    mailbox: MailboxDetails, verified_by: str, verification: VerifiedSettings
+) -> MailboxDetails:
+    """The mailbox after a reconnect: same id and linked_at, the new verification's servers,
+    auth and authority, and usable again."""
+    return replace(
+        mailbox,
+        imap=verification.imap,
+        smtp=verification.smtp,
+        auth=verification.auth,
+        authority=verification.authority or mailbox.authority,
+        reconnect_required=None,
+        verified_by=verified_by,
+    )
 
 
 def is_stale(holder: LinkRecord, now: datetime) -> bool:
