@@ -55,12 +55,14 @@ class Endpoint:
 
 
 class ProbeFailed(Exception):
-    """A probe did not get all the way to a logged-in session."""
+    """A probe did not get all the way to a logged-in session. `login_refused`: the server
+    answered our credentials with a refusal (not: it offers no mechanism of ours)."""
 
-    def __init__(self, code: FailureCode, detail: str) -> None:
+    def __init__(self, code: FailureCode, detail: str, *, login_refused: bool = False) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.login_refused = login_refused
 
 
 # (endpoint, username, password or access token, TLS context, timeout in seconds)
@@ -165,7 +167,8 @@ async def _drive(
     except ProbeFailed as failure:
         # Server text goes into details; a hostile server could echo the secret back.
         # `from None` keeps library exceptions (which may quote commands) out of the chain.
-        raise ProbeFailed(failure.code, credentials.redact(failure.detail)) from None
+        detail = credentials.redact(failure.detail)
+        raise ProbeFailed(failure.code, detail, login_refused=failure.login_refused) from None
     except (AioImapException, aiosmtplib.SMTPException, OSError) as exc:
         raise probe.unexpected(exc) from None
     finally:

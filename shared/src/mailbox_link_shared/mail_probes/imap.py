@@ -382,7 +382,11 @@ class _ImapProbe:
         # leaks; xoauth2() never answers the error challenge, so a bad token hangs.
         reply = await self._execute(command, scrub=secret)
         if reply.result != "OK":
-            raise ProbeFailed(FailureCode.IMAP_AUTH_FAILED, f"login rejected ({reply.reason})")
+            raise ProbeFailed(
+                FailureCode.IMAP_AUTH_FAILED,
+                f"login rejected ({reply.reason})",
+                login_refused=True,
+            )
         self._proto.state = AUTH
 
     def _password_command(self) -> tuple[Any, str | None]:

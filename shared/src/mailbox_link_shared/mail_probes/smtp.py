@@ -222,7 +222,7 @@ class _SmtpProbe:
             await authenticate(self._credentials.username, self._credentials.secret)
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise ProbeFailed(
-                FailureCode.SMTP_AUTH_FAILED, f"login rejected ({_reason(exc)})"
+                FailureCode.SMTP_AUTH_FAILED, f"login rejected ({_reason(exc)})", login_refused=True
             ) from None
         except aiosmtplib.SMTPServerDisconnected:
             raise ProbeFailed(
