@@ -214,3 +214,16 @@ def test_the_report_lists_each_other_failure_once_after_the_primary() -> None:
     assert [o.code for o in reported.other_failures] == [FailureCode.SECURITY_MISMATCH]
     alone = report(SMTP_REFUSED)
     assert (alone.code, alone.other_failures) == (FailureCode.SMTP_AUTH_FAILED, ())
+
+
+def test_failures_with_one_code_share_an_entry_naming_each_detail() -> None:
+    imap = ProbeFailed(
+        FailureCode.SECURITY_MISMATCH,
+        "IMAP port 993 expects SSL/TLS, not STARTTLS: set its security to ssl",
+    )
+    reported = report(ChecksFailed([imap, SMTP_MISMATCH]))
+    assert reported.code is FailureCode.SECURITY_MISMATCH
+    assert reported.detail == f"{imap.detail}; {SMTP_MISMATCH.detail}"
+    assert reported.other_failures == ()
+    timeout = ProbeFailed(FailureCode.TIMEOUT, "no answer within 15 s")
+    assert report(ChecksFailed([timeout, timeout])).detail == "no answer within 15 s"

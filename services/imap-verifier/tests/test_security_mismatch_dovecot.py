@@ -146,6 +146,20 @@ async def test_security_chosen_wrong_for_the_port_ends_in_security_mismatch(
     assert failure.other_failures == ()
 
 
+async def test_starttls_on_both_tls_ports_names_both(local_stack: LocalStack) -> None:
+    mailbox = Mailbox(local_stack)
+    imap_port, smtp_port = mailbox.ports["imap", "ssl"], mailbox.ports["smtp", "ssl"]
+    request = mailbox.request(imap=(imap_port, "starttls"), smtp=(smtp_port, "starttls"))
+    event, _ = await _verdict(local_stack, request)
+    assert isinstance(event, VerificationFailed)
+    failure = event.data.failure
+    assert failure.code is FailureCode.SECURITY_MISMATCH
+    assert failure.detail == (
+        f"IMAP port {imap_port} expects SSL/TLS, not STARTTLS: set its security to ssl; "
+        f"SMTP port {smtp_port} expects SSL/TLS, not STARTTLS: set its security to ssl"
+    )
+
+
 async def test_the_right_settings_still_link(local_stack: LocalStack) -> None:
     mailbox = Mailbox(local_stack)
     starttls = (mailbox.ports["imap", "starttls"], "starttls")

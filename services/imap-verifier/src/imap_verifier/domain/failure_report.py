@@ -4,6 +4,7 @@ first, and a hint when a refused login was not the full address. Plain rules, no
 from collections.abc import Sequence
 
 from mailbox_link_contract.events import Failure, ServerSettings
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.mail_probes import ProbeFailed
 
 
@@ -34,8 +35,13 @@ def with_login_hint(failure: ProbeFailed, server: ServerSettings, address: str) 
 
 
 def report(failure: ProbeFailed) -> Failure:
-    """The Failure to publish: the primary code and detail, the others in other_failures."""
-    primary, *others = all_failures(failure)
-    return Failure.of(primary.code, primary.detail).with_others(
-        [Failure.of(other.code, other.detail) for other in others]
-    )
+    """The Failure to publish: the primary code and detail, the others in other_failures.
+    Failures with the same code share one entry (other_failures names each code once), their
+    distinct details joined: STARTTLS chosen for both IMAP and SMTP on TLS ports names both."""
+    details: dict[FailureCode, list[str]] = {}
+    for each in all_failures(failure):
+        details.setdefault(each.code, []).append(each.detail)
+    primary, *others = [
+        Failure.of(code, "; ".join(dict.fromkeys(texts))) for code, texts in details.items()
+    ]
+    return primary.with_others(others)
