@@ -17,7 +17,14 @@ from localinfra.certs import TlsFiles, make_ca_and_server_cert
 from localinfra.hostile_mail import ECHO_MARK, SSH_BANNER, HostileMailServers
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import ConnectionSecurity
-from mailbox_link_shared.mail_probes import Endpoint, Probe, ProbeFailed, probe_imap, probe_smtp
+from mailbox_link_shared.mail_probes import (
+    PLAINTEXT_GREETING_WAIT,
+    Endpoint,
+    Probe,
+    ProbeFailed,
+    probe_imap,
+    probe_smtp,
+)
 from mailbox_link_shared.mail_probes.common import (
     MAX_LINE_BYTES,
     MAX_LITERAL_BYTES,
@@ -242,3 +249,44 @@ def test_redaction_covers_every_form_the_secret_is_sent_in() -> None:
     token = _Credentials(_Mechanism.XOAUTH2, USER, "ya29.token-value")
     sent = base64.b64encode(f"user={USER}\x01auth=Bearer ya29.token-value\x01\x01".encode())
     assert token.redact(f"{sent.decode()} ya29.token-value") == "*** ***"
+
+
+# --- The other-security try meets a hostile server ----------------------------------------
+
+
+async def test_starttls_on_a_tls_port_that_floods_its_greeting_is_no_mismatch(
+    hostile: HostileMailServers, tls_files: TlsFiles
+) -> None:
+    """The TLS try reads one line within MAX_LINE_BYTES: an endless one is not a greeting, so
+    the plaintext wait goes on to the deadline."""
+    timeout = PLAINTEXT_GREETING_WAIT + 1.0
+    failure = await _probe(
+        probe_imap, hostile, "imap_endless_greeting", STARTTLS, tls_files, timeout=timeout
+    )
+    assert failure.code is FailureCode.TIMEOUT
+    assert hostile.connections["imap_endless_greeting"] == 1  # the TLS try did happen
+
+
+@pytest.mark.parametrize(
+    ("name", "probe"),
+    [
+        ("pop3_endless_line", probe_imap),  # the plaintext try's line is over the bound
+        ("imap_drip", probe_imap),  # its greeting line never ends within the wait
+        ("smtp_endless_continuation", probe_imap),  # a greeting, of another protocol
+        ("imap_endless_line", probe_smtp),  # likewise
+    ],
+)
+async def test_tls_on_a_hostile_plaintext_port_stays_tls_failed(
+    hostile: HostileMailServers, tls_files: TlsFiles, name: str, probe: Probe
+) -> None:
+    failure = await _probe(probe, hostile, name, SSL, tls_files)
+    assert failure.code is FailureCode.TLS_FAILED
+
+
+async def test_tls_on_a_plaintext_port_with_an_imap_greeting_is_a_mismatch(
+    hostile: HostileMailServers, tls_files: TlsFiles
+) -> None:
+    """The greeting line is all the try reads: what floods after it is never read."""
+    failure = await _probe(probe_imap, hostile, "imap_endless_line", SSL, tls_files)
+    assert failure.code is FailureCode.SECURITY_MISMATCH
+    assert failure.detail.endswith("expects STARTTLS, not SSL/TLS: set its security to starttls")

@@ -17,12 +17,16 @@ from localinfra.stack import LocalStack
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import ConnectionSecurity
 from mailbox_link_shared.mail_probes import (
+    PLAINTEXT_GREETING_WAIT,
+    TOKEN_PROBES,
     Endpoint,
     Probe,
     ProbeFailed,
     probe_imap,
+    probe_imap_oauthbearer,
     probe_imap_xoauth2,
     probe_smtp,
+    probe_smtp_oauthbearer,
     probe_smtp_xoauth2,
 )
 from mailbox_link_shared.mail_probes import imap as imap_probe
@@ -200,13 +204,6 @@ async def test_imap_certificate_for_another_name(mail_servers: MailServers) -> N
     assert failed.value.code is FailureCode.TLS_FAILED
 
 
-async def test_imap_tls_to_plaintext_port(mail_servers: MailServers) -> None:
-    with pytest.raises(ProbeFailed) as failed:
-        await _imap(mail_servers, mail_servers.imap_starttls_port, SSL)
-    assert failed.value.code is FailureCode.TLS_FAILED
-    assert "STARTTLS port" in failed.value.detail
-
-
 async def test_smtp_submissions_logs_in(mail_servers: MailServers) -> None:
     await _smtp(mail_servers, mail_servers.submissions_port, SSL)
 
@@ -254,11 +251,78 @@ async def test_smtp_untrusted_certificate(mail_servers: MailServers) -> None:
     assert failed.value.detail.startswith("certificate not trusted")
 
 
-async def test_smtp_tls_to_plaintext_port(mail_servers: MailServers) -> None:
+# --- Security chosen wrong for the port -------------------------------------------------
+
+
+def _ports(servers: MailServers) -> dict[str, int]:
+    return {
+        "imaps": servers.imaps_port,
+        "imap-starttls": servers.imap_starttls_port,
+        "submissions": servers.submissions_port,
+        "submission-starttls": servers.submission_starttls_port,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "listener", "typed", "works"),
+    [
+        ("IMAP", "imaps", STARTTLS, SSL),
+        ("SMTP", "submissions", STARTTLS, SSL),
+        ("IMAP", "imap-starttls", SSL, STARTTLS),
+        ("SMTP", "submission-starttls", SSL, STARTTLS),
+    ],
+)
+async def test_security_chosen_wrong_for_the_port_names_the_one_that_works(
+    mail_servers: MailServers,
+    kind: str,
+    listener: str,
+    typed: ConnectionSecurity,
+    works: ConnectionSecurity,
+) -> None:
+    port = _ports(mail_servers)[listener]
+    check = _imap if kind == "IMAP" else _smtp
     with pytest.raises(ProbeFailed) as failed:
-        await _smtp(mail_servers, mail_servers.submission_starttls_port, SSL)
+        await check(mail_servers, port, typed)
+    words = {SSL: "SSL/TLS", STARTTLS: "STARTTLS"}
+    assert failed.value.code is FailureCode.SECURITY_MISMATCH
+    assert failed.value.detail == (
+        f"{kind} port {port} expects {words[works]}, not {words[typed]}: "
+        f"set its security to {works.value}"
+    )
+
+
+async def test_starttls_on_a_tls_port_with_an_untrusted_certificate_says_both(
+    mail_servers: MailServers,
+) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _imap(mail_servers, mail_servers.untrusted_imaps_port, STARTTLS)
+    assert failed.value.code is FailureCode.SECURITY_MISMATCH
+    assert failed.value.detail.endswith("(its certificate did not verify either)")
+
+
+@pytest.mark.parametrize(
+    ("kind", "listener"), [("IMAP", "submission-starttls"), ("SMTP", "imap-starttls")]
+)
+async def test_tls_on_a_plaintext_port_of_another_protocol_stays_tls_failed(
+    mail_servers: MailServers, kind: str, listener: str
+) -> None:
+    """Only a greeting of the probe's own protocol makes it a security mistake."""
+    check = _imap if kind == "IMAP" else _smtp
+    with pytest.raises(ProbeFailed) as failed:
+        await check(mail_servers, _ports(mail_servers)[listener], SSL)
     assert failed.value.code is FailureCode.TLS_FAILED
     assert "STARTTLS port" in failed.value.detail
+
+
+@pytest.mark.parametrize("probe", [probe_imap, probe_smtp])
+async def test_starttls_on_a_silent_port_still_times_out(
+    mail_servers: MailServers, silent_port: int, probe: Probe
+) -> None:
+    """The TLS try on a port that says nothing at all finds nothing: the wait goes on."""
+    endpoint = _at(mail_servers, silent_port, STARTTLS)
+    with pytest.raises(ProbeFailed) as failed:
+        await probe(endpoint, "u", "p", _trusting(mail_servers), PLAINTEXT_GREETING_WAIT + 1.0)
+    assert failed.value.code is FailureCode.TIMEOUT
 
 
 @pytest.mark.parametrize("probe", [probe_imap, probe_smtp])
@@ -413,7 +477,7 @@ def oauth_token(local_stack: LocalStack, mail_servers: MailServers) -> Iterator[
 
 async def _probe(servers: MailServers, probe: Probe, secret: str, *, oauth: bool = True) -> None:
     """Runs `probe` over implicit TLS against the OAuth Dovecot, or the password one."""
-    imap = probe in (probe_imap, probe_imap_xoauth2)
+    imap = probe in (probe_imap, probe_imap_xoauth2, probe_imap_oauthbearer)
     if oauth:
         port = servers.oauth_imaps_port if imap else servers.oauth_submissions_port
     else:
@@ -533,9 +597,98 @@ async def test_token_never_logged(
     caplog.set_level(logging.DEBUG)
     # The probes keep aioimaplib at WARNING; its scrubbing is proven with its wire log on.
     caplog.set_level(logging.DEBUG, logger="aioimaplib")
-    for probe in XOAUTH2_PROBES:
-        with contextlib.suppress(ProbeFailed):
-            await _probe(mail_servers, probe, token)
+    for probes in TOKEN_PROBES.values():
+        for probe in (probes.imap, probes.smtp):
+            with contextlib.suppress(ProbeFailed):
+                await _probe(mail_servers, probe, token)
     assert "Sending" in caplog.text  # aioimaplib's wire log was really captured
-    for secret in (token, _xoauth2_response(mail_servers.user, token)):
+    for secret in _token_wire_forms(mail_servers, token):
         assert secret not in caplog.text
+
+
+def _oauthbearer_response(servers: MailServers, port: int, token: str) -> str:
+    """RFC 7628's client response, written out independently of the probe's code."""
+    user = servers.user.replace("=", "=3D").replace(",", "=2C")
+    raw = (
+        f"n,a={user},\x01host={servers.tls_hostname}\x01port={port}\x01auth=Bearer {token}\x01\x01"
+    )
+    return base64.b64encode(raw.encode()).decode()
+
+
+def _token_wire_forms(servers: MailServers, token: str) -> list[str]:
+    """The token as any token probe sends it to the OAuth Dovecot."""
+    return [
+        token,
+        _xoauth2_response(servers.user, token),
+        _oauthbearer_response(servers, servers.oauth_imaps_port, token),
+        _oauthbearer_response(servers, servers.oauth_submissions_port, token),
+    ]
+
+
+# --- OAUTHBEARER (RFC 7628) --------------------------------------------------------------
+
+OAUTHBEARER_PROBES = [probe_imap_oauthbearer, probe_smtp_oauthbearer]
+
+
+@pytest.mark.parametrize("probe", OAUTHBEARER_PROBES)
+async def test_oauthbearer_logs_in_with_a_granted_token(
+    mail_servers: MailServers, oauth_token: str, probe: Probe
+) -> None:
+    await _probe(mail_servers, probe, oauth_token)
+
+
+@pytest.mark.parametrize(
+    ("probe", "code", "reason"),
+    [
+        (probe_imap_oauthbearer, FailureCode.IMAP_AUTH_FAILED, "AUTHENTICATIONFAILED"),
+        (probe_smtp_oauthbearer, FailureCode.SMTP_AUTH_FAILED, "535"),
+    ],
+)
+@pytest.mark.parametrize("sasl_ir", [True, False])
+async def test_oauthbearer_refused_token_is_refused_and_stays_secret(
+    mail_servers: MailServers,
+    local_stack: LocalStack,
+    monkeypatch: pytest.MonkeyPatch,
+    probe: Probe,
+    code: FailureCode,
+    reason: str,
+    sasl_ir: bool,
+) -> None:
+    """The error challenge is answered with %x01, so the refusal comes (long before the
+    deadline: a hang would end in `timeout` instead), and no form of the token leaks."""
+    if not sasl_ir:
+        _pretend_capabilities(monkeypatch, hide={"SASL-IR"})
+    token = secrets.token_urlsafe(24)
+    local_stack.revoke_oauth_token(token)
+    with pytest.raises(ProbeFailed) as failed:
+        await _probe(mail_servers, probe, token)
+    assert failed.value.code is code
+    assert failed.value.detail.startswith("login rejected (")
+    assert reason in failed.value.detail
+    for exc in _chain(failed.value):
+        for secret in _token_wire_forms(mail_servers, token):
+            assert secret not in str(exc)
+            assert secret not in repr(exc)
+
+
+@pytest.mark.parametrize(
+    ("probe", "code"),
+    [
+        (probe_imap_oauthbearer, FailureCode.IMAP_AUTH_FAILED),
+        (probe_smtp_oauthbearer, FailureCode.SMTP_AUTH_FAILED),
+    ],
+)
+async def test_oauthbearer_probe_on_a_password_server(
+    mail_servers: MailServers, oauth_token: str, probe: Probe, code: FailureCode
+) -> None:
+    with pytest.raises(ProbeFailed) as failed:
+        await _probe(mail_servers, probe, oauth_token, oauth=False)
+    assert failed.value.code is code
+    assert failed.value.detail.startswith("server does not offer OAUTHBEARER (it offers ")
+
+
+def test_token_probes_name_each_mechanism_s_pair() -> None:
+    assert TOKEN_PROBES["XOAUTH2"].imap is probe_imap_xoauth2
+    assert TOKEN_PROBES["XOAUTH2"].smtp is probe_smtp_xoauth2
+    assert TOKEN_PROBES["OAUTHBEARER"].imap is probe_imap_oauthbearer
+    assert TOKEN_PROBES["OAUTHBEARER"].smtp is probe_smtp_oauthbearer

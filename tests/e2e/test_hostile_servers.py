@@ -59,9 +59,18 @@ def _hostile_body(
     real_user: MailUser | None = None,
     security: str = "starttls",
 ) -> dict[str, Any]:
-    """A body whose named servers are hostile. With only SMTP hostile, IMAP is the stack's
-    Dovecot with `real_user`'s login (the verifier prefers IMAP's reason, so it must pass);
-    the password sent to the hostile server is always PASSWORD."""
+    """A body whose named servers are hostile. With only one of them hostile, the other is the
+    stack's Dovecot with `real_user`'s login, which must pass (the verifier prefers IMAP's
+    reason, and reports a failure without waiting long for the other check); the password
+    sent to the hostile server is always PASSWORD."""
+    if imap is not None and smtp is None and real_user is not None:
+        # SMTP on the stack's Dovecot must log in: had it failed, the link would report that
+        # FAILURE_GRACE later instead of waiting for the hostile IMAP port's own verdict.
+        user = MailUser(real_user.address, PASSWORD)
+        return imap_body(
+            infra, user, imap_port=hostile.ports[imap], imap_security=security,
+            smtp_password=real_user.password,
+        )  # fmt: skip
     if imap is not None:
         user = MailUser(f"hostile-{secrets.token_hex(4)}@example.org", PASSWORD)
         smtp_port = hostile.ports[smtp] if smtp else None

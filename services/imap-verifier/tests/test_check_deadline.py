@@ -91,7 +91,9 @@ def _servers(imap_port: int, imap_security: str = "ssl") -> tuple[ServerSettings
 async def _timed_check(ports: Ports, imap_port: int) -> tuple[FailureCode | None, float, str]:
     started = time.monotonic()
     try:
-        await verify_mailbox(*_servers(imap_port), CREDENTIALS, _deps(ports))
+        await verify_mailbox(
+            *_servers(imap_port), CREDENTIALS, _deps(ports), address="a@example.org"
+        )
     except ProbeFailed as failure:
         return failure.code, time.monotonic() - started, failure.detail
     return None, time.monotonic() - started, ""

@@ -154,3 +154,24 @@ async def test_an_unrelated_failure_does_not_count_towards_back_off() -> None:
     for n in range(5):
         await verify_link(_with_password("pw", f"l{n}"), deps)
     assert _outcomes(deps) == ["imap_unreachable"] * 5
+
+
+async def test_each_refused_login_of_a_check_counts_towards_its_own_back_off() -> None:
+    """IMAP's failure is the one reported first, SMTP's is among the others: it counts too."""
+    network = FakeNetwork(
+        imap_failure=FailureCode.IMAP_AUTH_FAILED, smtp_failure=FailureCode.SMTP_AUTH_FAILED
+    )
+    deps = _limited(network)
+    for n in range(3):
+        await verify_link(_with_password(f"guess-{n}", f"l{n}"), deps)
+    assert isinstance(deps.publisher, RecordingPublisher)
+    last = deps.publisher.events[-1]
+    assert isinstance(last, VerificationFailed)
+    assert [o.code for o in last.data.failure.other_failures] == [FailureCode.SMTP_AUTH_FAILED]
+    # Another IMAP login, out of any back-off: only SMTP's recorded failures can refuse it.
+    other = _with_password("guess-3", "l3")
+    imap = other.data.imap.model_copy(update={"username": "bob@example.org"})
+    await verify_link(
+        other.model_copy(update={"data": other.data.model_copy(update={"imap": imap})}), deps
+    )
+    assert _outcomes(deps)[-1] == "too_many_attempts"

@@ -79,6 +79,15 @@ async def smtp_endless_continuation(r: Reader, w: Writer, got: bytearray) -> Non
     await _flood(w, (b"250-" + b"y" * 100 + b"\r\n") * 256)
 
 
+async def imap_endless_greeting(r: Reader, w: Writer, got: bytearray) -> None:
+    """Over implicit TLS: a greeting line of 1 MiB, far over any line bound, for a probe that
+    chose STARTTLS and asks the port over TLS. Not an endless flood: a TLS flood to a peer
+    that hung up kept the other servers of this thread's loop from answering (seen in tests)."""
+    w.write(b"* OK " + _CHUNK * 16)
+    await w.drain()
+    await silent(r, w, got)
+
+
 async def silent(r: Reader, w: Writer, got: bytearray) -> None:
     while await r.read(65536):
         pass
@@ -153,6 +162,7 @@ TLS: dict[str, Behaviour] = {
     "imap_echo_plain": _imap_echo(b"IMAP4rev1 AUTH=PLAIN SASL-IR"),  # AUTHENTICATE PLAIN b64
     "smtp_echo_login": _smtp_echo(b"LOGIN"),  # base64(user), then base64(password)
     "smtp_echo_plain": _smtp_echo(b"PLAIN"),  # AUTH PLAIN base64(\0user\0password)
+    "imap_endless_greeting": imap_endless_greeting,
 }
 
 

@@ -5,9 +5,16 @@ makes sure it never does."""
 
 import asyncio
 import logging
+from typing import Final
 
 from imap_verifier.adapters.typed_inbox import typed_inbox
 from imap_verifier.config import SERVICE_NAME
+from imap_verifier.domain.failure_report import (
+    ChecksFailed,
+    all_failures,
+    report,
+    with_login_hint,
+)
 from imap_verifier.domain.ownership import ProofFailed, needs_proof, prove_ownership
 from imap_verifier.domain.pending import StartReason
 from imap_verifier.domain.port_switch import (
@@ -34,7 +41,7 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.credentials import MailboxCredentials
-from mailbox_link_shared.mail_probes import Probe, ProbeFailed
+from mailbox_link_shared.mail_probes import PLAINTEXT_GREETING_WAIT, Probe, ProbeFailed
 from mailbox_link_shared.rate_limits import TooManyAttempts, wait_text
 from mailbox_link_shared.routing import EventHandlers, ignore
 
@@ -44,6 +51,11 @@ logger = logging.getLogger(__name__)
 # its other-port suggestion by the deadline, and a server that answers within the first third
 # (any working one: a login takes a second or two) is never logged in to twice.
 OTHER_WAY_AFTER = 1 / 3
+# Once one check (IMAP or SMTP) has failed, the other gets this long to finish before the
+# failure is published without it: long enough for its security-mismatch try (a plaintext
+# greeting awaited PLAINTEXT_GREETING_WAIT, then one TLS handshake) to conclude, far shorter
+# than the check's whole deadline, which a silent server would make the user wait for.
+FAILURE_GRACE: Final = PLAINTEXT_GREETING_WAIT + 1.0
 
 
 async def when_link_requested_remember(event: LinkRequested, deps: VerifierDeps) -> None:
@@ -97,10 +109,11 @@ async def verify_link(event: LinkRequested, deps: VerifierDeps) -> None:
         if limits is not None:
             await limits.before_logins(data.imap, data.smtp, deps.clock())
         try:
-            await verify_mailbox(data.imap, data.smtp, credentials, deps)
+            await verify_mailbox(data.imap, data.smtp, credentials, deps, address=data.address)
         except ProbeFailed as failure:
             if limits is not None:
-                await limits.after_failure(failure.code, data.imap, data.smtp, deps.clock())
+                for each in all_failures(failure):
+                    await limits.after_failure(each.code, data.imap, data.smtp, deps.clock())
             raise
         if needs_proof(authority):
             await _prove(event, credentials, deps)
@@ -112,7 +125,17 @@ async def verify_link(event: LinkRequested, deps: VerifierDeps) -> None:
         failed = Failure.of(FailureCode.TOO_MANY_ATTEMPTS, detail)
         await deps.publisher.publish(_failed(event, failed))
         return
-    except (ProbeFailed, ProofFailed) as failure:
+    except ProbeFailed as failure:
+        reported = report(failure)
+        others = [other.code.value for other in reported.other_failures]
+        also = ", ".join(others) or "nothing else"
+        logger.info(
+            "link %s failed verification: %s (%s); also %s",
+            data.link_id, failure.code, failure.detail, also,
+        )  # fmt: skip
+        await deps.publisher.publish(_failed(event, reported))
+        return
+    except ProofFailed as failure:
         logger.info(
             "link %s failed verification: %s (%s)", data.link_id, failure.code, failure.detail
         )
@@ -145,18 +168,43 @@ async def _prove(event: LinkRequested, credentials: MailboxCredentials, deps: Ve
 
 
 async def verify_mailbox(
-    imap: ServerSettings, smtp: ServerSettings, credentials: MailboxCredentials, deps: VerifierDeps
+    imap: ServerSettings,
+    smtp: ServerSettings,
+    credentials: MailboxCredentials,
+    deps: VerifierDeps,
+    *,
+    address: str,
 ) -> None:
     """Checks both servers at once, each within `deps.timeout` seconds, the other-port try
-    included; raises ProbeFailed, preferring IMAP's reason over SMTP's."""
-    results = await asyncio.gather(
-        _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps),
-        _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps),
-        return_exceptions=True,
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    included. Once one has failed, the other gets FAILURE_GRACE more, not its whole deadline;
+    raises ChecksFailed with every failure known by then, IMAP's before SMTP's, a refused
+    login that was not the full `address` hinting at it."""
+    imap_check = _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps)
+    smtp_check = _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps)
+    # In this order: IMAP's failure is the primary one when both are known.
+    checks = [(imap, asyncio.create_task(imap_check)), (smtp, asyncio.create_task(smtp_check))]
+    tasks = [task for _, task in checks]
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if pending and any(task.exception() is not None for task in done):
+                await asyncio.wait(pending, timeout=FAILURE_GRACE)
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failures: list[ProbeFailed] = []
+    for server, task in checks:
+        failure = None if task.cancelled() else task.exception()
+        if failure is None:
+            continue
+        if not isinstance(failure, ProbeFailed):
+            raise failure  # a bug: answered as internal_error by verify_link
+        failures.append(with_login_hint(failure, server, address))
+    if failures:
+        raise ChecksFailed(failures)
 
 
 async def _check(

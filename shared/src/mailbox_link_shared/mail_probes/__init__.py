@@ -4,9 +4,17 @@ Every probe connects to an address that was vetted beforehand and never re-resol
 (so DNS cannot move us onto another network between the check and the connection), while TLS is
 verified against the host name the person typed. A probe logs in with a password
 (`probe_imap`, `probe_smtp`) or with an OAuth access token over XOAUTH2 (`probe_imap_xoauth2`,
-`probe_smtp_xoauth2`); all four share the `Probe` signature. A probe either returns None or
-raises ProbeFailed with a FailureCode and a short detail; the password or token never appears in
-a detail, a log line or a chained exception, in any form it was sent in.
+`probe_smtp_xoauth2`) or OAUTHBEARER, RFC 7628 (`probe_imap_oauthbearer`,
+`probe_smtp_oauthbearer`); all six share the `Probe` signature, and `TOKEN_PROBES` names the
+token ones by mechanism. A probe either returns None or raises ProbeFailed with a FailureCode
+and a short detail; the password or token never appears in a detail, a log line or a chained
+exception, in any form it was sent in.
+
+Security chosen wrong for the port ends in SECURITY_MISMATCH, naming the setting that works:
+STARTTLS on an implicit-TLS port (no plaintext greeting within PLAINTEXT_GREETING_WAIT, but a
+TLS handshake and the protocol's greeting on the same port), or SSL/TLS on a plaintext port
+(the handshake breaks, but the same port greets in plaintext). Those tries connect to the same
+vetted address and port, read one bounded line and log in nowhere.
 
 A user-typed server is untrusted: every read is bounded (line, response, literal, connection;
 `common.MAX_*`) and a server over a bound fails the check at once; a detail is built from what
@@ -14,8 +22,11 @@ was classified (status, known response or reply codes), never by quoting the ser
 """
 
 import ssl
+from dataclasses import dataclass
+from typing import Final
 
 from mailbox_link_shared.mail_probes.common import (
+    PLAINTEXT_GREETING_WAIT,
     Endpoint,
     Probe,
     ProbeFailed,
@@ -27,12 +38,17 @@ from mailbox_link_shared.mail_probes.imap import _ImapProbe
 from mailbox_link_shared.mail_probes.smtp import _SmtpProbe
 
 __all__ = [
+    "PLAINTEXT_GREETING_WAIT",
+    "TOKEN_PROBES",
     "Endpoint",
     "Probe",
     "ProbeFailed",
+    "TokenProbes",
     "probe_imap",
+    "probe_imap_oauthbearer",
     "probe_imap_xoauth2",
     "probe_smtp",
+    "probe_smtp_oauthbearer",
     "probe_smtp_xoauth2",
 ]
 
@@ -85,3 +101,51 @@ async def probe_smtp_xoauth2(
     raises ProbeFailed on any failure."""
     credentials = _Credentials(_Mechanism.XOAUTH2, username, access_token)
     await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
+
+
+async def probe_imap_oauthbearer(
+    endpoint: Endpoint,
+    username: str,
+    access_token: str,
+    tls: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Logs in over IMAP with an OAuth access token (AUTHENTICATE OAUTHBEARER, RFC 7628, naming
+    the endpoint's host name and port) and opens INBOX read-only; raises ProbeFailed on any
+    failure."""
+    credentials = _token_credentials(_Mechanism.OAUTHBEARER, endpoint, username, access_token)
+    await _drive(_ImapProbe, endpoint, credentials, tls, timeout)
+
+
+async def probe_smtp_oauthbearer(
+    endpoint: Endpoint,
+    username: str,
+    access_token: str,
+    tls: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Authenticates to an SMTP submission server with an OAuth access token (AUTH OAUTHBEARER,
+    RFC 7628); raises ProbeFailed on any failure."""
+    credentials = _token_credentials(_Mechanism.OAUTHBEARER, endpoint, username, access_token)
+    await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
+
+
+def _token_credentials(
+    mechanism: _Mechanism, endpoint: Endpoint, username: str, access_token: str
+) -> _Credentials:
+    return _Credentials(mechanism, username, access_token, endpoint.hostname, endpoint.port)
+
+
+@dataclass(frozen=True)
+class TokenProbes:
+    """The IMAP and SMTP probes of one SASL mechanism for OAuth access tokens."""
+
+    imap: Probe
+    smtp: Probe
+
+
+# By SASL mechanism name, as a provider's configuration may name it.
+TOKEN_PROBES: Final = {
+    "XOAUTH2": TokenProbes(probe_imap_xoauth2, probe_smtp_xoauth2),
+    "OAUTHBEARER": TokenProbes(probe_imap_oauthbearer, probe_smtp_oauthbearer),
+}

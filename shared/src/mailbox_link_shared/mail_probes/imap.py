@@ -1,5 +1,7 @@
-"""The IMAP probe: greeting, STARTTLS, CAPABILITY, LOGIN or AUTHENTICATE (PLAIN, XOAUTH2), and
-EXAMINE INBOX, each reply read within bounds and classified into a failure code."""
+"""The IMAP probe: greeting, STARTTLS, CAPABILITY, LOGIN or AUTHENTICATE (PLAIN, XOAUTH2,
+OAUTHBEARER), and EXAMINE INBOX, each reply read within bounds and classified into a failure
+code; a greeting missing in plaintext, or TLS meeting a plaintext server, asks the same port
+with the other security (SECURITY_MISMATCH)."""
 
 import asyncio
 import collections
@@ -26,12 +28,16 @@ from mailbox_link_shared.mail_probes.common import (
     MAX_RESPONSE_BYTES,
     Endpoint,
     ProbeFailed,
+    _after_tls_failure,
     _connect_failure,
     _Credentials,
     _Mechanism,
     _not_offered,
+    _plaintext_greeting,
     _too_much,
 )
+
+KIND: Final = "IMAP"
 
 # aioimaplib logs, at INFO, any server line it does not expect, and at DEBUG everything it
 # reads and most of what it sends: an echoing server would put our LOGIN line (the password,
@@ -160,6 +166,11 @@ def _classify_greeting(greeting: bytes) -> ProbeFailed | None:
     return ProbeFailed(FailureCode.NOT_AN_IMAP_SERVER, "not an IMAP greeting")
 
 
+def _is_imap_greeting(line: bytes) -> bool:
+    """An IMAP server's welcome (OK or PREAUTH), as the other-security try recognises it."""
+    return line[:16].upper().startswith((b"* OK", b"* PREAUTH"))
+
+
 # aioimaplib ships no type information, so its base class is Any to mypy.
 class _ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
     """aioimaplib's protocol, holding the greeting back until we have classified it."""
@@ -263,7 +274,7 @@ class _ImapProbe:
         """Connects, checks the greeting and capabilities, and logs in (also for the inbox
         search of the ownership proof)."""
         await self._connect()
-        greeting = await self._proto.greeting
+        greeting = await self._greeting()
         failure = self._proto.exceeded or _classify_greeting(greeting)
         if failure is not None:
             raise failure
@@ -315,8 +326,20 @@ class _ImapProbe:
                 server_hostname=self._endpoint.hostname if implicit else None,
             )
         except OSError as exc:
-            raise _connect_failure(exc, FailureCode.IMAP_UNREACHABLE, in_tls=implicit) from None
+            failure = _connect_failure(exc, FailureCode.IMAP_UNREACHABLE, in_tls=implicit)
+            raise await _after_tls_failure(
+                exc, failure, KIND, self._endpoint, self._tls, _is_imap_greeting
+            ) from None
         self._transports.append(transport)
+
+    async def _greeting(self) -> bytes:
+        """The server's first line; in plaintext, SECURITY_MISMATCH if it never comes but the
+        port greets over TLS."""
+        if self._endpoint.security is ConnectionSecurity.SSL:
+            return await self._proto.greeting
+        return await _plaintext_greeting(
+            self._proto.greeting, KIND, self._endpoint, self._tls, _is_imap_greeting
+        )
 
     async def _starttls(self) -> None:
         if self._proto.state == AUTH:
@@ -350,8 +373,8 @@ class _ImapProbe:
             await self._guard("CAPABILITY", self._proto.capability())
 
     async def _login(self) -> None:
-        if self._credentials.mechanism is _Mechanism.XOAUTH2:
-            command, secret = self._xoauth2_command()
+        if self._credentials.mechanism is not _Mechanism.PASSWORD:
+            command, secret = self._token_command()
         else:
             command, secret = self._password_command()
         # Sent through execute() rather than aioimaplib's login()/xoauth2(): login() scrubs the
@@ -359,7 +382,11 @@ class _ImapProbe:
         # leaks; xoauth2() never answers the error challenge, so a bad token hangs.
         reply = await self._execute(command, scrub=secret)
         if reply.result != "OK":
-            raise ProbeFailed(FailureCode.IMAP_AUTH_FAILED, f"login rejected ({reply.reason})")
+            raise ProbeFailed(
+                FailureCode.IMAP_AUTH_FAILED,
+                f"login rejected ({reply.reason})",
+                login_refused=True,
+            )
         self._proto.state = AUTH
 
     def _password_command(self) -> tuple[Any, str | None]:
@@ -379,13 +406,15 @@ class _ImapProbe:
                 FailureCode.IMAP_AUTH_FAILED, "username or password contains a line break"
             ) from None
 
-    def _xoauth2_command(self) -> tuple[Any, str | None]:
-        if "AUTH=XOAUTH2" not in self._capabilities():
-            raise _not_offered(FailureCode.IMAP_AUTH_FAILED, _Mechanism.XOAUTH2, self._sasl())
-        # A rejected token comes back as a `+` challenge carrying the error; XOAUTH2 expects
-        # an empty answer to it, and only then sends the tagged NO.
-        self._proto.sasl_after_rejection = b""
-        return self._authenticate("XOAUTH2")
+    def _token_command(self) -> tuple[Any, str | None]:
+        """AUTHENTICATE XOAUTH2 or OAUTHBEARER with the access token."""
+        mechanism = self._credentials.mechanism
+        if f"AUTH={mechanism.value}" not in self._capabilities():
+            raise _not_offered(FailureCode.IMAP_AUTH_FAILED, mechanism, self._sasl())
+        # A rejected token comes back as a `+` challenge carrying the error; the mechanism's
+        # answer to it (empty, or %x01) brings the tagged NO.
+        self._proto.sasl_after_rejection = self._credentials.answer_to_rejection()
+        return self._authenticate(mechanism.value)
 
     def _authenticate(self, mechanism: str) -> tuple[Any, str | None]:
         """AUTHENTICATE with the credentials' SASL response, in the command if SASL-IR allows."""

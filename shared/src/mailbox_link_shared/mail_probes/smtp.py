@@ -1,8 +1,10 @@
-"""The SMTP probe: greeting, EHLO, STARTTLS, AUTH (PLAIN, LOGIN, XOAUTH2), through aiosmtplib,
-each reply classified into a failure code."""
+"""The SMTP probe: greeting, EHLO, STARTTLS, AUTH (PLAIN, LOGIN, XOAUTH2, OAUTHBEARER), through
+aiosmtplib, each reply classified into a failure code; a greeting missing in plaintext, or TLS
+meeting a plaintext server, asks the same port with the other security (SECURITY_MISMATCH)."""
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
 import socket
@@ -19,12 +21,16 @@ from mailbox_link_shared.mail_probes.common import (
     SMTP_MAX_REPLY_BYTES,
     Endpoint,
     ProbeFailed,
+    _after_tls_failure,
     _connect_failure,
     _Credentials,
     _Mechanism,
     _not_offered,
+    _plaintext_greeting,
     _too_much,
 )
+
+KIND: Final = "SMTP"
 
 # An enhanced status code (RFC 3463) at the start of a reply: named in details, unlike the
 # reply's free text, which could be anything (the echoed AUTH LOGIN base64 included).
@@ -70,6 +76,11 @@ def _not_smtp(exc: aiosmtplib.SMTPResponseException) -> ProbeFailed:
     if line.upper().startswith(("* OK", "* PREAUTH", "* BYE")):
         return ProbeFailed(FailureCode.NOT_AN_SMTP_SERVER, "this is an IMAP port")
     return ProbeFailed(FailureCode.NOT_AN_SMTP_SERVER, "not an SMTP greeting")
+
+
+def _is_smtp_greeting(line: bytes) -> bool:
+    """An SMTP server's welcome (220), as the other-security try recognises it."""
+    return line[:4] in (b"220 ", b"220-", b"220\r", b"220\n")
 
 
 def _address_literal(sock: socket.socket) -> str:
@@ -144,9 +155,16 @@ class _SmtpProbe:
         return sock
 
     async def _greet(self, smtp: aiosmtplib.SMTP) -> None:
-        """Connects (TLS first for implicit TLS) and checks for a 220 greeting."""
+        """Connects (TLS first for implicit TLS) and checks for a 220 greeting; in plaintext,
+        SECURITY_MISMATCH if it never comes but the port greets over TLS."""
+        connecting = asyncio.ensure_future(smtp.connect())
         try:
-            await smtp.connect()
+            if smtp.use_tls:
+                await connecting
+            else:
+                await _plaintext_greeting(
+                    connecting, KIND, self._endpoint, self._tls, _is_smtp_greeting
+                )
         except aiosmtplib.SMTPConnectResponseError as exc:
             raise ProbeFailed(
                 FailureCode.SMTP_UNREACHABLE, f"server refused the session ({_reason(exc)})"
@@ -160,7 +178,14 @@ class _SmtpProbe:
                     FailureCode.SMTP_UNREACHABLE, "server closed the connection before its greeting"
                 ) from None
             implicit = smtp.use_tls
-            raise _connect_failure(cause, FailureCode.SMTP_UNREACHABLE, in_tls=implicit) from None
+            failure = _connect_failure(cause, FailureCode.SMTP_UNREACHABLE, in_tls=implicit)
+            raise await _after_tls_failure(
+                cause, failure, KIND, self._endpoint, self._tls, _is_smtp_greeting
+            ) from None
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait((connecting,))
 
     async def _starttls(self, smtp: aiosmtplib.SMTP) -> None:
         await self._ehlo(smtp)
@@ -197,7 +222,7 @@ class _SmtpProbe:
             await authenticate(self._credentials.username, self._credentials.secret)
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise ProbeFailed(
-                FailureCode.SMTP_AUTH_FAILED, f"login rejected ({_reason(exc)})"
+                FailureCode.SMTP_AUTH_FAILED, f"login rejected ({_reason(exc)})", login_refused=True
             ) from None
         except aiosmtplib.SMTPServerDisconnected:
             raise ProbeFailed(
@@ -210,6 +235,8 @@ class _SmtpProbe:
         if self._credentials.mechanism is _Mechanism.XOAUTH2:
             # aiosmtplib answers XOAUTH2's error challenge itself, so a bad token fails fast.
             wanted = {"xoauth2": smtp.auth_xoauth2}
+        elif self._credentials.mechanism is _Mechanism.OAUTHBEARER:
+            wanted = {"oauthbearer": functools.partial(self._oauthbearer, smtp)}
         else:
             # One mechanism only: aiosmtplib's login() falls through to the next one after a
             # rejection, doubling failed attempts (and the server's penalty) for a wrong password.
@@ -219,3 +246,14 @@ class _SmtpProbe:
         if name is None:
             raise _not_offered(FailureCode.SMTP_AUTH_FAILED, self._credentials.mechanism, offered)
         return wanted[name]
+
+    async def _oauthbearer(self, smtp: aiosmtplib.SMTP, _username: str, _token: str) -> None:
+        """AUTH OAUTHBEARER (RFC 7628), which aiosmtplib lacks: the initial response (from the
+        credentials) in the command, and a single %x01 to an error challenge so the refusal
+        comes at once."""
+        response = self._credentials.initial_response().encode("ascii")
+        reply = await smtp.execute_command(b"AUTH", b"OAUTHBEARER", response)
+        if reply.code == aiosmtplib.SMTPStatus.auth_continue:
+            reply = await smtp.execute_command(self._credentials.answer_to_rejection())
+        if reply.code != aiosmtplib.SMTPStatus.auth_successful:
+            raise aiosmtplib.SMTPAuthenticationError(reply.code, reply.message)
