@@ -8,18 +8,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mailbox_link_contract.events import ServerSettings
-from mailbox_link_shared.mail_probes import Endpoint, probe_imap_xoauth2, probe_smtp_xoauth2
+from mailbox_link_shared.mail_probes import (
+    Endpoint,
+    probe_imap_oauthbearer,
+    probe_imap_xoauth2,
+    probe_smtp_oauthbearer,
+    probe_smtp_xoauth2,
+)
 from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.network_policy import IPNetwork, PortRanges
 from mailbox_link_shared.oidc_providers import SaslMechanism
 
 _Probe = Callable[[Endpoint, str, str, ssl.SSLContext, float], Awaitable[None]]
-# The token logins this build has, IMAP's and SMTP's. OAUTHBEARER (RFC 7628) is the seam for
-# the mail probes' own: add (probe_imap_oauthbearer, probe_smtp_oauthbearer) here once
-# mailbox_link_shared.mail_probes has them; until then bootstrap refuses to load a provider
-# configured with it.
+# The token logins, IMAP's and SMTP's: XOAUTH2, and the standard OAUTHBEARER (RFC 7628).
 _PROBES: dict[SaslMechanism, tuple[_Probe, _Probe]] = {
     SaslMechanism.XOAUTH2: (probe_imap_xoauth2, probe_smtp_xoauth2),
+    SaslMechanism.OAUTHBEARER: (probe_imap_oauthbearer, probe_smtp_oauthbearer),
 }
 SUPPORTED_MECHANISMS = frozenset(_PROBES)
 
