@@ -175,3 +175,17 @@ async def test_each_refused_login_of_a_check_counts_towards_its_own_back_off() -
         other.model_copy(update={"data": other.data.model_copy(update={"imap": imap})}), deps
     )
     assert _outcomes(deps)[-1] == "too_many_attempts"
+
+
+async def test_imap_and_smtp_refusing_one_login_at_one_host_count_as_one_wrong_password() -> None:
+    network = FakeNetwork(
+        imap_failure=FailureCode.IMAP_AUTH_FAILED, smtp_failure=FailureCode.SMTP_AUTH_FAILED
+    )
+    deps = _limited(network)
+    for n in range(4):
+        guess = _with_password(f"guess-{n}", f"l{n}")
+        smtp = guess.data.smtp.model_copy(update={"host": "imap.example.org"})  # one server
+        data = guess.data.model_copy(update={"smtp": smtp})
+        await verify_link(guess.model_copy(update={"data": data}), deps)
+    # Three free failures, as for an IMAP-only refusal: not one and a half.
+    assert _outcomes(deps) == ["imap_auth_failed"] * 3 + ["too_many_attempts"]

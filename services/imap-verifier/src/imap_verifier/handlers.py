@@ -112,8 +112,8 @@ async def verify_link(event: LinkRequested, deps: VerifierDeps) -> None:
             await verify_mailbox(data.imap, data.smtp, credentials, deps, address=data.address)
         except ProbeFailed as failure:
             if limits is not None:
-                for each in all_failures(failure):
-                    await limits.after_failure(each.code, data.imap, data.smtp, deps.clock())
+                codes = [each.code for each in all_failures(failure)]
+                await limits.after_failures(codes, data.imap, data.smtp, deps.clock())
             raise
         if needs_proof(authority):
             await _prove(event, credentials, deps)

@@ -46,13 +46,19 @@ class LoginLimits:
     def _unmetered(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.hosts_without_budget
 
-    async def after_failure(
-        self, code: FailureCode, imap: ServerSettings, smtp: ServerSettings, now: datetime
+    async def after_failures(
+        self,
+        codes: Iterable[FailureCode],
+        imap: ServerSettings,
+        smtp: ServerSettings,
+        now: datetime,
     ) -> None:
-        """Counts an authentication failure towards the failed login's back-off."""
-        failed = {FailureCode.IMAP_AUTH_FAILED: imap, FailureCode.SMTP_AUTH_FAILED: smtp}.get(code)
-        if failed is not None:
-            key = login_key(failed.username, failed.host)
+        """Counts a check's authentication failures towards each failed login's back-off, once
+        per login: IMAP and SMTP refusing the same username at the same host are one wrong
+        password, not two."""
+        servers = {FailureCode.IMAP_AUTH_FAILED: imap, FailureCode.SMTP_AUTH_FAILED: smtp}
+        failed = [servers[code] for code in codes if code in servers]
+        for key in _distinct(login_key(s.username, s.host) for s in failed):
             await self.limiter.record_failure(key, self.back_off, now)
 
 
