@@ -128,9 +128,11 @@ async def mailbox_of(registry: httpx.AsyncClient, user_id: str) -> dict[str, Any
 
 
 async def events_of(infra: Endpoints, address: str) -> list[dict[str, Any]]:
-    """The events keyed by the address, decoded, oldest first."""
+    """The events keyed by the address, decoded, oldest first, each once (delivery is at least
+    once: a re-published event keeps its event_id)."""
     records = await events_about(infra.kafka_bootstrap, NAMESPACE, address)
-    return [json.loads(value) for _, value in records]
+    events = [json.loads(value) for _, value in records]
+    return list({event["event_id"]: event for event in events}.values())
 
 
 async def test_a_generic_oidc_mailbox_links_through_the_independent_provider(
