@@ -95,12 +95,14 @@ def new_account(idp: OidcIdp) -> tuple[str, str]:
 
 
 async def link_by_signing_in(
-    api: httpx.AsyncClient, corp: Corp, address: str, user_id: str
+    api: httpx.AsyncClient, corp: Corp, address: str, user_id: str, *, named: bool = False
 ) -> tuple[dict[str, Any], str]:
-    """The owner asks to link `address` (detection finds "corp" by its domain), signs in at
-    the provider in a fresh browser and the product confirms; returns the final link and the
-    callback URL the provider redirected to."""
-    body = {"email": address, "terms_accepted": True}
+    """The owner asks to link `address` (detection finds "corp" by its domain, or the request
+    names it when `named`), signs in at the provider in a fresh browser and the product
+    confirms; returns the final link and the callback URL the provider redirected to."""
+    body: dict[str, Any] = {"email": address, "terms_accepted": True}
+    if named:
+        body |= {"provider": "oidc", "oidc_provider": PROVIDER}
     accepted = await request_link(api, "acme", user_id, body)
     link = await wait_for_sign_in_url(api, accepted["status_url"])
     assert link["status"] == "authorization_required", link
@@ -202,7 +204,7 @@ async def test_unlinking_revokes_the_grant_at_the_provider(
 ) -> None:
     address, sub = new_account(corp.idp)
     user_id = unique_user_id()
-    final, _ = await link_by_signing_in(api, corp, address, user_id)
+    final, _ = await link_by_signing_in(api, corp, address, user_id, named=True)
     assert final["status"] == "linked", final
     response = await registry.delete(f"/v1/accounts/acme/users/{user_id}/mailboxes/{address}")
     assert response.status_code == 204, response.text
