@@ -51,6 +51,7 @@ class Corp:
     idp: OidcIdp
     client_secret: str
     services: RunningServices
+    mail_log: Path  # the Dovecot that accepts the provider's tokens
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def corp(infra: Endpoints, workdir: Path, oidc_idp: OidcIdpSetup) -> Iterator[Co
     )
     running = start_services(config, workdir / NAMESPACE)
     try:
-        yield Corp(oidc_idp.idp, secret, running)
+        yield Corp(oidc_idp.idp, secret, running, oidc_idp.mail_log)
     finally:
         running.stop()
 
@@ -152,6 +153,8 @@ async def test_a_generic_oidc_mailbox_links_through_the_independent_provider(
     # The code was redeemed with the secret: the provider issued both tokens to our client.
     issued = {(e.kind, e.client_id) for e in corp.idp.issued(sub)}
     assert issued == {("access_token", CLIENT_ID), ("refresh_token", CLIENT_ID)}
+    # The broker's mailbox check logged in with the provider's token over XOAUTH2.
+    assert f"Login: user=<{address}>, method=XOAUTH2" in corp.mail_log.read_text()
     [linked] = [e for e in await events_of(infra, address) if e["type"] == "MailboxLinked"]
     assert (linked["data"]["provider"], linked["data"]["oidc_provider"]) == ("oidc", PROVIDER)
 

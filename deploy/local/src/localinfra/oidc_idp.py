@@ -296,6 +296,7 @@ class OidcIdpSetup:
     tls_hostname: str  # the name in the Dovecot's certificate (trust the stack's ca_file)
     imaps_port: int
     submissions_port: int
+    mail_log: Path  # the Dovecot's log: its logins ("Login: user=<...>, method=XOAUTH2")
 
 
 # --- a browser signing in ---------------------------------------------------------------------

@@ -282,12 +282,15 @@ class LocalStack:
             dovecot = self._mail.start_oauth_instance(
                 "oidc-idp", idp.introspection_url_with_credentials(), username_attribute="email"
             )
+            if dovecot.log_file is None:  # pragma: no cover - set by a successful start
+                raise RuntimeError("the OIDC provider's Dovecot has no log")
             self._oidc_idp = OidcIdpSetup(
                 idp=idp,
                 mail_host=self._endpoints.mail_host,
                 tls_hostname=self._endpoints.tls_hostname,
                 imaps_port=dovecot.ports.imaps,
                 submissions_port=dovecot.ports.submissions,
+                mail_log=dovecot.log_file,
             )
             return self._oidc_idp
 
