@@ -31,6 +31,7 @@ from localinfra.mongo import (
     mongo_backend,
     ping,
 )
+from localinfra.oidc_idp import install_oidc_idp
 from localinfra.ports import port_is_open, wait_for_banner
 from localinfra.postgres import install_postgres
 from localinfra.stack import Endpoints, LocalStack
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m localinfra", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help="install/build Kafka, FerretDB, PostgreSQL, Dovecot")
+    commands.add_parser(
+        "install", help="install/build Kafka, FerretDB, PostgreSQL, Dovecot, the OpenID provider"
+    )
     up = commands.add_parser("up", help="start everything and block until Ctrl-C")
     up.add_argument("--state-file", type=Path, help="write the endpoints JSON here")
     up.add_argument("--workdir", type=Path, help="configs, data and logs (default: temp dir)")
@@ -75,7 +78,7 @@ def _run(state_dir: Path, ports: tuple[int, int, int]) -> int:
 
 
 def _install() -> int:
-    steps: list[Callable[[], InstallResult]] = [install_dovecot, install_dnsmasq]
+    steps: list[Callable[[], InstallResult]] = [install_dovecot, install_dnsmasq, install_oidc_idp]
     if docker_available():
         print("docker engine found: Kafka and MongoDB will run from testcontainers images")
     else:

@@ -176,6 +176,7 @@ class DovecotServer:
         mail_root: Path,
         relay_port: int = 0,
         introspection_url: str = "",
+        username_attribute: str = "username",
     ) -> None:
         self.userdb_file = users_file.with_suffix(".userdb")
         self.kind = kind
@@ -185,6 +186,9 @@ class DovecotServer:
         self.mail_root = mail_root
         self.relay_port = relay_port
         self.introspection_url = introspection_url
+        # Which field of the introspection answer is the login name (the OIDC provider's
+        # answers name the mailbox in `email`).
+        self.username_attribute = username_attribute
         self.ports = DovecotPorts()
         self._proc: ManagedProcess | None = None
 
@@ -211,7 +215,7 @@ class DovecotServer:
                 "introspection_mode = post\n"
                 f"introspection_url = {self.introspection_url}\n"
                 "force_introspection = yes\n"
-                "username_attribute = username\n"
+                f"username_attribute = {self.username_attribute}\n"
                 "active_attribute = active\n"
                 "active_value = true\n"
             )
@@ -411,6 +415,8 @@ class MailServers:
         self, workdir: Path, trusted: TlsFiles, untrusted: TlsFiles, introspection_url: str
     ) -> None:
         self.workdir = workdir
+        self.trusted = trusted
+        self.extra_servers: list[DovecotServer] = []  # started on demand (start_oauth_instance)
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)
         _check_traversable(workdir)
@@ -456,6 +462,26 @@ class MailServers:
             self.stop()
             raise
 
+    def start_oauth_instance(
+        self, name: str, introspection_url: str, username_attribute: str, timeout: float = 15.0
+    ) -> DovecotServer:
+        """Starts one more XOAUTH2/OAUTHBEARER-only Dovecot (IMAPS + submissions, the trusted
+        certificate, the shared mail root) whose tokens are checked at `introspection_url`
+        (credentials may be in its userinfo part); stopped with the others."""
+        server = DovecotServer(
+            DovecotKind.OAUTH,
+            self.workdir / f"dovecot-{name}",
+            self.trusted,
+            self.users.path,
+            self.mail_root,
+            relay_port=self.sink.port,
+            introspection_url=introspection_url,
+            username_attribute=username_attribute,
+        )
+        self.extra_servers.append(server)
+        server.start(timeout)
+        return server
+
     def add_user(self, username: str, password: str, address: str | None = None) -> None:
         """Add a mail user to every instance but the attacker's (takes effect immediately)."""
         self.users.add(username, password, address)
@@ -470,10 +496,11 @@ class MailServers:
     def stop(self) -> None:
         """Stop all Dovecot instances and the sink. Idempotent."""
         # Signal all first, then wait: each Dovecot takes ~1 s to shut down.
-        for server in self.servers.values():
+        servers = [*self.servers.values(), *self.extra_servers]
+        for server in servers:
             server.terminate()
         self.sink.terminate()
-        for server in self.servers.values():
+        for server in servers:
             server.stop()
         self.sink.stop()
 

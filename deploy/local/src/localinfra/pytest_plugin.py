@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from localinfra.oidc_idp import OidcIdpSetup
 from localinfra.stack import LocalStack
 
 
@@ -34,6 +35,13 @@ def local_stack() -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_idp(local_stack: LocalStack) -> OidcIdpSetup:
+    """The independent OpenID provider (panva's oidc-provider) and a Dovecot accepting its
+    tokens, started the first time a test asks (the rest of the suite never pays for it)."""
+    return local_stack.oidc_idp()
 
 
 @pytest.fixture

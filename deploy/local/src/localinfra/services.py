@@ -13,11 +13,12 @@ import os
 import secrets
 import sys
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localinfra.oauth_server import LocalOAuthServer
+from localinfra.oidc_idp import OidcIdpSetup
 from localinfra.ports import free_port
 from localinfra.procs import ManagedProcess, wait_until_ready
 from mailbox_link_shared.network_policy import DEFAULT_MAIL_PORTS
@@ -251,6 +252,34 @@ def register_broker_app(
     an operator registers it with Google or Microsoft; do it once the services run."""
     callback = f"{running.broker_url}/v1/oauth/callback"
     server.register_client(config.oauth_client_id, config.oauth_client_secret, [callback])
+
+
+def oidc_provider_environment(
+    name: str,
+    setup: OidcIdpSetup,
+    client_id: str,
+    client_secret: str,
+    domains: Sequence[str],
+    display_name: str = "Corp sign-in",
+) -> dict[str, str]:
+    """MBL_OIDC_PROVIDERS naming the local OpenID provider as the generic OIDC provider `name`
+    (docs/notes/i14-idp.md), its mailboxes on the Dovecot that accepts its tokens; the secret
+    goes alone in MBL_OIDC_PROVIDERS__<NAME>__CLIENT_SECRET, as operators are advised to."""
+    server = {"host": setup.tls_hostname, "security": "ssl"}
+    settings = {
+        "display_name": display_name,
+        "issuer": setup.idp.issuer,
+        "client_id": client_id,
+        "scopes": ["openid", "email", "offline_access"],
+        "domains": list(domains),
+        "imap": {**server, "port": setup.imaps_port},
+        "smtp": {**server, "port": setup.submissions_port},
+        "sasl_mechanism": "xoauth2",
+    }
+    return {
+        "MBL_OIDC_PROVIDERS": json.dumps({name: settings}),
+        f"MBL_OIDC_PROVIDERS__{name.upper()}__CLIENT_SECRET": client_secret,
+    }
 
 
 def _broker_environment(config: ServiceConfig, broker_port: int) -> dict[str, str]:

@@ -31,6 +31,7 @@ from localinfra.dovecot import DovecotKind, MailServers, check_credentials
 from localinfra.kafka import KafkaServer
 from localinfra.mongo import MongoServer, mongo_backend
 from localinfra.oauth_server import LocalOAuthServer
+from localinfra.oidc_idp import OidcIdp, OidcIdpSetup
 from localinfra.ports import free_port
 from localinfra.procs import install_sigterm_cleanup
 from localinfra.relay import SmtpRelay
@@ -132,6 +133,7 @@ class LocalStack:
         self._mail: MailServers | None = None
         self._introspection: TokenIntrospection | None = None
         self._oauth_server: LocalOAuthServer | None = None
+        self._oidc_idp: OidcIdpSetup | None = None
         self._mail_users: dict[str, tuple[str, str | None]] = {}
         self._attacker_users: dict[str, str] = {}
         self._endpoints: Endpoints | None = None
@@ -264,6 +266,34 @@ class LocalStack:
             attacker_submissions_port=attacker_ports.submissions,
         )
 
+    def oidc_idp(self) -> OidcIdpSetup:
+        """The independent OpenID provider and a Dovecot that accepts its tokens, started on
+        the first call (a few seconds; only the tests that need them pay for them) and stopped
+        with the stack."""
+        with self._lock:
+            if self._oidc_idp is not None:
+                return self._oidc_idp
+            if self._mail is None or self._workdir is None or self._endpoints is None:
+                raise RuntimeError("LocalStack not started")
+            idp = OidcIdp(self._workdir / "oidc-idp")
+            self._stoppers.append(idp.stop)
+            idp.start()
+            # Its client credentials in the URL: Dovecot sends them as HTTP Basic auth.
+            dovecot = self._mail.start_oauth_instance(
+                "oidc-idp", idp.introspection_url_with_credentials(), username_attribute="email"
+            )
+            if dovecot.log_file is None:  # pragma: no cover - set by a successful start
+                raise RuntimeError("the OIDC provider's Dovecot has no log")
+            self._oidc_idp = OidcIdpSetup(
+                idp=idp,
+                mail_host=self._endpoints.mail_host,
+                tls_hostname=self._endpoints.tls_hostname,
+                imaps_port=dovecot.ports.imaps,
+                submissions_port=dovecot.ports.submissions,
+                mail_log=dovecot.log_file,
+            )
+            return self._oidc_idp
+
     def grant_oauth_token(self, token: str, username: str) -> None:
         """Makes the OAuth Dovecot accept `token` (XOAUTH2/OAUTHBEARER) as `username`."""
         if self._introspection is None:
@@ -310,6 +340,7 @@ class LocalStack:
         self._endpoints = None
         self._mail = None
         self._oauth_server = None
+        self._oidc_idp = None
         if self._own_workdir and self._workdir is not None:
             if remove_workdir and os.environ.get("MBL_KEEP_WORKDIR") != "1":
                 shutil.rmtree(self._workdir, ignore_errors=True)

@@ -7,14 +7,24 @@ import secrets
 import threading
 from pathlib import Path
 
+from localinfra.oidc_idp import awkward_secret
 from localinfra.ports import port_is_open
-from localinfra.services import ServiceConfig, register_broker_app, start_services
+from localinfra.services import (
+    ServiceConfig,
+    oidc_provider_environment,
+    register_broker_app,
+    start_services,
+)
 from localinfra.stack import DISCOVERABLE_DOMAIN, LocalStack
 
 DEMO_ADDRESS = "alice@example.org"
 DISCOVERABLE_DEMO = f"erin@{DISCOVERABLE_DOMAIN}"
 # Accounts at the local OAuth server's Google and Microsoft, linked by signing in.
 OAUTH_DEMOS = {"google": "dana@gmail.com", "microsoft": "omar@outlook.com"}
+# The generic OpenID Connect provider "corp": the independent local provider (oidc_idp.py).
+OIDC_PROVIDER = "corp"
+OIDC_CLIENT_ID = "mailbox-link"
+OIDC_DEMO = "carol@corp.test"
 
 
 def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading.Event) -> None:
@@ -31,6 +41,9 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
     stack.add_mail_user(DISCOVERABLE_DEMO, demo_password)
     try:
         endpoints = stack.start()
+        corp = stack.oidc_idp()
+        corp.idp.add_account(OIDC_DEMO)
+        corp_secret = awkward_secret()
         config = ServiceConfig(
             kafka_bootstrap=endpoints.kafka_bootstrap,
             mongodb_uri=endpoints.mongodb_uri,
@@ -46,10 +59,18 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
             ownership_relay_port=endpoints.relay_port,
             # A person trying the system meets the production limits (docs/adr/0015).
             rate_limits={},
+            extra_env=oidc_provider_environment(
+                OIDC_PROVIDER, corp, OIDC_CLIENT_ID, corp_secret, [OIDC_DEMO.split("@")[1]]
+            ),
         )
         services = start_services(config, state_dir / "logs")
         try:
             register_broker_app(stack.oauth_server, config, services)
+            callback = f"{services.broker_url}/v1/oauth/callback"
+            corp.idp.register_client(OIDC_CLIENT_ID, corp_secret, [callback])
+            (state_dir / "demo-oidc-link.json").write_text(
+                json.dumps({"email": OIDC_DEMO, "terms_accepted": True}, indent=2)
+            )
             for provider, address in OAUTH_DEMOS.items():
                 stack.oauth_server.add_user(provider, address)
             (state_dir / "demo-oauth-link.json").write_text(
@@ -72,7 +93,8 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
                 _instructions(
                     services.api_url, services.registry_url, state_dir, endpoints.started_in_seconds
                 )
-                + _oauth_instructions(services.api_url, state_dir, endpoints.ca_file),
+                + _oauth_instructions(services.api_url, state_dir, endpoints.ca_file)
+                + _oidc_instructions(services.api_url, state_dir, corp.idp.issuer),
                 flush=True,
             )
             stopping.wait()
@@ -124,6 +146,16 @@ Link by signing in (the local OAuth server plays Google for {google}, Microsoft 
        -d @{state_dir}/demo-oauth-link.json {api_url}/v1/accounts/acme/users/u2/links
   then GET the returned status_url: "authorization".url is the sign-in page. Open it in a
   browser (its certificate is signed by {ca_file}), press Allow, and the status turns linked.
+"""
+
+
+def _oidc_instructions(api_url: str, state_dir: Path, issuer: str) -> str:
+    return f"""
+Link through the generic OpenID Connect provider "{OIDC_PROVIDER}" (panva's oidc-provider at
+{issuer}; its mailboxes on a Dovecot that accepts its tokens over XOAUTH2):
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d @{state_dir}/demo-oidc-link.json {api_url}/v1/accounts/acme/users/u3/links
+  then open the "authorization".url, sign in as {OIDC_DEMO} (no password) and press Allow.
 
 Ctrl-C stops everything.
 """
