@@ -5,16 +5,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailbox_link_contract.events import MailboxOwner, ProviderType
+from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
+from mailbox_link_contract.failures import FailureCode
 from registry.domain.links import (
     Decision,
     HolderVerdict,
     LinkRecord,
     LinkState,
+    MailboxDetails,
     Progress,
     counts_claim,
     is_stale,
     judge_address_holder,
+    may_reconnect,
 )
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
 
@@ -139,3 +142,20 @@ def test_progress_is_at_rest_only_once_an_end_is_announced() -> None:
     assert not Progress(2, LinkState.REJECTED, announced=1).at_rest_ended
     assert Progress(2, LinkState.REJECTED, announced=2).at_rest_ended
     assert not Progress(2, LinkState.LINKED, announced=2).at_rest_ended
+
+
+def test_only_a_request_through_the_same_openid_provider_reconnects_its_mailbox() -> None:
+    server = ServerSettings(host="mail.corp.test", port=993, security="ssl", username="a@corp.test")
+    flagged = MailboxDetails(
+        "m1", server, server, NOW, reconnect_required=FailureCode.RECONNECT_REQUIRED
+    )
+    holder = replace(
+        _holder(LinkState.LINKED),
+        provider=ProviderType.OIDC,
+        oidc_provider="corp",
+        latest=Decision(2, LinkState.LINKED, NOW, mailbox=flagged),
+    )
+    same = replace(holder, link_id="l2", latest=None)
+    assert may_reconnect(same, holder, asked=False, now=NOW)
+    other = replace(same, oidc_provider="partner")
+    assert not may_reconnect(other, holder, asked=True, now=NOW)

@@ -88,6 +88,7 @@ def new_record(
         owner=data.owner,
         address=data.address,
         provider=data.provider,
+        oidc_provider=None if isinstance(event, VerificationFailed) else event.data.oidc_provider,
         expires_at=deps.clock() + deps.reservation_ttl,
     )
 

@@ -293,6 +293,7 @@ def _link_document(record: LinkRecord) -> Document:
         "user_id": record.owner.user_id,
         "address": record.address,
         "provider": record.provider.value,
+        "oidc_provider": record.oidc_provider,
         "expires_at": record.expires_at,
         "step": record.progress.step,
         "state": record.progress.state.value,
@@ -308,6 +309,7 @@ def _link(document: Document) -> LinkRecord:
         owner=MailboxOwner(account_id=document["account_id"], user_id=document["user_id"]),
         address=document["address"],
         provider=ProviderType(document["provider"]),
+        oidc_provider=document.get("oidc_provider"),
         expires_at=document["expires_at"],
         progress=Progress(
             step=int(document.get("step", 0)),

@@ -55,6 +55,7 @@ def linked_event(record: LinkRecord, mailbox: MailboxDetails) -> MailboxLinked:
         owner=record.owner,
         address=record.address,
         provider=record.provider,
+        oidc_provider=record.oidc_provider,
         linked_at=mailbox.linked_at,
     )
     return MailboxLinked(correlation_id=record.link_id, producer=REGISTRY, data=data)
@@ -70,6 +71,7 @@ def reconnected_event(
         owner=record.owner,
         address=address,
         provider=record.provider,
+        oidc_provider=record.oidc_provider,
     )
     return MailboxReconnected(correlation_id=record.link_id, producer=REGISTRY, data=data)
 

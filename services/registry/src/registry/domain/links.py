@@ -137,6 +137,8 @@ class LinkRecord:
     provider: ProviderType
     expires_at: datetime
     progress: Progress = field(default_factory=Progress)
+    # Provider oidc: the operator's name of the OpenID provider (contract 1.5.0).
+    oidc_provider: str | None = None
     latest: Decision | None = None
 
     @property
@@ -200,6 +202,8 @@ def may_reconnect(requester: LinkRecord, holder: LinkRecord, asked: bool, now: d
     if is_stale(holder, now) or holder.state is not LinkState.LINKED or holder.mailbox is None:
         return False
     if holder.owner != requester.owner or holder.provider is not requester.provider:
+        return False
+    if holder.oidc_provider != requester.oidc_provider:  # another OpenID provider
         return False
     return asked or holder.mailbox.reconnect_required is not None
 

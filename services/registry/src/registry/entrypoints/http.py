@@ -154,6 +154,8 @@ def _mailbox_body(record: LinkRecord) -> dict[str, Any]:
         "mailbox_id": mailbox.mailbox_id,
         "email": record.address,
         "provider": record.provider.value,
+        # Provider oidc: the operator's name of the OpenID provider it links through.
+        "oidc_provider": record.oidc_provider,
         "imap": mailbox.imap.model_dump(mode="json"),
         "smtp": mailbox.smtp.model_dump(mode="json"),
         "linked_at": mailbox.linked_at.isoformat(),
