@@ -50,7 +50,7 @@ contract: setup ## Regenerate the contract's AsyncAPI document and JSON Schemas 
 wheel: setup ## Build the contract package's wheel into dist/ (what other services install)
 	$(UV) build --package mailbox-link-contract --wheel --out-dir dist
 
-bench: setup ## Link latency, registry throughput, detection speed, OAuth link, store ops, ownership proof (figures in bench/results/)
+bench: setup ## Link latency, registry throughput, detection speed, OAuth link, store ops, ownership proof, security mistakes (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
 	$(UV) run python bench/link_throughput.py
 	$(UV) run python bench/oauth_link.py
@@ -58,6 +58,7 @@ bench: setup ## Link latency, registry throughput, detection speed, OAuth link, 
 	$(UV) run python bench/detection.py
 	$(UV) run python bench/store_ops.py
 	$(UV) run python bench/ownership_proof.py
+	$(UV) run python bench/security_mistakes.py
 
 clean: ## Remove local state (keeps the download cache)
 	rm -rf .run .venv .mypy_cache .ruff_cache .pytest_cache bench/results
