@@ -25,8 +25,10 @@ from oauth_broker.ports import BrokerDeps
 logger = logging.getLogger(__name__)
 
 # Revoking one token at these providers revokes every grant the user gave our app, the new
-# one included: the old tokens of a reconnected mailbox are only deleted there.
-_REVOCATION_ENDS_EVERY_GRANT = frozenset({ProviderType.GOOGLE})
+# one included: the old tokens of a reconnected mailbox are only deleted there. A generic
+# OpenID provider may keep one grant per account and client (panva's oidc-provider reuses it
+# for a new sign-in), so revoking the old refresh token could end the new one too.
+_REVOCATION_ENDS_EVERY_GRANT = frozenset({ProviderType.GOOGLE, ProviderType.OIDC})
 
 
 async def note_reconnect(event: LinkReserved, deps: BrokerDeps) -> None:
@@ -101,7 +103,7 @@ async def _revoke_replaced(old: StoredGrant, new: StoredGrant, deps: BrokerDeps)
     # A refused grant's tokens are dead already; at some providers revoking would end the new.
     if old.status is not GrantStatus.ACTIVE or old.provider in _REVOCATION_ENDS_EVERY_GRANT:
         return
-    client = deps.clients.get(old.provider)
+    client = deps.clients.get(old.provider_key)
     if client is None:
         return
     replaced = TokenGrant.from_json(deps.secret_box.open(old.sealed, context=old.address))
