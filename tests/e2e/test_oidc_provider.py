@@ -2,7 +2,7 @@
 
 The provider is panva's oidc-provider from npm (OpenID Certified; localinfra/oidc_idp.py), its
 mailboxes on a Dovecot whose oauth2 passdb introspects the provider's tokens. The operator
-configures it as the generic provider "corp" (MBL_OIDC_PROVIDERS, docs/notes/i14-idp.md) with a
+configures it as the generic provider "corp" (MBL_OIDC_PROVIDERS, deploy/local/README.md) with a
 client secret containing `+`, `%` and `:`, so every request to the token and revocation
 endpoints proves the client authentication is form-encoded (RFC 6749 §2.3.1). Through all four
 services on real Kafka and FerretDB: a full link, refresh, the grant revoked at the provider

@@ -1,8 +1,9 @@
 """The generic OpenID Connect providers an operator configures without code (issue 14).
 
 One variable, read by link-api and the oauth-broker alike: MBL_OIDC_PROVIDERS, a JSON object of
-provider name to its settings (docs/notes/i14-oidc.md). This module holds the part both read:
-the name, the issuer, the address domains it serves, its mail servers and SASL mechanism.
+provider name to its settings (README, "Adding a generic OpenID Connect provider"). This
+module holds the part both read: the name, the issuer, the address domains it serves, its mail
+servers and SASL mechanism.
 link-api ignores the broker's fields (client credentials, sign-in options); the broker extends
 this model with them (oauth_broker/config.py) and refuses unknown fields there.
 """
@@ -96,7 +97,8 @@ class OidcProvidersSettings(BaseSettings):
         default_factory=dict,
         description="JSON object of OpenID Connect provider name ([a-z0-9-], at most 32) to its "
         "settings: issuer, display_name, domains, imap, smtp, sasl_mechanism, and the broker's "
-        "client_id, client_secret and sign-in options (docs/notes/i14-oidc.md).",
+        "client_id, client_secret and sign-in options (README: Adding a generic OpenID "
+        "Connect provider).",
     )
 
     @model_validator(mode="after")

@@ -263,7 +263,7 @@ def oidc_provider_environment(
     display_name: str = "Corp sign-in",
 ) -> dict[str, str]:
     """MBL_OIDC_PROVIDERS naming the local OpenID provider as the generic OIDC provider `name`
-    (docs/notes/i14-idp.md), its mailboxes on the Dovecot that accepts its tokens; the secret
+    (deploy/local/README.md), its mailboxes on the Dovecot that accepts its tokens; the secret
     goes alone in MBL_OIDC_PROVIDERS__<NAME>__CLIENT_SECRET, as operators are advised to."""
     server = {"host": setup.tls_hostname, "security": "ssl"}
     settings = {
