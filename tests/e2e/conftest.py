@@ -5,20 +5,26 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from localinfra import LocalOAuthServer
 from localinfra.services import (
+    SERVICE_MODULES,
     RunningServices,
     ServiceConfig,
     register_broker_app,
     start_services,
 )
 from localinfra.stack import Endpoints, LocalStack
+
+if TYPE_CHECKING:
+    from .oauth_flow import Browser
 
 TERMINAL = ("linked", "failed")
 
@@ -65,8 +71,21 @@ def service_config(infra: Endpoints, **overrides: Any) -> ServiceConfig:
 @pytest.fixture(scope="session")
 def services(infra: Endpoints, workdir: Path, local_stack: LocalStack) -> Iterator[RunningServices]:
     config = service_config(infra, namespace="e2e")
-    running = start_services(config, workdir / "services")
-    register_broker_app(local_stack.oauth_server, config, running)
+    with running_services(config, workdir / "services", local_stack.oauth_server) as running:
+        yield running
+
+
+@contextmanager
+def running_services(
+    config: ServiceConfig,
+    workdir: Path,
+    oauth: LocalOAuthServer,
+    modules: tuple[str, ...] = SERVICE_MODULES,
+) -> Iterator[RunningServices]:
+    """The services (all, or `modules`) with the broker's app registered at the local
+    authorization server; stopped on leaving."""
+    running = start_services(config, workdir, modules)
+    register_broker_app(oauth, config, running)
     try:
         yield running
     finally:
@@ -189,3 +208,18 @@ async def link_and_wait(
 ) -> dict[str, Any]:
     accepted = await request_link(api, account_id, user_id, body)
     return await wait_for_outcome(api, accepted["status_url"])
+
+
+@pytest.fixture
+def oauth(local_stack: LocalStack) -> LocalOAuthServer:
+    """The local authorization server playing Google, Microsoft, Yahoo and AOL."""
+    return local_stack.oauth_server
+
+
+@pytest.fixture
+async def browser(infra: Endpoints) -> AsyncIterator["Browser"]:
+    """A person's browser (its own cookie jar) trusting the stack's CA."""
+    from .oauth_flow import Browser  # oauth_flow imports this module's helpers
+
+    async with Browser(infra.ca_file) as opened:
+        yield opened

@@ -18,13 +18,11 @@ from localinfra.services import (
     OAUTH_PROVIDERS,
     RunningServices,
     ServiceConfig,
-    register_broker_app,
-    start_services,
 )
 from localinfra.stack import Endpoints, LocalStack
 
-from .conftest import caller, operator, service_config, wait_for_outcome
-from .test_oauth_links import (
+from .conftest import caller, operator, running_services, service_config, wait_for_outcome
+from .oauth_flow import (
     Browser,
     confirm,
     final_owner,
@@ -66,12 +64,8 @@ def app_secret(config: ServiceConfig) -> dict[str, str]:
 def troubled_services(
     config: ServiceConfig, workdir: Path, local_stack: LocalStack
 ) -> Iterator[RunningServices]:
-    running = start_services(config, workdir / NAMESPACE)
-    register_broker_app(local_stack.oauth_server, config, running)
-    try:
+    with running_services(config, workdir / NAMESPACE, local_stack.oauth_server) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
@@ -84,17 +78,6 @@ async def api(troubled_services: RunningServices) -> AsyncIterator[httpx.AsyncCl
 async def registry(troubled_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
     async with operator(troubled_services.registry_url, troubled_services) as client:
         yield client
-
-
-@pytest.fixture
-def oauth(local_stack: LocalStack) -> LocalOAuthServer:
-    return local_stack.oauth_server
-
-
-@pytest.fixture
-async def browser(infra: Endpoints) -> AsyncIterator[Browser]:
-    async with Browser(infra.ca_file) as opened:
-        yield opened
 
 
 @pytest.fixture

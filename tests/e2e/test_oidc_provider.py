@@ -32,8 +32,8 @@ from localinfra.stack import Endpoints
 
 from .conftest import caller, operator, request_link, service_config, unique_user_id
 from .conftest import wait_for_outcome as wait_for_link_outcome
+from .oauth_flow import confirm, wait_for_sign_in_url, wait_until
 from .probes import events_about
-from .test_oauth_links import confirm, wait_for_sign_in_url, wait_until
 
 NAMESPACE = "e2e-oidc"
 PROVIDER = "corp"

@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient
 
 from localinfra import LocalOAuthServer
 from localinfra.registry_driver import EventSender, registry_documents
-from localinfra.services import RunningServices, register_broker_app, start_services
+from localinfra.services import RunningServices
 from localinfra.stack import Endpoints, LocalStack
 from mailbox_link_contract.events import (
     Failure,
@@ -36,13 +36,14 @@ from .conftest import (
     link_and_wait,
     operator,
     request_link,
+    running_services,
     service_config,
     unique_user_id,
     wait_for_outcome,
 )
+from .oauth_flow import Browser, confirm, new_account, wait_for_sign_in_url
 from .probes import read_topics
 from .registry_checks import assert_registry_consistent
-from .test_oauth_links import Browser, confirm, new_account, wait_for_sign_in_url
 
 # The namespace of the session's services (conftest.services).
 SESSION_NAMESPACE = "e2e"
@@ -152,12 +153,8 @@ def oauth_services(
             "MBL_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
         },
     )
-    running = start_services(config, workdir / NAMESPACE)
-    register_broker_app(local_stack.oauth_server, config, running)
-    try:
+    with running_services(config, workdir / NAMESPACE, local_stack.oauth_server) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
@@ -170,17 +167,6 @@ async def oauth_api(oauth_services: RunningServices) -> AsyncIterator[httpx.Asyn
 async def oauth_registry(oauth_services: RunningServices) -> AsyncIterator[httpx.AsyncClient]:
     async with operator(oauth_services.registry_url, oauth_services) as client:
         yield client
-
-
-@pytest.fixture
-def oauth(local_stack: LocalStack) -> LocalOAuthServer:
-    return local_stack.oauth_server
-
-
-@pytest.fixture
-async def browser(infra: Endpoints) -> AsyncIterator[Browser]:
-    async with Browser(infra.ca_file) as opened:
-        yield opened
 
 
 async def test_an_oauth_mailbox_refused_for_good_reconnects_with_the_same_account_only(
