@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx2
 
+from oauth_broker.adapters.bounded_http import bounded_request
 from oauth_broker.domain.providers import ProviderEndpoints
 
 # Discovery document field -> ProviderEndpoints field.
@@ -29,8 +30,9 @@ class DiscoveryRefused(Exception):
 async def fetch_discovery(url: str, tls: ssl.SSLContext, timeout: float) -> dict[str, Any]:
     """Returns a provider's OpenID Connect discovery document."""
     async with httpx2.AsyncClient(verify=tls, timeout=timeout) as client:
-        response = await client.get(url)
-        response.raise_for_status()
+        response = await bounded_request(client, "GET", url)
+    if response.status_code >= 400:
+        raise DiscoveryRefused(f"{url} answered {response.status_code}")
     document = response.json()
     if not isinstance(document, dict):
         raise ValueError(f"{url} did not answer with a JSON object")

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from mailbox_link_contract.events import ProviderType
 from mailbox_link_contract.failures import FailureCode
+from oauth_broker.adapters.bounded_http import Answer, bounded_request
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused, ProviderUnreachable
 from oauth_broker.domain.providers import MailboxProfile, ProviderEndpoints, TokenAuthMethod
 from oauth_broker.domain.sessions import SessionSecrets
@@ -224,7 +225,7 @@ class OAuthClient:
     async def _get_json(self, url: str, access_token: str | None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         try:
-            response = await self._client().get(url, headers=headers)
+            response = await bounded_request(self._client(), "GET", url, headers=headers)
         except httpx2.HTTPError as exc:
             raise ProviderUnreachable(f"{url}: {type(exc).__name__}") from None
         if response.status_code >= 500:
@@ -250,7 +251,7 @@ class OAuthClient:
             raise ProviderUnreachable("token endpoint answered without an access token")
         return body
 
-    async def _post_authenticated(self, url: str, form: dict[str, str]) -> httpx2.Response:
+    async def _post_authenticated(self, url: str, form: dict[str, str]) -> Answer:
         """POSTs a form to the token or revocation endpoint, authenticating our app the way
         the provider takes it."""
         method = token_auth_method(self.app.endpoints)
@@ -258,7 +259,8 @@ class OAuthClient:
             method, self.app.client_id, self.app.client_secret.get_secret_value()
         )
         headers["Accept"] = "application/json"
-        return await self._client().post(url, data={**form, **credentials}, headers=headers)
+        body = {**form, **credentials}
+        return await bounded_request(self._client(), "POST", url, data=body, headers=headers)
 
     def _client(self) -> httpx2.AsyncClient:
         if self._http is None:
@@ -329,7 +331,7 @@ def _subject(userinfo: dict[str, Any]) -> str:
     return sub if isinstance(sub, str) else ""
 
 
-def _json_object(response: httpx2.Response) -> dict[str, Any]:
+def _json_object(response: Answer) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
