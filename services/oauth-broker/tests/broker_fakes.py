@@ -1,5 +1,6 @@
 """Hand-written in-memory stand-ins for the broker's storage, provider and mail servers."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,10 +191,14 @@ class InMemoryBrokerStore:
         return True
 
     async def renew_grant(
-        self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+        self,
+        link_id: str,
+        sealed: EncryptedSecret,
+        expires_at: datetime,
+        replacing: EncryptedSecret,
     ) -> bool:
         grant = self.grants.get(link_id)
-        if grant is None or grant.status is not GrantStatus.ACTIVE:
+        if grant is None or grant.status is not GrantStatus.ACTIVE or grant.sealed != replacing:
             return False
         self.grants[link_id] = replace(
             grant,
@@ -286,6 +291,8 @@ class FakeProvider:
     revoke_error: Exception | None = None
     refreshed: int = 0
     refreshed_with: list[str] = field(default_factory=list)
+    # Runs inside every refresh call, as if the provider were slow: a test's concurrent step.
+    while_refreshing: Callable[[], Awaitable[None]] | None = None
 
     @property
     def subject(self) -> str | None:
@@ -309,6 +316,8 @@ class FakeProvider:
     async def refresh(
         self, refresh_token: str, now: datetime, scopes: tuple[str, ...] = ()
     ) -> TokenResponse:
+        if self.while_refreshing is not None:
+            await self.while_refreshing()
         if self.refresh_error is not None:
             raise self.refresh_error
         self.refreshed += 1

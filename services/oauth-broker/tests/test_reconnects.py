@@ -194,3 +194,36 @@ async def _grant(deps: BrokerDeps, link_id: str) -> StoredGrant:
     grant = await deps.store.get_grant(link_id)
     assert grant is not None
     return grant
+
+
+async def _linked_active(deps: BrokerDeps) -> None:
+    """l1 links the mailbox m1 (refresh token refresh-1) and keeps it fresh."""
+    await handlers.complete_sign_in(await offer_sign_in(deps, "l1"), "code", None, "", deps, JAR)
+    data = MailboxLinkedData(
+        link_id="l1", mailbox_id=MAILBOX, owner=ALICE, address=ADDRESS,
+        provider=ProviderType.GOOGLE,
+    )  # fmt: skip
+    linked = MailboxLinked(correlation_id="l1", producer="registry", data=data)
+    await handlers.when_mailbox_linked_keep_fresh(linked, deps)
+
+
+@pytest.mark.parametrize("old_tokens_refused", [False, True])
+async def test_a_reconnect_landing_during_a_refresh_keeps_its_new_tokens(
+    deps: BrokerDeps, provider: FakeProvider, clock: FakeClock, old_tokens_refused: bool
+) -> None:
+    await _linked_active(deps)
+    assert await _reconnect_sign_in(deps, provider) is CallbackResult.VERIFIED
+
+    async def hand_over_meanwhile() -> None:
+        provider.while_refreshing = None
+        await handlers.EVENT_HANDLERS[MailboxReconnected](_reconnected(), deps)
+
+    provider.while_refreshing = hand_over_meanwhile
+    provider.refresh_error = invalid_grant() if old_tokens_refused else None
+    clock.advance(timedelta(minutes=56))
+    await handlers.refresh_due_grants(deps)
+    grant = await _grant(deps, "l1")
+    assert grant.status is GrantStatus.ACTIVE
+    tokens = TokenGrant.from_json(BOX.open(grant.sealed, context=ADDRESS))
+    assert tokens.refresh_token == "refresh-2"  # the reconnect's, not the refreshed old ones
+    assert not [e for e in _events(deps) if isinstance(e, MailboxReconnectRequired)]

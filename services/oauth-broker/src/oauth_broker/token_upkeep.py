@@ -153,7 +153,13 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> RefreshResult:
         return RefreshResult.RETRYING
     renewed = tokens.renewed(fresh.access_token, fresh.expires_at, fresh.refresh_token)
     sealed = deps.secret_box.seal(renewed.to_json(), context=grant.address)
-    await deps.store.renew_grant(grant.link_id, sealed, renewed.expires_at)
+    if not await deps.store.renew_grant(
+        grant.link_id, sealed, renewed.expires_at, replacing=grant.sealed
+    ):
+        # A reconnect handed the grant new tokens (or it ended) while this refresh ran: the
+        # new ones win; these refreshed old ones are dropped.
+        logger.info("link %s: tokens replaced during a refresh, kept the new", grant.link_id)
+        return RefreshResult.SKIPPED
     if grant.refresh_failures:
         logger.info(
             "link %s: refresh at %s works again after %d failures",
@@ -187,6 +193,9 @@ async def _require_reconnect(grant: StoredGrant, detail: str, deps: BrokerDeps) 
     # (consumers deduplicate, the registry's flag is idempotent) instead of losing it.
     if grant.mailbox_id is None:
         return
+    current = await deps.store.get_grant(grant.link_id)
+    if current is None or current.sealed != grant.sealed:
+        return  # a reconnect handed it new tokens while the refused refresh ran
     data = MailboxReconnectRequiredData(
         mailbox_id=grant.mailbox_id,
         link_id=grant.link_id,

@@ -54,7 +54,11 @@ class BrokerStore(Protocol):
     async def grants_due(self, before: datetime, now: datetime) -> list[StoredGrant]: ...
     async def lease_refresh(self, link_id: str, now: datetime, until: datetime) -> bool: ...
     async def renew_grant(
-        self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+        self,
+        link_id: str,
+        sealed: EncryptedSecret,
+        expires_at: datetime,
+        replacing: EncryptedSecret,
     ) -> bool: ...
     async def postpone_refresh(
         self, link_id: str, failures: int, retry_at: datetime, error: str
@@ -307,11 +311,20 @@ class MongoBrokerStore:
         return result.modified_count == 1
 
     async def renew_grant(
-        self, link_id: str, sealed: EncryptedSecret, expires_at: datetime
+        self,
+        link_id: str,
+        sealed: EncryptedSecret,
+        expires_at: datetime,
+        replacing: EncryptedSecret,
     ) -> bool:
-        """Stores refreshed tokens and frees the lease, unless the grant ended meanwhile."""
+        """Stores refreshed tokens and frees the lease, unless the grant ended meanwhile or
+        its tokens are no longer `replacing` (a reconnect handed it new ones: those win)."""
         result = await self._grants.update_one(
-            {"_id": link_id, "status": GrantStatus.ACTIVE.value},
+            {
+                "_id": link_id,
+                "status": GrantStatus.ACTIVE.value,
+                "sealed": replacing.model_dump_json(),
+            },
             {
                 "$set": {
                     "sealed": sealed.model_dump_json(),
