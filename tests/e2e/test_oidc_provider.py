@@ -10,12 +10,14 @@ services on real Kafka and FerretDB: a full link, refresh, the grant revoked at 
 revocation at the provider.
 """
 
+import base64
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import httpx
 import pytest
@@ -33,7 +35,7 @@ from localinfra.stack import Endpoints
 from .conftest import caller, operator, request_link, service_config, unique_user_id
 from .conftest import wait_for_outcome as wait_for_link_outcome
 from .oauth_flow import confirm, wait_for_sign_in_url, wait_until
-from .probes import events_about
+from .probes import dump_databases, events_about, read_topics
 
 NAMESPACE = "e2e-oidc"
 PROVIDER = "corp"
@@ -221,3 +223,25 @@ async def test_unlinking_revokes_the_grant_at_the_provider(
         )
 
     await wait_until(revoked_at_the_provider, seconds=30)
+
+
+async def test_the_client_secret_appears_in_no_topic_document_or_log_in_any_encoding(
+    api: httpx.AsyncClient, corp: Corp, infra: Endpoints, workdir: Path
+) -> None:
+    address, _ = new_account(corp.idp)
+    final, _ = await link_by_signing_in(api, corp, address, unique_user_id())
+    assert final["status"] == "linked", final
+    secret = corp.client_secret
+    form = quote_plus(secret)  # as in client_secret_post, and inside Basic
+    basic = base64.b64encode(f"{quote_plus(CLIENT_ID)}:{form}".encode())
+    encodings = [secret.encode(), form.encode(), basic, json.dumps(secret).encode()]
+    records = await read_topics(infra.kafka_bootstrap, NAMESPACE)
+    documents = await dump_databases(infra.mongodb_uri, NAMESPACE)
+    logs = [p.read_bytes() for p in (workdir / NAMESPACE).rglob("*.log")]
+    assert records
+    assert documents
+    assert logs
+    for encoded in encodings:
+        assert not [r for r in records if encoded in r[1] or encoded in r[2]], "secret in Kafka"
+        assert not [d for d in documents if encoded in d], "secret in MongoDB"
+        assert not [log for log in logs if encoded in log], "secret in a log"
