@@ -30,6 +30,7 @@ from kubernetes_validate import (  # type: ignore[import-untyped]
 )
 
 from localinfra.kube import KubeCluster
+from localinfra.kube_build import kubernetes_wrapper_go_mod
 from mailbox_link_contract.topics import CATALOGUE, SERVICES, topics_consumed_by
 from mailbox_link_shared.kafka import REVOKE_GRACE_SECONDS, STOP_GRACE_SECONDS
 
@@ -474,6 +475,22 @@ def test_the_reference_check_refuses_a_secret_nobody_defines(
         "Deployment/imap-verifier: Secret 'mailbox-link-typo' is neither defined nor "
         "operator-provided"
     ]
+
+
+def test_the_build_wrapper_repeats_each_staging_replace_with_its_published_version() -> None:
+    kubernetes_go_mod = (
+        "module k8s.io/kubernetes\n\nreplace (\n"
+        "\tk8s.io/api => ./staging/src/k8s.io/api\n"
+        "\tk8s.io/client-go => ./staging/src/k8s.io/client-go\n"
+        "\tgithub.com/example/x => github.com/example/x v1.0.0\n)\n"
+    )
+    wrapper = kubernetes_wrapper_go_mod(kubernetes_go_mod)
+    assert "require k8s.io/kubernetes v1.37.2" in wrapper
+    assert (
+        "\tk8s.io/api => k8s.io/api v0.37.2\n\tk8s.io/client-go => k8s.io/client-go v0.37.2\n"
+        in (wrapper)
+    )
+    assert "example" not in wrapper
 
 
 # --- a real API server ----------------------------------------------------------------

@@ -84,6 +84,8 @@ def install_kube() -> InstallResult:
             _build_etcd(go)
         if "kwok" in missing or not kwok_stages_file().exists():
             _install_kwok(go)
+        for name in missing:
+            _check_runs(name)
     return InstallResult(
         "kubernetes",
         str(kube_home()),
@@ -147,6 +149,15 @@ def _install_kwok(go: str) -> None:
     source = Path(_download(go, f"{_KWOK_MODULE}@v{KWOK_VERSION}")["Dir"])
     stages = [(source / "kustomize" / "stage" / path).read_text() for path in KWOK_STAGES]
     kwok_stages_file().write_text("\n---\n".join(stage.strip() for stage in stages) + "\n")
+
+
+def _check_runs(name: str) -> None:
+    check = subprocess.run(
+        [kube_bin(name), "--version"], capture_output=True, text=True, check=False, timeout=60
+    )
+    if check.returncode != 0:
+        kube_bin(name).unlink()  # the next call builds it again
+        raise RuntimeError(f"built {name} does not run:\n{check.stdout}{check.stderr}")
 
 
 def _tools_go(imports: list[str]) -> str:
