@@ -550,7 +550,8 @@ def test_the_api_server_refuses_a_secret_key_ref_without_a_name(
     kube_manifests_cluster.kubectl("create", "namespace", "mailbox-link", check=False)
     result = dry_run(kube_manifests_cluster, [broken])
     assert result.returncode != 0
-    assert "secretKeyRef.name: Required value" in result.stderr, result.stderr
+    # An absent name is an empty one, which is not a valid object name.
+    assert "secretKeyRef.name: Invalid value: \"\"" in result.stderr, result.stderr
 
 
 @pytest.mark.connected
