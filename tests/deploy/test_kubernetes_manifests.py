@@ -551,7 +551,7 @@ def test_the_api_server_refuses_a_secret_key_ref_without_a_name(
     result = dry_run(kube_manifests_cluster, [broken])
     assert result.returncode != 0
     # An absent name is an empty one, which is not a valid object name.
-    assert "secretKeyRef.name: Invalid value: \"\"" in result.stderr, result.stderr
+    assert 'secretKeyRef.name: Invalid value: ""' in result.stderr, result.stderr
 
 
 @pytest.mark.connected
@@ -586,3 +586,30 @@ def test_the_local_overlay_rolls_out_on_fake_nodes(
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "ensure"
     assert not job["status"].get("succeeded")
     print(f"local overlay rolled out in {rolled_out:.1f} s")
+
+
+@pytest.mark.connected
+@pytest.mark.timeout(CONNECTED_TIMEOUT)
+def test_the_local_namespace_refuses_a_pod_that_may_run_as_root(
+    kube_manifests_cluster: KubeCluster, rendered: dict[str, list[Doc]]
+) -> None:
+    docs = rendered["local"]
+    kube_manifests_cluster.kubectl("apply", "-f", "-", stdin=to_yaml(of_kind(docs, "Namespace")))
+    template = named(docs, "Deployment", "registry")["spec"]["template"]
+    pod: Doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "registry-as-root", "namespace": LOCAL_NAMESPACE},
+        "spec": copy.deepcopy(template["spec"]),
+    }
+    accepted = dry_run(kube_manifests_cluster, [pod])
+    assert accepted.returncode == 0, accepted.stderr  # our pod passes "restricted" as it is
+    for security in (
+        pod["spec"]["securityContext"],
+        pod["spec"]["containers"][0]["securityContext"],
+    ):
+        security.pop("runAsNonRoot")
+        security.pop("runAsUser")
+    refused = dry_run(kube_manifests_cluster, [pod])
+    assert refused.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
