@@ -493,6 +493,53 @@ def test_the_build_wrapper_repeats_each_staging_replace_with_its_published_versi
     assert "example" not in wrapper
 
 
+# The topics command's settings (the interface of `python -m mailbox_link_shared.topics`,
+# issue 15); the services read the rest from their config.py.
+TOPICS_SETTINGS = {
+    "MBL_KAFKA_REPLICATION_FACTOR",
+    "MBL_KAFKA_MIN_INSYNC_REPLICAS",
+    "MBL_KAFKA_TOPIC_PARTITIONS",
+    "MBL_KAFKA_TOPIC_RETENTION_HOURS",
+    "MBL_KAFKA_CREATE_TOPICS",
+}
+
+
+def service_settings() -> set[str]:
+    """Every MBL_* variable some service reads: its Settings fields, upper-cased."""
+    from imap_verifier.config import Settings as VerifierSettings
+    from link_api.config import Settings as LinkApiSettings
+    from oauth_broker.config import Settings as BrokerSettings
+    from registry.config import Settings as RegistrySettings
+
+    fields = set()
+    for settings in (LinkApiSettings, RegistrySettings, VerifierSettings, BrokerSettings):
+        fields |= {f"MBL_{name.upper()}" for name in settings.model_fields}
+    return fields
+
+
+def is_known_setting(variable: str, known: set[str]) -> bool:
+    # Nested broker settings: MBL_OAUTH_GOOGLE__CLIENT_SECRET is the field oauth_google.
+    return variable in known or variable.split("__")[0] in known
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_variable_the_manifests_set_is_a_real_setting(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    known = service_settings() | TOPICS_SETTINGS
+    docs = rendered[overlay]
+    variables = set(named(docs, "ConfigMap", config_map_name(docs))["data"])
+    for _, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            variables |= {env["name"] for env in container.get("env", [])}
+    example = (KUBE / "base" / "secrets.example.env").read_text()
+    variables |= set(re.findall(r"^(MBL_[A-Z0-9_<>]+)=", example, flags=re.MULTILINE))
+    variables = {v.replace("<NAME>", "X") for v in variables}
+    unknown = sorted(v for v in variables if not is_known_setting(v, known))
+    assert unknown == []
+    assert not is_known_setting("MBL_KAFKA_BOOTSTRAP_SERVER", known)  # a typo is caught
+
+
 # --- a real API server ----------------------------------------------------------------
 
 
