@@ -386,9 +386,8 @@ def test_production_creates_topics_with_the_job_and_three_replicas(
     assert job["command"] == ["python", "-m", "mailbox_link_shared.topics", "ensure"]
     assert job["envFrom"] == [{"configMapRef": {"name": config_map_name(docs)}}]
     local = rendered["local"]
-    assert named(local, "ConfigMap", config_map_name(local))["data"][
-        "MBL_KAFKA_REPLICATION_FACTOR"
-    ] == ("1")
+    local_config = named(local, "ConfigMap", config_map_name(local))["data"]
+    assert local_config["MBL_KAFKA_REPLICATION_FACTOR"] == "1"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
