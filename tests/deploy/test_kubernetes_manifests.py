@@ -492,26 +492,17 @@ def test_the_build_wrapper_repeats_each_staging_replace_with_its_published_versi
     assert "example" not in wrapper
 
 
-# The topics command's settings (the interface of `python -m mailbox_link_shared.topics`,
-# issue 15); the services read the rest from their config.py.
-TOPICS_SETTINGS = {
-    "MBL_KAFKA_REPLICATION_FACTOR",
-    "MBL_KAFKA_MIN_INSYNC_REPLICAS",
-    "MBL_KAFKA_TOPIC_PARTITIONS",
-    "MBL_KAFKA_TOPIC_RETENTION_HOURS",
-    "MBL_KAFKA_CREATE_TOPICS",
-}
-
-
 def service_settings() -> set[str]:
     """Every MBL_* variable some service reads: its Settings fields, upper-cased."""
     from imap_verifier.config import Settings as VerifierSettings
     from link_api.config import Settings as LinkApiSettings
+    from mailbox_link_shared.settings import KafkaSettings  # the topics command's
     from oauth_broker.config import Settings as BrokerSettings
     from registry.config import Settings as RegistrySettings
 
     fields = set()
-    for settings in (LinkApiSettings, RegistrySettings, VerifierSettings, BrokerSettings):
+    every = (LinkApiSettings, RegistrySettings, VerifierSettings, BrokerSettings, KafkaSettings)
+    for settings in every:
         fields |= {f"MBL_{name.upper()}" for name in settings.model_fields}
     return fields
 
@@ -525,7 +516,7 @@ def is_known_setting(variable: str, known: set[str]) -> bool:
 def test_every_variable_the_manifests_set_is_a_real_setting(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
-    known = service_settings() | TOPICS_SETTINGS
+    known = service_settings()
     docs = rendered[overlay]
     variables = set(named(docs, "ConfigMap", config_map_name(docs))["data"])
     for _, spec in pod_specs(docs):
