@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from imap_verifier.config import SERVICE_NAME as VERIFIER_GROUP_SUFFIX
 from localinfra.app_image import APP_IMAGE, AppImageBuild, build_app_image
 from localinfra.containers import podman
+from localinfra.hostile_mail import HostileMailServers
 from localinfra.ports import free_port
 from localinfra.registry_driver import MailboxesTopic, registry_documents
 from localinfra.services import ServiceConfig, _broker_environment, _environment
@@ -148,10 +149,10 @@ class Deployment:
         return f"http://127.0.0.1:{self.ports['link_api']}"
 
 
-def deployment(infra: Endpoints) -> Deployment:
+def deployment(infra: Endpoints, **extra_env: str) -> Deployment:
     """The environment localinfra.services gives the processes, for containers: only the MBL_*
     settings (nothing of this host's environment enters a container), listening on loopback."""
-    config = service_config(infra, namespace=f"{PREFIX}{secrets.token_hex(3)}")
+    config = service_config(infra, namespace=f"{PREFIX}{secrets.token_hex(3)}", extra_env=extra_env)
     ports = {m: free_port() for m in ("link_api", "registry", "imap_verifier", "oauth_broker")}
     internal_token = secrets.token_urlsafe(32)
     env = {
@@ -284,6 +285,55 @@ async def test_podman_stop_of_a_verifier_mid_burst_loses_no_link_and_exits_0_in_
     assert sorted(linked) == sorted(u.address for u in users), "not one mailbox per address"
     assert_registry_consistent(documents)
     assert inspect_state(verifiers[1])["Running"]
+
+
+@pytest.fixture
+def silent_mail_server(infra: Endpoints) -> Iterator[int]:
+    """A port that accepts connections and never answers (a mail server that hangs)."""
+    tls = Path(infra.ca_file).parent
+    servers = HostileMailServers(tls / "server.pem", tls / "server.key").start()
+    try:
+        yield servers.ports["silent"]
+    finally:
+        servers.stop()
+
+
+async def test_podman_stop_while_a_check_hangs_exits_0_and_the_link_still_ends_once(
+    app_image: AppImageBuild,
+    containers: Containers,
+    infra: Endpoints,
+    new_mail_user: Any,
+    silent_mail_server: int,
+) -> None:
+    # A check cut off by a stop is not started again (the verifier logs in at most once per
+    # link): the registry's reservation lapses and ends it. Short here, 15 min by default.
+    setup = deployment(
+        infra, MBL_RESERVATION_TTL_SECONDS="30", MBL_HOUSEKEEPING_INTERVAL_SECONDS="1"
+    )
+    for module in ("registry", "link_api"):
+        await asyncio.to_thread(start, containers, setup, module)
+    verifier = await asyncio.to_thread(start, containers, setup, "imap_verifier", 1)
+    body = imap_body(infra, new_mail_user("hang"), imap_port=silent_mail_server)
+    async with MailboxesTopic(infra.kafka_bootstrap, setup.config.namespace) as topic:
+        async with product(setup) as api:
+            accepted = await request_link(api, "acme", unique_user_id(), body)
+            # The check waits for the silent server for MBL_VERIFIER_TIMEOUT_SECONDS (15 s):
+            # stop the verifier in the middle of it.
+            await asyncio.sleep(4)
+            stop_seconds = await asyncio.to_thread(_timed_stop, verifier)
+            stopped_log = logs(verifier)
+            state = inspect_state(verifier)
+            print(f"\nstop with a hanging check: {stop_seconds:.1f} s, exit {state['ExitCode']}")
+            assert state["ExitCode"] == 0, f"killed by podman after its grace:\n{stopped_log}"
+            assert stop_seconds < PODMAN_STOP_TIMEOUT
+            assert "1 events in progress let go" in stopped_log, stopped_log
+            await asyncio.to_thread(start, containers, setup, "imap_verifier", 2)
+            link = await wait_for_outcome(api, accepted["status_url"], seconds=90)
+        await topic.wait_for_finals([accepted["link_id"]])
+
+    assert link["status"] == "failed", link
+    assert link["failure"]["code"] == "reservation_expired", link
+    assert len(topic.finals()[accepted["link_id"]]) == 1
 
 
 def _timed_stop(name: str) -> float:
