@@ -9,6 +9,7 @@ Every container is named `i15img-...` and removed when its test ends, passed or 
 import asyncio
 import json
 import secrets
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -176,6 +177,23 @@ def start(containers: Containers, setup: Deployment, module: str, replica: int =
     )
 
 
+def run_job(
+    containers: Containers, setup: Deployment, action: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs `python -m mailbox_link_shared.topics ACTION` from the image (the topics Job)."""
+    name = f"{PREFIX}topics-{action}-{secrets.token_hex(3)}"
+    env_file = containers.workdir / f"{name}.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in setup.env.items()))
+    env_file.chmod(0o600)
+    containers.names.append(name)
+    return podman(
+        "run", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
+        "--user", SERVICE_USER, "--env-file", str(env_file),
+        APP_IMAGE, "python", "-m", "mailbox_link_shared.topics", action,
+        check=False, timeout=120,
+    )  # fmt: skip
+
+
 def product(setup: Deployment) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {setup.config.caller_token}"}
     return httpx.AsyncClient(base_url=setup.api_url, headers=headers, timeout=10)
@@ -217,7 +235,12 @@ def test_the_image_runs_as_uid_10001_on_a_read_only_root_without_dev_packages(
 async def test_a_password_link_reaches_linked_through_the_four_services_in_containers(
     app_image: AppImageBuild, containers: Containers, infra: Endpoints, new_mail_user: Any
 ) -> None:
-    setup = deployment(infra)
+    # As production runs it: the topics Job first, then services that create no topic.
+    setup = deployment(infra, MBL_KAFKA_CREATE_TOPICS="false")
+    ensured = await asyncio.to_thread(run_job, containers, setup, "ensure")
+    assert ensured.returncode == 0, ensured.stdout + ensured.stderr
+    checked = await asyncio.to_thread(run_job, containers, setup, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     for module in ("registry", "imap_verifier", "oauth_broker", "link_api"):
         await asyncio.to_thread(start, containers, setup, module)
     print(f"\nservice start (podman run to /healthz): {containers.start_seconds}")
@@ -227,7 +250,7 @@ async def test_a_password_link_reaches_linked_through_the_four_services_in_conta
         accepted = await request_link(api, "acme", unique_user_id(), imap_body(infra, user))
         link = await wait_for_outcome(api, accepted["status_url"], seconds=60)
     assert link["status"] == "linked", link
-    for name in containers.names:
+    for name in containers.start_seconds:  # the services, not the finished jobs
         assert inspect_state(name)["Running"], f"{name} stopped:\n{logs(name)}"
 
 
