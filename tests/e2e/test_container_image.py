@@ -250,8 +250,16 @@ async def test_a_password_link_reaches_linked_through_the_four_services_in_conta
         accepted = await request_link(api, "acme", unique_user_id(), imap_body(infra, user))
         link = await wait_for_outcome(api, accepted["status_url"], seconds=60)
     assert link["status"] == "linked", link
-    for name in containers.start_seconds:  # the services, not the finished jobs
+    services = list(containers.start_seconds)  # the services, not the finished jobs
+    for name in services:
         assert inspect_state(name)["Running"], f"{name} stopped:\n{logs(name)}"
+    # Each stops cleanly on SIGTERM as PID 1, well inside podman's grace.
+    stop_seconds = await asyncio.gather(*(asyncio.to_thread(_timed_stop, n) for n in services))
+    print(f"podman stop: {dict(zip(services, stop_seconds, strict=True))}")
+    for name, seconds in zip(services, stop_seconds, strict=True):
+        assert inspect_state(name)["ExitCode"] == 0, f"{name}:\n{logs(name)}"
+        assert seconds < PODMAN_STOP_TIMEOUT, name
+        assert "Traceback" not in logs(name), logs(name)
 
 
 async def test_podman_stop_of_a_verifier_mid_burst_loses_no_link_and_exits_0_in_its_grace(
