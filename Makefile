@@ -11,7 +11,7 @@ SOURCES := shared/contract/src shared/src services/link-api/src services/imap-ve
 TEST_DIRS := shared/contract/tests shared/tests services/link-api/tests services/imap-verifier/tests services/registry/tests services/oauth-broker/tests deploy/local/tests tests
 
 .DEFAULT_GOAL := help
-.PHONY: help setup infra run test lint typecheck unit contract wheel bench clean
+.PHONY: help setup infra run test lint typecheck unit contract wheel image bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ contract: setup ## Regenerate the contract's AsyncAPI document and JSON Schemas 
 
 wheel: setup ## Build the contract package's wheel into dist/ (what other services install)
 	$(UV) build --package mailbox-link-contract --wheel --out-dir dist
+
+image: setup ## Build the services' container image localhost/mailbox-link:dev (podman, Debian base made locally)
+	$(UV) run python -m localinfra.app_image
 
 bench: setup ## Link latency, registry throughput, detection speed, OAuth link, store ops, ownership proof, security mistakes (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
