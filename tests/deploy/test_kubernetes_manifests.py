@@ -29,10 +29,12 @@ from kubernetes_validate import (  # type: ignore[import-untyped]
     validate,
 )
 
+from imap_verifier.config import Settings as VerifierConfig
+from imap_verifier.handlers import FAILURE_GRACE
 from localinfra.kube import KubeCluster
 from localinfra.kube_build import kubernetes_wrapper_go_mod
 from mailbox_link_contract.topics import CATALOGUE, SERVICES, topics_consumed_by
-from mailbox_link_shared.kafka import REVOKE_GRACE_SECONDS, STOP_GRACE_SECONDS
+from mailbox_link_shared.kafka import REVOKE_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -394,9 +396,16 @@ def test_production_creates_topics_with_the_job_and_three_replicas(
 def test_pods_get_longer_to_stop_than_the_consumers_grace(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
-    for deployment in of_kind(rendered[overlay], "Deployment"):
+    docs = rendered[overlay]
+    stop_grace = float(
+        named(docs, "ConfigMap", config_map_name(docs))["data"]["MBL_STOP_GRACE_SECONDS"]
+    )
+    longest_check = VerifierConfig.model_fields["verifier_timeout_seconds"].default + FAILURE_GRACE
+    assert stop_grace > longest_check  # a rolling update cuts no mail check off
+    for deployment in of_kind(docs, "Deployment"):
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace > STOP_GRACE_SECONDS + REVOKE_GRACE_SECONDS, deployment["metadata"]["name"]
+        # Time to commit and leave the group (a rebalance's callback) after the stop grace.
+        assert grace >= stop_grace + REVOKE_GRACE_SECONDS + 5, deployment["metadata"]["name"]
 
 
 def test_the_oauth_broker_runs_alone_and_never_two_during_a_rollout(

@@ -39,11 +39,6 @@ FULL_POLL_SECONDS = 1.0
 # group waits for the slowest member's callback, so in-flight events of revoked partitions get
 # this long to end and be committed; the rest are let go (see EventConsumer).
 REVOKE_GRACE_SECONDS = 3.0
-# On shutdown, events in progress get this long to end before they are cancelled uncommitted.
-# It must leave time to commit, leave the group and exit inside the 10 s `podman stop` and
-# `docker stop` give before SIGKILL (Kubernetes: 30 s); a killed consumer commits nothing and
-# holds its partitions until the session times out.
-STOP_GRACE_SECONDS = 5.0
 # Infrastructure that is away for a moment: retry, and if it stays away, keep the record in
 # progress (uncommitted) and try it again every STALLED_RETRY_SECONDS. Anything else is a fault
 # of the event or of our code.
@@ -98,6 +93,7 @@ def subscribe(
         router=router,
         dead_letters=DeadLetters(broker, settings, service_name),
         concurrency=settings.consumer_concurrency,
+        stop_grace=settings.stop_grace_seconds,
     )
 
 
@@ -158,8 +154,10 @@ class EventConsumer:
         router: "EventRouter[Any]",
         dead_letters: "DeadLetterSink",
         concurrency: int,
+        stop_grace: float = 5.0,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._stop_grace = stop_grace
         self._group_id = group_id
         self._client_id = client_id
         self._topics = list(topics)
@@ -199,9 +197,11 @@ class EventConsumer:
             asyncio.create_task(self._commit_loop(consumer), name=f"{self._group_id}-commit"),
         ]
 
-    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stops fetching, lets events in progress end within `grace` seconds, commits what is
-        done, cancels the rest (they come back to whoever consumes next) and leaves the group."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops fetching, lets events in progress end within `grace` seconds (the configured
+        stop grace by default), commits what is done, cancels the rest (they come back to
+        whoever consumes next) and leaves the group."""
+        grace = self._stop_grace if grace is None else grace
         consumer, self._consumer = self._consumer, None
         if consumer is None:
             return

@@ -112,6 +112,17 @@ class ServiceSettings(KafkaSettings):
         description="Events one process handles at the same time; the next starts when one ends.",
     )
 
+    stop_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, how long events in progress may run on before they are let go "
+        "uncommitted (another replica does them again). It must leave a few seconds to commit "
+        "and leave the group inside the platform's kill deadline: 5 s fits `docker stop`'s and "
+        "`podman stop`'s 10 s; the manifests give 20 s of a 30 s grace period, so a mail check "
+        "(15 s at most) is never cut off by a rolling update.",
+    )
+
     @field_validator("encryption_keys")
     @classmethod
     def _keys_present(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
