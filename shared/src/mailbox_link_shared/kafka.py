@@ -13,14 +13,13 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from pymongo.errors import ConnectionFailure
 
 from mailbox_link_contract.events import Envelope
 from mailbox_link_contract.reading import NotHandled, Unreadable
-from mailbox_link_contract.topics import CATALOGUE, Topics, TopicSpec, topics_consumed_by
+from mailbox_link_contract.topics import Topics, topics_consumed_by
 from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
 
@@ -453,32 +452,3 @@ async def publish_event(broker: KafkaBroker, topic: str, event: Envelope) -> Non
         headers={"event-type": event.type, "schema-version": str(event.schema_version)},
         correlation_id=event.correlation_id,
     )
-
-
-async def ensure_topics(settings: ServiceSettings) -> None:
-    """Creates this namespace's topics if they do not exist yet."""
-    topics = Topics.for_namespace(settings.namespace)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                topics.name_of(spec),
-                num_partitions=spec.partitions,
-                replication_factor=1,
-                topic_configs={"retention.ms": _retention_ms(spec)},
-            )
-            for spec in CATALOGUE
-            if topics.name_of(spec) not in existing
-        ]
-        if missing:
-            # Another service may have created them in the meantime.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    finally:
-        await admin.close()
-
-
-def _retention_ms(spec: TopicSpec) -> str:
-    return str(int(spec.retention.total_seconds() * 1000)) if spec.retention else "-1"

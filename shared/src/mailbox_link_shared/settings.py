@@ -5,6 +5,7 @@ import ssl
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mailbox_link_contract.topics import CATALOGUE
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.network_policy import (
     DEFAULT_MAIL_PORTS,
@@ -24,8 +25,12 @@ from mailbox_link_shared.scopes import (
 ENV_PREFIX = "MBL_"
 
 
-class ServiceSettings(BaseSettings):
-    """What every service needs: Kafka, the secret keys, logging, its topic namespace."""
+_TOPIC_NAMES = {spec.name for spec in CATALOGUE}
+_KEPT_FOREVER = {spec.name for spec in CATALOGUE if spec.retention is None}
+
+
+class KafkaSettings(BaseSettings):
+    """Where Kafka is, the topic namespace, and how this deployment's topics are made."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -33,6 +38,67 @@ class ServiceSettings(BaseSettings):
     # Prepended to every topic and database name, so several environments can share one
     # Kafka cluster and one MongoDB (and tests can run isolated stacks side by side).
     namespace: str = Field(default="mailbox-link", pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    kafka_create_topics: bool = Field(
+        default=True,
+        description="Services create missing topics at start-up. Production sets false and runs "
+        "`python -m mailbox_link_shared.topics ensure` once per release (deploy/README.md).",
+    )
+    kafka_replication_factor: int = Field(
+        default=1, ge=1, le=7, description="Copies of every new topic; 3 in production."
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of new topics (2 with 3 copies); unset: the broker's.",
+    )
+    kafka_topic_partitions: dict[str, int] = Field(
+        default_factory=dict,
+        description='Partitions of new topics by name, e.g. {"link-requests.v1": 12}; the '
+        "catalogue's counts otherwise. Consumers scale up to this many replicas.",
+    )
+    kafka_topic_retention_hours: dict[str, int] = Field(
+        default_factory=dict,
+        description='Retention by topic name, e.g. {"dead-letters.v1": 2160}; topics the '
+        "catalogue keeps for ever (readers rebuild their views from them) cannot be given one.",
+    )
+
+    @field_validator("kafka_topic_partitions", "kafka_topic_retention_hours")
+    @classmethod
+    def _known_topics_positive(cls, values: dict[str, int]) -> dict[str, int]:
+        for name, value in values.items():
+            if name not in _TOPIC_NAMES:
+                known = ", ".join(sorted(_TOPIC_NAMES))
+                raise ValueError(f"unknown topic {name!r}: name one of {known}")
+            if value < 1:
+                raise ValueError(f"{name}: must be at least 1, not {value}")
+        return values
+
+    @field_validator("kafka_topic_retention_hours")
+    @classmethod
+    def _forever_stays_forever(cls, hours: dict[str, int]) -> dict[str, int]:
+        kept = sorted(set(hours) & _KEPT_FOREVER)
+        if kept:
+            raise ValueError(
+                f"{', '.join(kept)} must be kept for ever (readers rebuild their views from "
+                "them): remove it from MBL_KAFKA_TOPIC_RETENTION_HOURS"
+            )
+        return hours
+
+    @model_validator(mode="after")
+    def _min_insync_reachable(self) -> "KafkaSettings":
+        wanted = self.kafka_min_insync_replicas
+        if wanted is not None and wanted > self.kafka_replication_factor:
+            raise ValueError(
+                f"MBL_KAFKA_MIN_INSYNC_REPLICAS={wanted} exceeds MBL_KAFKA_REPLICATION_FACTOR="
+                f"{self.kafka_replication_factor}: no write could ever succeed; lower it"
+            )
+        return self
+
+
+class ServiceSettings(KafkaSettings):
+    """What every service needs: Kafka, the secret keys, logging, its topic namespace."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
     encryption_keys: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='JSON object of key id to base64 32-byte key, e.g. {"k1": "..."}',

@@ -13,12 +13,13 @@ from imap_verifier.entrypoints.housekeeping import make_expiry_sweep
 from imap_verifier.login_limits import LoginLimits
 from imap_verifier.ports import OwnershipProof, VerifierDeps
 from mailbox_link_contract.topics import Topics
-from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
+from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
+from mailbox_link_shared.topics import prepare_topics
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
@@ -71,7 +72,7 @@ def build_app(settings: Settings) -> AsgiFastStream:
         on_startup=[
             store.create_indexes,
             slots.create_indexes,
-            functools.partial(ensure_topics, settings),
+            functools.partial(prepare_topics, settings),
             sweep.start,
             slot_sweep.start,
         ],

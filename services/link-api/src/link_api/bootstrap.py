@@ -23,12 +23,13 @@ from link_api.handlers import LinkApiDeps
 from link_api.link_budgets import LinkBudgets
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
-from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
+from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.network_policy import parse_networks
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
 from mailbox_link_shared.scopes import Scope
+from mailbox_link_shared.topics import prepare_topics
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -105,7 +106,7 @@ def build_app(settings: Settings) -> FastAPI:
             open_storage,
             slots.create_indexes,
             slot_sweep.start,
-            functools.partial(ensure_topics, settings),
+            functools.partial(prepare_topics, settings),
             broker.start,
             relay.start,
             consumer.start,

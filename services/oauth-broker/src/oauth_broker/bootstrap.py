@@ -10,10 +10,11 @@ from fastapi import FastAPI
 from mailbox_link_contract.events import ProviderType, ServerSettings
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import CallerKeys, build_http_app
-from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
+from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.oidc_providers import OidcMailServer
 from mailbox_link_shared.timer import PeriodicTask
+from mailbox_link_shared.topics import prepare_topics
 from oauth_broker.adapters.broker_store import MongoBrokerStore
 from oauth_broker.adapters.discovery import (
     REQUIRED_FOR_OIDC,
@@ -110,7 +111,7 @@ def build_app(settings: Settings) -> FastAPI:
         on_start=[
             providers.load_all,
             store.create_indexes,
-            functools.partial(ensure_topics, settings),
+            functools.partial(prepare_topics, settings),
             broker.start,
             consumer.start,
             housekeeper.start,

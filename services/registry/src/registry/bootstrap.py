@@ -6,8 +6,9 @@ from fastapi import FastAPI
 
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.http import CallerKeys, build_http_app
-from mailbox_link_shared.kafka import KafkaEventPublisher, ensure_topics, make_broker
+from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
+from mailbox_link_shared.topics import prepare_topics
 from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
@@ -43,7 +44,7 @@ def build_app(settings: Settings) -> FastAPI:
         api_docs=settings.api_docs,
         on_start=[
             store.create_indexes,
-            functools.partial(ensure_topics, settings),
+            functools.partial(prepare_topics, settings),
             broker.start,
             consumer.start,
             housekeeper.start,

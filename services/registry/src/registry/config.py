@@ -1,5 +1,6 @@
 """Settings of the registry."""
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 from pydantic import Field, model_validator
@@ -56,11 +57,12 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
 
     @model_validator(mode="after")
     def _retention_outlives_replays(self) -> "Settings":
-        longest = replayable_event_retention()
+        longest = replayable_event_retention(self.kafka_topic_retention_hours)
         if self.link_retention <= longest:
             raise ValueError(
                 f"link_retention_seconds must exceed {longest.total_seconds():.0f}, how long "
-                "Kafka keeps the events a link answers (a replay would find no link)"
+                "Kafka keeps the events a link answers (a replay would find no link): raise "
+                "MBL_LINK_RETENTION_SECONDS or lower MBL_KAFKA_TOPIC_RETENTION_HOURS"
             )
         if self.link_retention <= self.reservation_ttl:
             raise ValueError("link_retention_seconds must exceed reservation_ttl_seconds")
@@ -78,8 +80,12 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
         return self
 
 
-def replayable_event_retention() -> timedelta:
-    """How long Kafka keeps the link events the registry consumes (plan changes, kept for
-    ever, need no link: they are ordered by their own time)."""
-    kept = [spec.retention for spec in topics_consumed_by(SERVICE_NAME)]
+def replayable_event_retention(configured_hours: Mapping[str, int] | None = None) -> timedelta:
+    """How long Kafka keeps the link events the registry consumes, as configured (plan
+    changes, kept for ever, need no link: they are ordered by their own time)."""
+    hours = configured_hours or {}
+    kept = [
+        timedelta(hours=hours[spec.name]) if spec.name in hours else spec.retention
+        for spec in topics_consumed_by(SERVICE_NAME)
+    ]
     return max(r for r in kept if r is not None)
