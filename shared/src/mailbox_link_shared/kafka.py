@@ -40,7 +40,10 @@ FULL_POLL_SECONDS = 1.0
 # this long to end and be committed; the rest are let go (see EventConsumer).
 REVOKE_GRACE_SECONDS = 3.0
 # On shutdown, events in progress get this long to end before they are cancelled uncommitted.
-STOP_GRACE_SECONDS = 10.0
+# It must leave time to commit, leave the group and exit inside the 10 s `podman stop` and
+# `docker stop` give before SIGKILL (Kubernetes: 30 s); a killed consumer commits nothing and
+# holds its partitions until the session times out.
+STOP_GRACE_SECONDS = 5.0
 # Infrastructure that is away for a moment: retry, and if it stays away, keep the record in
 # progress (uncommitted) and try it again every STALLED_RETRY_SECONDS. Anything else is a fault
 # of the event or of our code.
@@ -207,6 +210,12 @@ class EventConsumer:
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._settle(list(self._tasks), grace)
         await self._commit(consumer, set(self._progress))
+        if self._tasks:
+            logger.warning(
+                "stopping: %d events in progress let go after %g s (uncommitted)",
+                len(self._tasks),
+                grace,
+            )
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
