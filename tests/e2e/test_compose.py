@@ -129,7 +129,11 @@ class ComposeProject:
     def logs(self) -> str:
         """The last lines of each of the project's containers, for a failure's message."""
         names = self.leftovers()["containers"]
-        tails = []
+        label = f"label=io.podman.compose.project={self.name}"
+        status = podman(
+            "ps", "-a", "--filter", label, "--format", "{{.Names}} {{.Status}}", check=False
+        ).stdout
+        tails = [status]
         for name in names:
             found = podman("logs", "--tail", "25", name, check=False)
             tails.append(f"--- {name}\n{found.stdout[-3000:]}{found.stderr[-3000:]}")

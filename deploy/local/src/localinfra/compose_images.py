@@ -114,3 +114,15 @@ def _link_or_copy(source: str, target: str) -> str:
     except OSError:
         shutil.copy2(source, target)
     return target
+
+
+def main() -> None:
+    """Builds (or finds) both images and says what each took: `python -m
+    localinfra.compose_images`."""
+    for build in (build_kafka_image, build_ferretdb_image):
+        result = build()
+        print(f"{result.describe()}, {image_size_mb(result.component):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
