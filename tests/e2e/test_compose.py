@@ -301,6 +301,11 @@ async def test_compose_runs_the_system_a_link_reaches_linked_and_down_leaves_not
             raise AssertionError(f"{exc}\n{logs}") from exc
     assert link["status"] == "linked", f"{link}\n{await asyncio.to_thread(project.logs)}"
     assert link["mailbox_id"]
+    # The topics step found Kafka by its service name and created or checked every topic.
+    topics = await asyncio.to_thread(
+        podman, "inspect", "--format", "{{.State.ExitCode}}", f"{project.name}_topics_1"
+    )
+    assert topics.stdout.strip() == "0", await asyncio.to_thread(project.logs)
 
     started = time.monotonic()
     down = await asyncio.to_thread(project.compose, "down", "-v", "-t", "30")
