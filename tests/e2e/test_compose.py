@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from pydantic_settings import BaseSettings
 
 from localinfra.app_image import APP_IMAGE, build_app_image
 from localinfra.compose_images import build_ferretdb_image, build_kafka_image
@@ -39,8 +41,6 @@ from mailbox_link_shared.crypto import generate_key
 from mailbox_link_shared.network_policy import DEFAULT_MAIL_PORTS
 
 from .conftest import imap_body, link_and_wait, unique_user_id
-
-pytestmark = [pytest.mark.connected, pytest.mark.timeout(1500)]
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "compose"
 READY_SECONDS = 300.0
@@ -283,6 +283,8 @@ def _up_and_wait(project: ComposeProject) -> None:
     project.timings["up to ready"] = time.monotonic() - started
 
 
+@pytest.mark.connected
+@pytest.mark.timeout(1500)
 async def test_compose_runs_the_system_a_link_reaches_linked_and_down_leaves_nothing(
     project: ComposeProject, images: dict[str, float], new_mail_user: Any, infra: Endpoints
 ) -> None:
@@ -314,3 +316,87 @@ async def test_compose_runs_the_system_a_link_reaches_linked_and_down_leaves_not
     left = await asyncio.to_thread(project.leftovers)
     assert left == {"containers": [], "pods": [], "networks": [], "volumes": []}
     print(f"\ncompose timings (s): {project.timings}; images (s): {images}")
+
+
+APP_SERVICES = ("topics", "registry", "imap-verifier", "oauth-broker", "link-api")
+# Only the env file may hold these; compose.yaml names none of them.
+SECRET_SETTINGS = ("MBL_ENCRYPTION_KEYS", "MBL_SERVICE_KEYS", "MBL_REGISTRY_TOKEN")
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Reads compose's merge tags (!override, !reset) as the plain values they carry."""
+
+
+def _tagged(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_ComposeLoader.add_multi_constructor("!", _tagged)
+
+
+def _compose_file(name: str) -> dict[str, Any]:
+    text = (COMPOSE_DIR / name).read_text()
+    loaded: dict[str, Any] = yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 - SafeLoader's
+    return loaded
+
+
+def _settings_fields() -> set[str]:
+    """Every setting some service (or the topics step) reads, as its MBL_ variable."""
+    from imap_verifier.config import Settings as VerifierSettings
+    from link_api.config import Settings as ApiSettings
+    from mailbox_link_shared.settings import KafkaSettings
+    from oauth_broker.config import Settings as BrokerSettings
+    from registry.config import Settings as RegistrySettings
+
+    classes: list[type[BaseSettings]] = [
+        ApiSettings, RegistrySettings, VerifierSettings, BrokerSettings, KafkaSettings
+    ]  # fmt: skip
+    return {f"MBL_{name.upper()}" for cls in classes for name in cls.model_fields}
+
+
+def test_compose_files_and_env_example_name_only_real_settings() -> None:
+    known = _settings_fields()
+    named: set[str] = set()
+    for file in ("compose.yaml", "compose.local.yaml"):
+        services = _compose_file(file)["services"]
+        for service in services.values():
+            named |= {key for key in service.get("environment") or {} if key.startswith("MBL_")}
+    example = (COMPOSE_DIR / "mailbox-link.env.example").read_text().splitlines()
+    for line in example:
+        assignment = line.removeprefix("# ").split("=", 1)[0]
+        if assignment.startswith("MBL_") and "=" in line and " " not in assignment:
+            named.add(assignment)
+    # MBL_OAUTH_GOOGLE__CLIENT_ID is the field oauth_google's client_id (nested settings).
+    unknown = sorted(name for name in named if name.split("__")[0] not in known)
+    assert len(named) > 15
+    assert unknown == []
+
+
+def test_compose_services_are_hardened_and_keep_secrets_in_the_env_file() -> None:
+    compose = _compose_file("compose.yaml")
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        assert service["user"] == "10001:10001", name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["tmpfs"] == ["/tmp:size=64m,mode=1777"], name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        assert service["env_file"] == ["${MBL_ENV_FILE:-mailbox-link.env}"], name
+        assert not set(SECRET_SETTINGS) & set(service["environment"]), name
+        if name != "topics":
+            assert service["restart"] == "unless-stopped", name
+            assert "healthz" in " ".join(service["healthcheck"]["test"]), name
+            assert service["depends_on"]["topics"] == {
+                "condition": "service_completed_successfully"
+            }, name
+    published = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    # Only link-api and the OAuth callback are reachable from outside the compose network.
+    assert {name for name, ports in published.items() if ports} == {"link-api", "oauth-broker"}
+    assert compose["services"]["kafka"]["image"].startswith(
+        "${MBL_KAFKA_IMAGE:-docker.io/apache/kafka:"
+    )
