@@ -17,6 +17,7 @@ import asyncio
 import json
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,6 @@ from pydantic_settings import BaseSettings
 from localinfra.app_image import APP_IMAGE, build_app_image
 from localinfra.compose_images import build_ferretdb_image, build_kafka_image
 from localinfra.containers import install_podman, podman, podman_env
-from localinfra.ports import free_port
 from localinfra.services import LINUX_EPHEMERAL_PORTS
 from localinfra.stack import Endpoints
 from mailbox_link_shared.crypto import generate_key
@@ -215,13 +215,33 @@ def images() -> dict[str, float]:
     }
 
 
+def listen_port() -> int:
+    """A free port below Linux's ephemeral range: the containers bind it a minute or more after
+    it is chosen, and a port of that range may meanwhile become some outgoing connection's
+    local port (seen under load: link-api's bind failed with "address already in use")."""
+    for _ in range(200):
+        port = secrets.randbelow(32768 - 20000) + 20000
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in _LISTEN_PORTS:
+            _LISTEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no free port between 20000 and 32767")
+
+
+_LISTEN_PORTS: set[int] = set()
+
+
 @pytest.fixture
 def project(images: dict[str, float], infra: Endpoints, tmp_path: Path) -> Iterator[ComposeProject]:
     """A compose project brought up with fresh keys; forcibly removed if the test's own
     `down` did not leave it clean."""
     name = f"i15comp-{secrets.token_hex(3)}"
     ports = {
-        key: free_port()
+        key: listen_port()
         for key in ("api_port", "broker_port", "registry_port", "kafka_port", "mongo_port",
                     "verifier_port")
     }  # fmt: skip
