@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -216,8 +215,3 @@ async def test_mongodb_outage(outage: Outage, api: httpx.AsyncClient) -> None:
         f"every /readyz 200 {ready_in:.1f} s later"
     )
     await _link_fresh(api, outage)
-
-
-def test_the_outage_stack_is_private(outage: Outage, tmp_path: Path) -> None:
-    """Guards the point of the private stack: its Kafka is not the session's."""
-    assert outage.stack.endpoints.workdir != str(tmp_path)

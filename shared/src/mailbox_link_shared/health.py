@@ -230,11 +230,6 @@ def _hook_name(hook: Hook) -> str:
     return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "hook"))
 
 
-async def bounded(awaitable: Awaitable[Any], seconds: float) -> Any:
-    """Awaits within `seconds`, else raises TimeoutError (a publish deadline)."""
-    return await asyncio.wait_for(awaitable, seconds)
-
-
 def livez_asgi() -> ASGIApp:
     """/livez as a bare ASGI app, for a service without FastAPI (the imap-verifier)."""
 
