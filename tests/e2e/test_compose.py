@@ -292,8 +292,8 @@ def _up_and_wait(project: ComposeProject) -> None:
     assert up.returncode == 0, f"podman-compose up failed:\n{up.stdout[-3000:]}{up.stderr[-3000:]}"
     project.timings["up command"] = time.monotonic() - started
     urls = [
-        f"http://127.0.0.1:{project.api_port}/healthz",
-        f"http://127.0.0.1:{project.broker_port}/healthz",  # published on the compose network
+        f"http://127.0.0.1:{project.api_port}/readyz",
+        f"http://127.0.0.1:{project.broker_port}/readyz",  # published on the compose network
     ]
     deadline = started + READY_SECONDS
     while not all(_answers(url) for url in urls):
@@ -410,7 +410,7 @@ def test_compose_services_are_hardened_and_keep_secrets_in_the_env_file() -> Non
         assert not set(SECRET_SETTINGS) & set(service["environment"]), name
         if name != "topics":
             assert service["restart"] == "unless-stopped", name
-            assert "healthz" in " ".join(service["healthcheck"]["test"]), name
+            assert "/readyz" in " ".join(service["healthcheck"]["test"]), name
             assert service["depends_on"]["topics"] == {
                 "condition": "service_completed_successfully"
             }, name

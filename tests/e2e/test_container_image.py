@@ -66,7 +66,7 @@ class Containers:
 
     def start(self, name: str, module: str, env: dict[str, str], port: int, ca_file: str) -> str:
         """Runs `python -m module` detached, as the services run in production: read-only
-        root, writable /tmp only, uid 10001; waits until it answers /healthz on `port`."""
+        root, writable /tmp only, uid 10001; waits until it is ready (/readyz) on `port`."""
         full = f"{PREFIX}{name}-{secrets.token_hex(3)}"
         env_file = self.workdir / f"{full}.env"
         # An env file, not -e: the test's keys stay out of the process list.
@@ -87,7 +87,7 @@ class Containers:
 
     def _wait_ready(self, name: str, port: int) -> None:
         deadline = time.monotonic() + READY_SECONDS
-        url = f"http://127.0.0.1:{port}/healthz"
+        url = f"http://127.0.0.1:{port}/readyz"
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:

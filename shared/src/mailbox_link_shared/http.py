@@ -30,6 +30,7 @@ from starlette.types import Scope as AsgiScope
 from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.api_docs import install_api_docs
 from mailbox_link_shared.api_errors import ApiErrorCode
+from mailbox_link_shared.health import BackgroundStart, Readiness
 from mailbox_link_shared.scopes import CallerKey, Scope
 from mailbox_link_shared.strict_json import InvalidJsonField, MalformedJson, parse_json
 
@@ -372,19 +373,32 @@ def build_http_app(
     on_stop: Sequence[Hook],
     public_router: APIRouter | None = None,
     api_docs: bool = True,
+    readiness: Readiness | None = None,
 ) -> FastAPI:
     """Returns an app whose `router` routes each need a scope (a `keys.require(...)` guard on
     the route or its router: the app refuses to build without one), with `public_router` routes
     (pages a browser visits) and /healthz open, /docs and /openapi.json for any valid key
-    unless `api_docs` is off, and start/stop hooks."""
+    unless `api_docs` is off, and start/stop hooks.
+
+    With `readiness`, the start hooks run in the background, retried until they succeed
+    (Kafka or MongoDB may be away): the server answers at once, /readyz is 503 until they all
+    ran and while a check fails (health.py)."""
+    background = BackgroundStart(title, on_start) if readiness is not None else None
+    if readiness is not None and background is not None:
+        readiness.add("started", background.started)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for start in on_start:
-            await start()
+        if background is not None:
+            await background.start()
+        else:
+            for start in on_start:
+                await start()
         try:
             yield
         finally:
+            if background is not None:
+                await background.stop()
             for stop in on_stop:
                 await stop()
 
@@ -410,9 +424,19 @@ def build_http_app(
     if api_docs:
         install_api_docs(app, functools.partial(keys.identify, allow_basic=True))
 
+    # /livez: the process and its event loop answer. /healthz is its old name, kept for
+    # probes configured before /readyz existed.
+    @app.get("/livez", include_in_schema=False)
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
+    async def livez() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        if readiness is None:
+            return JSONResponse({"status": "ready", "checks": {}, "failing": []})
+        report = await readiness.report()
+        return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 
     return app
 

@@ -177,6 +177,11 @@ class EventConsumer:
         """Returns how many records this process holds and has not finished."""
         return len(self._tasks)
 
+    @property
+    def running(self) -> bool:
+        """True once started (joined the group) while its fetch loop still runs: readiness."""
+        return self._consumer is not None and any(not loop.done() for loop in self._loops)
+
     async def start(self) -> None:
         """Joins the consumer group and starts fetching."""
         consumer = AIOKafkaConsumer(

@@ -144,11 +144,21 @@ class KafkaServer:
                     raise
         raise AssertionError("unreachable")
 
-    def _start_once(self, timeout: float) -> str:
+    def restart(self, timeout: float = 60.0) -> str:
+        """Starts the stopped broker again on its data and its ports (clients reconnect by
+        themselves): an outage's end. Its log directory is never formatted again."""
+        if not self.port:
+            raise RuntimeError("restart needs a broker this object started")
+        if self._proc is not None and self._proc.is_alive():
+            return self.bootstrap
+        return self._start_once(timeout, restart=True)
+
+    def _start_once(self, timeout: float, restart: bool = False) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.controller_port = free_port(), free_port()
         data = self.workdir / "data"
-        shutil.rmtree(data, ignore_errors=True)
+        if not restart:
+            self.port, self.controller_port = free_port(), free_port()
+            shutil.rmtree(data, ignore_errors=True)
         props = self.workdir / "server.properties"
         props.write_text(self._properties(data))
         log_config = self.workdir / "log4j2.properties"
@@ -160,21 +170,23 @@ class KafkaServer:
             "-XX:-UsePerfData",  # no hsperfdata files left in /tmp
         ]
         log_file = self.workdir / "kafka.log"
-        fmt = subprocess.run(
-            [
-                "java", *java_opts, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                # "=": a random id may start with "-", which would read as an option.
-                "--standalone", f"--cluster-id={_cluster_id()}", "-c", str(props),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-        # Its own log: the format tool dumps ~200 config lines that would bury broker errors.
-        (self.workdir / "format.log").write_text(fmt.stdout + fmt.stderr)
-        if fmt.returncode != 0:
-            output = fmt.stdout + fmt.stderr
-            raise ServerFailedError(f"kafka storage format failed:\n{output[-2000:]}")
+        # Formatted only when new: formatting again would lose every topic and offset.
+        if not (data / "meta.properties").exists():
+            fmt = subprocess.run(
+                [
+                    "java", *java_opts, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                    # "=": a random id may start with "-", which would read as an option.
+                    "--standalone", f"--cluster-id={_cluster_id()}", "-c", str(props),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )  # fmt: skip
+            # Its own log: the format tool dumps ~200 config lines that would bury broker errors.
+            (self.workdir / "format.log").write_text(fmt.stdout + fmt.stderr)
+            if fmt.returncode != 0:
+                output = fmt.stdout + fmt.stderr
+                raise ServerFailedError(f"kafka storage format failed:\n{output[-2000:]}")
         self._proc = ManagedProcess(
             "kafka",
             [

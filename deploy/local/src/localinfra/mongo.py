@@ -125,6 +125,7 @@ class MongoServer:
         if self.backend == FERRETDB_POSTGRESQL:
             self.postgres = PostgresCluster(workdir / "postgres", id_index=postgres_id_index)
         self._proc: ManagedProcess | None = None
+        self._port = 0
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the server and wait until it answers ``ping``; return its URI."""
@@ -148,11 +149,29 @@ class MongoServer:
             raise
         raise AssertionError("unreachable")
 
-    def _start_once(self, timeout: float) -> str:
-        port = free_port()
+    def pause(self) -> None:
+        """Stops the server (an outage), keeping its data and its port for `resume`; the
+        PostgreSQL cluster behind FerretDB keeps running: FerretDB away is the outage."""
+        if self.backend == "external":
+            raise RuntimeError("an external MongoDB ($MONGODB_URI) is not ours to stop")
+        self._stop_server()
+
+    def resume(self, timeout: float = 30.0) -> str:
+        """Starts the server again on its data and its port (clients reconnect by
+        themselves) and waits until it answers ``ping``."""
+        if self.backend == "external" or not self._port:
+            raise RuntimeError("resume needs a server this object started and paused")
+        if self._proc is not None:
+            return self.uri
+        return self._start_once(timeout, port=self._port, keep_data=True)
+
+    def _start_once(self, timeout: float, port: int = 0, keep_data: bool = False) -> str:
+        port = port or free_port()
+        self._port = port
         data = self.workdir / "data"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
+        if not keep_data:
+            shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True, exist_ok=True)
         if self.backend == "mongod":
             argv = [
                 "mongod", "--dbpath", str(data), "--port", str(port), "--bind_ip", "127.0.0.1",

@@ -121,9 +121,12 @@ class RunningServices:
         would, and reaps it."""
         self._process(name).kill()
 
-    def restart(self, name: str, env: Mapping[str, str | None] | None = None) -> None:
+    def restart(
+        self, name: str, env: Mapping[str, str | None] | None = None, wait_for: str = "/readyz"
+    ) -> None:
         """Starts one service process again (after `kill`) with the same command, port and log,
-        its environment changed by `env` (None removes a variable), and waits for /healthz."""
+        its environment changed by `env` (None removes a variable), and waits until `wait_for`
+        answers 200 (/readyz: it can do its job; /livez: it runs, e.g. during an outage)."""
         old = self._process(name)
         old.stop()
         changed = {**(old.env or {}), **{k: v for k, v in (env or {}).items() if v is not None}}
@@ -132,7 +135,7 @@ class RunningServices:
         process = ManagedProcess(name, old.argv, old.log_file, cwd=old.cwd, env=changed)
         process.start()
         self.processes[self.processes.index(old)] = process
-        url = f"http://127.0.0.1:{changed['MBL_HTTP_PORT']}/healthz"
+        url = f"http://127.0.0.1:{changed['MBL_HTTP_PORT']}{wait_for}"
         wait_until_ready(process, functools.partial(_answers, url), READY_TIMEOUT, url)
 
     def _process(self, name: str) -> ManagedProcess:
@@ -146,7 +149,8 @@ def start_services(
     replicas: Mapping[str, int] | None = None,
 ) -> RunningServices:
     """Starts the services (by default all, one process each; `replicas` asks for more of
-    some, in the same consumer group) and waits until each answers /healthz."""
+    some, in the same consumer group) and waits until each is ready (/readyz: Kafka and
+    MongoDB answer, its consumer joined, its start-up finished)."""
     fixed = {
         "link_api": config.api_port,
         "registry": config.registry_port,
@@ -176,7 +180,7 @@ def start_services(
                 process = ManagedProcess(name, [sys.executable, "-m", module], logs[name], env=env)
                 process.start()
                 processes.append(process)
-                urls.append(f"http://127.0.0.1:{port}/healthz")
+                urls.append(f"http://127.0.0.1:{port}/readyz")
         for process, url in zip(processes, urls, strict=True):
             wait_until_ready(process, functools.partial(_answers, url), READY_TIMEOUT, url)
     except BaseException:

@@ -139,6 +139,9 @@ class LocalStack:
         self._endpoints: Endpoints | None = None
         self._workdir: Path | None = None
         self._own_workdir = False
+        # Kept for outages: stop_kafka/start_kafka, stop_mongo/start_mongo (local processes).
+        self._kafka: KafkaServer | None = None
+        self._mongo: MongoServer | None = None
 
     @property
     def endpoints(self) -> Endpoints:
@@ -222,10 +225,12 @@ class LocalStack:
                 auto_create_topics=self.auto_create_topics,
             )
             self._stoppers.append(kafka.stop)
+            self._kafka = kafka
             tasks["kafka"] = kafka.start
         if "mongo" not in tasks:
             mongo = MongoServer(root / "mongo")
             self._stoppers.append(mongo.stop)
+            self._mongo = mongo
             tasks["mongo"] = mongo.start
         results = _run_parallel(tasks)
         mail_ports = mail[DovecotKind.MAIL].ports
@@ -328,6 +333,34 @@ class LocalStack:
             if self._mail is not None:
                 self._mail.add_attacker_user(username, password)
 
+    def stop_kafka(self) -> None:
+        """Stops Kafka (an outage); `start_kafka` brings it back on its data and port."""
+        self._local_kafka().stop()
+
+    def start_kafka(self, timeout: float = 60.0) -> None:
+        """Starts the stopped Kafka again on its data and port; returns once it answers."""
+        self._local_kafka().restart(timeout)
+
+    def stop_mongo(self) -> None:
+        """Stops the MongoDB-protocol server (an outage); `start_mongo` brings it back."""
+        self._local_mongo().pause()
+
+    def start_mongo(self, timeout: float = 30.0) -> None:
+        """Starts the MongoDB-protocol server again on its data and port."""
+        self._local_mongo().resume(timeout)
+
+    def _local_kafka(self) -> KafkaServer:
+        if self._kafka is None:
+            raise RuntimeError(
+                "Kafka is not a local process of this stack (Docker, or not started)"
+            )
+        return self._kafka
+
+    def _local_mongo(self) -> MongoServer:
+        if self._mongo is None or self._mongo.backend == "external":
+            raise RuntimeError("the MongoDB-protocol server is not a local process of this stack")
+        return self._mongo
+
     def stop(self) -> None:
         """Stop every server (in parallel) and remove an own temp workdir. Idempotent."""
         with self._lock:
@@ -341,6 +374,7 @@ class LocalStack:
         self._mail = None
         self._oauth_server = None
         self._oidc_idp = None
+        self._kafka = self._mongo = None
         if self._own_workdir and self._workdir is not None:
             if remove_workdir and os.environ.get("MBL_KEEP_WORKDIR") != "1":
                 shutil.rmtree(self._workdir, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 import functools
 
-from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.asgi import AsgiFastStream
 
 from imap_verifier.adapters.pending_store import MongoPendingStore
 from imap_verifier.adapters.proof_mail import RelayProofSender
@@ -13,6 +13,15 @@ from imap_verifier.entrypoints.housekeeping import make_expiry_sweep
 from imap_verifier.login_limits import LoginLimits
 from imap_verifier.ports import OwnershipProof, VerifierDeps
 from mailbox_link_contract.topics import Topics
+from mailbox_link_shared.health import (
+    BackgroundStart,
+    Readiness,
+    kafka_check,
+    livez_asgi,
+    mongo_check,
+    readyz_asgi,
+    running_check,
+)
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
@@ -23,7 +32,7 @@ from mailbox_link_shared.topics import prepare_topics
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
-    """Returns the verifier: a Kafka consumer with a /healthz endpoint."""
+    """Returns the verifier: a Kafka consumer with /livez (and /healthz) and /readyz."""
     topics = Topics.for_namespace(settings.namespace)
     broker = make_broker(settings, SERVICE_NAME)
     mongo = make_mongo_client(settings)
@@ -66,17 +75,41 @@ def build_app(settings: Settings) -> AsgiFastStream:
     sweep = make_expiry_sweep(store.delete_expired, settings.expiry_sweep_interval_seconds)
     slot_sweep = make_slot_sweep(slots, settings.rate_limit_sweep_interval_seconds)
 
-    return AsgiFastStream(
-        broker,
-        asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
-        on_startup=[
+    # Kafka or MongoDB may be away at start: the steps run in the background, retried, and
+    # /readyz is 503 until they all ran (health.py). The consumer publishes through the
+    # broker: it starts after it and stops before.
+    start_up = BackgroundStart(
+        SERVICE_NAME,
+        [
             store.create_indexes,
             slots.create_indexes,
             functools.partial(prepare_topics, settings),
+            broker.start,
             sweep.start,
             slot_sweep.start,
+            consumer.start,
         ],
-        # The consumer publishes through the broker: it starts after it and stops before.
-        after_startup=[consumer.start],
-        on_shutdown=[consumer.stop, sweep.stop, slot_sweep.stop, mongo.close],
     )
+    readiness = Readiness(
+        {
+            "kafka": kafka_check(broker),
+            "mongodb": mongo_check(mongo),
+            "consumer": running_check(consumer),
+            "started": start_up.started,
+        }
+    )
+    live = livez_asgi()
+    return _BackgroundStartApp(
+        broker,
+        asgi_routes=[("/livez", live), ("/healthz", live), ("/readyz", readyz_asgi(readiness))],
+        on_startup=[start_up.start],
+        on_shutdown=[start_up.stop, consumer.stop, sweep.stop, slot_sweep.stop, mongo.close],
+    )
+
+
+class _BackgroundStartApp(AsgiFastStream):
+    """The FastStream app, whose broker is started by the background start-up instead of
+    before the server answers (where Kafka being away would end the process)."""
+
+    async def _start_broker(self) -> None:
+        return None

@@ -22,6 +22,7 @@ from link_api.entrypoints.providers_http import build_providers_router
 from link_api.handlers import LinkApiDeps
 from link_api.link_budgets import LinkBudgets
 from mailbox_link_contract.topics import Topics
+from mailbox_link_shared.health import Readiness, kafka_check, mongo_check, running_check
 from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
@@ -48,12 +49,16 @@ def build_app(settings: Settings) -> FastAPI:
         if not await store.create_indexes():
             await sweep.start()
 
+    # Kafka's answer is cached a second: a burst of POSTs asks Kafka once (health.py).
+    readiness = Readiness({"kafka": kafka_check(broker), "mongodb": mongo_check(mongo)})
     deps = LinkApiDeps(
         store=store,
         publisher=KafkaEventPublisher(broker, topics),
         secret_box=settings.secret_box(),
         in_flight_expiry=timedelta(seconds=settings.in_flight_expiry_seconds),
         send_deadline=timedelta(seconds=settings.send_deadline_seconds),
+        events_ready=functools.partial(readiness.check, "kafka"),
+        publish_deadline_seconds=settings.publish_deadline_seconds,
     )
     fault_point = pause_file_fault_point(settings.test_pause_file)
     if fault_point is not None:
@@ -70,6 +75,7 @@ def build_app(settings: Settings) -> FastAPI:
         timeout=httpx.Timeout(5.0),
     )
     consumer = register_subscribers(broker, settings, deps)
+    readiness.add("consumer", running_check(consumer))
     dns = DnsLookup(settings.dns_servers, settings.dns_timeout_seconds)
     autoconfig = AutoconfigFetcher(
         dns,
@@ -101,6 +107,7 @@ def build_app(settings: Settings) -> FastAPI:
         router=router,
         keys=keys,
         api_docs=settings.api_docs,
+        readiness=readiness,
         # The relay publishes, so it starts once the broker has.
         on_start=[
             open_storage,

@@ -78,6 +78,14 @@ class Settings(
     retention_batch_size: int = Field(
         default=500, ge=1, le=10_000, description="Documents deleted per batch of that sweep."
     )
+    publish_deadline_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long a link request waits for Kafka to store its event. A request "
+        "made while Kafka does not answer is refused 503 with Retry-After and nothing stored; "
+        "one whose publish outlasts this is answered 202 and sent by the outbox relay.",
+    )
     send_deadline_seconds: float = Field(
         default=DEFAULT_SEND_DEADLINE.total_seconds(),
         gt=0,

@@ -1,5 +1,6 @@
 """One function per thing link-api does: request a link, and record what happened to it."""
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -65,6 +66,15 @@ async def _no_fault(point: str) -> None:
     """Production's fault point: nothing."""
 
 
+async def _events_assumed_ready() -> bool:
+    """Without a readiness check (tests), Kafka is taken to be there."""
+    return True
+
+
+# How long a request waits for Kafka to store its event before it stops waiting (docs/adr/0022).
+DEFAULT_PUBLISH_DEADLINE_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class LinkApiDeps:
     """What the handlers work with; wired in bootstrap."""
@@ -77,6 +87,11 @@ class LinkApiDeps:
     send_deadline: timedelta = DEFAULT_SEND_DEADLINE
     # Called at each crash window of a request (FAULT_POINTS); tests pause there.
     fault_point: FaultPoint = _no_fault
+    # Whether Kafka answers now (cached, bounded): a POST is refused 503 before anything is
+    # stored when it does not (docs/adr/0022).
+    events_ready: Callable[[], Awaitable[bool]] = _events_assumed_ready
+    # A publish that Kafka has not acknowledged by then is left to the relay.
+    publish_deadline_seconds: float = DEFAULT_PUBLISH_DEADLINE_SECONDS
 
 
 # Where a link request can stop half done: stored, not decided; decided, not published;
@@ -219,7 +234,9 @@ async def _carry_out(link_id: str, decision: SendDecision, deps: LinkApiDeps) ->
 
 async def _publish(link_id: str, event: LinkRequested, deps: LinkApiDeps) -> None:
     # The stored event, with its event_id: a second publication is a duplicate consumers drop.
-    await deps.publisher.publish(event)
+    # Bounded: with Kafka away the client would wait minutes. The send is decided `publish`
+    # before this, so a publish that timed out (or went out late) is only ever resent.
+    await asyncio.wait_for(deps.publisher.publish(event), deps.publish_deadline_seconds)
     await deps.fault_point("published")
     await deps.store.mark_sent(link_id)
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from mailbox_link_contract.events import ProviderType, ServerSettings
 from mailbox_link_contract.topics import Topics
+from mailbox_link_shared.health import Readiness, kafka_check, mongo_check, running_check
 from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
@@ -105,6 +106,13 @@ def build_app(settings: Settings) -> FastAPI:
         router=build_service_router(deps, keys.require(CONFIRM_SCOPE)),
         keys=keys,
         api_docs=settings.api_docs,
+        readiness=Readiness(
+            {
+                "kafka": kafka_check(broker),
+                "mongodb": mongo_check(mongo),
+                "consumer": running_check(consumer),
+            }
+        ),
         public_router=build_public_router(
             deps, settings.oauth_return_url, secure_cookie=settings.secure_cookie
         ),

@@ -5,6 +5,7 @@ import functools
 from fastapi import FastAPI
 
 from mailbox_link_contract.topics import Topics
+from mailbox_link_shared.health import Readiness, kafka_check, mongo_check, running_check
 from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
@@ -42,6 +43,13 @@ def build_app(settings: Settings) -> FastAPI:
         router=build_router(deps, keys),
         keys=keys,
         api_docs=settings.api_docs,
+        readiness=Readiness(
+            {
+                "kafka": kafka_check(broker),
+                "mongodb": mongo_check(mongo),
+                "consumer": running_check(consumer),
+            }
+        ),
         on_start=[
             store.create_indexes,
             functools.partial(prepare_topics, settings),

@@ -75,10 +75,17 @@ def build_router(
         _check_idempotency_key(idempotency_key)
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         link_request = await _link_request(body, owner, detector, allowed_ports, catalogue)
+        # Kafka known away: refused before anything is stored or counted (docs/adr/0022).
+        if not await deps.events_ready():
+            raise _events_unavailable()
         # Before anything is stored or emitted: a refused request leaves only its budget slot.
         await admit_or_429(link_request, body.imap is not None, budgets)
         try:
             result = await handlers.request_link(link_request, idempotency_key, deps)
+        except TimeoutError:
+            # Only a retry carrying on an earlier request publishes outside the stored-then-
+            # relayed path; that request is decided `publish`, so the relay sends it.
+            raise _events_unavailable() from None
         except IdempotencyKeyReused:
             raise ApiError(
                 status.HTTP_409_CONFLICT,
@@ -151,6 +158,15 @@ async def _ask_registry(call: Awaitable[T]) -> T:
             "The mailbox registry is not answering; try again shortly.",
             headers={"Retry-After": "2"},
         ) from None
+
+
+def _events_unavailable() -> ApiError:
+    return ApiError(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        ApiErrorCode.TEMPORARILY_UNAVAILABLE,
+        "Link requests cannot be sent on right now; nothing was stored: try again shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _check_idempotency_key(key: str | None) -> None:
