@@ -20,6 +20,8 @@ from pymongo.errors import ConnectionFailure
 from mailbox_link_contract.events import Envelope
 from mailbox_link_contract.reading import NotHandled, Unreadable
 from mailbox_link_contract.topics import Topics, topics_consumed_by
+from mailbox_link_shared import metrics
+from mailbox_link_shared.consumer_lag import lag_loop
 from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
 
@@ -195,6 +197,7 @@ class EventConsumer:
         self._loops = [
             asyncio.create_task(self._fetch_loop(consumer), name=f"{self._group_id}-fetch"),
             asyncio.create_task(self._commit_loop(consumer), name=f"{self._group_id}-commit"),
+            asyncio.create_task(lag_loop(consumer, self._client_id), name=f"{self._group_id}-lag"),
         ]
 
     async def stop(self, grace: float | None = None) -> None:
@@ -409,6 +412,7 @@ class DeadLetters:
         self._broker = broker
         self._topic = Topics.for_namespace(settings.namespace).dead_letters
         self._group = f"{settings.namespace}.{service_name}"
+        self._service = service_name
 
     async def send(self, record: "ConsumerRecord[bytes, bytes]", reason: str) -> None:
         """Publishes the record with dlq-* headers naming the reason, source and consumer."""
@@ -426,6 +430,8 @@ class DeadLetters:
             record.value or b"", topic=self._topic, key=record.key, headers=headers
         )
         logger.warning("dead-lettered %s: %s", _where(record), reason)
+        reason_class = "handler_failed" if reason.startswith("handler failed") else "unreadable"
+        metrics.dead_lettered(self._service, record.topic, reason_class)
 
 
 def _where(record: "ConsumerRecord[bytes, bytes]") -> str:

@@ -16,6 +16,7 @@ from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
+from mailbox_link_shared.metrics import metrics_asgi
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
@@ -68,7 +69,10 @@ def build_app(settings: Settings) -> AsgiFastStream:
 
     return AsgiFastStream(
         broker,
-        asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False))],
+        asgi_routes=[
+            ("/healthz", make_ping_asgi(broker, timeout=5.0, include_in_schema=False)),
+            ("/metrics", metrics_asgi),
+        ],
         on_startup=[
             store.create_indexes,
             slots.create_indexes,
