@@ -4,12 +4,14 @@ id, token or free text can become a label)."""
 
 import httpx
 import pytest
+from aiokafka import TopicPartition
 from fastapi import APIRouter
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from mailbox_link_shared import metrics
+from mailbox_link_shared.consumer_lag import measure_lag
 from mailbox_link_shared.http import CallerKeys, build_http_app, scoped
 from mailbox_link_shared.scopes import Scope, caller_keys
 
@@ -142,3 +144,42 @@ def test_names_follow_prometheus_conventions(spec: metrics.MetricSpec) -> None:
         assert spec.name.endswith("_total")
     if family.type == "histogram":
         assert spec.name.endswith("_seconds")
+
+
+class _FakeConsumer:
+    """What measure_lag asks of aiokafka's consumer."""
+
+    def __init__(
+        self, ends: dict[TopicPartition, int], positions: dict[TopicPartition, int]
+    ) -> None:
+        self.owned = set(ends)
+        self.ends = ends
+        self.positions = positions
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+
+async def test_consumer_lag_is_end_minus_committed_and_dropped_when_revoked() -> None:
+    first, second = TopicPartition("ns.lag-test", 0), TopicPartition("ns.lag-test", 1)
+    consumer = _FakeConsumer({first: 10, second: 7}, {second: 5})
+    known: set[TopicPartition] = set()
+    committed = {first: 4}
+    await measure_lag(consumer, "registry", known, committed.get)
+
+    def lag(partition: str) -> float | None:
+        labels = {"service": "registry", "topic": "ns.lag-test", "partition": partition}
+        return REGISTRY.get_sample_value("mailbox_link_kafka_consumer_lag", labels)
+
+    assert lag("0") == 6  # committed by us
+    assert lag("1") == 2  # nothing committed yet: the fetch position
+    consumer.owned = {second}
+    await measure_lag(consumer, "registry", known, committed.get)
+    assert lag("0") is None
+    assert known == {second}

@@ -197,8 +197,16 @@ class EventConsumer:
         self._loops = [
             asyncio.create_task(self._fetch_loop(consumer), name=f"{self._group_id}-fetch"),
             asyncio.create_task(self._commit_loop(consumer), name=f"{self._group_id}-commit"),
-            asyncio.create_task(lag_loop(consumer, self._client_id), name=f"{self._group_id}-lag"),
+            asyncio.create_task(
+                lag_loop(consumer, self._client_id, self._committed_offset),
+                name=f"{self._group_id}-lag",
+            ),
         ]
+
+    def _committed_offset(self, tp: TopicPartition) -> int | None:
+        """The offset this process last committed on `tp` (for the lag metric)."""
+        progress = self._progress.get(tp)
+        return progress.committed if progress is not None else None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops fetching, lets events in progress end within `grace` seconds (the configured
