@@ -59,6 +59,9 @@ class InMemoryLinkStore:
             :limit
         ]
 
+    async def count_unsent(self) -> int:
+        return len(self.unsent_since)
+
     async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
         link = self.links.get(link_id)
         if link is None or link.status not in progress.allowed_from:

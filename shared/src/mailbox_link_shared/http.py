@@ -31,6 +31,7 @@ from mailbox_link_shared.addresses import InvalidAddress, normalize_address
 from mailbox_link_shared.api_docs import install_api_docs
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.health import BackgroundStart, Readiness
+from mailbox_link_shared.metrics import HttpMetrics, metrics_endpoint
 from mailbox_link_shared.scopes import CallerKey, Scope
 from mailbox_link_shared.strict_json import InvalidJsonField, MalformedJson, parse_json
 
@@ -415,6 +416,7 @@ def build_http_app(
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(HttpMetrics)
 
     if router is not None:
         _check_every_route_is_scoped(router)
@@ -438,6 +440,7 @@ def build_http_app(
         report = await readiness.report()
         return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     return app
 
 

@@ -20,6 +20,8 @@ from pymongo.errors import ConnectionFailure
 from mailbox_link_contract.events import Envelope
 from mailbox_link_contract.reading import NotHandled, Unreadable
 from mailbox_link_contract.topics import Topics, topics_consumed_by
+from mailbox_link_shared import metrics
+from mailbox_link_shared.consumer_lag import lag_loop
 from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
 
@@ -200,7 +202,16 @@ class EventConsumer:
         self._loops = [
             asyncio.create_task(self._fetch_loop(consumer), name=f"{self._group_id}-fetch"),
             asyncio.create_task(self._commit_loop(consumer), name=f"{self._group_id}-commit"),
+            asyncio.create_task(
+                lag_loop(consumer, self._client_id, self._committed_offset),
+                name=f"{self._group_id}-lag",
+            ),
         ]
+
+    def _committed_offset(self, tp: TopicPartition) -> int | None:
+        """The offset this process last committed on `tp` (for the lag metric)."""
+        progress = self._progress.get(tp)
+        return progress.committed if progress is not None else None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops fetching, lets events in progress end within `grace` seconds (the configured
@@ -414,6 +425,7 @@ class DeadLetters:
         self._broker = broker
         self._topic = Topics.for_namespace(settings.namespace).dead_letters
         self._group = f"{settings.namespace}.{service_name}"
+        self._service = service_name
 
     async def send(self, record: "ConsumerRecord[bytes, bytes]", reason: str) -> None:
         """Publishes the record with dlq-* headers naming the reason, source and consumer."""
@@ -431,6 +443,8 @@ class DeadLetters:
             record.value or b"", topic=self._topic, key=record.key, headers=headers
         )
         logger.warning("dead-lettered %s: %s", _where(record), reason)
+        reason_class = "handler_failed" if reason.startswith("handler failed") else "unreadable"
+        metrics.dead_lettered(self._service, record.topic, reason_class)
 
 
 def _where(record: "ConsumerRecord[bytes, bytes]") -> str:

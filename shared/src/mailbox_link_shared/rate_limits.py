@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from mailbox_link_contract.events import MailboxOwner
+from mailbox_link_shared import metrics
 
 # More failures of one target login than any back-off lets through in its memory; past this
 # the target is at the longest wait anyway, so further failures need not be counted.
@@ -161,6 +162,7 @@ class RateLimiter:
                 self._remember(prefix, slot + 1)
                 return
         self._remember(prefix, limit.count)
+        metrics.rate_limit_refused(limit.name)
         raise TooManyAttempts(limit.name, ends)
 
     async def take_all(self, budgets: Sequence[tuple[str, Limit]], now: datetime) -> None:
@@ -197,6 +199,7 @@ class RateLimiter:
         for key in keys:
             until = await self.blocked_until(key, back_off, now)
             if until is not None:
+                metrics.rate_limit_refused("back_off")
                 raise TooManyAttempts("back_off", until)
 
     async def _first_free(self, prefix: str, cap: int) -> int:

@@ -25,6 +25,7 @@ from mailbox_link_shared.health import (
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mail_probes import probe_imap, probe_smtp
 from mailbox_link_shared.mail_resolver import resolve_endpoint
+from mailbox_link_shared.metrics import metrics_asgi
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
@@ -101,7 +102,12 @@ def build_app(settings: Settings) -> AsgiFastStream:
     live = livez_asgi()
     return _BackgroundStartApp(
         broker,
-        asgi_routes=[("/livez", live), ("/healthz", live), ("/readyz", readyz_asgi(readiness))],
+        asgi_routes=[
+            ("/livez", live),
+            ("/healthz", live),
+            ("/readyz", readyz_asgi(readiness)),
+            ("/metrics", metrics_asgi),
+        ],
         on_startup=[start_up.start],
         on_shutdown=[start_up.stop, consumer.stop, sweep.stop, slot_sweep.stop, mongo.close],
     )

@@ -5,6 +5,7 @@ makes sure it never does."""
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Final
 
 from imap_verifier.adapters.typed_inbox import typed_inbox
@@ -40,6 +41,7 @@ from mailbox_link_contract.events import (
     VerificationFailedData,
 )
 from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared import metrics
 from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.mail_probes import PLAINTEXT_GREETING_WAIT, Probe, ProbeFailed
 from mailbox_link_shared.rate_limits import TooManyAttempts, wait_text
@@ -179,8 +181,12 @@ async def verify_mailbox(
     included. Once one has failed, the other gets FAILURE_GRACE more, not its whole deadline;
     raises ChecksFailed with every failure known by then, IMAP's before SMTP's, a refused
     login that was not the full `address` hinting at it."""
-    imap_check = _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps)
-    smtp_check = _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps)
+    imap_check = _timed(
+        "imap", _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps)
+    )
+    smtp_check = _timed(
+        "smtp", _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps)
+    )
     # In this order: IMAP's failure is the primary one when both are known.
     checks = [(imap, asyncio.create_task(imap_check)), (smtp, asyncio.create_task(smtp_check))]
     tasks = [task for _, task in checks]
@@ -205,6 +211,21 @@ async def verify_mailbox(
         failures.append(with_login_hint(failure, server, address))
     if failures:
         raise ChecksFailed(failures)
+
+
+async def _timed(protocol: str, check: Awaitable[None]) -> None:
+    """Observes the check's duration and verdict in the verification histogram."""
+    with metrics.timed_verification(protocol, _verdict_code):
+        await check
+
+
+def _verdict_code(exc: BaseException) -> str | None:
+    # A check cancelled because the other one failed first gave no verdict of its own.
+    if isinstance(exc, ProbeFailed):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return None
+    return FailureCode.INTERNAL_ERROR
 
 
 async def _check(

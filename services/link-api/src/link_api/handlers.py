@@ -47,6 +47,7 @@ from mailbox_link_contract.events import (
     utc_now,
 )
 from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared import metrics
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.publishing import EventPublisher
@@ -396,6 +397,11 @@ async def _advance(link_id: str, progress: LinkProgress, deps: LinkApiDeps) -> N
     moved = await deps.store.advance_link(link_id, progress)
     if moved is not None and progress.status in TERMINAL:
         logger.info("link %s is %s", link_id, progress.status.value)
+        if progress.status is LinkStatus.LINKED:
+            metrics.link_finished(None)
+        elif progress.status is LinkStatus.FAILED:
+            failure = progress.failure
+            metrics.link_finished(failure.code if failure else FailureCode.INTERNAL_ERROR)
 
 
 async def plan_link(

@@ -3,6 +3,7 @@ reserved the link, and the callback that exchanges the code and checks who signe
 scopes, lasting access and the mailbox itself before announcing the verification."""
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
+from mailbox_link_shared import metrics
 from mailbox_link_shared.mail_probes import ProbeFailed
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.config import SERVICE_NAME
@@ -222,6 +224,7 @@ async def complete_sign_in(
     link = session.link
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
     obtained = _Obtained()
+    started = time.perf_counter()
     try:
         grant, servers, subject = await _verify_sign_in(
             link, fresh, code, error, error_description, deps, obtained
@@ -235,11 +238,15 @@ async def complete_sign_in(
         logger.error("link %s sign-in broke: %s", link.link_id, type(exc).__name__)
         failure = Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
     else:
+        metrics.oauth_sign_in(link.provider.value, None)
+        metrics.verification_finished("oauth", None, time.perf_counter() - started)
         confirmation = await _await_confirmation(session, grant, servers, subject, deps)
         return CallbackOutcome(
             CallbackResult.VERIFIED, link.link_id, link.address, owner=link.owner,
             confirmation_code=confirmation,
         )  # fmt: skip
+    metrics.oauth_sign_in(link.provider.value, failure.code)
+    metrics.verification_finished("oauth", failure.code, time.perf_counter() - started)
     await deps.publisher.publish(_failed(link, failure))
     await _revoke_obtained(link, obtained, deps)
     return CallbackOutcome(

@@ -17,6 +17,7 @@ from mailbox_link_contract.events import (
     ProviderType,
 )
 from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared import metrics
 from oauth_broker.config import SERVICE_NAME
 from oauth_broker.domain.grants import (
     GrantStatus,
@@ -146,11 +147,13 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> RefreshResult:
         fresh = await deps.clients[grant.provider_key].refresh(tokens.refresh_token, deps.clock())
     except (ProviderRefused, ProviderUnreachable) as failed:
         trouble = classify_token_failure(failed)
+        metrics.oauth_refresh(grant.provider.value, _REFRESH_FAILURE_CODES[trouble])
         if trouble is TokenFailure.USER_GRANT:
             await _require_reconnect(grant, str(failed), deps)
             return RefreshResult.RECONNECT_REQUIRED
         await _retry_later(grant, trouble, failed, deps)
         return RefreshResult.RETRYING
+    metrics.oauth_refresh(grant.provider.value, None)
     renewed = tokens.renewed(fresh.access_token, fresh.expires_at, fresh.refresh_token)
     sealed = deps.secret_box.seal(renewed.to_json(), context=grant.address)
     if not await deps.store.renew_grant(
@@ -166,6 +169,15 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> RefreshResult:
             grant.link_id, grant.provider.value, grant.refresh_failures,
         )  # fmt: skip
     return RefreshResult.REFRESHED
+
+
+# The refresh metric's result per trouble: our app refused is the operators' to fix.
+_REFRESH_FAILURE_CODES = {
+    TokenFailure.USER_GRANT: FailureCode.RECONNECT_REQUIRED,
+    TokenFailure.OUR_APP: FailureCode.DEPLOYMENT_MISCONFIGURED,
+    TokenFailure.PROVIDER_DOWN: FailureCode.PROVIDER_ERROR,
+    TokenFailure.NETWORK: FailureCode.PROVIDER_ERROR,
+}
 
 
 async def _retry_later(

@@ -26,6 +26,7 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.reading import read_document
 from mailbox_link_contract.topics import event_type_of, spec_of
+from mailbox_link_shared import metrics
 from registry.adapters.registry_store import PendingEntry, UserPlan, Verification
 from registry.claims import (
     LiveHolder,
@@ -193,10 +194,19 @@ async def decide(
             reconnects=reconnects or record.reconnects,
         )
         if await deps.store.add_decision(record.link_id, decision):
+            _count_decision(to_state, event)
             return await settle(replace(record, latest=decision), deps)
         # Lost to a competing decision: read the link again, with what its winner announced.
         record = await load(await deps.store.get_link(record.link_id) or record, deps)
     raise RuntimeError(f"link {record.link_id} kept being decided by others")
+
+
+def _count_decision(state: LinkState, event: Envelope | None) -> None:
+    # Counted once, by the writer whose decision won (a repeat or a loser counts nothing).
+    failure = getattr(getattr(event, "data", None), "failure", None)
+    code = failure.code if isinstance(failure, Failure) else None
+    expired = code is FailureCode.RESERVATION_EXPIRED
+    metrics.registry_decision("expired" if expired else state.value, code)
 
 
 async def settle(record: LinkRecord, deps: RegistryDeps) -> LinkRecord:

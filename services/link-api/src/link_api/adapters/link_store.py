@@ -114,6 +114,9 @@ class LinkStore(Protocol):
     async def unsent(self, listed_before: datetime, limit: int) -> list[Unsent]:
         """Links listed as unsent since before the moment, oldest first."""
 
+    async def count_unsent(self) -> int:
+        """How many links are on the unsent list (the outbox backlog metric)."""
+
     async def advance_link(self, link_id: str, progress: LinkProgress) -> LinkView | None:
         """Records the step; returns the link if it now shows this step, else None (a step
         ranked as high or higher was recorded first, or the link is unknown)."""
@@ -268,6 +271,9 @@ class MongoLinkStore:
 
     async def mark_sent(self, link_id: str) -> None:
         await self._unsent.delete_one({"_id": link_id})
+
+    async def count_unsent(self) -> int:
+        return await self._unsent.count_documents({})
 
     async def unsent(self, listed_before: datetime, limit: int) -> list[Unsent]:
         # A scan, but of a list that holds only the links of the last few seconds (and those a

@@ -6,6 +6,7 @@ from datetime import timedelta
 from link_api.adapters.link_store import ExpiresRecords
 from link_api.handlers import LinkApiDeps, relay_unsent
 from mailbox_link_contract.events import utc_now
+from mailbox_link_shared import metrics
 from mailbox_link_shared.timer import PeriodicTask
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def make_outbox_relay(
 
     async def relay_round() -> None:
         looked_at = await relay_unsent(deps, grace, batch)
+        metrics.outbox_backlog(await deps.store.count_unsent())
         if looked_at:
             logger.info("outbox relay: carried on %s link request(s)", looked_at)
 
