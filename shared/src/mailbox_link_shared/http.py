@@ -32,6 +32,7 @@ from mailbox_link_shared.api_docs import install_api_docs
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.scopes import CallerKey, Scope
 from mailbox_link_shared.strict_json import InvalidJsonField, MalformedJson, parse_json
+from mailbox_link_shared.tracing import TracingMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -401,6 +402,8 @@ def build_http_app(
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # Outermost: the server span covers the whole request, a refused body included.
+    app.add_middleware(TracingMiddleware)
 
     if router is not None:
         _check_every_route_is_scoped(router)
