@@ -398,6 +398,9 @@ def build_http_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # FastAPI's own server spans record the raw path (url.path), which carries addresses:
+        # off, TracingMiddleware records the route template instead.
+        telemetry={"tracing": False, "operation_spans": False, "logs": False},
     )
     install_error_handlers(app)
 

@@ -96,7 +96,10 @@ def collector_config(port: int, output: Path) -> str:
     return json.dumps(
         {
             "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"127.0.0.1:{port}"}}}},
-            "exporters": {"file": {"path": str(output), "format": "json"}},
+            # Without a flush interval the exporter holds its buffer until it fills.
+            "exporters": {
+                "file": {"path": str(output), "format": "json", "flush_interval": "200ms"}
+            },
             "service": {
                 "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["file"]}},
                 "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
@@ -113,6 +116,11 @@ class RunningCollector:
     endpoint: str  # http://127.0.0.1:<port>, the value of OTEL_EXPORTER_OTLP_ENDPOINT
     output: Path
     process: ManagedProcess
+
+    def stop(self) -> None:
+        """Stops the collector (idempotent); its file exporter writes out what it holds, which
+        it may otherwise keep buffered for a long while, so read `spans` after this."""
+        self.process.stop()
 
     def spans(self) -> list[dict[str, Any]]:
         """Every span received so far, each with `service.name` of its resource added as

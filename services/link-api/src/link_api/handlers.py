@@ -380,7 +380,9 @@ async def _advance(link_id: str, progress: LinkProgress, deps: LinkApiDeps) -> N
     moved = await deps.store.advance_link(link_id, progress)
     set_attributes(**{LINK_STATUS: progress.status.value})
     if moved is not None and progress.status in TERMINAL:
-        logger.info("link %s is %s", link_id, progress.status.value)
+        # The failure code says why, for a person reading the log (issue 16).
+        code = f" ({progress.failure.code})" if progress.failure is not None else ""
+        logger.info("link %s is %s%s", link_id, progress.status.value, code)
 
 
 async def plan_link(
