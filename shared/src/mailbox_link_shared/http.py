@@ -32,7 +32,7 @@ from mailbox_link_shared.api_docs import install_api_docs
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.scopes import CallerKey, Scope
 from mailbox_link_shared.strict_json import InvalidJsonField, MalformedJson, parse_json
-from mailbox_link_shared.tracing import TracingMiddleware
+from mailbox_link_shared.tracing import TracingMiddleware, flush_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +388,7 @@ def build_http_app(
         finally:
             for stop in on_stop:
                 await stop()
+            await flush_tracing()  # last: the stop hooks' own spans go too
 
     # FastAPI's own /docs loads Swagger UI from a public CDN and its /openapi.json is open:
     # both off, replaced by install_api_docs below.

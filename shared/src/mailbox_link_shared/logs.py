@@ -94,5 +94,10 @@ def configure_logging(level: str, service_name: str, log_format: str = "json") -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # FastStream's app logger writes its own coloured lines (imap-verifier's "app starting"):
+    # through ours instead, so every line has one format.
+    faststream = logging.getLogger("faststream")
+    faststream.handlers.clear()
+    faststream.propagate = True
     # aiokafka is chatty at INFO about group coordination; warnings still show.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

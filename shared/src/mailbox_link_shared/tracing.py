@@ -2,8 +2,9 @@
 
 Tracing is on only when an OTLP endpoint is configured (the standard
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT + "/v1/traces"); spans then go
-over OTLP/HTTP (protobuf) through a BatchSpanProcessor that the SDK flushes at process exit (a
-service stopped with SIGTERM exits normally). With no endpoint no provider is installed: the
+over OTLP/HTTP (protobuf) through a BatchSpanProcessor, flushed by `flush_tracing`, the last
+stop hook of every service (SIGTERM runs the stop hooks). With no endpoint no provider is
+installed: the
 API's spans are no-ops, but a context that came in a record's headers still passes through, so
 logs keep the trace id and the next record keeps the traceparent.
 
@@ -12,6 +13,7 @@ bounded and never carry a secret, an address, a token or a host of a user's serv
 topics, event types, link and event ids, protocols, ports, outcomes and HTTP route templates.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -34,6 +36,8 @@ TRACER_NAME = "mailbox_link"
 # Only the W3C headers: a baggage header would let a producer smuggle values into every span.
 _PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
+# Within the stop grace a platform gives: a collector that is away must not hold up the stop.
+FLUSH_TIMEOUT_MILLIS = 3000
 
 # Attribute keys, one place (docs/notes/issue16-tracing.md lists them).
 EVENT_TYPE = "mailbox_link.event_type"
@@ -69,6 +73,17 @@ def configure_tracing(settings: ServiceSettings, service_name: str) -> bool:
     trace.set_tracer_provider(provider)
     logger.info("tracing on: spans go to %s", endpoint)
     return True
+
+
+async def flush_tracing() -> None:
+    """Sends the spans still batched: the last stop hook of a service.
+
+    Needed: uvicorn re-raises the SIGTERM it caught once it has shut down, so the process ends
+    by the signal and the SDK's exit hook never runs."""
+    # force_flush, not shutdown: an app started again in the same process (tests) still traces.
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)  # the SDK's only
+    if callable(flush):
+        await asyncio.to_thread(flush, FLUSH_TIMEOUT_MILLIS)
 
 
 def tracer() -> trace.Tracer:

@@ -20,6 +20,7 @@ from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
 from mailbox_link_shared.topics import prepare_topics
+from mailbox_link_shared.tracing import flush_tracing
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
@@ -78,5 +79,5 @@ def build_app(settings: Settings) -> AsgiFastStream:
         ],
         # The consumer publishes through the broker: it starts after it and stops before.
         after_startup=[consumer.start],
-        on_shutdown=[consumer.stop, sweep.stop, slot_sweep.stop, mongo.close],
+        on_shutdown=[consumer.stop, sweep.stop, slot_sweep.stop, mongo.close, flush_tracing],
     )
