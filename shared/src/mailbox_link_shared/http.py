@@ -34,6 +34,7 @@ from mailbox_link_shared.health import BackgroundStart, Readiness
 from mailbox_link_shared.metrics import HttpMetrics, metrics_endpoint
 from mailbox_link_shared.scopes import CallerKey, Scope
 from mailbox_link_shared.strict_json import InvalidJsonField, MalformedJson, parse_json
+from mailbox_link_shared.tracing import TracingMiddleware, flush_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +403,7 @@ def build_http_app(
                 await background.stop()
             for stop in on_stop:
                 await stop()
+            await flush_tracing()  # last: the stop hooks' own spans go too
 
     # FastAPI's own /docs loads Swagger UI from a public CDN and its /openapi.json is open:
     # both off, replaced by install_api_docs below.
@@ -412,11 +414,16 @@ def build_http_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # FastAPI's own server spans record the raw path (url.path), which carries addresses:
+        # off, TracingMiddleware records the route template instead.
+        telemetry={"tracing": False, "operation_spans": False, "logs": False},
     )
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(HttpMetrics)
+    # Outermost: the server span covers the whole request, a refused body included.
+    app.add_middleware(TracingMiddleware)
 
     if router is not None:
         _check_every_route_is_scoped(router)

@@ -22,8 +22,10 @@ from mailbox_link_contract.reading import NotHandled, Unreadable
 from mailbox_link_contract.topics import Topics, topics_consumed_by
 from mailbox_link_shared import metrics
 from mailbox_link_shared.consumer_lag import lag_loop
+from mailbox_link_shared.logs import log_context
 from mailbox_link_shared.routing import EventRouter
 from mailbox_link_shared.settings import ServiceSettings
+from mailbox_link_shared.tracing import consumer_span, producer_span
 
 # How long the broker may hold an empty fetch. It answers as soon as a record arrives
 # (fetch_min_bytes=1), so this adds no latency: measured here, a hop takes ~5 ms with 500 ms.
@@ -381,7 +383,23 @@ async def handle_record(
     elif isinstance(outcome, NotHandled):
         logger.debug("skipped %s: %s is not handled here", _where(record), outcome.event_type)
     else:
-        await _handle_one(record, outcome, router.handle, dead_letters)
+        # The handler runs in a consumer span, child of the producer's (tracing), and its log
+        # lines name the event and the link (logs).
+        with (
+            consumer_span(
+                record.topic,
+                record.headers,
+                outcome.type,
+                str(outcome.event_id),
+                outcome.correlation_id,
+            ),
+            log_context(
+                link_id=outcome.correlation_id,
+                event_id=str(outcome.event_id),
+                event_type=outcome.type,
+            ),
+        ):
+            await _handle_one(record, outcome, router.handle, dead_letters)
 
 
 async def _handle_one(
@@ -472,11 +490,17 @@ class KafkaEventPublisher:
 
 
 async def publish_event(broker: KafkaBroker, topic: str, event: Envelope) -> None:
-    """Publishes one event keyed by its mailbox, with its type in a header for routing."""
-    await broker.publish(
-        event.model_dump(mode="json"),
-        topic=topic,
-        key=event.partition_key(),
-        headers={"event-type": event.type, "schema-version": str(event.schema_version)},
-        correlation_id=event.correlation_id,
-    )
+    """Publishes one event keyed by its mailbox, with its type in a header for routing and the
+    trace context (traceparent) of a producer span, child of the current one."""
+    with producer_span(topic, event.type, str(event.event_id), event.correlation_id) as trace:
+        await broker.publish(
+            event.model_dump(mode="json"),
+            topic=topic,
+            key=event.partition_key(),
+            headers={
+                "event-type": event.type,
+                "schema-version": str(event.schema_version),
+                **trace,
+            },
+            correlation_id=event.correlation_id,
+        )

@@ -1,6 +1,7 @@
 """Typed settings every service builds on; all read from environment variables prefixed MBL_."""
 
 import ssl
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +106,24 @@ class ServiceSettings(KafkaSettings):
     )
     encryption_key_id: str = ""
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one JSON object per line on stderr (for log collectors); text: "
+        "plain lines for a person at a terminal.",
+    )
+    # Tracing (mailbox_link_shared.tracing) reads the standard OpenTelemetry variables, without
+    # the MBL_ prefix, so an operator's usual collector set-up applies as is; unset: off.
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT",
+        description="OTLP/HTTP base URL, e.g. http://otel-collector:4318; traces go to "
+        "<it>/v1/traces. Unset (and no traces endpoint): tracing is off.",
+    )
+    otel_exporter_otlp_traces_endpoint: str = Field(
+        default="",
+        validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        description="Full OTLP/HTTP traces URL; wins over OTEL_EXPORTER_OTLP_ENDPOINT.",
+    )
     consumer_concurrency: int = Field(
         default=8,
         ge=1,

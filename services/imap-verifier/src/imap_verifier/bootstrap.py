@@ -30,6 +30,7 @@ from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.rate_limit_store import MongoSlots, make_slot_sweep, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
 from mailbox_link_shared.topics import prepare_topics
+from mailbox_link_shared.tracing import flush_tracing
 
 
 def build_app(settings: Settings) -> AsgiFastStream:
@@ -109,7 +110,14 @@ def build_app(settings: Settings) -> AsgiFastStream:
             ("/metrics", metrics_asgi),
         ],
         on_startup=[start_up.start],
-        on_shutdown=[start_up.stop, consumer.stop, sweep.stop, slot_sweep.stop, mongo.close],
+        on_shutdown=[
+            start_up.stop,
+            consumer.stop,
+            sweep.stop,
+            slot_sweep.stop,
+            mongo.close,
+            flush_tracing,
+        ],
     )
 
 

@@ -52,6 +52,7 @@ from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.publishing import EventPublisher
 from mailbox_link_shared.routing import EventHandlers, ignore
+from mailbox_link_shared.tracing import LINK_STATUS, set_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -395,8 +396,11 @@ async def when_registry_answer_update_status(
 async def _advance(link_id: str, progress: LinkProgress, deps: LinkApiDeps) -> None:
     # A link that ends also ends its in-flight claim: the store tells a claim's end by it.
     moved = await deps.store.advance_link(link_id, progress)
+    set_attributes(**{LINK_STATUS: progress.status.value})
     if moved is not None and progress.status in TERMINAL:
-        logger.info("link %s is %s", link_id, progress.status.value)
+        # The failure code says why, for a person reading the log (issue 16).
+        code = f" ({progress.failure.code})" if progress.failure is not None else ""
+        logger.info("link %s is %s%s", link_id, progress.status.value, code)
         if progress.status is LinkStatus.LINKED:
             metrics.link_finished(None)
         elif progress.status is LinkStatus.FAILED:

@@ -22,6 +22,7 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.routing import EventHandlers, ignore
+from mailbox_link_shared.tracing import DECISION, span
 from registry.adapters.registry_store import PendingEntry, Verification
 from registry.decisions import (
     current_link,
@@ -51,8 +52,10 @@ _LINKED = frozenset({LinkState.LINKED})
 
 async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) -> None:
     """Reserves the address and a plan slot for a new link request, or rejects it."""
-    record = await start(event, deps, likely_new=True)
-    record = await reserve(record, deps, reconnect=event.data.reconnect)
+    with span("registry reserve") as decision:
+        record = await start(event, deps, likely_new=True)
+        record = await reserve(record, deps, reconnect=event.data.reconnect)
+        decision.set_attribute(DECISION, str(record.state))
     logger.info("link %s of %s: %s", record.link_id, record.address, record.state)
 
 
@@ -65,8 +68,10 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
         data.imap, data.smtp, data.auth, data.verified_credentials, data.authority
     )
     await deps.store.add_verification(data.link_id, verification)
-    record = await start(event, deps, likely_new=False, about_to_decide=True)
-    record = await link_if_verified(record, deps, verification)
+    with span("registry link") as decision:
+        record = await start(event, deps, likely_new=False, about_to_decide=True)
+        record = await link_if_verified(record, deps, verification)
+        decision.set_attribute(DECISION, str(record.state))
     if record.state in DROPS_VERIFICATION:
         # Too late (expired, refused): the credentials must not outlive the request.
         await deps.store.drop_verification(record.link_id)

@@ -22,8 +22,11 @@ was classified (status, known response or reply codes), never by quoting the ser
 """
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from opentelemetry.trace import Status, StatusCode
 
 from mailbox_link_shared.mail_probes.common import (
     PLAINTEXT_GREETING_WAIT,
@@ -33,9 +36,11 @@ from mailbox_link_shared.mail_probes.common import (
     _Credentials,
     _drive,
     _Mechanism,
+    _Probe,
 )
 from mailbox_link_shared.mail_probes.imap import _ImapProbe
 from mailbox_link_shared.mail_probes.smtp import _SmtpProbe
+from mailbox_link_shared.tracing import span
 
 __all__ = [
     "PLAINTEXT_GREETING_WAIT",
@@ -62,7 +67,7 @@ async def probe_imap(
 ) -> None:
     """Logs in over IMAP and opens INBOX read-only; raises ProbeFailed on any failure."""
     credentials = _Credentials(_Mechanism.PASSWORD, username, password)
-    await _drive(_ImapProbe, endpoint, credentials, tls, timeout)
+    await _checked("imap", _ImapProbe, endpoint, credentials, tls, timeout)
 
 
 async def probe_smtp(
@@ -74,7 +79,7 @@ async def probe_smtp(
 ) -> None:
     """Authenticates to an SMTP submission server; raises ProbeFailed on any failure."""
     credentials = _Credentials(_Mechanism.PASSWORD, username, password)
-    await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
+    await _checked("smtp", _SmtpProbe, endpoint, credentials, tls, timeout)
 
 
 async def probe_imap_xoauth2(
@@ -87,7 +92,7 @@ async def probe_imap_xoauth2(
     """Logs in over IMAP with an OAuth access token (AUTHENTICATE XOAUTH2) and opens INBOX
     read-only; raises ProbeFailed on any failure."""
     credentials = _Credentials(_Mechanism.XOAUTH2, username, access_token)
-    await _drive(_ImapProbe, endpoint, credentials, tls, timeout)
+    await _checked("imap", _ImapProbe, endpoint, credentials, tls, timeout)
 
 
 async def probe_smtp_xoauth2(
@@ -100,7 +105,7 @@ async def probe_smtp_xoauth2(
     """Authenticates to an SMTP submission server with an OAuth access token (AUTH XOAUTH2);
     raises ProbeFailed on any failure."""
     credentials = _Credentials(_Mechanism.XOAUTH2, username, access_token)
-    await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
+    await _checked("smtp", _SmtpProbe, endpoint, credentials, tls, timeout)
 
 
 async def probe_imap_oauthbearer(
@@ -114,7 +119,7 @@ async def probe_imap_oauthbearer(
     the endpoint's host name and port) and opens INBOX read-only; raises ProbeFailed on any
     failure."""
     credentials = _token_credentials(_Mechanism.OAUTHBEARER, endpoint, username, access_token)
-    await _drive(_ImapProbe, endpoint, credentials, tls, timeout)
+    await _checked("imap", _ImapProbe, endpoint, credentials, tls, timeout)
 
 
 async def probe_smtp_oauthbearer(
@@ -127,7 +132,34 @@ async def probe_smtp_oauthbearer(
     """Authenticates to an SMTP submission server with an OAuth access token (AUTH OAUTHBEARER,
     RFC 7628); raises ProbeFailed on any failure."""
     credentials = _token_credentials(_Mechanism.OAUTHBEARER, endpoint, username, access_token)
-    await _drive(_SmtpProbe, endpoint, credentials, tls, timeout)
+    await _checked("smtp", _SmtpProbe, endpoint, credentials, tls, timeout)
+
+
+async def _checked(
+    protocol: str,
+    make: Callable[[Endpoint, _Credentials, ssl.SSLContext], _Probe],
+    endpoint: Endpoint,
+    credentials: _Credentials,
+    tls: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Runs one probe in a span `<protocol> check` with the protocol, port, security, login
+    mechanism and result (ok or the failure code): never the host (the user's server), the
+    username or the secret."""
+    attributes = {
+        "mail.protocol": protocol,
+        "server.port": endpoint.port,
+        "mail.security": str(endpoint.security),
+        "mail.mechanism": credentials.mechanism.name.lower(),
+    }
+    with span(f"{protocol} check", attributes=attributes) as current:
+        try:
+            await _drive(make, endpoint, credentials, tls, timeout)
+        except ProbeFailed as failure:
+            current.set_attribute("mail.result", str(failure.code))
+            current.set_status(Status(StatusCode.ERROR, str(failure.code)))
+            raise
+        current.set_attribute("mail.result", "ok")
 
 
 def _token_credentials(

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from mailbox_link_contract.events import ProviderType
 from mailbox_link_contract.failures import FailureCode
+from mailbox_link_shared.tracing import span
 from oauth_broker.adapters.bounded_http import Answer, bounded_request
 from oauth_broker.domain.outcomes import AuthorizationFailed, ProviderRefused, ProviderUnreachable
 from oauth_broker.domain.providers import MailboxProfile, ProviderEndpoints, TokenAuthMethod
@@ -115,7 +116,9 @@ class OAuthClient:
             "redirect_uri": self.app.redirect_uri,
             **_scope_param(self.app.endpoints.token_scopes),
         }
-        token = await self._token_call(form)
+        # A span with no attributes: the code, the verifier and the tokens are secrets.
+        with span("oauth code exchange"):
+            token = await self._token_call(form)
         return _token_response(token, self.app.endpoints.scopes, now)
 
     async def refresh(
@@ -186,6 +189,12 @@ class OAuthClient:
 
     async def signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         """Reads which mailbox the user signed in to, the provider's way."""
+        profile = self.app.endpoints.profile
+        # Only the kind of profile call: the answer names the mailbox.
+        with span("oauth userinfo", attributes={"oauth.profile": str(profile.name).lower()}):
+            return await self._signed_in_mailbox(tokens, now)
+
+    async def _signed_in_mailbox(self, tokens: TokenResponse, now: datetime) -> SignedInMailbox:
         profile = self.app.endpoints.profile
         if profile is MailboxProfile.GMAIL:
             return await self._gmail_mailbox(tokens.access_token)
