@@ -19,6 +19,8 @@ class Scope(StrEnum):
     OWNER_LOOKUP = "owner_lookup"
     OPERATOR = "operator"
     SIGN_IN_CONFIRM = "sign_in_confirm"
+    MAILBOX_ACCESS = "mailbox_access"
+    TOKEN_ISSUE = "token_issue"  # noqa: S105 - a scope's name, not a token
 
 
 SCOPE_MEANINGS: dict[Scope, str] = {
@@ -29,6 +31,11 @@ SCOPE_MEANINGS: dict[Scope, str] = {
     Scope.OPERATOR: "operators: set plans, force-unlink any mailbox, and the user routes "
     "(registry)",
     Scope.SIGN_IN_CONFIRM: "the product's backend: confirm an OAuth sign-in (oauth-broker)",
+    Scope.MAILBOX_ACCESS: "internal services that send or read as a linked mailbox: its "
+    "settings and password or a fresh OAuth access token, and an on-demand health check "
+    "(registry; docs/adr/0023)",
+    Scope.TOKEN_ISSUE: "the registry's own key to the broker: a fresh access token of an OAuth "
+    "mailbox, sealed (oauth-broker; docs/adr/0023)",
 }
 
 # A key not named in MBL_SERVICE_KEY_SCOPES: what every key could call before scopes were
@@ -38,7 +45,9 @@ DEFAULT_SCOPES = frozenset({Scope.LINKS})
 # Scopes whose every route names the account it acts for, so a key bound to accounts can be
 # held to them. Operators and the owner lookup act across accounts by design: a bound key
 # granted them would be bound in name only, so settings refuse that.
-ACCOUNT_BOUND_SCOPES = frozenset({Scope.LINKS, Scope.REGISTRY, Scope.SIGN_IN_CONFIRM})
+ACCOUNT_BOUND_SCOPES = frozenset(
+    {Scope.LINKS, Scope.REGISTRY, Scope.SIGN_IN_CONFIRM, Scope.MAILBOX_ACCESS}
+)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ from mailbox_link_contract.events import (
     LinkRejected,
     LinkRequested,
     LinkReserved,
+    MailboxChecked,
+    MailboxCheckRequested,
+    MailboxHealthChanged,
     MailboxLinked,
     MailboxReconnected,
     MailboxUnlinked,
@@ -311,4 +314,8 @@ EVENT_HANDLERS: EventHandlers[VerifierDeps] = {
     MailboxLinked: ignore,
     MailboxReconnected: ignore,
     MailboxUnlinked: ignore,
+    # Health checks (issue 17) are not run yet: the registry schedules none.
+    MailboxCheckRequested: ignore,
+    MailboxChecked: ignore,
+    MailboxHealthChanged: ignore,
 }

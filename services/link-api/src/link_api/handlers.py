@@ -36,6 +36,7 @@ from mailbox_link_contract.events import (
     LinkRequested,
     LinkRequestedData,
     LinkReserved,
+    MailboxHealthChanged,
     MailboxLinked,
     MailboxOwner,
     MailboxReconnected,
@@ -542,4 +543,5 @@ EVENT_HANDLERS: EventHandlers[LinkApiDeps] = {
     # About mailboxes, not link requests: the registry keeps them.
     MailboxUnlinked: ignore,
     MailboxReconnectRequired: ignore,
+    MailboxHealthChanged: ignore,
 }

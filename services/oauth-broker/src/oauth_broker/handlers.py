@@ -10,11 +10,14 @@ from mailbox_link_contract.events import (
     LinkRejected,
     LinkRequested,
     LinkReserved,
+    MailboxChecked,
+    MailboxCheckRequested,
+    MailboxHealthChanged,
     MailboxLinked,
     MailboxReconnected,
     MailboxUnlinked,
 )
-from mailbox_link_shared.routing import EventHandlers
+from mailbox_link_shared.routing import EventHandlers, ignore
 from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
 from oauth_broker.reconnects import (
     forget_rejected_reconnect,
@@ -87,4 +90,8 @@ EVENT_HANDLERS: EventHandlers[BrokerDeps] = {
     LinkRejected: when_link_rejected_discard_all,
     MailboxReconnected: when_mailbox_reconnected_hand_over,
     MailboxUnlinked: when_mailbox_unlinked_revoke,
+    # Health checks (issue 17) are not run yet: the registry schedules none.
+    MailboxCheckRequested: ignore,
+    MailboxChecked: ignore,
+    MailboxHealthChanged: ignore,
 }

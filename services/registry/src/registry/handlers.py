@@ -13,6 +13,8 @@ from enum import StrEnum
 from mailbox_link_contract.events import (
     AuthorizationRequired,
     LinkRequested,
+    MailboxChecked,
+    MailboxCheckRequested,
     MailboxOwner,
     MailboxReconnectRequired,
     MailboxVerified,
@@ -127,6 +129,9 @@ EVENT_HANDLERS: EventHandlers[RegistryDeps] = {
     MailboxReconnectRequired: when_reconnect_required_flag_mailbox,
     # For link-api: the registry reserved this link before the broker offered the sign-in.
     AuthorizationRequired: ignore,
+    # Health checks (issue 17): scheduled and applied next.
+    MailboxCheckRequested: ignore,
+    MailboxChecked: ignore,
 }
 
 

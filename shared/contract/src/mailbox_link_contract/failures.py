@@ -224,3 +224,27 @@ FAILURE_TEXTS: dict[FailureCode, FailureText] = {
 def text_for(code: FailureCode) -> FailureText:
     """Returns the person-facing words for a failure code."""
     return FAILURE_TEXTS[code]
+
+
+# Since 1.6.0: the codes by which a health check says the mailbox refused our credentials, so
+# its user must act (after MBL_HEALTH_AUTH_FAILURES in a row, reconnect_required). Any other
+# code (unreachable, timeout, TLS, server or provider errors, our own deployment's
+# misconfiguration) makes a linked mailbox only `degraded`: retried, never the user's to fix.
+CREDENTIALS_REFUSED = frozenset(
+    {
+        FailureCode.IMAP_AUTH_FAILED,
+        FailureCode.SMTP_AUTH_FAILED,
+        FailureCode.RECONNECT_REQUIRED,
+        FailureCode.IMAP_DISABLED,
+        FailureCode.SMTP_DISABLED,
+        FailureCode.GMAIL_DISABLED,
+        FailureCode.SCOPE_MISSING,
+        FailureCode.NO_REFRESH_TOKEN,
+        FailureCode.ACCOUNT_MISMATCH,
+    }
+)
+
+
+def refuses_credentials(code: FailureCode) -> bool:
+    """True if a health check failing with this code means the credentials no longer work."""
+    return code in CREDENTIALS_REFUSED

@@ -16,6 +16,9 @@ from mailbox_link_contract.events import (
     LinkRejected,
     LinkRequested,
     LinkReserved,
+    MailboxChecked,
+    MailboxCheckRequested,
+    MailboxHealthChanged,
     MailboxLinked,
     MailboxReconnected,
     MailboxReconnectRequired,
@@ -86,7 +89,14 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         role="mailboxes",
         name="mailboxes.v1",
-        events=(LinkReserved, MailboxLinked, LinkRejected, MailboxReconnected, MailboxUnlinked),
+        events=(
+            LinkReserved,
+            MailboxLinked,
+            LinkRejected,
+            MailboxReconnected,
+            MailboxUnlinked,
+            MailboxHealthChanged,
+        ),
         key=BY_MAILBOX,
         producers=(REGISTRY,),
         consumers=(LINK_API, IMAP_VERIFIER, OAUTH_BROKER),
@@ -95,7 +105,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         description="LinkReserved, then exactly one MailboxLinked, MailboxReconnected (a "
         "reconnect of the owner's mailbox) or LinkRejected per link request, and "
         "MailboxUnlinked, from the registry; for any service that needs to know which "
-        "mailboxes are linked.",
+        "mailboxes are linked. Since 1.6.0 also MailboxHealthChanged (a linked mailbox became "
+        "active, degraded or reconnect_required).",
     ),
     TopicSpec(
         role="authorizations",
@@ -109,6 +120,19 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         description="AuthorizationRequired (an OAuth link's sign-in URL, only after "
         "LinkReserved) and MailboxReconnectRequired (a linked mailbox's tokens stopped working "
         "for good), from the oauth-broker.",
+    ),
+    TopicSpec(
+        role="mailbox_checks",
+        name="mailbox-checks.v1",
+        events=(MailboxCheckRequested, MailboxChecked),
+        key=BY_MAILBOX,
+        producers=(REGISTRY, IMAP_VERIFIER, OAUTH_BROKER),
+        consumers=(IMAP_VERIFIER, OAUTH_BROKER, REGISTRY),
+        partitions=LINK_PARTITIONS,
+        retention=timedelta(days=1),
+        description="Since 1.6.0: MailboxCheckRequested, from the registry (a linked mailbox's "
+        "scheduled or on-demand health check; the verifier of its `auth` runs it), and "
+        "MailboxChecked, its result, from that verifier.",
     ),
     TopicSpec(
         role="user_plans",
@@ -174,6 +198,7 @@ class Topics:
     verifications: str
     mailboxes: str
     authorizations: str
+    mailbox_checks: str
     user_plans: str
     dead_letters: str
 

@@ -1,6 +1,16 @@
 """The public, versioned event contract between the services and anyone else listening."""
 
 from mailbox_link_contract.events.envelope import Envelope, utc_now
+from mailbox_link_contract.events.health import (
+    CheckReason,
+    MailboxChecked,
+    MailboxCheckedData,
+    MailboxCheckRequested,
+    MailboxCheckRequestedData,
+    MailboxHealth,
+    MailboxHealthChanged,
+    MailboxHealthChangedData,
+)
 from mailbox_link_contract.events.link import (
     AuthMethod,
     Authority,
@@ -39,6 +49,7 @@ __all__ = [
     "Authority",
     "AuthorizationRequired",
     "AuthorizationRequiredData",
+    "CheckReason",
     "Envelope",
     "Failure",
     "LinkRejected",
@@ -47,6 +58,13 @@ __all__ = [
     "LinkRequestedData",
     "LinkReserved",
     "LinkReservedData",
+    "MailboxCheckRequested",
+    "MailboxCheckRequestedData",
+    "MailboxChecked",
+    "MailboxCheckedData",
+    "MailboxHealth",
+    "MailboxHealthChanged",
+    "MailboxHealthChangedData",
     "MailboxLinked",
     "MailboxLinkedData",
     "MailboxOwner",
