@@ -210,6 +210,15 @@ class InMemoryRegistryStore:
         self.links.pop(link_id, None)
         self.ended_at.pop(link_id, None)
 
+    async def links_naming_mailbox(self, mailbox_id: str) -> list[str]:
+        return sorted(
+            {
+                link_id
+                for (link_id, _), decision in self.decisions.items()
+                if decision.mailbox is not None and decision.mailbox.mailbox_id == mailbox_id
+            }
+        )
+
     async def forget_claim(self, resource: str, generation: int) -> None:
         await self._maybe_cut_in("forget_claim")
         self.claims.pop(Claim(resource, generation, "").claim_id, None)

@@ -138,6 +138,21 @@ async def test_another_spelling_of_a_linked_gmail_mailbox_is_linked_elsewhere(
     assert owner.owner == ALICE
 
 
+async def test_a_mailbox_is_found_by_its_id_only_in_its_own_account_while_linked(
+    deps: RegistryDeps,
+) -> None:
+    linked = await _link(deps, ALICE, "l1")
+    mailbox_id = linked.data.mailbox_id
+    found = await handlers.find_mailbox("acme", mailbox_id, deps)
+    assert found is not None
+    assert found.link_id == "l1"
+    # Another account's key, and an id that never existed, learn the same: nothing.
+    assert await handlers.find_mailbox("globex", mailbox_id, deps) is None
+    assert await handlers.find_mailbox("acme", "0" * 32, deps) is None
+    await handlers.unlink_mailbox(ADDRESS, deps, ALICE, UnlinkedBy.USER)
+    assert await handlers.find_mailbox("acme", mailbox_id, deps) is None
+
+
 async def test_reconnect_required_flags_a_linked_mailbox_which_stays_its_owners(
     deps: RegistryDeps,
 ) -> None:

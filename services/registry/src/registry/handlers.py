@@ -264,6 +264,20 @@ async def _user_links(owner: MailboxOwner, deps: RegistryDeps) -> list[LinkRecor
     return await held_slots(owner, deps, slots)
 
 
+async def find_mailbox(account_id: str, mailbox_id: str, deps: RegistryDeps) -> LinkRecord | None:
+    """Returns the link under which the mailbox with this id is linked in this account; None
+    for an id that never existed, another account's mailbox and an unlinked one alike."""
+    for link_id in await deps.store.links_naming_mailbox(mailbox_id):
+        stored = await deps.store.get_link(link_id)
+        if stored is None or stored.owner.account_id != account_id:
+            continue
+        record = await load(stored, deps)
+        mailbox = record.mailbox
+        if record.state is LinkState.LINKED and mailbox and mailbox.mailbox_id == mailbox_id:
+            return record
+    return None
+
+
 async def find_owner(address: str, deps: RegistryDeps) -> LinkRecord | None:
     """Returns the link under which this address is linked, if it is (not while in flight)."""
     record = await current_link(mailbox_key(address), deps)

@@ -116,6 +116,13 @@ class RegistryStore(Protocol):
         self, link_id: str, steps: int, keep_verification: bool = False
     ) -> None: ...
     async def forget_claim(self, resource: str, generation: int) -> None: ...
+    async def links_naming_mailbox(self, mailbox_id: str) -> list[str]:
+        """Returns the ids of the links with a decision naming this mailbox id (its link, and
+        reconnect links that gave it their verification)."""
+
+
+# A mailbox id is named by its link's decisions and those of the reconnects it took: a few.
+MAX_LINKS_PER_MAILBOX_ID = 200
 
 
 class MongoRegistryStore:
@@ -134,6 +141,10 @@ class MongoRegistryStore:
     async def create_indexes(self) -> None:
         """The retention sweep's index (idempotent); everything else goes by _id."""
         await self._links.create_index([("ended_at", ASCENDING)], name="ended_at", sparse=True)
+        # Internal services name a mailbox by its id (issue 17): found through its decisions.
+        await self._decisions.create_index(
+            [("mailbox.mailbox_id", ASCENDING)], name="mailbox_id", sparse=True
+        )
 
     async def add_link(self, record: LinkRecord) -> LinkRecord | None:
         if await _insert(self._links, _link_document(record)):
@@ -269,6 +280,12 @@ class MongoRegistryStore:
         for step in range(1, steps + 1):
             await self._pending.delete_one({"_id": f"{link_id}/{step}"})
         await self._links.delete_one({"_id": link_id})
+
+    async def links_naming_mailbox(self, mailbox_id: str) -> list[str]:
+        cursor = self._decisions.find(
+            {"mailbox.mailbox_id": mailbox_id}, {"link_id": 1}, limit=MAX_LINKS_PER_MAILBOX_ID
+        )
+        return sorted({str(document["link_id"]) async for document in cursor})
 
     async def forget_claim(self, resource: str, generation: int) -> None:
         await self._claims.delete_one({"_id": claim_id(resource, generation)})
