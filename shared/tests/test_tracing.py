@@ -23,17 +23,21 @@ from mailbox_link_shared.tracing import (
 )
 
 _EXPORTER = InMemorySpanExporter()
+_ADDED: list[bool] = []
 
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """An SDK provider exporting to memory; the global provider can be set only once per
-    process, so it is installed by the first test and kept."""
+    process, so it is installed by the first test (of any suite) and kept, and this exporter
+    is added to it once."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
         trace.set_tracer_provider(provider)
+    if not _ADDED:
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        _ADDED.append(True)
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()

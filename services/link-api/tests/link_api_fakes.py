@@ -1,5 +1,6 @@
 """Hand-written in-memory stand-ins for link-api's storage, DNS and autoconfig, for tests."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
@@ -21,16 +22,21 @@ class InMemoryLinkStore:
         self.in_flight: dict[str, tuple[str, datetime]] = {}
         self.keys: dict[str, IdempotencyRecord] = {}
         self.outboxes: dict[str, str] = {}
+        self.outbox_traces: dict[str, dict[str, str]] = {}
         self.decisions: dict[str, SendDecision] = {}
         self.unsent_since: dict[str, datetime] = {}
 
-    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
+    async def insert_link(
+        self, link: LinkView, outbox: str | None = None, trace: Mapping[str, str] | None = None
+    ) -> str | None:
         self.unsent_since.setdefault(link.link_id, link.created_at)
         if link.link_id in self.links:
             return self.outboxes.get(link.link_id)
         self.links[link.link_id] = link
         if outbox is not None:
             self.outboxes[link.link_id] = outbox
+            if trace:
+                self.outbox_traces[link.link_id] = dict(trace)
         return outbox
 
     async def delete_link(self, link_id: str) -> None:
@@ -43,6 +49,11 @@ class InMemoryLinkStore:
 
     async def get_outbox(self, link_id: str) -> str | None:
         return self.outboxes.get(link_id)
+
+    async def get_outbox_trace(self, link_id: str) -> dict[str, str]:
+        if link_id not in self.outboxes:
+            return {}
+        return dict(self.outbox_traces.get(link_id, {}))
 
     async def decide_send(self, link_id: str, decision: SendDecision) -> SendDecision:
         return self.decisions.setdefault(link_id, decision)

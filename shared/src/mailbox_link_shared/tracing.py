@@ -93,7 +93,10 @@ def tracer() -> trace.Tracer:
 
 @contextlib.contextmanager
 def span(
-    name: str, kind: SpanKind = SpanKind.INTERNAL, attributes: Mapping[str, Any] | None = None
+    name: str,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+    links: Sequence[trace.Link] = (),
 ) -> Iterator[Span]:
     """A span as the current one; an exception escaping it marks it as an error by type only
     (its message may carry what a caller sent)."""
@@ -101,6 +104,7 @@ def span(
         name,
         kind=kind,
         attributes=dict(attributes or {}),
+        links=list(links),
         record_exception=False,
         set_status_on_exception=False,
     ) as current:
@@ -119,6 +123,38 @@ def set_attributes(**attributes: Any) -> None:
 def inject_headers(headers: MutableMapping[str, str]) -> None:
     """Writes the current context as W3C traceparent/tracestate into Kafka headers."""
     _PROPAGATOR.inject(headers)
+
+
+def current_trace_headers() -> dict[str, str]:
+    """The current context as W3C traceparent/tracestate values, to store with work that a
+    later process carries on (link-api's outbox, the broker's sign-in session); empty when
+    there is no current trace."""
+    headers: dict[str, str] = {}
+    inject_headers(headers)
+    return headers
+
+
+@contextlib.contextmanager
+def continued_span(
+    name: str, carried: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span]:
+    """A span that continues the trace `carried` names (headers stored earlier by
+    `current_trace_headers`), linked to the span current here (an unrelated HTTP request, a
+    timer's round); with nothing usable carried (work stored before tracing) it is a child of
+    the current span, as `span` makes."""
+    parent = context_from_headers([(k, v.encode("ascii", "replace")) for k, v in carried.items()])
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        with span(name, attributes=attributes) as current:
+            yield current
+        return
+    here = trace.get_current_span().get_span_context()
+    links = [trace.Link(here)] if here.is_valid else []
+    token = otel_context.attach(parent)
+    try:
+        with span(name, attributes=attributes, links=links) as current:
+            yield current
+    finally:
+        otel_context.detach(token)
 
 
 def context_from_headers(headers: Sequence[tuple[str, bytes]]) -> otel_context.Context:

@@ -53,7 +53,13 @@ from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.crypto import SecretBox
 from mailbox_link_shared.publishing import EventPublisher
 from mailbox_link_shared.routing import EventHandlers, ignore
-from mailbox_link_shared.tracing import LINK_STATUS, set_attributes
+from mailbox_link_shared.tracing import (
+    LINK_ID,
+    LINK_STATUS,
+    continued_span,
+    current_trace_headers,
+    set_attributes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +156,8 @@ async def _start(
     event = _link_requested(link_id, request, deps.secret_box)
     # Store first, then claim: whoever holds the claim has a link document a caller can read.
     ours = event.model_dump_json()
-    stored_event = await deps.store.insert_link(link, ours)
+    # With the request's trace context: a relayed LinkRequested continues the request's trace.
+    stored_event = await deps.store.insert_link(link, ours, current_trace_headers())
     if stored_event is not None and stored_event != ours:
         # A retry with our key stored it first: its event (and event_id) is the one sent.
         event = LinkRequested.model_validate_json(stored_event)
@@ -219,7 +226,10 @@ async def _carry_out(link_id: str, decision: SendDecision, deps: LinkApiDeps) ->
     if decision.send is Send.PUBLISH:
         outbox = await deps.store.get_outbox(link_id)
         if outbox is not None:  # None: the link ended, so it was sent
-            await _publish(link_id, LinkRequested.model_validate_json(outbox), deps)
+            # In the trace of the request that stored it (a relay round or a retry has its own).
+            carried = await deps.store.get_outbox_trace(link_id)
+            with continued_span("link-api outbox send", carried, {LINK_ID: link_id}):
+                await _publish(link_id, LinkRequested.model_validate_json(outbox), deps)
         else:
             await deps.store.mark_sent(link_id)
     elif decision.send is Send.FAIL:

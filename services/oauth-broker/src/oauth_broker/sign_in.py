@@ -28,6 +28,13 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
 from mailbox_link_shared import metrics
 from mailbox_link_shared.mail_probes import ProbeFailed
+from mailbox_link_shared.metrics import provider_label
+from mailbox_link_shared.tracing import (
+    LINK_ID,
+    continued_span,
+    current_trace_headers,
+    set_attributes,
+)
 from oauth_broker.adapters.oauth_client import OAuthApp, SignedInMailbox, TokenResponse
 from oauth_broker.config import SERVICE_NAME
 from oauth_broker.domain.grants import (
@@ -85,7 +92,11 @@ async def when_link_requested_open_session(event: LinkRequested, deps: BrokerDep
     if link.provider_key not in deps.clients:
         await deps.publisher.publish(_failed(link, _not_available(link, deps)))
         return
-    session, fresh = AuthorizationSession.open(link, deps.clock(), deps.session_lifetime)
+    # The request's trace (this consumer span's): the callback and confirmation continue it.
+    trace_context = tuple(current_trace_headers().items())
+    session, fresh = AuthorizationSession.open(
+        link, deps.clock(), deps.session_lifetime, trace_context
+    )
     sealed = deps.secret_box.seal(fresh.to_json(), context=data.link_id)
     await deps.store.save_request(session, sealed)
     await _offer_if_reserved(data.link_id, deps)
@@ -221,6 +232,25 @@ async def complete_sign_in(
         logger.info("callback refused: %s", claimed.value)
         return CallbackOutcome(CallbackResult.REFUSED, refusal=claimed)
     session, sealed = claimed
+    # In the link's trace (the browser's request has a trace of its own, linked to it).
+    with continued_span("oauth callback", dict(session.trace_context), _span_attributes(session)):
+        return await _complete_claimed(session, sealed, code, error, error_description, deps)
+
+
+def _span_attributes(session: AuthorizationSession) -> dict[str, str]:
+    # The link id and the kind of provider only: the state, the code, tokens and the
+    # address never go into a span.
+    return {LINK_ID: session.link.link_id, "oauth.provider": provider_label(session.link.provider)}
+
+
+async def _complete_claimed(
+    session: AuthorizationSession,
+    sealed: EncryptedSecret,
+    code: str | None,
+    error: str | None,
+    error_description: str,
+    deps: BrokerDeps,
+) -> CallbackOutcome:
     link = session.link
     fresh = SessionSecrets.from_json(deps.secret_box.open(sealed, context=link.link_id))
     obtained = _Obtained()
@@ -240,6 +270,7 @@ async def complete_sign_in(
     else:
         metrics.oauth_sign_in(link.provider.value, None)
         metrics.verification_finished("oauth", None, time.perf_counter() - started)
+        set_attributes(**{"oauth.result": "verified"})
         confirmation = await _await_confirmation(session, grant, servers, subject, deps)
         return CallbackOutcome(
             CallbackResult.VERIFIED, link.link_id, link.address, owner=link.owner,
@@ -247,6 +278,7 @@ async def complete_sign_in(
         )  # fmt: skip
     metrics.oauth_sign_in(link.provider.value, failure.code)
     metrics.verification_finished("oauth", failure.code, time.perf_counter() - started)
+    set_attributes(**{"oauth.result": metrics.result_of(failure.code)})
     await deps.publisher.publish(_failed(link, failure))
     await _revoke_obtained(link, obtained, deps)
     return CallbackOutcome(
@@ -484,14 +516,28 @@ async def confirm_sign_in(
     grant = await deps.store.get_grant(pending.link_id)
     if found is None or grant is None:
         return ConfirmRefusal.UNKNOWN_CODE  # the registry ended the link (its tokens are gone)
-    link = found[0].link
+    with continued_span("oauth confirm", dict(found[0].trace_context), _span_attributes(found[0])):
+        refusal = await _confirm_found(owner, pending, found[0], grant, now, deps)
+        set_attributes(**{"oauth.result": refusal.value if refusal else "confirmed"})
+        return refusal
+
+
+async def _confirm_found(
+    owner: MailboxOwner,
+    pending: PendingConfirmation,
+    session: AuthorizationSession,
+    grant: StoredGrant,
+    now: datetime,
+    deps: BrokerDeps,
+) -> "ConfirmRefusal | None":
+    link = session.link
     # The owner first: another user learns only that the code is not theirs.
     if link.owner != owner:
         logger.warning("link %s: confirmation by another user refused", link.link_id)
         return ConfirmRefusal.OTHER_USER
     if grant.status is not GrantStatus.VERIFIED:
         return ConfirmRefusal.CODE_USED  # already confirmed and linked
-    if pending.expires_at <= now or (found[0].reserved_until or now) <= now:
+    if pending.expires_at <= now or (session.reserved_until or now) <= now:
         return ConfirmRefusal.CODE_EXPIRED
     if not await deps.store.mark_confirmed(link.link_id, now):
         return ConfirmRefusal.CODE_USED

@@ -18,6 +18,8 @@ from mailbox_link_contract.events import (
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared import metrics
+from mailbox_link_shared.metrics import provider_label
+from mailbox_link_shared.tracing import LINK_ID, set_attributes, span
 from oauth_broker.config import SERVICE_NAME
 from oauth_broker.domain.grants import (
     GrantStatus,
@@ -143,17 +145,28 @@ async def refresh_grant(grant: StoredGrant, deps: BrokerDeps) -> RefreshResult:
         return RefreshResult.SKIPPED
     grant = current
     tokens = TokenGrant.from_json(deps.secret_box.open(grant.sealed, context=grant.address))
+    # A trace of its own (a timer's work, maybe days after the link's): the link id and the
+    # kind of provider only, never a token or the address.
+    attributes = {LINK_ID: grant.link_id, "oauth.provider": provider_label(grant.provider)}
+    with span("oauth token refresh", attributes=attributes):
+        return await _refresh(grant, tokens, deps)
+
+
+async def _refresh(grant: StoredGrant, tokens: TokenGrant, deps: BrokerDeps) -> RefreshResult:
     try:
         fresh = await deps.clients[grant.provider_key].refresh(tokens.refresh_token, deps.clock())
     except (ProviderRefused, ProviderUnreachable) as failed:
         trouble = classify_token_failure(failed)
-        metrics.oauth_refresh(grant.provider.value, _REFRESH_FAILURE_CODES[trouble])
+        code = _REFRESH_FAILURE_CODES[trouble]
+        metrics.oauth_refresh(grant.provider.value, code)
+        set_attributes(**{"oauth.result": metrics.result_of(code)})
         if trouble is TokenFailure.USER_GRANT:
             await _require_reconnect(grant, str(failed), deps)
             return RefreshResult.RECONNECT_REQUIRED
         await _retry_later(grant, trouble, failed, deps)
         return RefreshResult.RETRYING
     metrics.oauth_refresh(grant.provider.value, None)
+    set_attributes(**{"oauth.result": metrics.OK})
     renewed = tokens.renewed(fresh.access_token, fresh.expires_at, fresh.refresh_token)
     sealed = deps.secret_box.seal(renewed.to_json(), context=grant.address)
     if not await deps.store.renew_grant(

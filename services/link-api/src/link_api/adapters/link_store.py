@@ -9,7 +9,7 @@ index; only the retention sweep scans. Why the view stays right: services/link-a
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,7 @@ from mailbox_link_contract.events import (
     ProviderType,
     utc_now,
 )
+from mailbox_link_shared.tracing import TRACE_HEADERS
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +93,13 @@ class Retention:
 class LinkStore(Protocol):
     """What the handlers need from storage."""
 
-    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
+    async def insert_link(
+        self, link: LinkView, outbox: str | None = None, trace: Mapping[str, str] | None = None
+    ) -> str | None:
         """Lists the link as unsent, then stores it with its LinkRequested (JSON, credentials
-        sealed) in one insert; a link already stored (a retry carrying it on) is kept. Returns
-        the outbox that stands (None once the link ended)."""
+        sealed) and the request's trace context (W3C traceparent/tracestate) in one insert; a
+        link already stored (a retry carrying it on) is kept. Returns the outbox that stands
+        (None once the link ended)."""
 
     async def delete_link(self, link_id: str) -> None:
         """Deletes a link that was never requested (a duplicate), and its unsent entry."""
@@ -103,6 +107,10 @@ class LinkStore(Protocol):
     async def get_link(self, link_id: str) -> LinkView | None: ...
     async def get_outbox(self, link_id: str) -> str | None:
         """The link's LinkRequested as stored; None once the link ended (or is unknown)."""
+
+    async def get_outbox_trace(self, link_id: str) -> dict[str, str]:
+        """The trace context stored with the link's outbox; empty when none was (a document
+        older than tracing, or a request without a trace) or the outbox is gone."""
 
     async def decide_send(self, link_id: str, decision: SendDecision) -> SendDecision:
         """Records the decision unless one was made; returns the one that stands."""
@@ -218,12 +226,17 @@ class MongoLinkStore:
 
     # Links -------------------------------------------------------------------------------
 
-    async def insert_link(self, link: LinkView, outbox: str | None = None) -> str | None:
+    async def insert_link(
+        self, link: LinkView, outbox: str | None = None, trace: Mapping[str, str] | None = None
+    ) -> str | None:
         # Listed first, so that no stored link is missing from the relay's list; an entry whose
         # link never came is dropped by the relay after the send deadline.
         with suppress(DuplicateKeyError):
             await self._unsent.insert_one({"_id": link.link_id, "since": link.created_at})
-        outboxed = {"outbox": outbox} if outbox is not None else {}
+        outboxed: dict[str, Any] = {"outbox": outbox} if outbox is not None else {}
+        if outbox is not None and trace:
+            # Only the W3C fields: the relay continues the request's trace from them.
+            outboxed["outbox_trace"] = {k: v for k, v in trace.items() if k in TRACE_HEADERS}
         try:
             await self._links.insert_one({**_to_document(link), **outboxed})
         except DuplicateKeyError:  # a retry with the same key stored it first: its event stands
@@ -243,6 +256,15 @@ class MongoLinkStore:
         document = await self._links.find_one({"_id": link_id}, {"outbox": 1})
         outbox = document.get("outbox") if document else None
         return str(outbox) if outbox is not None else None
+
+    async def get_outbox_trace(self, link_id: str) -> dict[str, str]:
+        document = await self._links.find_one({"_id": link_id}, {"outbox_trace": 1, "outbox": 1})
+        if not document or document.get("outbox") is None:
+            return {}
+        stored = document.get("outbox_trace")
+        if not isinstance(stored, dict):
+            return {}  # stored before tracing: the relay starts a new trace, as it used to
+        return {str(k): str(v) for k, v in stored.items() if k in TRACE_HEADERS}
 
     # Sending -------------------------------------------------------------------------------
 
@@ -330,7 +352,7 @@ class MongoLinkStore:
                 raised["ended_at"] = step.at
                 # An ended link's request is never sent again: its sealed credentials go. (A
                 # write computed before this one may put them back; retention removes them.)
-                update["$unset"] = {"outbox": ""}
+                update["$unset"] = {"outbox": "", "outbox_trace": ""}
             document = await self._links.find_one_and_update(
                 {"_id": link_id}, update, return_document=ReturnDocument.AFTER
             )

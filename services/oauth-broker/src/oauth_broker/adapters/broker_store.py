@@ -14,6 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from mailbox_link_contract.events import MailboxOwner, ProviderType, ServerSettings
 from mailbox_link_contract.values import EncryptedSecret
+from mailbox_link_shared.tracing import TRACE_HEADERS
 from oauth_broker.domain.grants import GrantStatus, StoredGrant
 from oauth_broker.domain.sessions import (
     AuthorizationSession,
@@ -124,6 +125,7 @@ class MongoBrokerStore:
             "created_at": session.created_at,
             "expires_at": session.expires_at,
             "status": session.status.value,
+            "trace": dict(session.trace_context),
         }
         with contextlib.suppress(DuplicateKeyError):  # redelivered: the first session stands
             await self._sessions.insert_one(document)
@@ -433,8 +435,16 @@ def _session(document: dict[str, Any]) -> tuple[AuthorizationSession, EncryptedS
         created_at=document["created_at"],
         expires_at=document["expires_at"],
         reserved_until=document.get("reserved_until"),
+        trace_context=_trace_context(document.get("trace")),
     )
     return session, EncryptedSecret.model_validate_json(document["secrets"])
+
+
+def _trace_context(stored: object) -> tuple[tuple[str, str], ...]:
+    # A session stored before tracing has none: its callback starts a trace of its own.
+    if not isinstance(stored, dict):
+        return ()
+    return tuple((str(k), str(v)) for k, v in stored.items() if k in TRACE_HEADERS)
 
 
 def _grant_document(grant: StoredGrant) -> dict[str, Any]:

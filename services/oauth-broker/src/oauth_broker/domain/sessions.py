@@ -139,16 +139,24 @@ class AuthorizationSession:
     expires_at: datetime
     # Until when the registry holds the address and a plan slot for the link (LinkReserved).
     reserved_until: datetime | None = None
+    # The link request's W3C trace context (traceparent, tracestate): the callback and the
+    # confirmation, which come in HTTP requests of their own, continue the link's trace.
+    trace_context: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def open(
-        cls, link: LinkToAuthorize, now: datetime, lifetime: timedelta
+        cls,
+        link: LinkToAuthorize,
+        now: datetime,
+        lifetime: timedelta,
+        trace_context: tuple[tuple[str, str], ...] = (),
     ) -> tuple["AuthorizationSession", SessionSecrets]:
         """Returns a new session for a link request, and its secrets."""
         fresh = SessionSecrets.generate()
         session = cls(
-            link, state_digest(fresh.start_token), SessionStatus.OPEN, now, now + lifetime
-        )
+            link, state_digest(fresh.start_token), SessionStatus.OPEN, now, now + lifetime,
+            trace_context=trace_context,
+        )  # fmt: skip
         return session, fresh
 
     @property
