@@ -284,3 +284,16 @@ async def test_a_refresher_that_never_finishes_ends_the_check_with_a_timeout(
     [answer] = _answers(deps)
     assert _code(answer) is FailureCode.TIMEOUT
     assert mail.logins == []
+
+
+async def test_a_due_grant_of_a_provider_not_loaded_is_the_operators_trouble(
+    deps: BrokerDeps, store: InMemoryBrokerStore, clock: FakeClock, mail: FakeMailServers
+) -> None:
+    await _linked_grant(store, clock, expires_in=timedelta(minutes=2))
+    deps = dataclasses.replace(deps, clients={})
+    await when_check_requested_refresh_and_log_in(_requested(), deps)
+    [answer] = _answers(deps)
+    assert _code(answer) is FailureCode.DEPLOYMENT_MISCONFIGURED
+    assert not _reconnects(deps)
+    assert store.leases == {}  # no lease taken that nobody frees
+    assert mail.logins == []

@@ -8,7 +8,8 @@ What a check answers, by what it finds:
 - the refresh refused for good (invalid_grant...): reconnect_required. The upkeep's refresh has
   then published MailboxReconnectRequired already, so the check does not publish it again;
 - the refresh failed by no fault of the user (provider down or unreachable, our app refused):
-  provider_error or deployment_misconfigured, so the registry only degrades the mailbox;
+  provider_error or deployment_misconfigured (also when the provider is not loaded), so the
+  registry only degrades the mailbox;
 - no grant kept for the mailbox (deleted, never handed over): reconnect_required, since no
   token exists to use it with and only the user can give us one by reconnecting.
 """
@@ -141,6 +142,12 @@ async def _fresh(grant: StoredGrant, deps: BrokerDeps) -> StoredGrant:
             )
         if grant.retry_at is not None and grant.retry_at > now:
             raise CheckFailed(_refresh_trouble(grant, now))  # the upkeep's back-off holds
+        if grant.provider_key not in deps.clients:
+            # Not loaded (discovery failed, no credentials): the operators' to mend.
+            detail = (
+                f"the provider {grant.provider_key} is not loaded; its tokens are not refreshed"
+            )
+            raise CheckFailed(Failure.of(FailureCode.DEPLOYMENT_MISCONFIGURED, detail))
         result = await refresh_grant(grant, deps)
         if result is RefreshResult.RECONNECT_REQUIRED:
             # The upkeep published MailboxReconnectRequired: not repeated here.
