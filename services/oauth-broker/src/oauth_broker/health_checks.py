@@ -16,6 +16,7 @@ What a check answers, by what it finds:
 
 import asyncio
 import logging
+import re
 import time
 from datetime import datetime
 
@@ -46,6 +47,9 @@ _LEASE_POLL_SECONDS = 0.2
 # A refresh refused by the provider for our app itself: the operators' to mend (token_upkeep
 # stores the OAuth error code in last_refresh_error; "unreachable" when nothing answered).
 _OUR_APP_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+# An OAuth error code (RFC 6749 5.2: printable ASCII; in practice snake case) is quoted in a
+# failure's detail; anything else a provider sent is not.
+_OAUTH_ERROR = re.compile(r"[a-z0-9_.-]{1,64}")
 
 
 class CheckFailed(Exception):
@@ -183,6 +187,8 @@ def _refresh_trouble(grant: StoredGrant, now: datetime) -> Failure:
     """A refresh that failed by no fault of the user, in a code that never asks the user to
     reconnect."""
     error = grant.last_refresh_error or "unreachable"
+    if not _OAUTH_ERROR.fullmatch(error):
+        error = "an undocumented error"  # the provider's text is never passed on
     when = f"; retried at {grant.retry_at.isoformat()}" if grant.retry_at is not None else ""
     if error in _OUR_APP_ERRORS:
         detail = f"the provider refused our app's refresh ({error}){when}"
