@@ -127,7 +127,7 @@ RATE_LIMIT_REFUSALS = Counter(
     ["limit"],
 )
 
-SPECS = (
+SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "mailbox_link_http_requests_total",
         {"route": ROUTE_TEMPLATE, "method": HTTP_METHODS, "status": STATUS_CODE},
@@ -343,3 +343,41 @@ class HttpMetrics:
         if isinstance(path, str) and ROUTE_TEMPLATE.fullmatch(path):
             return path
         return UNMATCHED_ROUTE
+
+
+# -- health checks run by the verifiers (issue 17, i17-checks) --------------------------------
+
+HEALTH_CHECK_VERIFIERS = frozenset({"imap-verifier", "oauth-broker"})
+HEALTH_CHECKS = Counter(
+    "mailbox_link_health_checks_total",
+    "Health checks of linked mailboxes run by a verifier, by verifier and outcome (ok or the "
+    "failure code).",
+    ["verifier", "outcome"],
+)
+HEALTH_CHECK_DURATION = Histogram(
+    "mailbox_link_health_check_duration_seconds",
+    "Time to run one health check (a refresh when due, IMAP and SMTP logins), by verifier and "
+    "outcome (ok or the failure code).",
+    ["verifier", "outcome"],
+    buckets=VERIFY_BUCKETS,
+)
+SPECS = (
+    *SPECS,
+    MetricSpec(
+        "mailbox_link_health_checks_total",
+        {"verifier": HEALTH_CHECK_VERIFIERS, "outcome": RESULTS},
+    ),
+    MetricSpec(
+        "mailbox_link_health_check_duration_seconds",
+        {"verifier": HEALTH_CHECK_VERIFIERS, "outcome": RESULTS},
+    ),
+)
+
+
+def health_check_finished(verifier: str, code: str | None, seconds: float) -> None:
+    """Counts and times one health check run by `verifier`: ok (`code` None) or failed with
+    `code`."""
+    verifier = _one_of(HEALTH_CHECK_VERIFIERS, verifier, "imap-verifier")
+    outcome = result_of(code)
+    HEALTH_CHECKS.labels(verifier, outcome).inc()
+    HEALTH_CHECK_DURATION.labels(verifier, outcome).observe(seconds)

@@ -325,6 +325,22 @@ class LocalStack:
             if self._mail is not None:
                 self._mail.add_user(username, password, address)
 
+    def set_mail_password(self, username: str, password: str) -> None:
+        """Change an existing mail user's password on every Dovecot instance but the
+        attacker's, as the user would at their provider: from the next login on the old
+        password is refused (IMAP and submission) and the new one works; the user keeps its
+        address and mail. Dovecot caches no auth here (auth_cache_size is 0) and re-reads the
+        passwd-file when it changed, so on a running stack this takes up to 1 s, as
+        ``add_mail_user``. KeyError if there is no such user."""
+        check_credentials(username, password)
+        with self._lock:
+            if username not in self._mail_users:
+                raise KeyError(f"no mail user {username}")
+            _, address = self._mail_users[username]
+            self._mail_users[username] = (password, address)
+            if self._mail is not None:
+                self._mail.add_user(username, password, address)
+
     def add_attacker_user(self, username: str, password: str) -> None:
         """Create a user on the attacker's Dovecot only (its own users file and maildirs)."""
         check_credentials(username, password)

@@ -5,8 +5,11 @@ makes sure it never does."""
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Final
+
+from opentelemetry.trace import Status, StatusCode
 
 from imap_verifier.adapters.typed_inbox import typed_inbox
 from imap_verifier.config import SERVICE_NAME
@@ -25,13 +28,16 @@ from imap_verifier.domain.port_switch import (
 )
 from imap_verifier.ports import VerifierDeps
 from mailbox_link_contract.events import (
+    AuthMethod,
     Authority,
     Failure,
     LinkRejected,
     LinkRequested,
     LinkReserved,
     MailboxChecked,
+    MailboxCheckedData,
     MailboxCheckRequested,
+    MailboxCheckRequestedData,
     MailboxHealthChanged,
     MailboxLinked,
     MailboxReconnected,
@@ -49,6 +55,7 @@ from mailbox_link_shared.credentials import MailboxCredentials
 from mailbox_link_shared.mail_probes import PLAINTEXT_GREETING_WAIT, Probe, ProbeFailed
 from mailbox_link_shared.rate_limits import TooManyAttempts, wait_text
 from mailbox_link_shared.routing import EventHandlers, ignore
+from mailbox_link_shared.tracing import LINK_ID, span
 
 logger = logging.getLogger(__name__)
 # When the typed way has not answered after this share of the check's budget, the standard other
@@ -179,16 +186,19 @@ async def verify_mailbox(
     deps: VerifierDeps,
     *,
     address: str,
+    other_ports: bool = True,
 ) -> None:
     """Checks both servers at once, each within `deps.timeout` seconds, the other-port try
-    included. Once one has failed, the other gets FAILURE_GRACE more, not its whole deadline;
-    raises ChecksFailed with every failure known by then, IMAP's before SMTP's, a refused
-    login that was not the full `address` hinting at it."""
+    included (unless `other_ports` is False: a health check logs in as stored, nothing else).
+    Once one has failed, the other gets FAILURE_GRACE more, not its whole deadline; raises
+    ChecksFailed with every failure known by then, IMAP's before SMTP's, a refused login that
+    was not the full `address` hinting at it."""
+    check = _check if other_ports else _check_as_stored
     imap_check = _timed(
-        "imap", _check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps)
+        "imap", check("IMAP", imap, credentials.imap_password, deps.probe_imap, deps)
     )
     smtp_check = _timed(
-        "smtp", _check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps)
+        "smtp", check("SMTP", smtp, credentials.smtp_password, deps.probe_smtp, deps)
     )
     # In this order: IMAP's failure is the primary one when both are known.
     checks = [(imap, asyncio.create_task(imap_check)), (smtp, asyncio.create_task(smtp_check))]
@@ -270,6 +280,14 @@ async def _check(
         await asyncio.gather(*started, return_exceptions=True)
 
 
+async def _check_as_stored(
+    kind: str, server: ServerSettings, password: str, probe: Probe, deps: VerifierDeps
+) -> None:
+    """Logs in on the server's own port and security only, within `deps.timeout`."""
+    deadline = asyncio.get_running_loop().time() + deps.timeout
+    await _login(server, password, probe, deps, deadline)
+
+
 def _curable_failure(login: "asyncio.Task[None]") -> ProbeFailed | None:
     """Returns the login's failure if it ended with one another port may cure."""
     failure = login.exception() if login.done() else None
@@ -290,6 +308,74 @@ def _left(deadline: float, budget: float) -> float:
     if left <= 0:
         raise ProbeFailed(FailureCode.TIMEOUT, f"no answer within {budget:g} s")
     return left
+
+
+async def when_check_requested_log_in(event: MailboxCheckRequested, deps: VerifierDeps) -> None:
+    """Runs a password mailbox's health check (docs/adr/0023): logs in to its IMAP and SMTP
+    servers at once, as stored (no other port, no proof of ownership), inside the login limits,
+    and answers MailboxChecked with the failure, if any."""
+    data = event.data
+    if data.auth is not AuthMethod.PASSWORD:
+        return  # an OAuth mailbox: the broker checks it
+    attributes = {LINK_ID: data.link_id, "mailbox_link.auth": data.auth.value}
+    with span("mailbox check", attributes=attributes) as current:
+        started = time.perf_counter()
+        failure = await _run_check(data, deps)
+        code = None if failure is None else failure.code
+        metrics.health_check_finished(SERVICE_NAME, code, time.perf_counter() - started)
+        current.set_attribute("mailbox_link.check_result", metrics.result_of(code))
+        if code is not None:
+            current.set_status(Status(StatusCode.ERROR, str(code)))
+    await deps.publisher.publish(_checked(event, failure))
+
+
+async def _run_check(data: MailboxCheckRequestedData, deps: VerifierDeps) -> Failure | None:
+    """The check's failure, or None when both logins worked."""
+    try:
+        if data.credentials is None:
+            raise ValueError("a password mailbox's check without credentials")
+        opened = deps.secret_box.open(data.credentials, context=data.address)
+        credentials = MailboxCredentials.from_json(opened)
+        limits = deps.login_limits
+        if limits is not None:
+            # Budgets and back-off are respected, but a refused login is not counted towards
+            # the back-off: the stored password is no guess, and counting it would lock the
+            # owner out of the reconnect that mends it (notes: i17-checks).
+            await limits.before_logins(data.imap, data.smtp, deps.clock())
+        await verify_mailbox(
+            data.imap, data.smtp, credentials, deps, address=data.address, other_ports=False
+        )
+    except TooManyAttempts as over:
+        # Our own limit, not the server's verdict: a code that never means the credentials
+        # were refused, so the registry only degrades the mailbox and tries again later.
+        logger.info("check %s not run: %s", data.check_id, over.limit)
+        return Failure.of(FailureCode.TOO_MANY_ATTEMPTS, wait_text(over.retry_at, deps.clock()))
+    except ProbeFailed as failure:
+        reported = report(failure)
+        logger.info("check %s of mailbox %s failed: %s (%s)",
+                    data.check_id, data.mailbox_id, failure.code, failure.detail)  # fmt: skip
+        return reported
+    except Exception as exc:
+        # A bug, or a secret sealed with a retired key: answered (the registry degrades the
+        # mailbox), never left unanswered. Only the type: a message may quote the secret.
+        logger.error("check %s could not be run: %s", data.check_id, type(exc).__name__)
+        return Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
+    logger.info("check %s of mailbox %s: ok", data.check_id, data.mailbox_id)
+    return None
+
+
+def _checked(event: MailboxCheckRequested, failure: Failure | None) -> MailboxChecked:
+    data = event.data
+    checked = MailboxCheckedData(
+        check_id=data.check_id,
+        mailbox_id=data.mailbox_id,
+        link_id=data.link_id,
+        owner=data.owner,
+        address=data.address,
+        provider=data.provider,
+        failure=failure,
+    )
+    return MailboxChecked(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=checked)
 
 
 def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:
@@ -314,8 +400,8 @@ EVENT_HANDLERS: EventHandlers[VerifierDeps] = {
     MailboxLinked: ignore,
     MailboxReconnected: ignore,
     MailboxUnlinked: ignore,
-    # Health checks (issue 17) are not run yet: the registry schedules none.
-    MailboxCheckRequested: ignore,
+    MailboxCheckRequested: when_check_requested_log_in,
+    # Our own answers, and the registry's verdict on them: nothing for a verifier to do.
     MailboxChecked: ignore,
     MailboxHealthChanged: ignore,
 }

@@ -18,6 +18,7 @@ from mailbox_link_contract.events import (
     MailboxUnlinked,
 )
 from mailbox_link_shared.routing import EventHandlers, ignore
+from oauth_broker.health_checks import when_check_requested_refresh_and_log_in
 from oauth_broker.ports import BrokerDeps, MailServers, OAuthProviderClient
 from oauth_broker.reconnects import (
     forget_rejected_reconnect,
@@ -59,6 +60,7 @@ __all__ = [
     "refresh_due_grants",
     "refresh_grant",
     "start_sign_in",
+    "when_check_requested_refresh_and_log_in",
     "when_link_rejected_discard",
     "when_link_requested_open_session",
     "when_link_reserved_offer_sign_in",
@@ -90,8 +92,10 @@ EVENT_HANDLERS: EventHandlers[BrokerDeps] = {
     LinkRejected: when_link_rejected_discard_all,
     MailboxReconnected: when_mailbox_reconnected_hand_over,
     MailboxUnlinked: when_mailbox_unlinked_revoke,
-    # Health checks (issue 17) are not run yet: the registry schedules none.
-    MailboxCheckRequested: ignore,
+    MailboxCheckRequested: when_check_requested_refresh_and_log_in,
+    # Our own answers (and the imap-verifier's), and the registry's verdict on them: nothing
+    # for the broker to do (a reconnect_required mailbox's grant stays until it is reconnected
+    # or unlinked).
     MailboxChecked: ignore,
     MailboxHealthChanged: ignore,
 }

@@ -88,3 +88,6 @@ class BrokerDeps:
     # Configured providers that could not be loaded, and why (for operators; their links fail
     # deployment_misconfigured).
     unavailable: Mapping[ProviderKey, str] = field(default_factory=dict)
+    # Health checks (health_checks.py): how long a check waits for another refresher (the
+    # holder of the grant's refresh lease) to finish before it answers timeout.
+    check_refresh_wait: float = 10.0
