@@ -1,13 +1,15 @@
 """The parts of issue 17's end-to-end proof that need no new endpoint: the example internal
-service follows MailboxLinked on the real topic and uses the mailbox through its servers, and
-a mailbox linked through the outage forwarder (custom ports: an ownership proof) keeps
-working across a forwarder stop and start."""
+service follows MailboxLinked on the real topic and uses the mailbox through its servers (a
+password mailbox linked through the outage forwarder, which needs an ownership proof and keeps
+working across a forwarder stop and start; an OAuth mailbox with the token the broker holds),
+with access answers built by hand where the registry's endpoint will give them."""
 
 from typing import Any
 
 import httpx
 import pytest
 
+from localinfra import LocalOAuthServer
 from localinfra.forwarder import TcpForwarder
 from localinfra.stack import Endpoints
 from mailbox_link_contract.events import MailboxLinked
@@ -17,6 +19,7 @@ from ..example_internal_service.access import parse_access
 from ..example_internal_service.events import MailboxEvents, is_linked, topic_end
 from ..example_internal_service.mailer import find_message, send_message
 from .conftest import imap_body, link_and_wait, unique_user_id
+from .oauth_flow import Browser, final_owner, link_through_sign_in, new_account
 
 
 async def test_a_mailbox_linked_through_the_forwarder_is_seen_used_and_survives_an_outage(
@@ -59,6 +62,37 @@ async def test_a_mailbox_linked_through_the_forwarder_is_seen_used_and_survives_
         forwarder.start()
         again = await send_message(access, infra.ca_file)
         assert (await find_message(access, infra.ca_file, again.message_id)).subject
+
+
+async def test_an_oauth_mailbox_is_seen_and_used_with_its_token_through_xoauth2(
+    api: httpx.AsyncClient,
+    registry_api: httpx.AsyncClient,
+    infra: Endpoints,
+    oauth: LocalOAuthServer,
+    browser: Browser,
+) -> None:
+    topic = Topics.for_namespace("e2e").mailboxes
+    start = await topic_end(infra.kafka_bootstrap, topic)
+    address = new_account(oauth, "google")
+    link, _ = await link_through_sign_in(api, browser, address)
+    assert link["status"] == "linked", link
+    async with MailboxEvents(infra.kafka_bootstrap, topic, address, start=start) as seen:
+        linked = await seen.wait_for(is_linked, within=30)
+    assert linked.data.mailbox_id == link["mailbox_id"]
+    user_id = final_owner(link)
+    listed = await registry_api.get(f"/v1/accounts/acme/users/{user_id}/mailboxes")
+    [mailbox] = listed.json()["mailboxes"]
+    # The broker's current access token: what the registry's endpoint will hand out.
+    token = oauth.issued_tokens(address, "access_token")[-1]
+    servers = {
+        name: {key: mailbox[name].get(key, address) for key in ("host", "port", "security")}
+        | {"username": mailbox[name].get("username", address)}
+        for name in ("imap", "smtp")
+    }
+    answer = {"address": address, "auth": "oauth", **servers, "access_token": token}
+    access = parse_access({**answer, "sasl_mechanism": "XOAUTH2"}, linked.data.mailbox_id)
+    sent = await send_message(access, infra.ca_file)
+    assert (await find_message(access, infra.ca_file, sent.message_id)).subject == sent.subject
 
 
 def _password_access(mailbox: dict[str, Any], address: str, password: str) -> dict[str, Any]:
