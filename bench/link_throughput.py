@@ -135,7 +135,7 @@ def server_kind(argv: str, workdir: str) -> str | None:
         return "kafka"
     if "dovecot" in argv and "/dovecot-mail/" in argv:
         return "dovecot"  # only the trusted mail server; the other three stay idle here
-    if "-m aiosmtpd" in argv:
+    if "-m aiosmtpd" in argv or ("-m localinfra.relay" in argv and "--routes-file" in argv):
         return "smtp_sink"  # Dovecot's submission relay
     return None
 

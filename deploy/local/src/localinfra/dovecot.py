@@ -2,7 +2,7 @@
 
 Three kinds, all sharing one passwd-file of users and one maildir root:
 - ``mail``: IMAP (STARTTLS) + IMAPS, submission (STARTTLS) + submissions, cert from the test CA,
-  relaying submitted mail to an SMTP sink;
+  relaying submitted mail to the submission relay (delivers to local domains, drops the rest);
 - ``pop3only``: ``protocols = pop3`` with POP3 (STARTTLS allowed) and POP3S;
 - ``untrusted``: IMAPS + submissions with a self-signed cert no test CA vouches for.
 """
@@ -27,7 +27,7 @@ from localinfra.cache import InstallResult
 from localinfra.certs import TlsFiles
 from localinfra.ports import free_port, wait_for_banner
 from localinfra.procs import ManagedProcess, ServerFailedError
-from localinfra.sink import SmtpSink
+from localinfra.relay import SubmissionRelay
 
 APT_PACKAGES = (
     "dovecot-core",
@@ -44,7 +44,9 @@ class DovecotKind(enum.StrEnum):
     MAIL = "mail"
     POP3ONLY = "pop3only"
     UNTRUSTED = "untrusted"
-    OAUTH = "oauth"  # IMAPS + submissions, logins by XOAUTH2/OAUTHBEARER only
+    # IMAPS + submissions, logins by XOAUTH2/OAUTHBEARER only; LMTP delivers to any address
+    # (OAuth logins are in no users file) in the shared mail root.
+    OAUTH = "oauth"
     ATTACKER = "attacker"  # IMAPS + submissions, its own users and mail root
 
 
@@ -142,7 +144,7 @@ class DovecotPorts:
     submissions: int = 0
     pop3: int = 0
     pop3s: int = 0
-    lmtp: int = 0  # the MAIL instance's LMTP (delivery into the maildirs IMAP reads)
+    lmtp: int = 0  # the MAIL and OAUTH instances' LMTP (delivery into the maildirs IMAP reads)
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,8 @@ class DovecotServer:
             )
         if self.kind is DovecotKind.POP3ONLY:
             return DovecotPorts(pop3=free_port(), pop3s=free_port())
+        if self.kind is DovecotKind.OAUTH:
+            return DovecotPorts(imaps=free_port(), submissions=free_port(), lmtp=free_port())
         return DovecotPorts(imaps=free_port(), submissions=free_port())
 
     def _config(self, instance_dir: Path) -> str:
@@ -310,9 +314,12 @@ class DovecotServer:
         if self.ports.lmtp:
             protocols += " lmtp"
         p = self.ports
+        static_userdb = f"uid={run_as.uid} gid={run_as.gid} home={self.mail_root}/%d/%n"
         if self.kind is DovecotKind.OAUTH:
             mechanisms = "xoauth2 oauthbearer"
             passdb = ["  driver = oauth2", f"  args = {instance_dir}/oauth2.conf.ext"]
+            # LMTP asks the userdb alone; an oauth2 passdb cannot say whether a user exists.
+            static_userdb = f"{static_userdb} allow_all_users=yes"
         else:
             mechanisms = "plain login"
             passdb = ["  driver = passwd-file",
@@ -350,7 +357,7 @@ class DovecotServer:
             # the passwd-file userdb, any other name gets a home under the mail root.
             "userdb {",
             "  driver = static",
-            f"  args = uid={run_as.uid} gid={run_as.gid} home={self.mail_root}/%d/%n",
+            f"  args = {static_userdb}",
             "}",
             # Making the auth-penalty socket unusable switches off anvil's per-IP penalty.
             "service anvil {",
@@ -409,7 +416,7 @@ def _lmtp_service(port: int) -> list[str]:
 
 
 class MailServers:
-    """The SMTP sink and the three Dovecot kinds, started together by one ``start`` call."""
+    """The submission relay and the Dovecot kinds, started together by one ``start`` call."""
 
     def __init__(
         self, workdir: Path, trusted: TlsFiles, untrusted: TlsFiles, introspection_url: str
@@ -431,7 +438,8 @@ class MailServers:
             if run_as.as_root:
                 # Mail processes run as the unprivileged userdb uid and create maildirs here.
                 os.chown(root, run_as.uid, run_as.gid)
-        self.sink = SmtpSink(workdir)
+        # Where every Dovecot's submission hands accepted mail (routes: `route_submissions`).
+        self.submission_relay = SubmissionRelay(workdir / "submission-relay")
         self.servers = {
             kind: DovecotServer(
                 kind,
@@ -448,11 +456,11 @@ class MailServers:
         """Launch everything at once, then wait for each greeting."""
         install_dovecot()
         try:
-            # The sink first (~0.3 s): its port goes into the Dovecot configs. Mail is not
+            # The relay first (~0.3 s): its port goes into the Dovecot configs. Mail is not
             # the stack's critical path (Kafka is), so this costs nothing overall.
-            self.sink.start(timeout)
+            self.submission_relay.start(timeout)
             for server in self.servers.values():
-                server.relay_port = self.sink.port
+                server.relay_port = self.submission_relay.port
                 server.launch()
             for server in self.servers.values():
                 server.finish_start(timeout)
@@ -474,13 +482,18 @@ class MailServers:
             self.trusted,
             self.users.path,
             self.mail_root,
-            relay_port=self.sink.port,
+            relay_port=self.submission_relay.port,
             introspection_url=introspection_url,
             username_attribute=username_attribute,
         )
         self.extra_servers.append(server)
         server.start(timeout)
         return server
+
+    def route_submissions(self, routes: dict[str, tuple[str, int]]) -> None:
+        """Makes mail submitted to any Dovecot for these domains arrive at these LMTP servers
+        (other recipients are dropped)."""
+        self.submission_relay.set_routes(routes)
 
     def add_user(self, username: str, password: str, address: str | None = None) -> None:
         """Add a mail user to every instance but the attacker's (takes effect immediately)."""
@@ -494,15 +507,15 @@ class MailServers:
         return self.servers[kind]
 
     def stop(self) -> None:
-        """Stop all Dovecot instances and the sink. Idempotent."""
+        """Stop all Dovecot instances and the submission relay. Idempotent."""
         # Signal all first, then wait: each Dovecot takes ~1 s to shut down.
         servers = [*self.servers.values(), *self.extra_servers]
         for server in servers:
             server.terminate()
-        self.sink.terminate()
+        self.submission_relay.terminate()
         for server in servers:
             server.stop()
-        self.sink.stop()
+        self.submission_relay.stop()
 
 
 def _check_traversable(path: Path) -> None:

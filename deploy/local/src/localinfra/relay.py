@@ -1,13 +1,21 @@
-"""An MX-routing SMTP relay (aiosmtpd) for ownership proofs: accepts mail without auth, looks
-up each recipient domain's MX at the stack's DNS server and delivers over LMTP to the Dovecot
-mapped to that MX host. Recipients whose domain has no mapped MX get 550, as undeliverable
-internet mail. Run as a child process: ``python -m localinfra.relay ...``.
+"""SMTP relays (aiosmtpd) of the local stack, as child processes: ``python -m localinfra.relay``.
+
+- The MX-routing relay, for ownership proofs: accepts mail without auth, looks up each
+  recipient domain's MX at the stack's DNS server and delivers over LMTP to the Dovecot mapped
+  to that MX host. Recipients whose domain has no mapped MX get 550, as undeliverable
+  internet mail.
+- The submission relay, where the Dovecots' submission services hand accepted mail: it
+  delivers over LMTP by recipient domain (a routes file the stack writes once the Dovecots'
+  LMTP ports are known, re-read on every message) and accepts and discards the rest, as the
+  plain sink it replaces did. So a message sent through a local mailbox's SMTP to a local
+  address arrives in that address's INBOX.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import smtplib
 import socket
@@ -152,6 +160,58 @@ class MxRelayHandler:
         return "250 OK delivered"
 
 
+class DomainRelayHandler:
+    """aiosmtpd handler: route by recipient domain through a routes file
+    ({"domain": ["ip", lmtp_port]}); recipients of other domains are accepted and dropped."""
+
+    def __init__(self, routes_file: Path, log_file: Path) -> None:
+        self.routes_file = routes_file
+        self.log_file = log_file
+
+    def _log(self, line: str) -> None:
+        with self.log_file.open("a") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+    def route(self, address: str) -> tuple[str, int] | None:
+        """Destination of ``address``, or None (dropped)."""
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        try:
+            routes = json.loads(self.routes_file.read_text())
+        except (OSError, ValueError):
+            return None  # not written yet: everything is dropped, as by a sink
+        dest = routes.get(domain) if isinstance(routes, dict) else None
+        if isinstance(dest, list) and len(dest) == 2:
+            return str(dest[0]), int(dest[1])
+        return None
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        groups: dict[tuple[str, int], list[str]] = {}
+        for rcpt in envelope.rcpt_tos:
+            dest = self.route(rcpt)
+            if dest is None:
+                self._log(f"dropped from={envelope.mail_from} rcpt={rcpt}")
+            else:
+                groups.setdefault(dest, []).append(rcpt)
+        failed: list[str] = []
+        for dest, rcpts in groups.items():
+            error = await asyncio.to_thread(
+                _deliver, dest, envelope.mail_from, rcpts, envelope.original_content
+            )
+            for rcpt in rcpts:
+                ok = rcpt not in error
+                self._log(
+                    f"{'delivered' if ok else 'failed'} from={envelope.mail_from} rcpt={rcpt} "
+                    f"lmtp={dest[0]}:{dest[1]}" + ("" if ok else f" error={error[rcpt]}")
+                )
+                if not ok:
+                    failed.append(rcpt)
+        if failed:
+            return "554 5.5.0 Delivery failed for " + ", ".join(failed)
+        return "250 OK"
+
+
 def _deliver(dest: tuple[str, int], sender: str, rcpts: list[str], data: bytes) -> dict[str, str]:
     """LMTP delivery; returns {recipient: error} for the refused ones."""
     try:
@@ -165,7 +225,7 @@ def _deliver(dest: tuple[str, int], sender: str, rcpts: list[str], data: bytes) 
 
 
 class SmtpRelay:
-    """The relay as a child process on 127.0.0.1 (like ``SmtpSink``)."""
+    """The relay as a child process on 127.0.0.1 (like ``SubmissionRelay``)."""
 
     def __init__(
         self, workdir: Path, dns: tuple[str, int], transport: dict[str, tuple[str, int]]
@@ -215,6 +275,62 @@ class SmtpRelay:
             self._proc.stop(timeout=5.0)
 
 
+class SubmissionRelay:
+    """The submission relay as a child process on 127.0.0.1 (``DomainRelayHandler``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self.routes_file = workdir / "submission-routes.json"
+        self.delivery_log = workdir / "submission-deliveries.log"
+        self._proc: ManagedProcess | None = None
+
+    def set_routes(self, routes: dict[str, tuple[str, int]]) -> None:
+        """Deliver mail for these domains (lower case) to these LMTP servers from now on."""
+        staging = self.routes_file.with_suffix(".tmp")
+        staging.write_text(json.dumps({d.lower(): list(dest) for d, dest in routes.items()}))
+        staging.replace(self.routes_file)  # the relay never reads a half-written file
+
+    def launch(self) -> None:
+        """Start the process without waiting for it."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        argv = [sys.executable, "-m", "localinfra.relay", "--port", str(self.port)]
+        argv += ["--routes-file", str(self.routes_file), "--log", str(self.delivery_log)]
+        self._proc = ManagedProcess("submission-relay", argv, self.workdir / "submission-relay.log")
+        self._proc.start()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait for the ``220`` greeting."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("submission relay not launched")
+        try:
+            wait_for_banner("127.0.0.1", self.port, b"220", timeout, is_alive=proc.is_alive)
+        except (TimeoutError, RuntimeError) as exc:
+            raise proc.fail(str(exc)) from exc
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Launch and wait; relaunch once on another port if the first one was taken."""
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except ServerFailedError:
+            self.stop()
+            self.launch()
+            self.wait_ready(timeout)
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (``stop`` then waits)."""
+        if self._proc is not None:
+            self._proc.terminate()
+
+    def stop(self) -> None:
+        """Stop the relay. Idempotent."""
+        if self._proc is not None:
+            self._proc.stop(timeout=5.0)
+
+
 def _hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -226,15 +342,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--dns", required=True)
+    parser.add_argument("--dns")
+    parser.add_argument("--routes-file")
     parser.add_argument("--log", required=True)
     parser.add_argument("--route", action="append", default=[])
     args = parser.parse_args()
-    transport = {}
-    for route in args.route:
-        host, _, dest = route.partition("=")
-        transport[host] = _hostport(dest)
-    handler = MxRelayHandler(_hostport(args.dns), transport, Path(args.log))
+    handler: MxRelayHandler | DomainRelayHandler
+    if args.routes_file:
+        handler = DomainRelayHandler(Path(args.routes_file), Path(args.log))
+    else:
+        transport = {}
+        for route in args.route:
+            host, _, dest = route.partition("=")
+            transport[host] = _hostport(dest)
+        handler = MxRelayHandler(_hostport(args.dns), transport, Path(args.log))
     controller = Controller(
         handler, hostname="127.0.0.1", port=args.port, data_size_limit=DATA_SIZE_LIMIT
     )

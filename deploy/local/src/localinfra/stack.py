@@ -73,6 +73,10 @@ class Endpoints:
     # (LocalStack.add_attacker_user) and receives no mail.
     relay_port: int = 0
     lmtp_port: int = 0
+    # The OAuth Dovecot's LMTP. Mail submitted to any Dovecot for OAUTH_MAIL_DOMAINS arrives
+    # here (the submission relay), so an OAuth mailbox finds what it sent itself over IMAP;
+    # mail for RELAYED_DOMAINS arrives at the trusted Dovecot (lmtp_port); the rest is dropped.
+    oauth_lmtp_port: int = 0
     attacker_imaps_port: int = 0
     attacker_submissions_port: int = 0
 
@@ -94,6 +98,10 @@ OWN_MX_DOMAIN = "ownmx.test"  # an MX of its own and nothing that tells its IMAP
 HOSTED_DOMAIN = "hosted.test"  # hosting-provider style: logins differ from addresses
 # Domains whose MX the relay maps to the trusted Dovecot's LMTP.
 RELAYED_DOMAINS = ("example.org", HOSTED_DOMAIN, DISCOVERABLE_DOMAIN, OWN_MX_DOMAIN)
+# The local OAuth server's providers' domains, whose mailboxes live on the OAuth Dovecot. Only
+# mail submitted through a local Dovecot reaches them: the MX-routing relay (ownership proofs)
+# still refuses them, as internet mail it cannot deliver.
+OAUTH_MAIL_DOMAINS = ("gmail.com", "googlemail.com", "outlook.com", "yahoo.com", "aol.com")
 
 
 def _test_zone(imaps_port: int, submissions_port: int) -> DnsRecords:
@@ -234,6 +242,10 @@ class LocalStack:
             tasks["mongo"] = mongo.start
         results = _run_parallel(tasks)
         mail_ports = mail[DovecotKind.MAIL].ports
+        oauth_ports = mail[DovecotKind.OAUTH].ports
+        submission_routes = {d: ("127.0.0.1", mail_ports.lmtp) for d in RELAYED_DOMAINS}
+        submission_routes |= {d: ("127.0.0.1", oauth_ports.lmtp) for d in OAUTH_MAIL_DOMAINS}
+        mail.route_submissions(submission_routes)
         zone = _test_zone(mail_ports.imaps, mail_ports.submissions)
         dns = DnsServer(root / "dns", zone, forward=self.dns_forwarding)
         self._stoppers.append(dns.stop)
@@ -245,7 +257,6 @@ class LocalStack:
         attacker_ports = mail[DovecotKind.ATTACKER].ports
         pop3_ports = mail[DovecotKind.POP3ONLY].ports
         untrusted_ports = mail[DovecotKind.UNTRUSTED].ports
-        oauth_ports = mail[DovecotKind.OAUTH].ports
         return Endpoints(
             kafka_bootstrap=results["kafka"],
             mongodb_uri=results["mongo"],
@@ -267,6 +278,7 @@ class LocalStack:
             oauth_server_url=oauth_server.base_url,
             relay_port=relay.port,
             lmtp_port=mail_ports.lmtp,
+            oauth_lmtp_port=oauth_ports.lmtp,
             attacker_imaps_port=attacker_ports.imaps,
             attacker_submissions_port=attacker_ports.submissions,
         )
