@@ -37,7 +37,9 @@ async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value)
+        # One key, one partition: the auto-created topic may have several, and only within a
+        # partition are records read back in the order they were written.
+        await producer.send_and_wait(topic, value, key=b"restart")
     finally:
         await producer.stop()
 
