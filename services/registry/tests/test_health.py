@@ -1,6 +1,7 @@
 """Mailbox health (docs/adr/0023) on in-memory storage: the schedule, the checks requested, what
 their results make of the mailbox, the events announcing it, the listing and on-demand checks."""
 
+import asyncio
 from datetime import timedelta
 from typing import TypeVar
 
@@ -541,3 +542,23 @@ async def test_an_on_demand_check_of_an_unknown_or_foreign_mailbox_is_not_found(
     assert bound.status_code == 404  # a key bound to another account
     assert refused.status_code == 403
     assert _of(deps, MailboxCheckRequested) == []
+
+
+async def test_a_result_applied_by_many_at_once_decides_one_change(clock: FakeClock) -> None:
+    # Interleaved round trips and half the hint writes lost, as on a store without isolation.
+    store = InMemoryRegistryStore(clock, hint_loss=0.5, interleave=True, seed=7)
+    deps = RegistryDeps(
+        store, RecordingPublisher(), PlanTable(DEFAULT_PLANS, "basic"), clock=clock, health=POLICY
+    )
+    await _link(deps)
+    [due] = store.health.values()
+    clock.now = due.next_check_at
+    while not _of(deps, MailboxCheckRequested):  # the hint of the request may be lost
+        await health.request_due_checks(deps)
+    [asked] = _of(deps, MailboxCheckRequested)
+    result = _result(asked, UNREACHABLE)
+    await asyncio.gather(*(handlers.when_mailbox_checked_apply(result, deps) for _ in range(10)))
+    assert {e.event_id for e in _of(deps, MailboxHealthChanged)} == {
+        _of(deps, MailboxHealthChanged)[0].event_id
+    }
+    assert (await _mailbox(deps)).health is MailboxHealth.DEGRADED
