@@ -127,7 +127,7 @@ RATE_LIMIT_REFUSALS = Counter(
     ["limit"],
 )
 
-SPECS = (
+SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "mailbox_link_http_requests_total",
         {"route": ROUTE_TEMPLATE, "method": HTTP_METHODS, "status": STATUS_CODE},
