@@ -45,6 +45,7 @@ from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps, UnlinkResult
 from registry_fakes import (
+    FailingOncePublisher,
     FakeClock,
     InMemoryRegistryStore,
     request_data,
@@ -562,3 +563,39 @@ async def test_a_result_applied_by_many_at_once_decides_one_change(clock: FakeCl
         _of(deps, MailboxHealthChanged)[0].event_id
     }
     assert (await _mailbox(deps)).health is MailboxHealth.DEGRADED
+
+
+async def test_a_check_whose_request_was_not_published_is_not_in_flight(
+    store: InMemoryRegistryStore, clock: FakeClock
+) -> None:
+    publisher = FailingOncePublisher("MailboxCheckRequested")
+    deps = RegistryDeps(
+        store, publisher, PlanTable(DEFAULT_PLANS, "basic"), clock=clock, health=POLICY
+    )
+    mailbox_id = await _link(deps)
+    clock.advance(INTERVAL)
+    with pytest.raises(ConnectionError):
+        await health.request_due_checks(deps)
+    assert store.checks == {}
+    clock.advance(POLICY.retry)  # retried soon, not after the check's timeout
+    assert await health.request_due_checks(deps) == 1
+    [asked] = _of(deps, MailboxCheckRequested)
+    assert asked.data.check_id == f"{mailbox_id}-2"  # its number is not used again
+    await handlers.when_mailbox_checked_apply(_result(asked, None), deps)
+    assert store.health[mailbox_id].applied == 2
+
+
+async def test_a_reconnect_starts_the_count_of_refusals_again(
+    deps: RegistryDeps, clock: FakeClock
+) -> None:
+    await _link(deps)
+    await _check(deps, clock, REFUSED)
+    data = request_data(ALICE, "r1", ADDRESS).model_copy(update={"reconnect": True})
+    await handlers.when_link_requested_reserve(
+        LinkRequested(correlation_id="r1", producer="link-api", data=data), deps
+    )
+    await handlers.when_mailbox_verified_link(verified_event(ALICE, "r1", ADDRESS), deps)
+    await _check(deps, clock, REFUSED)
+    assert (await _mailbox(deps)).health is MailboxHealth.ACTIVE  # the first of the new ones
+    await _check(deps, clock, REFUSED)
+    assert (await _mailbox(deps)).health is MailboxHealth.RECONNECT_REQUIRED

@@ -82,6 +82,7 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
         await deps.store.drop_verification(record.link_id)
         await settle(record, deps)
     await health.track(record, deps)  # a linked mailbox is checked from now on
+    await health.reconnected(record, deps)  # or a reconnected one's counts start again
     logger.info("link %s of %s after verification: %s", data.link_id, data.address, record.state)
 
 

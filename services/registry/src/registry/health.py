@@ -96,15 +96,19 @@ async def _mailbox_link(health: HealthRecord, deps: RegistryDeps) -> LinkRecord 
     return None
 
 
-async def _latest_check(mailbox_id: str, start: int, deps: RegistryDeps) -> HealthCheck | None:
-    """The mailbox's latest claimed check, read forward from number `start` (a hint)."""
+async def _latest_check(
+    mailbox_id: str, start: int, deps: RegistryDeps
+) -> tuple[int, HealthCheck | None]:
+    """The number of the mailbox's latest claimed check, read forward from number `start` (a
+    hint, itself claimed or applied), and that check if it is still stored (a check whose
+    publish failed, or one older than a result applied, is deleted: its number stays used)."""
     number, latest = start, None
     if start > 0:
         latest = await deps.store.get_check(mailbox_id, start)
     for _ in range(MAX_CHECKS_AHEAD):
         following = await deps.store.get_check(mailbox_id, number + 1)
         if following is None:
-            return latest
+            return number, latest
         number, latest = number + 1, following
     raise RuntimeError(f"the checks of mailbox {mailbox_id} have no end")
 
@@ -130,25 +134,31 @@ async def request_check(
     if mailbox is None:  # pragma: no cover - callers pass linked records
         raise ValueError(record.link_id)
     now = deps.clock()
-    latest = await _latest_check(mailbox.mailbox_id, max(health.last_check, health.applied), deps)
+    start = max(health.last_check, health.applied)
+    number, latest = await _latest_check(mailbox.mailbox_id, start, deps)
     if latest is not None and _in_flight(latest, health, now, deps):
         return Requested(latest, new=False)
     if admit is not None and deps.check_limiter is not None:
         await deps.check_limiter.take(f"mailbox-checks-{mailbox.mailbox_id}", admit, now)
-    check = HealthCheck(mailbox.mailbox_id, (latest.number if latest else 0) + 1, reason, now)
+    check = HealthCheck(mailbox.mailbox_id, number + 1, reason, now)
     if not await deps.store.add_check(check):
         # Another replica claimed this very check just now: it is in flight.
         other = await deps.store.get_check(check.mailbox_id, check.number)
         return Requested(other or check, new=False)
-    try:
-        await deps.publisher.publish(await _check_requested(record, mailbox, check, deps))
-    except BaseException:
-        # Never published: not in flight (its id was never seen, so it may be claimed again).
-        await deps.store.forget_check(check.mailbox_id, check.number)
-        raise
+    # Noted before publishing, so the result's hint (written after it, in the usual order of
+    # things) is not overwritten by this one.
     await deps.store.note_check_requested(
         check.mailbox_id, check.number, now + deps.health.check_timeout
     )
+    try:
+        await deps.publisher.publish(await _check_requested(record, mailbox, check, deps))
+    except BaseException:
+        # Never published, so not in flight: the next request (a retry away) takes the next
+        # number.
+        await deps.store.forget_check(check.mailbox_id, check.number)
+        retry_at = now + deps.health.retry_delay(1)
+        await deps.store.note_check_requested(check.mailbox_id, check.number, retry_at)
+        raise
     metrics.health_check_requested(reason.value)
     logger.info("mailbox %s: check %s requested (%s)", mailbox.mailbox_id, check.number, reason)
     return Requested(check, new=True)
@@ -285,6 +295,23 @@ async def change_health(
         return changed, health_changed_event(link, changed, mailbox.health, why)
 
     return await change_mailbox(record, change, deps)
+
+
+async def reconnected(record: LinkRecord, deps: RegistryDeps) -> None:
+    """After a reconnect link's mailbox took its verification: the counts of failures of the
+    former credentials start again (a refusal of the new ones is the first in a row)."""
+    if record.state is not LinkState.RECONNECTED or record.reconnects is None:
+        return
+    stored = await deps.store.get_link(record.reconnects)
+    mailbox_link = await load(stored, deps) if stored else None
+    mailbox = mailbox_link.mailbox if mailbox_link else None
+    if mailbox is None:
+        return
+    health = await deps.store.get_health(mailbox.mailbox_id)
+    if health is not None and (health.refusals or health.back_off):
+        wait = deps.health.regular_delay(_spread())
+        fresh = replace(health, refusals=0, back_off=0, next_check_at=deps.clock() + wait)
+        await deps.store.note_check_result(fresh)
 
 
 # --- on demand --------------------------------------------------------------------------------
