@@ -30,7 +30,8 @@ from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.crypto import SecretBox, generate_key
 from mailbox_link_shared.publishing import RecordingPublisher
 from registry.adapters.registry_store import Claim, PendingEntry, UserPlan, Verification
-from registry.domain.links import Decision, LinkRecord, Progress
+from registry.domain.health import HealthCheck, HealthRecord
+from registry.domain.links import Decision, LinkRecord, LinkState, Progress
 
 
 class FakeClock:
@@ -75,6 +76,8 @@ class InMemoryRegistryStore:
         self.pending_entries: dict[str, PendingEntry] = {}
         self.ended_at: dict[str, datetime] = {}
         self.claimants: list[str] = []
+        self.health: dict[str, HealthRecord] = {}
+        self.checks: dict[tuple[str, int], HealthCheck] = {}
         self._hint_loss = hint_loss
         self._interleave = interleave
         self._random = random.Random(seed)
@@ -222,6 +225,80 @@ class InMemoryRegistryStore:
     async def forget_claim(self, resource: str, generation: int) -> None:
         await self._maybe_cut_in("forget_claim")
         self.claims.pop(Claim(resource, generation, "").claim_id, None)
+
+    async def add_health(self, health: HealthRecord) -> bool:
+        await self._maybe_cut_in("add_health")
+        if health.mailbox_id in self.health:
+            return False
+        self.health[health.mailbox_id] = health
+        return True
+
+    async def get_health(self, mailbox_id: str) -> HealthRecord | None:
+        await self._maybe_cut_in("get_health")
+        return self.health.get(mailbox_id)
+
+    async def due_health(self, now: datetime, limit: int) -> list[HealthRecord]:
+        await self._maybe_cut_in("due_health")
+        due = [h for h in self.health.values() if h.next_check_at <= now]
+        return sorted(due, key=lambda h: h.next_check_at)[:limit]
+
+    async def note_check_requested(
+        self, mailbox_id: str, number: int, next_check_at: datetime
+    ) -> None:
+        await self._maybe_cut_in("note_check_requested")
+        health = self.health.get(mailbox_id)
+        if health is not None and not self._hint_lost():
+            self.health[mailbox_id] = replace(
+                health, last_check=number, next_check_at=next_check_at
+            )
+
+    async def note_check_result(self, health: HealthRecord) -> None:
+        await self._maybe_cut_in("note_check_result")
+        stored = self.health.get(health.mailbox_id)
+        if stored is not None and not self._hint_lost():
+            self.health[health.mailbox_id] = replace(
+                stored,
+                applied=health.applied,
+                last_checked_at=health.last_checked_at,
+                last_failure=health.last_failure,
+                refusals=health.refusals,
+                back_off=health.back_off,
+                next_check_at=health.next_check_at,
+            )
+
+    async def forget_health(self, mailbox_id: str) -> None:
+        await self._maybe_cut_in("forget_health")
+        self.health.pop(mailbox_id, None)
+        for key in [k for k in self.checks if k[0] == mailbox_id]:
+            del self.checks[key]
+
+    async def add_check(self, check: HealthCheck) -> bool:
+        await self._maybe_cut_in("add_check")
+        key = (check.mailbox_id, check.number)
+        if key in self.checks:
+            return False
+        self.checks[key] = check
+        return True
+
+    async def get_check(self, mailbox_id: str, number: int) -> HealthCheck | None:
+        await self._maybe_cut_in("get_check")
+        return self.checks.get((mailbox_id, number))
+
+    async def forget_check(self, mailbox_id: str, number: int) -> None:
+        self.checks.pop((mailbox_id, number), None)
+
+    async def forget_checks_before(self, mailbox_id: str, number: int) -> None:
+        for key in [k for k in self.checks if k[0] == mailbox_id and k[1] < number]:
+            del self.checks[key]
+
+    async def linked_without_health(self, limit: int) -> list[str]:
+        tracked = {h.link_id for h in self.health.values()}
+        linked = [
+            link_id
+            for link_id, record in self.links.items()
+            if record.progress.state is LinkState.LINKED and link_id not in tracked
+        ]
+        return linked[:limit]
 
 
 def _through_json(event: dict[str, Any] | None) -> dict[str, Any] | None:

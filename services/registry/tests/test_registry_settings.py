@@ -25,3 +25,31 @@ def test_link_retention_raised_with_the_topics_is_accepted() -> None:
         link_retention_seconds=11 * 24 * 3600,
     )
     assert settings.link_retention.days == 11
+
+
+def test_health_checks_default_to_six_hours_and_take_one_second_intervals_for_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = registry_settings().health_policy()
+    assert defaults.interval.total_seconds() == 6 * 3600
+    assert (defaults.jitter, defaults.auth_failures, defaults.batch) == (0.2, 2, 50)
+    assert defaults.retry.total_seconds() == 60
+    for name, value in {
+        "HEALTH_CHECK_INTERVAL_SECONDS": "1",
+        "HEALTH_RETRY_SECONDS": "1",
+        "HEALTH_SCHEDULER_INTERVAL_SECONDS": "1",
+        "HEALTH_AUTH_FAILURES": "3",
+        "HEALTH_CHECK_BATCH": "5",
+        "HEALTH_CHECK_JITTER": "0",
+    }.items():
+        monkeypatch.setenv(f"MBL_{name}", value)
+    settings = registry_settings()
+    policy = settings.health_policy()
+    assert policy.interval.total_seconds() == 1
+    assert policy.retry.total_seconds() == 1
+    assert settings.health_scheduler_interval_seconds == 1
+    assert (policy.jitter, policy.auth_failures, policy.batch) == (0.0, 3, 5)
+
+
+def test_a_zero_interval_turns_scheduled_checks_off() -> None:
+    assert not registry_settings(health_check_interval_seconds=0).health_policy().scheduled

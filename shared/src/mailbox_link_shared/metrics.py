@@ -381,3 +381,48 @@ def health_check_finished(verifier: str, code: str | None, seconds: float) -> No
     outcome = result_of(code)
     HEALTH_CHECKS.labels(verifier, outcome).inc()
     HEALTH_CHECK_DURATION.labels(verifier, outcome).observe(seconds)
+
+
+# -- mailbox health (issue 17, registry) -------------------------------------------------------
+
+HEALTH_CHECK_REASONS = frozenset({"scheduled", "on_demand"})
+HEALTH_CHECK_OUTCOMES = frozenset({"ok", "credentials_refused", "failed", "ignored"})
+MAILBOX_HEALTH_STATES = frozenset({"active", "degraded", "reconnect_required"})
+
+HEALTH_CHECKS_REQUESTED = Counter(
+    "mailbox_link_health_checks_requested_total",
+    "Mailbox health checks the registry requested, by reason (scheduled or on_demand).",
+    ["reason"],
+)
+HEALTH_CHECK_RESULTS = Counter(
+    "mailbox_link_health_check_results_total",
+    "Mailbox health check results the registry received, by outcome (ok, credentials_refused, "
+    "failed, or ignored: an unknown, old or repeated check, or a mailbox no longer linked).",
+    ["outcome"],
+)
+MAILBOX_HEALTH_CHANGES = Counter(
+    "mailbox_link_mailbox_health_changes_total",
+    "Changes of a linked mailbox's health decided by the registry, by the new state.",
+    ["health"],
+)
+SPECS = (
+    *SPECS,
+    MetricSpec("mailbox_link_health_checks_requested_total", {"reason": HEALTH_CHECK_REASONS}),
+    MetricSpec("mailbox_link_health_check_results_total", {"outcome": HEALTH_CHECK_OUTCOMES}),
+    MetricSpec("mailbox_link_mailbox_health_changes_total", {"health": MAILBOX_HEALTH_STATES}),
+)
+
+
+def health_check_requested(reason: str) -> None:
+    """Counts a health check requested for `reason`."""
+    HEALTH_CHECKS_REQUESTED.labels(_one_of(HEALTH_CHECK_REASONS, reason, "scheduled")).inc()
+
+
+def health_check_result(outcome: str) -> None:
+    """Counts a health check result by what it was."""
+    HEALTH_CHECK_RESULTS.labels(_one_of(HEALTH_CHECK_OUTCOMES, outcome, "failed")).inc()
+
+
+def mailbox_health_changed(health: str) -> None:
+    """Counts a change of a mailbox's health to `health`."""
+    MAILBOX_HEALTH_CHANGES.labels(_one_of(MAILBOX_HEALTH_STATES, health, "degraded")).inc()

@@ -9,12 +9,18 @@ from mailbox_link_shared.health import Readiness, kafka_check, mongo_check, runn
 from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
+from mailbox_link_shared.rate_limit_store import MongoSlots, rate_limit_database
+from mailbox_link_shared.rate_limits import RateLimiter
 from mailbox_link_shared.topics import prepare_topics
 from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
 from registry.entrypoints.events import register_subscribers
-from registry.entrypoints.housekeeping import make_housekeeper, make_retention_sweeper
+from registry.entrypoints.housekeeping import (
+    make_health_scheduler,
+    make_housekeeper,
+    make_retention_sweeper,
+)
 from registry.entrypoints.http import build_router
 from registry.handlers import RegistryDeps
 
@@ -30,12 +36,17 @@ def build_app(settings: Settings) -> FastAPI:
         publisher=KafkaEventPublisher(broker, topics),
         plans=PlanTable(settings.plans, settings.default_plan),
         reservation_ttl=settings.reservation_ttl,
+        # Mailbox health (issue 17): the schedule, and on-demand checks' budget in the limits'
+        # store link-api and the imap-verifier share (link-api's sweep deletes expired slots).
+        health=settings.health_policy(),
+        check_limiter=RateLimiter(MongoSlots(mongo, rate_limit_database(settings.namespace))),
     )
     consumer = register_subscribers(broker, settings, deps)
     housekeeper = make_housekeeper(deps, settings.housekeeping_interval_seconds)
     sweeper = make_retention_sweeper(
         deps, settings.retention_interval_seconds, settings.link_retention
     )
+    health_scheduler = make_health_scheduler(deps, settings.health_scheduler_interval_seconds)
 
     keys = CallerKeys(settings.caller_keys())
     return build_http_app(
@@ -57,6 +68,14 @@ def build_app(settings: Settings) -> FastAPI:
             consumer.start,
             housekeeper.start,
             sweeper.start,
+            health_scheduler.start,
         ],
-        on_stop=[sweeper.stop, housekeeper.stop, consumer.stop, broker.stop, mongo.close],
+        on_stop=[
+            health_scheduler.stop,
+            sweeper.stop,
+            housekeeper.stop,
+            consumer.stop,
+            broker.stop,
+            mongo.close,
+        ],
     )

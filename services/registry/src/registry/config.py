@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.topics import REGISTRY, topics_consumed_by
 from mailbox_link_shared.settings import ENV_PREFIX, HttpSettings, MongoSettings, ServiceSettings
+from registry.domain.health import HealthPolicy
 from registry.domain.plans import DEFAULT_PLAN, DEFAULT_PLANS, MAX_MAILBOXES_PER_USER
 
 SERVICE_NAME = REGISTRY  # the catalogue's name: consumer group and producer
@@ -45,6 +46,64 @@ class Settings(ServiceSettings, MongoSettings, HttpSettings):
     retention_interval_seconds: float = Field(
         default=3600.0, gt=0, description="How often ended links past their retention go."
     )
+
+    # --- mailbox health checks (issue 17, docs/adr/0023) ---------------------------------
+    health_check_interval_seconds: float = Field(
+        default=6 * 3600,
+        ge=0,
+        description="How often each linked mailbox is checked (logged in to again); 0 turns "
+        "scheduled checks off (on-demand checks still work).",
+    )
+    health_check_jitter: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Each interval is the interval ± this share of it, so mailboxes linked "
+        "together are not checked together.",
+    )
+    health_retry_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A degraded mailbox's first retry; doubled with each failure, up to the "
+        "interval. Also how soon a first refusal of its credentials is confirmed.",
+    )
+    health_auth_failures: int = Field(
+        default=2,
+        ge=1,
+        description="Checks in a row whose credentials were refused before the mailbox is "
+        "reconnect_required.",
+    )
+    health_check_batch: int = Field(
+        default=50,
+        ge=1,
+        description="At most this many checks are requested per scheduler pass (bounds the "
+        "verifiers' load beside their own limits).",
+    )
+    health_scheduler_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the scheduler looks for due checks."
+    )
+    health_check_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A check unanswered this long is given up: the next may be requested.",
+    )
+    health_on_demand_checks_per_hour: int = Field(
+        default=12, ge=1, description="On-demand checks of one mailbox per hour."
+    )
+
+    def health_policy(self) -> HealthPolicy:
+        """The health checks' schedule and rules."""
+        return HealthPolicy(
+            interval=timedelta(seconds=self.health_check_interval_seconds),
+            jitter=self.health_check_jitter,
+            retry=timedelta(seconds=self.health_retry_seconds),
+            auth_failures=self.health_auth_failures,
+            batch=self.health_check_batch,
+            check_timeout=timedelta(seconds=self.health_check_timeout_seconds),
+            on_demand_per_hour=self.health_on_demand_checks_per_hour,
+        )
+
+    # --------------------------------------------------------------------------------------
 
     @property
     def reservation_ttl(self) -> timedelta:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,8 @@ from mailbox_link_contract.events import (
     Failure,
     LinkRejected,
     LinkRequested,
+    MailboxHealth,
+    MailboxHealthChanged,
     MailboxOwner,
     MailboxVerified,
     VerificationFailed,
@@ -38,6 +41,7 @@ from registry.claims import (
     take,
 )
 from registry.domain.events import (
+    health_changed_event,
     linked_event,
     reconnected_event,
     rejected_event,
@@ -201,8 +205,48 @@ async def decide(
     raise RuntimeError(f"link {record.link_id} kept being decided by others")
 
 
+# Makes new details of a linked mailbox from its current ones and its link, with the event
+# announcing the change; None: nothing to change.
+Changed = tuple[MailboxDetails, Envelope | None]
+MailboxChange = Callable[[LinkRecord, MailboxDetails], Changed | None]
+
+
+async def change_mailbox(
+    record: LinkRecord, change: MailboxChange, deps: RegistryDeps
+) -> LinkRecord:
+    """Decides LINKED -> LINKED with the details `change` makes of the mailbox's latest ones
+    (a flag, a health change, a reconnect); after losing to a competing decision, `change` is
+    asked again about the winner's details, so no decision undoes another's. Settles the link
+    either way (a redelivery finds the change made and announces it if a crash did not)."""
+    for _ in range(MAX_ATTEMPTS):
+        if record.state is not LinkState.LINKED or record.mailbox is None:
+            return await settle(record, deps)
+        changed = change(record, record.mailbox)
+        if changed is None:
+            return await settle(record, deps)
+        mailbox, event = changed
+        decision = Decision(
+            step=record.step + 1,
+            state=LinkState.LINKED,
+            decided_at=deps.clock(),
+            outbox=event.model_dump(mode="json") if event else None,
+            mailbox=mailbox,
+            claims=record.claims,
+            reconnects=record.reconnects,
+        )
+        if await deps.store.add_decision(record.link_id, decision):
+            _count_decision(LinkState.LINKED, event)
+            return await settle(replace(record, latest=decision), deps)
+        record = await load(await deps.store.get_link(record.link_id) or record, deps)
+    raise RuntimeError(f"link {record.link_id} kept being decided by others")
+
+
 def _count_decision(state: LinkState, event: Envelope | None) -> None:
     # Counted once, by the writer whose decision won (a repeat or a loser counts nothing).
+    if isinstance(event, MailboxHealthChanged):
+        metrics.registry_decision(state.value)
+        metrics.mailbox_health_changed(event.data.health.value)
+        return
     failure = getattr(getattr(event, "data", None), "failure", None)
     code = failure.code if isinstance(failure, Failure) else None
     expired = code is FailureCode.RESERVATION_EXPIRED
@@ -504,13 +548,30 @@ async def finish_reconnect(record: LinkRecord, deps: RegistryDeps) -> LinkRecord
         verification = await deps.store.get_verification(record.link_id)
         if verification is None:  # pragma: no cover - stored before the link was committed
             raise LookupError(f"reconnect link {record.link_id} has no verification")
-        details = reconnected_details(mailbox, record.link_id, verification)
-        mailbox_link = await decide(mailbox_link, _LINKED, LinkState.LINKED, None, deps, details)
+        mailbox_link = await change_mailbox(
+            mailbox_link, _takes_reconnect(record.link_id, verification), deps
+        )
         if mailbox_link.mailbox is not None and mailbox_link.mailbox.verified_by == record.link_id:
             # The mailbox's former credentials are replaced: they go.
             await deps.store.drop_verification(mailbox.verified_by or mailbox_link.link_id)
     rejected = rejected_event(record, Failure.of(FailureCode.MAILBOX_UNLINKED))
     return await decide(record, _RECONNECTING, LinkState.REJECTED, rejected, deps)
+
+
+def _takes_reconnect(reconnect_link_id: str, verification: Verification) -> MailboxChange:
+    """The mailbox takes the reconnect's verification (once); one that was not active is
+    announced active again (MailboxHealthChanged), beside the reconnect link's own
+    MailboxReconnected: consumers follow health by one event type."""
+
+    def change(link: LinkRecord, mailbox: MailboxDetails) -> Changed | None:
+        if mailbox.verified_by == reconnect_link_id:
+            return None
+        details = reconnected_details(mailbox, reconnect_link_id, verification)
+        if mailbox.health is MailboxHealth.ACTIVE:
+            return details, None
+        return details, health_changed_event(link, details, mailbox.health, None)
+
+    return change
 
 
 async def _finish_reconnect_of(mailbox_link: LinkRecord, deps: RegistryDeps) -> None:

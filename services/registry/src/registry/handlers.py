@@ -6,7 +6,7 @@ every step safe to repeat and to run concurrently with any other (DESIGN.md).
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
@@ -15,6 +15,7 @@ from mailbox_link_contract.events import (
     LinkRequested,
     MailboxChecked,
     MailboxCheckRequested,
+    MailboxHealth,
     MailboxOwner,
     MailboxReconnectRequired,
     MailboxVerified,
@@ -25,6 +26,7 @@ from mailbox_link_contract.events import (
 from mailbox_link_shared.addresses import mailbox_key
 from mailbox_link_shared.routing import EventHandlers, ignore
 from mailbox_link_shared.tracing import DECISION, span
+from registry import health
 from registry.adapters.registry_store import PendingEntry, Verification
 from registry.decisions import (
     current_link,
@@ -58,6 +60,7 @@ async def when_link_requested_reserve(event: LinkRequested, deps: RegistryDeps) 
         record = await start(event, deps, likely_new=True)
         record = await reserve(record, deps, reconnect=event.data.reconnect)
         decision.set_attribute(DECISION, str(record.state))
+    await health.track(record, deps)  # linked at once if its verification came first
     logger.info("link %s of %s: %s", record.link_id, record.address, record.state)
 
 
@@ -78,6 +81,8 @@ async def when_mailbox_verified_link(event: MailboxVerified, deps: RegistryDeps)
         # Too late (expired, refused): the credentials must not outlive the request.
         await deps.store.drop_verification(record.link_id)
         await settle(record, deps)
+    await health.track(record, deps)  # a linked mailbox is checked from now on
+    await health.reconnected(record, deps)  # or a reconnected one's counts start again
     logger.info("link %s of %s after verification: %s", data.link_id, data.address, record.state)
 
 
@@ -99,14 +104,18 @@ async def when_reconnect_required_flag_mailbox(
         # Tokens a reconnect brought, named by its link: the mailbox is the reconnected one.
         stored = await deps.store.get_link(record.reconnects)
         record = await load(stored, deps) if stored else None
-    flagged = False
-    while record is not None and record.state is LinkState.LINKED and record.mailbox:
-        if record.mailbox.reconnect_required is not None:
-            flagged = True
-            break
-        mailbox = replace(record.mailbox, reconnect_required=data.failure.code)
-        record = await decide(record, _LINKED, LinkState.LINKED, None, deps, mailbox)
+    if record is not None:
+        # The same decision a health check's refusals make, announced MailboxHealthChanged.
+        record = await health.change_health(
+            record, MailboxHealth.RECONNECT_REQUIRED, data.failure.code, data.failure, deps
+        )
+    flagged = record is not None and record.mailbox and record.mailbox.reconnect_required
     logger.info("link %s reconnect required: %s", data.link_id, "flagged" if flagged else "ended")
+
+
+async def when_mailbox_checked_apply(event: MailboxChecked, deps: RegistryDeps) -> None:
+    """Applies a health check's result to its mailbox (active, degraded, reconnect_required)."""
+    await health.apply_result(event, deps)
 
 
 async def when_user_plan_changed_apply(event: UserPlanChanged, deps: RegistryDeps) -> None:
@@ -129,9 +138,9 @@ EVENT_HANDLERS: EventHandlers[RegistryDeps] = {
     MailboxReconnectRequired: when_reconnect_required_flag_mailbox,
     # For link-api: the registry reserved this link before the broker offered the sign-in.
     AuthorizationRequired: ignore,
-    # Health checks (issue 17): scheduled and applied next.
+    # The registry's own request (on the topic it shares with the results): for the verifiers.
     MailboxCheckRequested: ignore,
-    MailboxChecked: ignore,
+    MailboxChecked: when_mailbox_checked_apply,
 }
 
 
@@ -235,7 +244,12 @@ async def unlink_mailbox(
     )
     unlinked = unlinked_event(record, by)
     decided = await decide(record, _LINKED, LinkState.UNLINKED, unlinked, deps)
-    return UnlinkResult.UNLINKED if decided.state is LinkState.UNLINKED else UnlinkResult.NOT_FOUND
+    if decided.state is not LinkState.UNLINKED:
+        return UnlinkResult.NOT_FOUND
+    if decided.mailbox is not None:
+        # No more checks (a crash here leaves it to the scheduler, which finds it unlinked).
+        await health.forget(decided.mailbox.mailbox_id, deps)
+    return UnlinkResult.UNLINKED
 
 
 async def unlink_mailbox_by_id(

@@ -21,12 +21,15 @@ from pymongo.errors import DuplicateKeyError
 from mailbox_link_contract.events import (
     AuthMethod,
     Authority,
+    CheckReason,
+    Failure,
     MailboxOwner,
     ProviderType,
     ServerSettings,
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_contract.values import EncryptedSecret
+from registry.domain.health import HealthCheck, HealthRecord, check_id
 from registry.domain.links import Decision, LinkRecord, LinkState, MailboxDetails, Progress
 
 Document = dict[str, Any]
@@ -120,9 +123,34 @@ class RegistryStore(Protocol):
         """Returns the ids of the links with a decision naming this mailbox id (its link, and
         reconnect links that gave it their verification)."""
 
+    # Health (issue 17): a hint per linked mailbox, and a unique insert per check.
+    async def add_health(self, health: HealthRecord) -> bool: ...
+    async def get_health(self, mailbox_id: str) -> HealthRecord | None: ...
+    async def due_health(self, now: datetime, limit: int) -> list[HealthRecord]:
+        """Returns the mailboxes whose next check is due, the longest due first."""
+
+    async def note_check_requested(
+        self, mailbox_id: str, number: int, next_check_at: datetime
+    ) -> None: ...
+    async def note_check_result(self, health: HealthRecord) -> None:
+        """Writes what applying a result changes: applied, last check, counts, next check."""
+
+    async def forget_health(self, mailbox_id: str) -> None:
+        """Deletes the mailbox's health hint and its checks (it is no longer linked)."""
+
+    async def add_check(self, check: HealthCheck) -> bool: ...
+    async def get_check(self, mailbox_id: str, number: int) -> HealthCheck | None: ...
+    async def forget_check(self, mailbox_id: str, number: int) -> None: ...
+    async def forget_checks_before(self, mailbox_id: str, number: int) -> None: ...
+    async def linked_without_health(self, limit: int) -> list[str]:
+        """Returns ids of links whose progress hint says linked and which have no health
+        hint (mailboxes linked before health checks existed)."""
+
 
 # A mailbox id is named by its link's decisions and those of the reconnects it took: a few.
 MAX_LINKS_PER_MAILBOX_ID = 200
+# Linked links looked up at once when finding mailboxes linked before health checks existed.
+HEALTH_SCAN_BATCH = 500
 
 
 class MongoRegistryStore:
@@ -137,6 +165,8 @@ class MongoRegistryStore:
         self._plans = db["plans"]
         self._slot_hints = db["slot_hints"]
         self._pending = db["pending"]
+        self._health = db["mailbox_health"]
+        self._checks = db["health_checks"]
 
     async def create_indexes(self) -> None:
         """The retention sweep's index (idempotent); everything else goes by _id."""
@@ -145,6 +175,10 @@ class MongoRegistryStore:
         await self._decisions.create_index(
             [("mailbox.mailbox_id", ASCENDING)], name="mailbox_id", sparse=True
         )
+        # The health scheduler picks due mailboxes; a mailbox's checks go when it ends.
+        await self._health.create_index([("next_check_at", ASCENDING)], name="next_check_at")
+        await self._health.create_index([("link_id", ASCENDING)], name="link_id")
+        await self._checks.create_index([("mailbox_id", ASCENDING)], name="mailbox_id")
 
     async def add_link(self, record: LinkRecord) -> LinkRecord | None:
         if await _insert(self._links, _link_document(record)):
@@ -290,6 +324,84 @@ class MongoRegistryStore:
     async def forget_claim(self, resource: str, generation: int) -> None:
         await self._claims.delete_one({"_id": claim_id(resource, generation)})
 
+    # --- health ---------------------------------------------------------------------------
+
+    async def add_health(self, health: HealthRecord) -> bool:
+        return await _insert(self._health, _health_document(health))
+
+    async def get_health(self, mailbox_id: str) -> HealthRecord | None:
+        document = await self._health.find_one({"_id": mailbox_id})
+        return _health(document) if document else None
+
+    async def due_health(self, now: datetime, limit: int) -> list[HealthRecord]:
+        cursor = self._health.find({"next_check_at": {"$lte": now}})
+        cursor = cursor.sort("next_check_at", ASCENDING).limit(limit)
+        return [_health(d) async for d in cursor]
+
+    async def note_check_requested(
+        self, mailbox_id: str, number: int, next_check_at: datetime
+    ) -> None:
+        await self._health.update_one(
+            {"_id": mailbox_id},
+            {"$set": {"last_check": number, "next_check_at": next_check_at}},
+        )
+
+    async def note_check_result(self, health: HealthRecord) -> None:
+        document = _health_document(health)
+        fields = ("applied", "last_checked_at", "last_failure", "refusals", "back_off")
+        changes = {name: document[name] for name in (*fields, "next_check_at")}
+        await self._health.update_one({"_id": health.mailbox_id}, {"$set": changes})
+
+    async def forget_health(self, mailbox_id: str) -> None:
+        await self._health.delete_one({"_id": mailbox_id})
+        await self._checks.delete_many({"mailbox_id": mailbox_id})
+
+    async def add_check(self, check: HealthCheck) -> bool:
+        return await _insert(
+            self._checks,
+            {
+                "_id": check.check_id,
+                "mailbox_id": check.mailbox_id,
+                "number": check.number,
+                "reason": check.reason.value,
+                "requested_at": check.requested_at,
+            },
+        )
+
+    async def get_check(self, mailbox_id: str, number: int) -> HealthCheck | None:
+        document = await self._checks.find_one({"_id": check_id(mailbox_id, number)})
+        if document is None:
+            return None
+        return HealthCheck(
+            mailbox_id, number, CheckReason(document["reason"]), document["requested_at"]
+        )
+
+    async def forget_check(self, mailbox_id: str, number: int) -> None:
+        await self._checks.delete_one({"_id": check_id(mailbox_id, number)})
+
+    async def forget_checks_before(self, mailbox_id: str, number: int) -> None:
+        await self._checks.delete_many({"mailbox_id": mailbox_id, "number": {"$lt": number}})
+
+    async def linked_without_health(self, limit: int) -> list[str]:
+        missing: list[str] = []
+        cursor = self._links.find({"state": LinkState.LINKED.value}, {"_id": 1})
+        batch: list[str] = []
+        async for document in cursor:
+            batch.append(str(document["_id"]))
+            if len(batch) == HEALTH_SCAN_BATCH:
+                missing += await self._untracked(batch)
+                batch = []
+            if len(missing) >= limit:
+                break
+        if batch and len(missing) < limit:
+            missing += await self._untracked(batch)
+        return missing[:limit]
+
+    async def _untracked(self, link_ids: list[str]) -> list[str]:
+        cursor = self._health.find({"link_id": {"$in": link_ids}}, {"link_id": 1})
+        tracked = {str(document["link_id"]) async for document in cursor}
+        return [link_id for link_id in link_ids if link_id not in tracked]
+
 
 async def _insert(collection: AsyncCollection[Document], document: Document) -> bool:
     """Inserts under a unique _id; False if that id is taken (the store decides races)."""
@@ -377,6 +489,8 @@ def _mailbox_document(mailbox: MailboxDetails) -> Document:
         "reconnect_required": mailbox.reconnect_required,
         "authority": mailbox.authority.value if mailbox.authority else None,
         "verified_by": mailbox.verified_by,
+        # Since issue 17; absent on older decisions, which read as not degraded.
+        "degraded": mailbox.degraded,
     }
 
 
@@ -391,6 +505,7 @@ def _mailbox(document: Document) -> MailboxDetails:
         reconnect_required=FailureCode(code) if code else None,
         authority=_authority(document),
         verified_by=document.get("verified_by"),
+        degraded=FailureCode(degraded) if (degraded := document.get("degraded")) else None,
     )
 
 
@@ -419,4 +534,37 @@ def _verification(document: Document) -> Verification:
         auth=AuthMethod(document["auth"]),
         credentials=EncryptedSecret.model_validate(credentials) if credentials else None,
         authority=_authority(document),
+    )
+
+
+def _health_document(health: HealthRecord) -> Document:
+    failure = health.last_failure
+    return {
+        "_id": health.mailbox_id,
+        "link_id": health.link_id,
+        "next_check_at": health.next_check_at,
+        "last_checked_at": health.last_checked_at,
+        # The code and the catalogue's words, never the verifier's detail (it may quote a server).
+        "last_failure": failure.model_dump(mode="json", include={"code", "message", "remediation"})
+        if failure
+        else None,
+        "refusals": health.refusals,
+        "back_off": health.back_off,
+        "last_check": health.last_check,
+        "applied": health.applied,
+    }
+
+
+def _health(document: Document) -> HealthRecord:
+    failure = document.get("last_failure")
+    return HealthRecord(
+        mailbox_id=document["_id"],
+        link_id=document["link_id"],
+        next_check_at=document["next_check_at"],
+        last_checked_at=document.get("last_checked_at"),
+        last_failure=Failure.model_validate(failure) if failure else None,
+        refusals=int(document.get("refusals", 0)),
+        back_off=int(document.get("back_off", 0)),
+        last_check=int(document.get("last_check", 0)),
+        applied=int(document.get("applied", 0)),
     )

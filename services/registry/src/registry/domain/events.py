@@ -6,6 +6,9 @@ from mailbox_link_contract.events import (
     LinkRejectedData,
     LinkReserved,
     LinkReservedData,
+    MailboxHealth,
+    MailboxHealthChanged,
+    MailboxHealthChangedData,
     MailboxLinked,
     MailboxLinkedData,
     MailboxReconnected,
@@ -86,3 +89,24 @@ def unlinked_event(record: LinkRecord, by: UnlinkedBy) -> MailboxUnlinked:
         unlinked_by=by,
     )
     return MailboxUnlinked(correlation_id=record.link_id, producer=REGISTRY, data=data)
+
+
+def health_changed_event(
+    record: LinkRecord,
+    mailbox: MailboxDetails,
+    previous: MailboxHealth,
+    failure: Failure | None,
+) -> MailboxHealthChanged:
+    """The mailbox linked under `record` is now in `mailbox.health` (was `previous`)."""
+    data = MailboxHealthChangedData(
+        mailbox_id=mailbox.mailbox_id,
+        link_id=record.link_id,
+        owner=record.owner,
+        address=record.address,
+        provider=record.provider,
+        oidc_provider=record.oidc_provider,
+        health=mailbox.health,
+        previous_health=previous,
+        failure=None if mailbox.health is MailboxHealth.ACTIVE else failure,
+    )
+    return MailboxHealthChanged(correlation_id=record.link_id, producer=REGISTRY, data=data)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from mailbox_link_contract.events import (
     AuthMethod,
     Authority,
+    MailboxHealth,
     MailboxOwner,
     ProviderType,
     ServerSettings,
@@ -82,6 +83,34 @@ class MailboxDetails:
     # The reconnect link whose verification (servers, sealed credentials) the mailbox uses
     # now; None: its own link's. Also what tells a reconnect already applied (ADR 0019).
     verified_by: str | None = None
+    # Set while health checks fail for a reason other than refused credentials (issue 17): its
+    # servers could not be reached or answered with an error. Never set with reconnect_required.
+    degraded: FailureCode | None = None
+
+    @property
+    def health(self) -> MailboxHealth:
+        """What its decisions say of the mailbox's health (absent fields read as active)."""
+        if self.reconnect_required is not None:
+            return MailboxHealth.RECONNECT_REQUIRED
+        if self.degraded is not None:
+            return MailboxHealth.DEGRADED
+        return MailboxHealth.ACTIVE
+
+    @property
+    def health_code(self) -> FailureCode | None:
+        """Why it is not active (None when active)."""
+        return self.reconnect_required or self.degraded
+
+
+def with_health(
+    mailbox: MailboxDetails, health: MailboxHealth, code: FailureCode | None
+) -> MailboxDetails:
+    """The mailbox in this health (`code`: why, unless active)."""
+    if health is MailboxHealth.ACTIVE or code is None:
+        return replace(mailbox, reconnect_required=None, degraded=None)
+    if health is MailboxHealth.RECONNECT_REQUIRED:
+        return replace(mailbox, reconnect_required=code, degraded=None)
+    return replace(mailbox, reconnect_required=None, degraded=code)
 
 
 @dataclass(frozen=True)
@@ -220,6 +249,7 @@ def reconnected_details(
         auth=verification.auth,
         authority=verification.authority or mailbox.authority,
         reconnect_required=None,
+        degraded=None,
         verified_by=verified_by,
     )
 

@@ -1,11 +1,12 @@
 """The registry's timers: one expires reservations nobody answered and finishes what a crash
-left unannounced; a slower one forgets links ended longer ago than the retention."""
+left unannounced; a slower one forgets links ended longer ago than the retention; the health
+scheduler requests the checks of mailboxes that are due."""
 
 import logging
 from datetime import timedelta
 
 from mailbox_link_shared.timer import PeriodicTask
-from registry import handlers
+from registry import handlers, health
 from registry.handlers import RegistryDeps
 
 logger = logging.getLogger(__name__)
@@ -40,3 +41,22 @@ def make_retention_sweeper(
                 logger.info("retention: forgot %d ended links", forgotten)
 
     return PeriodicTask("registry-retention", interval, retention_round)
+
+
+def make_health_scheduler(deps: RegistryDeps, interval: float) -> PeriodicTask:
+    """Returns the timer that requests due health checks (at most the policy's batch a pass).
+    Its first pass gives mailboxes linked before health checks existed their schedule."""
+    started = False
+
+    async def health_round() -> None:
+        nonlocal started
+        if not started:
+            tracked = await health.track_linked_before(deps)
+            if tracked:
+                logger.info("health: scheduled checks of %d mailboxes linked before", tracked)
+            started = True
+        requested = await health.request_due_checks(deps)
+        if requested:
+            logger.info("health: requested %d checks", requested)
+
+    return PeriodicTask("registry-health", interval, health_round)

@@ -1,11 +1,14 @@
-"""HTTP routes of the registry: a user's mailboxes, unlinking, owner lookup, plans."""
+"""HTTP routes of the registry: a user's mailboxes, unlinking, owner lookup, plans, and
+on-demand health checks."""
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Response, status
 from pydantic import BaseModel, ConfigDict
 
-from mailbox_link_contract.events import MailboxOwner, UnlinkedBy
+from mailbox_link_contract.events import Failure, MailboxHealth, MailboxOwner, UnlinkedBy
+from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared.api_errors import ApiErrorCode
 from mailbox_link_shared.http import (
     PATH_ID_PATTERN,
@@ -15,13 +18,16 @@ from mailbox_link_shared.http import (
     address_from_path,
     address_or_mailbox_id,
 )
+from mailbox_link_shared.rate_limits import TooManyAttempts, retry_after_seconds, wait_text
 from mailbox_link_shared.scopes import Scope
-from registry import handlers
+from registry import handlers, health
+from registry.domain.health import HealthRecord
 from registry.domain.links import LinkRecord
 from registry.handlers import PlanUsage, RegistryDeps, UnlinkResult
 
 AccountId = Annotated[str, Path(pattern=PATH_ID_PATTERN)]
 UserId = Annotated[str, Path(pattern=PATH_ID_PATTERN)]
+MailboxId = Annotated[str, Path(pattern=PATH_ID_PATTERN)]
 
 
 class PlanIn(BaseModel):
@@ -54,7 +60,8 @@ def build_router(deps: RegistryDeps, keys: CallerKeys) -> APIRouter:
         """Lists the mailboxes this user has linked."""
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         records = await handlers.list_mailboxes(owner, deps)
-        return {"mailboxes": [_mailbox_body(r) for r in records]}
+        healths = await asyncio.gather(*(health.health_of(r, deps) for r in records))
+        return {"mailboxes": [_mailbox_body(r, h) for r, h in zip(records, healths, strict=True)]}
 
     # {...:path} segments: an address may have "/" in its local part, which arrives decoded.
     @router.delete(
@@ -121,6 +128,46 @@ def build_router(deps: RegistryDeps, keys: CallerKeys) -> APIRouter:
         owner = MailboxOwner(account_id=account_id, user_id=user_id)
         return _plan_body(await handlers.assign_plan(owner, body.plan, deps))
 
+    # Health checks (issue 17): internal services that use mailboxes, link-api, operators.
+    for_checks = [Depends(keys.require(Scope.MAILBOX_ACCESS, Scope.REGISTRY, Scope.OPERATOR))]
+
+    @router.post(
+        "/accounts/{account_id}/mailboxes/{mailbox_id}/checks",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=for_checks,
+    )
+    async def check_mailbox(account_id: AccountId, mailbox_id: MailboxId) -> dict[str, Any]:
+        """Requests a health check of the mailbox now (one at a time: while one is in flight,
+        answers that one). Its result changes the listing's status and, if the health
+        changes, is announced as MailboxHealthChanged."""
+        record = await handlers.find_mailbox(account_id, mailbox_id, deps)
+        if record is None:
+            raise ApiError(
+                status.HTTP_404_NOT_FOUND,
+                ApiErrorCode.MAILBOX_NOT_FOUND,
+                "No mailbox with this id is linked in this account.",
+                [("mailbox_id", "use a mailbox_id from MailboxLinked or GET .../mailboxes")],
+            )
+        try:
+            asked = await health.check_now(record, deps)
+        except TooManyAttempts as over:
+            now = deps.clock()
+            raise ApiError(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                ApiErrorCode.TOO_MANY_REQUESTS,
+                "Too many on-demand checks of this mailbox.",
+                [("mailbox_id", wait_text(over.retry_at, now))],
+                headers={"Retry-After": str(retry_after_seconds(over.retry_at, now))},
+            ) from None
+        return {
+            "check_id": asked.check.check_id,
+            "mailbox_id": mailbox_id,
+            "reason": asked.check.reason.value,
+            "requested_at": asked.check.requested_at.isoformat(),
+            # False: a check was already in flight; this is that one.
+            "new": asked.new,
+        }
+
     return router
 
 
@@ -146,7 +193,7 @@ def _plan_body(usage: PlanUsage) -> dict[str, Any]:
     return {"plan": usage.plan, "mailbox_limit": usage.limit, "mailboxes_used": usage.used}
 
 
-def _mailbox_body(record: LinkRecord) -> dict[str, Any]:
+def _mailbox_body(record: LinkRecord, checked: HealthRecord | None = None) -> dict[str, Any]:
     mailbox = record.mailbox
     if mailbox is None:  # pragma: no cover - only linked records are listed
         raise ValueError(record.link_id)
@@ -164,6 +211,27 @@ def _mailbox_body(record: LinkRecord) -> dict[str, Any]:
         # was recorded).
         "authority": mailbox.authority.value if mailbox.authority else None,
         # "reconnect_required": the provider stopped accepting its authorization; ask the user
-        # to link it again. The mailbox stays theirs meanwhile.
-        "status": "reconnect_required" if mailbox.reconnect_required else "active",
+        # to link it again. The mailbox stays theirs meanwhile. "degraded": its servers could
+        # not be reached or failed lately; checks go on, the user need not act.
+        "status": mailbox.health.value,
+        "last_checked_at": checked.last_checked_at.isoformat()
+        if checked and checked.last_checked_at
+        else None,
+        "status_reason": _status_reason(mailbox.health, mailbox.health_code, checked),
+    }
+
+
+def _status_reason(
+    state: MailboxHealth, code: FailureCode | None, checked: HealthRecord | None
+) -> dict[str, str] | None:
+    """Why the mailbox is not active: the failure's code and the catalogue's words (the latest
+    check's, if it failed the same way), never a server's raw reply."""
+    if state is MailboxHealth.ACTIVE or code is None:
+        return None
+    last = checked.last_failure if checked else None
+    failure = last if last is not None and last.code == code else Failure.of(code)
+    return {
+        "code": failure.code.value,
+        "message": failure.message,
+        "remediation": failure.remediation,
     }
