@@ -23,7 +23,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+import unittest.mock
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from link_throughput import link_body, read_all_procs, tree_ticks  # bench/, beside this file
 
+from localinfra import services as local_services
 from localinfra.otel_collector import RunningCollector, running_collector
 from localinfra.services import RunningServices, ServiceConfig, start_services
 from localinfra.stack import Endpoints, LocalStack
@@ -188,6 +190,7 @@ def summary(
 # ---- --tracing compare (issue 16) ----------------------------------------------------------
 
 SETS = ("tracing_on", "tracing_off")
+BEFORE = "before_issue_16"  # --before: the services of an older checkout, tracing off
 # The BatchSpanProcessor exports every 5 s: the window stays open that long after the last
 # link, so the export of its spans is inside it (both sets idle alike meanwhile).
 EXPORT_TAIL_S = 6.0
@@ -227,8 +230,8 @@ async def compare_tracing(
     links: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """Links one mailbox at a time, the two sets taking turns (which goes first alternates
-    every round); CPU of each set's processes over the whole measured window."""
+    """Links one mailbox at a time, the sets taking turns (which goes first rotates every
+    round); CPU of each set's processes over the whole measured window."""
     tls = ssl.create_default_context(cafile=infra.ca_file)
     for address, password in users:
         await bare_checks(infra, tls, address, password)  # Dovecot creates the mailbox once
@@ -259,7 +262,9 @@ async def compare_tracing(
             if round_ == warmup:
                 opened, before = time.monotonic(), snapshot(groups)
             counted = round_ >= warmup
-            for name in SETS if round_ % 2 == 0 else SETS[::-1]:
+            names = list(sets)
+            # Each set goes first, second, ... in turn: noise favours none.
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 address, password = next(pool)
                 moments = starts[name] if counted else {}  # warm-ups are not among the hops
                 seconds = await one_link(apis[name], infra, address, password, moments)
@@ -305,6 +310,19 @@ async def compare_tracing(
     figures["cpu_ms_per_link_on_minus_off"] = round(
         on["cpu_ms_per_link"]["services"] - off["cpu_ms_per_link"]["services"], 1
     )
+    if BEFORE in figures["sets"]:
+        # Issue 16 with tracing off against the commit before it: metrics, health and the rest.
+        before = figures["sets"][BEFORE]
+        figures["ratios_off_to_before"] = {
+            "median": round(off["median_ms"] / before["median_ms"], 3),
+            "p90": round(off["p90_ms"] / before["p90_ms"], 3),
+            "cpu_per_link": round(
+                off["cpu_ms_per_link"]["services"] / before["cpu_ms_per_link"]["services"], 3
+            ),
+            "cpu_per_link_above_idle": round(
+                off["cpu_ms_per_link_above_idle"] / before["cpu_ms_per_link_above_idle"], 3
+            ),
+        }
     spans = collector.spans()
     on_links = warmup + links
     figures["collector"] = {
@@ -367,12 +385,28 @@ async def scrape_cost(services: RunningServices, scrapes: int) -> dict[str, Any]
     return result
 
 
+@contextlib.contextmanager
+def older_services(python: Path) -> Iterator[None]:
+    """Makes start_services run the services of another checkout (its venv's interpreter),
+    which predate /readyz: they serve HTTP only once started, so /healthz stands in."""
+
+    def answers(url: str) -> bool:
+        return original(url.replace("/readyz", "/healthz"))
+
+    original = local_services._answers
+    with (
+        unittest.mock.patch.object(sys, "executable", str(python)),
+        unittest.mock.patch.object(local_services, "_answers", answers),
+    ):
+        yield
+
+
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     """Both sets on one stack; the tracing set exports to a real collector."""
     per_set = args.links + args.warmup
     users = [
         (f"bench-{i}-{secrets.token_hex(3)}@example.org", secrets.token_urlsafe(12))
-        for i in range(2 * per_set)
+        for i in range((3 if args.before else 2) * per_set)
     ]
     load = os.getloadavg()
     stack = LocalStack()
@@ -387,7 +421,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
             sets: dict[str, RunningServices] = {}
             endpoint = {"tracing_on": collector.endpoint, "tracing_off": ""}
             try:
-                for name in SETS:
+                for name in [*SETS, *([BEFORE] if args.before else [])]:
                     config = ServiceConfig(
                         kafka_bootstrap=infra.kafka_bootstrap,
                         mongodb_uri=infra.mongodb_uri,
@@ -398,13 +432,17 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
                         log_level="WARNING",
                         # Set on both, so an OTEL_ variable of the caller's shell decides nothing.
                         extra_env={
-                            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint[name],
+                            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint.get(name, ""),
                             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
                         },
                     )
                     workdir = Path(logs) / name
                     workdir.mkdir()
-                    sets[name] = start_services(config, workdir)
+                    if name == BEFORE:
+                        with older_services(args.before):
+                            sets[name] = start_services(config, workdir)
+                    else:
+                        sets[name] = start_services(config, workdir)
                 figures = asyncio.run(
                     compare_tracing(infra, sets, collector, users, args.links, args.warmup)
                 )
@@ -449,6 +487,26 @@ def print_compare(result: dict[str, Any]) -> None:
     for label, a, b, r in rows:
         print(f"{label:32} {a:>11} {b:>11} {r!s:>7}")
     print(f"tracing's CPU per link (on - off): {result['cpu_ms_per_link_on_minus_off']} ms")
+    if "ratios_off_to_before" in result:
+        before, ratios = result["sets"][BEFORE], result["ratios_off_to_before"]
+        print(f"{'':32} {'before':>11} {'after, off':>11} {'ratio':>7}")
+        for label, key, a, b in (
+            ("end to end median ms", "median", before["median_ms"], off["median_ms"]),
+            ("end to end p90 ms", "p90", before["p90_ms"], off["p90_ms"]),
+            (
+                "CPU ms per link, our services",
+                "cpu_per_link",
+                before["cpu_ms_per_link"]["services"],
+                off["cpu_ms_per_link"]["services"],
+            ),
+            (
+                "  the same, above idle",
+                "cpu_per_link_above_idle",
+                before["cpu_ms_per_link_above_idle"],
+                off["cpu_ms_per_link_above_idle"],
+            ),
+        ):
+            print(f"{label:32} {a:>11} {b:>11} {ratios[key]!s:>7}")
     collector = result["collector"]
     print(
         f"collector: {collector['spans_per_link']} spans per link, "
@@ -477,6 +535,13 @@ def main() -> None:
         help="compare: a set with tracing on and one without, on one stack, links alternating",
     )
     parser.add_argument("--scrapes", type=int, default=200, help="/metrics scrapes per service")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="with --tracing compare: a third set, started with this interpreter (an older "
+        "checkout's .venv/bin/python), tracing off",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     if args.tracing == "compare":
