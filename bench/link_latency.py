@@ -9,7 +9,9 @@ keeps machine noise from favouring either side. Figures go to bench/results/.
 `--tracing compare` (issue 16) instead runs two service sets on the same stack, one exporting
 traces to a real OpenTelemetry collector and one without, links one mailbox at a time taking
 turns between them, and reports each set's latency and CPU per link, then what a Prometheus
-scrape of /metrics costs each service. Figures go to bench/results/link-latency-tracing.json.
+scrape of /metrics costs each service; `--before PYTHON` adds a third set, the services of an
+older checkout (the commit before issue 16) run by that interpreter, taking its turn too.
+Figures go to bench/results/link-latency-tracing.json.
 """
 
 import argparse
