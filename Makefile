@@ -62,6 +62,7 @@ bench: setup ## Link latency, registry throughput, detection speed, OAuth link, 
 	$(UV) run python bench/store_ops.py
 	$(UV) run python bench/ownership_proof.py
 	$(UV) run python bench/security_mistakes.py
+	$(UV) run python bench/outage_recovery.py
 
 clean: ## Remove local state (keeps the download cache)
 	rm -rf .run .venv .mypy_cache .ruff_cache .pytest_cache bench/results
