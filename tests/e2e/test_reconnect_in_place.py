@@ -67,8 +67,8 @@ async def test_a_password_mailbox_reconnects_in_place_with_its_new_password_at_t
     mailbox_id = linked["mailbox_id"]
 
     # The user changes the password at their mail host; the product learns the old one stopped
-    # working (MailboxReconnectRequired, as the broker reports it for tokens; no password check
-    # runs on linked mailboxes yet) and asks them to reconnect.
+    # working (here from MailboxReconnectRequired, as the broker reports it for tokens; the
+    # scheduled checks find it too, in test_mailbox_health.py) and asks them to reconnect.
     changed = MailUser(user.address, secrets.token_urlsafe(18))
     local_stack.add_mail_user(changed.address, changed.password)
     await _wait_until_dovecot_accepts(infra, changed)
