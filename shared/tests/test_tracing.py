@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from mailbox_link_shared.crypto import generate_key
-from mailbox_link_shared.settings import ServiceSettings
+from mailbox_link_shared.settings import ServiceSettings, environment_variables
 from mailbox_link_shared.tracing import (
     TracingMiddleware,
     configure_tracing,
@@ -55,6 +55,24 @@ def test_tracing_is_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
     settings = _settings(monkeypatch)
     assert traces_endpoint(settings) == ""
     assert configure_tracing(settings, "registry") is False
+
+
+def test_an_empty_endpoint_as_a_config_map_sets_it_leaves_tracing_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The manifests' ConfigMap ships OTEL_EXPORTER_OTLP_ENDPOINT= (empty): set, but off.
+    settings = _settings(
+        monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=""
+    )
+    assert traces_endpoint(settings) == ""
+    assert configure_tracing(settings, "registry") is False
+
+
+def test_the_tracing_settings_are_read_from_the_standard_names_not_mbl_ones() -> None:
+    names = environment_variables(ServiceSettings)
+    assert {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} <= names
+    assert {"MBL_LOG_FORMAT", "MBL_NAMESPACE", "MBL_STOP_GRACE_SECONDS"} <= names
+    assert not any(name.startswith("MBL_OTEL") for name in names)
 
 
 def test_the_endpoints_follow_the_opentelemetry_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -272,6 +272,76 @@ def partition_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+MONITORING_PEER: Doc = {
+    "namespaceSelector": {"matchLabels": {"mailbox-link.io/monitoring": "true"}}
+}
+OTLP_HTTP_PORT = 4318
+
+
+def matches(selector: Doc, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and matchExpressions) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        held = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not held:
+            return False
+    return True
+
+
+def admitted(docs: list[Doc], labels: dict[str, str], direction: str) -> list[tuple[Doc, Doc]]:
+    """(peer, port) pairs the NetworkPolicies selecting these pods admit in one direction
+    ("Ingress" or "Egress"); a rule without ports admits every port ({})."""
+    side = "from" if direction == "Ingress" else "to"
+    pairs = []
+    for policy in of_kind(docs, "NetworkPolicy"):
+        spec = policy["spec"]
+        if direction not in spec["policyTypes"] or not matches(spec["podSelector"], labels):
+            continue
+        for rule in spec.get(direction.lower(), []):
+            for peer in rule.get(side, []):
+                pairs += [(peer, port) for port in rule.get("ports", [{}])]
+    return pairs
+
+
+def scrape_problems(docs: list[Doc]) -> list[str]:
+    """Each Deployment's pods say how Prometheus scrapes them (prometheus.io/scrape, port,
+    path), the port is one their container declares, the path /metrics, and a NetworkPolicy
+    admits the monitoring namespace to that port (by number or by the port's name)."""
+    problems = []
+    for deployment in of_kind(docs, "Deployment"):
+        name = deployment["metadata"]["name"]
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") != "true":
+            problems.append(f"{name}: not marked prometheus.io/scrape=true")
+        if annotations.get("prometheus.io/path") != "/metrics":
+            problems.append(f"{name}: prometheus.io/path is not /metrics")
+        declared = {
+            str(port["containerPort"]): port.get("name")
+            for container in template["spec"]["containers"]
+            for port in container.get("ports", [])
+        }
+        number = annotations.get("prometheus.io/port")
+        if number not in declared:
+            problems.append(f"{name}: prometheus.io/port {number} is no container port")
+            continue
+        reachable = {int(number), declared[number]}
+        if not any(
+            peer == MONITORING_PEER and (not port or port["port"] in reachable)
+            for peer, port in admitted(docs, template["metadata"]["labels"], "Ingress")
+        ):
+            problems.append(f"{name}: no NetworkPolicy admits the monitoring namespace to it")
+    return problems
+
+
 # --- rendered manifests (no cluster) ------------------------------------------------
 
 
@@ -417,35 +487,99 @@ def test_the_oauth_broker_runs_alone_and_never_two_during_a_rollout(
         assert broker["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
 
 
-def test_the_registry_admits_only_link_api_and_the_operators_namespace(
+def test_the_registry_admits_only_link_api_the_operators_and_monitoring_namespaces(
     rendered: dict[str, list[Doc]],
 ) -> None:
     docs = rendered["production"]
-    registry_labels = named(docs, "Deployment", "registry")["spec"]["template"]["metadata"][
-        "labels"
-    ]
-    admitting = [
-        policy
-        for policy in of_kind(docs, "NetworkPolicy")
-        if "Ingress" in policy["spec"]["policyTypes"]
-        and (
-            policy["spec"]["podSelector"] == {}
-            or selects(policy["spec"]["podSelector"], registry_labels)
-        )
-    ]
-    # The default deny (no rules) and the registry's own policy, nothing else.
-    peers = [
-        peer
-        for policy in admitting
-        for rule in policy["spec"].get("ingress", [])
-        for peer in rule["from"]
-    ]
-    assert peers == [
-        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "link-api"}}},
-        {"namespaceSelector": {"matchLabels": {"mailbox-link.io/operators": "true"}}},
-    ]
+    registry = named(docs, "Deployment", "registry")["spec"]["template"]
+    # The registry's own policy and the metrics one (the default deny has no rules), on the
+    # registry's one port: 8081, which its container names http.
+    pairs = admitted(docs, registry["metadata"]["labels"], "Ingress")
+    api_port = {"protocol": "TCP", "port": 8081}
+    assert sorted(json.dumps(pair, sort_keys=True) for pair in pairs) == sorted(
+        json.dumps(pair, sort_keys=True)
+        for pair in [
+            ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "link-api"}}}, api_port),
+            (
+                {"namespaceSelector": {"matchLabels": {"mailbox-link.io/operators": "true"}}},
+                api_port,
+            ),
+            (MONITORING_PEER, {"protocol": "TCP", "port": "http"}),
+        ]
+    )
+    assert registry["spec"]["containers"][0]["ports"] == [{"name": "http", "containerPort": 8081}]
     deny = named(docs, "NetworkPolicy", "mailbox-link-default-deny")["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def test_the_policy_reader_sees_selectors_by_expression(rendered: dict[str, list[Doc]]) -> None:
+    docs = copy.deepcopy(rendered["production"])
+    everyone: Doc = {"namespaceSelector": {}}
+    named(docs, "NetworkPolicy", "mailbox-link-metrics")["spec"]["ingress"][0]["from"] = [everyone]
+    registry = named(docs, "Deployment", "registry")["spec"]["template"]["metadata"]["labels"]
+    assert (everyone, {"protocol": "TCP", "port": "http"}) in admitted(docs, registry, "Ingress")
+    assert not matches({"matchExpressions": [{"key": "x", "operator": "Exists"}]}, registry)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_deployment_is_scraped_on_a_declared_port_the_monitoring_namespace_reaches(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    assert scrape_problems(rendered[overlay]) == []
+
+
+def test_the_scrape_check_catches_a_wrong_port_a_wrong_path_and_a_closed_policy(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    docs = copy.deepcopy(rendered["production"])
+    annotations = named(docs, "Deployment", "link-api")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    annotations["prometheus.io/port"] = "9090"
+    named(docs, "Deployment", "registry")["spec"]["template"]["metadata"]["annotations"][
+        "prometheus.io/path"
+    ] = "/healthz"
+    assert scrape_problems(docs) == [
+        "link-api: prometheus.io/port 9090 is no container port",
+        "registry: prometheus.io/path is not /metrics",
+    ]
+    closed = [d for d in docs if d["metadata"]["name"] != "mailbox-link-metrics"]
+    assert "imap-verifier: no NetworkPolicy admits the monitoring namespace to it" in (
+        scrape_problems(closed)
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_may_send_spans_to_a_collector_in_the_monitoring_namespace(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    for deployment in of_kind(docs, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert (MONITORING_PEER, {"protocol": "TCP", "port": OTLP_HTTP_PORT}) in admitted(
+            docs, labels, "Egress"
+        ), deployment["metadata"]["name"]
+
+
+def test_the_podmonitor_example_scrapes_every_service_with_the_alerts_job_names(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    (monitor,) = yaml.safe_load_all((KUBE / "examples" / "podmonitor.yaml").read_text())
+    assert monitor["kind"] == "PodMonitor"
+    # The job label is the pod's service name: deploy/prometheus/alerts.yml's job names.
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    docs = rendered["production"]
+    for deployment in of_kind(docs, "Deployment"):
+        template = deployment["spec"]["template"]
+        assert matches(monitor["spec"]["selector"], template["metadata"]["labels"])
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        annotations = template["metadata"]["annotations"]
+        assert str(ports[endpoint["port"]]) == annotations["prometheus.io/port"]
+        assert endpoint["path"] == annotations["prometheus.io/path"]
+    # An example only: no overlay applies a resource whose CRD a cluster may not have.
+    for kustomization in KUBE.rglob("kustomization.yaml"):
+        assert "examples" not in kustomization.read_text(), kustomization
 
 
 def test_the_verifier_leaves_the_cluster_only_to_public_mail_ports(
@@ -502,18 +636,20 @@ def test_the_build_wrapper_repeats_each_staging_replace_with_its_published_versi
 
 
 def service_settings() -> set[str]:
-    """Every MBL_* variable some service reads: its Settings fields, upper-cased."""
+    """Every variable some service reads: MBL_<field> of its Settings, and the standard
+    OTEL_* names tracing reads."""
     from imap_verifier.config import Settings as VerifierSettings
     from link_api.config import Settings as LinkApiSettings
-    from mailbox_link_shared.settings import KafkaSettings  # the topics command's
+    from mailbox_link_shared.settings import (
+        KafkaSettings,  # the topics command's
+        environment_variables,
+    )
     from oauth_broker.config import Settings as BrokerSettings
     from registry.config import Settings as RegistrySettings
 
-    fields = set()
-    every = (LinkApiSettings, RegistrySettings, VerifierSettings, BrokerSettings, KafkaSettings)
-    for settings in every:
-        fields |= {f"MBL_{name.upper()}" for name in settings.model_fields}
-    return fields
+    return environment_variables(
+        LinkApiSettings, RegistrySettings, VerifierSettings, BrokerSettings, KafkaSettings
+    )
 
 
 def is_known_setting(variable: str, known: set[str]) -> bool:
@@ -536,7 +672,26 @@ def test_every_variable_the_manifests_set_is_a_real_setting(
     variables = {v.replace("<NAME>", "X") for v in variables}
     unknown = sorted(v for v in variables if not is_known_setting(v, known))
     assert unknown == []
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in variables
     assert not is_known_setting("MBL_KAFKA_BOOTSTRAP_SERVER", known)  # a typo is caught
+    # Tracing reads the standard name, not an MBL_ one; service.name comes from the code, so
+    # an OTEL_SERVICE_NAME would be ignored (and one name for four services is wrong anyway).
+    assert not is_known_setting("MBL_OTEL_EXPORTER_OTLP_ENDPOINT", known)
+    assert not is_known_setting("OTEL_EXPORTER_OTLP_ENDPIONT", known)
+    assert not is_known_setting("OTEL_SERVICE_NAME", known)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_logs_are_json_and_tracing_is_off_until_an_endpoint_is_set(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    config = named(docs, "ConfigMap", config_map_name(docs))["data"]
+    assert config["MBL_LOG_FORMAT"] == "json"
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""  # empty: off (shared/tests/test_tracing)
+    for deployment in of_kind(docs, "Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert {"configMapRef": {"name": config_map_name(docs)}} in container["envFrom"]
 
 
 # --- a real API server ----------------------------------------------------------------

@@ -365,35 +365,38 @@ def _compose_file(name: str) -> dict[str, Any]:
 
 
 def _settings_fields() -> set[str]:
-    """Every setting some service (or the topics step) reads, as its MBL_ variable."""
+    """Every variable some service (or the topics step) reads: MBL_ ones and OTEL_ ones."""
     from imap_verifier.config import Settings as VerifierSettings
     from link_api.config import Settings as ApiSettings
-    from mailbox_link_shared.settings import KafkaSettings
+    from mailbox_link_shared.settings import KafkaSettings, environment_variables
     from oauth_broker.config import Settings as BrokerSettings
     from registry.config import Settings as RegistrySettings
 
     classes: list[type[BaseSettings]] = [
         ApiSettings, RegistrySettings, VerifierSettings, BrokerSettings, KafkaSettings
     ]  # fmt: skip
-    return {f"MBL_{name.upper()}" for cls in classes for name in cls.model_fields}
+    return environment_variables(*classes)
 
 
 def test_compose_files_and_env_example_name_only_real_settings() -> None:
     known = _settings_fields()
+    ours = ("MBL_", "OTEL_")
     named: set[str] = set()
     for file in ("compose.yaml", "compose.local.yaml"):
         services = _compose_file(file)["services"]
         for service in services.values():
-            named |= {key for key in service.get("environment") or {} if key.startswith("MBL_")}
+            named |= {key for key in service.get("environment") or {} if key.startswith(ours)}
     example = (COMPOSE_DIR / "mailbox-link.env.example").read_text().splitlines()
     for line in example:
         assignment = line.removeprefix("# ").split("=", 1)[0]
-        if assignment.startswith("MBL_") and "=" in line and " " not in assignment:
+        if assignment.startswith(ours) and "=" in line and " " not in assignment:
             named.add(assignment)
     # MBL_OAUTH_GOOGLE__CLIENT_ID is the field oauth_google's client_id (nested settings).
     unknown = sorted(name for name in named if name.split("__")[0] not in known)
     assert len(named) > 15
+    assert {"MBL_LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"} <= named
     assert unknown == []
+    assert "MBL_OTEL_EXPORTER_OTLP_ENDPOINT" not in known  # tracing reads the standard name
 
 
 def test_compose_services_are_hardened_and_keep_secrets_in_the_env_file() -> None:

@@ -26,6 +26,17 @@ from mailbox_link_shared.scopes import (
 ENV_PREFIX = "MBL_"
 
 
+def environment_variables(*classes: type[BaseSettings]) -> set[str]:
+    """The environment variables these settings classes read: MBL_<FIELD>, or a field's own
+    name when it has one (the standard OTEL_* variables). For checks of deploy files."""
+    names = set()
+    for settings in classes:
+        for field_name, field in settings.model_fields.items():
+            alias = field.validation_alias
+            names.add(alias if isinstance(alias, str) else f"{ENV_PREFIX}{field_name.upper()}")
+    return names
+
+
 _TOPIC_NAMES = {spec.name for spec in CATALOGUE}
 _KEPT_FOREVER = {spec.name for spec in CATALOGUE if spec.retention is None}
 

@@ -13,15 +13,12 @@ same module versions elsewhere on the machine (a warm-up) then makes ours a link
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from localinfra.cache import InstallResult, cache_dir, install_lock
+from localinfra.cache import InstallResult, cache_dir
+from localinfra.go_build import cached_go_build, download_module, run
 
 K8S_VERSION = "1.37.2"
 # The staging modules (k8s.io/api, client-go, ...) are published as v0.<minor>.<patch>.
@@ -64,34 +61,32 @@ def kwok_stages_file() -> Path:
 
 def install_kube() -> InstallResult:
     """Build whatever is missing of BINARIES and the kwok stages; seconds when all are cached."""
-    started = time.monotonic()
-    with install_lock(f"kube-{K8S_VERSION}"):
-        missing = [name for name in BINARIES if not kube_bin(name).exists()]
-        if not missing and kwok_stages_file().exists():
-            return InstallResult(
-                "kubernetes", str(kube_home()), "already installed", time.monotonic() - started
-            )
-        go = shutil.which("go")
-        if go is None:
-            raise RuntimeError(
-                "'go' not found: the Kubernetes control plane for the manifest tests is built "
-                "from source and needs Go >= 1.25 (https://go.dev/dl/)"
-            )
-        (kube_home() / "bin").mkdir(parents=True, exist_ok=True)
-        if any(name in missing for name in CONTROL_PLANE):
-            _build_kubernetes(go)
-        if "etcd" in missing:
-            _build_etcd(go)
-        if "kwok" in missing or not kwok_stages_file().exists():
-            _install_kwok(go)
-        for name in missing:
-            _check_runs(name)
-    return InstallResult(
+    return cached_go_build(
         "kubernetes",
-        str(kube_home()),
-        f"built {', '.join(missing) or 'kwok stages'}",
-        time.monotonic() - started,
+        kube_home(),
+        lambda: not _missing() and kwok_stages_file().exists(),
+        _build_missing,
+        "the Kubernetes control plane for the manifest tests is built from source and needs "
+        "Go >= 1.25",
     )
+
+
+def _missing() -> list[str]:
+    return [name for name in BINARIES if not kube_bin(name).exists()]
+
+
+def _build_missing(go: str) -> str:
+    missing = _missing()
+    (kube_home() / "bin").mkdir(parents=True, exist_ok=True)
+    if any(name in missing for name in CONTROL_PLANE):
+        _build_kubernetes(go)
+    if "etcd" in missing:
+        _build_etcd(go)
+    if "kwok" in missing or not kwok_stages_file().exists():
+        _install_kwok(go)
+    for name in missing:
+        _check_runs(name)
+    return f"built {', '.join(missing) or 'kwok stages'}"
 
 
 def staging_replaces(kubernetes_go_mod: str) -> list[str]:
@@ -117,17 +112,17 @@ def kubernetes_wrapper_go_mod(kubernetes_go_mod: str) -> str:
 
 
 def _build_kubernetes(go: str) -> None:
-    info = _download(go, f"{_K8S_MODULE}@v{K8S_VERSION}")
+    info = download_module(go, f"{_K8S_MODULE}@v{K8S_VERSION}")
     work = kube_home() / "src-kubernetes"
     work.mkdir(parents=True, exist_ok=True)
     (work / "go.mod").write_text(kubernetes_wrapper_go_mod(Path(info["GoMod"]).read_text()))
     (work / "tools.go").write_text(
         _tools_go([f"{_K8S_MODULE}/cmd/{name}/app" for name in CONTROL_PLANE])
     )
-    _go(go, "mod", "tidy", cwd=work)
+    run([go, "mod", "tidy"], cwd=work)
     commands = [f"{_K8S_MODULE}/cmd/{name}" for name in CONTROL_PLANE]
     # Same packages and flags as any other build of these versions: the compile cache is shared.
-    _go(go, "build", "-o", str(kube_home() / "bin") + "/", *commands, cwd=work)
+    run([go, "build", "-o", str(kube_home() / "bin") + "/", *commands], cwd=work)
 
 
 def _build_etcd(go: str) -> None:
@@ -138,15 +133,15 @@ def _build_etcd(go: str) -> None:
     )
     # etcd's main package cannot be imported; its etcdmain package keeps the requirement.
     (work / "tools.go").write_text(_tools_go([f"{_ETCD_MODULE}/etcdmain"]))
-    _go(go, "mod", "tidy", cwd=work)
-    _go(go, "build", "-o", str(kube_bin("etcd")), _ETCD_MODULE, cwd=work)
+    run([go, "mod", "tidy"], cwd=work)
+    run([go, "build", "-o", str(kube_bin("etcd")), _ETCD_MODULE], cwd=work)
 
 
 def _install_kwok(go: str) -> None:
     if not kube_bin("kwok").exists():
         subprocess_env = {"GOBIN": str(kube_home() / "bin")}
-        _go(go, "install", f"{_KWOK_MODULE}/cmd/kwok@v{KWOK_VERSION}", env=subprocess_env)
-    source = Path(_download(go, f"{_KWOK_MODULE}@v{KWOK_VERSION}")["Dir"])
+        run([go, "install", f"{_KWOK_MODULE}/cmd/kwok@v{KWOK_VERSION}"], env=subprocess_env)
+    source = Path(download_module(go, f"{_KWOK_MODULE}@v{KWOK_VERSION}")["Dir"])
     stages = [(source / "kustomize" / "stage" / path).read_text() for path in KWOK_STAGES]
     kwok_stages_file().write_text("\n---\n".join(stage.strip() for stage in stages) + "\n")
 
@@ -163,22 +158,3 @@ def _check_runs(name: str) -> None:
 def _tools_go(imports: list[str]) -> str:
     lines = "".join(f'\t_ "{path}"\n' for path in imports)
     return f"//go:build tools\n\npackage tools\n\nimport (\n{lines})\n"
-
-
-def _download(go: str, module: str) -> dict[str, str]:
-    found: dict[str, str] = json.loads(_go(go, "mod", "download", "-json", module))
-    return found
-
-
-def _go(go: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        [go, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout

@@ -9,7 +9,6 @@ against it but designed for real MongoDB.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -19,7 +18,8 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
-from localinfra.cache import InstallResult, cache_dir, install_lock
+from localinfra.cache import InstallResult, cache_dir
+from localinfra.go_build import cached_go_build, download_module, run
 from localinfra.ports import free_port, port_is_open
 from localinfra.postgres import PostgresCluster
 from localinfra.procs import ManagedProcess, ServerFailedError, wait_until_ready
@@ -41,44 +41,39 @@ def install_ferretdb() -> InstallResult:
     the module zip lacks the generated ``build/version/version.txt``. So we copy the module
     source out of Go's module cache, write that file, and ``go build`` from the copy.
     """
-    started = time.monotonic()
+    return cached_go_build(
+        "ferretdb",
+        _ferretdb_home(),
+        lambda: (_ferretdb_home() / _MARKER).exists() and ferretdb_binary().exists(),
+        _build_ferretdb,
+        "building FerretDB needs Go >= 1.24, or set MONGODB_URI / put mongod on PATH",
+    )
+
+
+def _ferretdb_home() -> Path:
+    return ferretdb_binary().parent.parent
+
+
+def _build_ferretdb(go: str) -> str:
     binary = ferretdb_binary()
-    home = binary.parent.parent
-    with install_lock(f"ferretdb-{FERRETDB_VERSION}"):
-        if (home / _MARKER).exists() and binary.exists():
-            return InstallResult("ferretdb", str(binary), "already installed", 0.0)
-        go = shutil.which("go")
-        if go is None:
-            raise RuntimeError(
-                "'go' not found: building FerretDB needs Go >= 1.24 (https://go.dev/dl/), "
-                "or set MONGODB_URI / put mongod on PATH"
-            )
-        source = Path(_go(go, "mod", "download", "-json", f"{_MODULE}@{FERRETDB_VERSION}"))
-        work = home / "src"
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(source, work)
-        _make_writable(work)  # the module cache is read-only
-        (work / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        _go(
-            go, "build", "-trimpath", "-buildvcs=false", "-o", str(binary), "./cmd/ferretdb",
-            cwd=work,
-        )  # fmt: skip
-        check = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
-        if check.returncode != 0:
-            raise RuntimeError(f"built FerretDB does not run:\n{check.stdout}{check.stderr}")
-        shutil.rmtree(work, ignore_errors=True)
-        (home / _MARKER).write_text(FERRETDB_VERSION + "\n")
-    return InstallResult("ferretdb", str(binary), "installed", time.monotonic() - started)
-
-
-def _go(go: str, *args: str, cwd: Path | None = None) -> str:
-    result = subprocess.run([go, *args], capture_output=True, text=True, cwd=cwd, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    if args[:2] == ("mod", "download"):
-        return str(json.loads(result.stdout)["Dir"])
-    return result.stdout
+    home = _ferretdb_home()
+    source = Path(download_module(go, f"{_MODULE}@{FERRETDB_VERSION}")["Dir"])
+    work = home / "src"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source, work)
+    _make_writable(work)  # the module cache is read-only
+    (work / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    run(
+        [go, "build", "-trimpath", "-buildvcs=false", "-o", str(binary), "./cmd/ferretdb"],
+        cwd=work,
+    )
+    check = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise RuntimeError(f"built FerretDB does not run:\n{check.stdout}{check.stderr}")
+    shutil.rmtree(work, ignore_errors=True)
+    (home / _MARKER).write_text(FERRETDB_VERSION + "\n")
+    return "installed"
 
 
 def _make_writable(root: Path) -> None:

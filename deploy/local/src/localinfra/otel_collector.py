@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localinfra.cache import InstallResult, cache_dir, install_lock
+from localinfra.cache import InstallResult, cache_dir
+from localinfra.go_build import cached_go_build, run
 from localinfra.ports import free_port, port_is_open
 from localinfra.procs import ManagedProcess, wait_until_ready
 
@@ -60,34 +57,31 @@ def builder_manifest(output_path: Path) -> str:
 
 def install_collector() -> InstallResult:
     """Builds the collector unless it is cached; raises with the build's output if it fails."""
-    started = time.monotonic()
-    with install_lock(f"otelcol-{COLLECTOR_VERSION}"):
-        if collector_bin().exists():
-            return InstallResult(
-                "otel collector", str(collector_bin()), "already built", time.monotonic() - started
-            )
-        go = shutil.which("go")
-        if go is None:
-            raise RuntimeError(
-                "'go' not found: the OpenTelemetry collector for the tracing tests is built "
-                "from source with the official builder and needs Go (https://go.dev/dl/)"
-            )
-        home = collector_home()
-        home.mkdir(parents=True, exist_ok=True)
-        builder = home / "bin" / "builder"
-        if not builder.exists():
-            _run(
-                [go, "install", f"go.opentelemetry.io/collector/cmd/builder@v{COLLECTOR_VERSION}"],
-                env={"GOBIN": str(home / "bin")},
-            )
-        manifest = home / "manifest.yaml"
-        manifest.write_text(builder_manifest(home / "dist"))
-        _run([str(builder), f"--config={manifest}"], cwd=home)
-        if not collector_bin().exists():
-            raise RuntimeError(f"the builder ran but {collector_bin()} is missing")
-    return InstallResult(
-        "otel collector", str(collector_bin()), "built", time.monotonic() - started
+    return cached_go_build(
+        "otel collector",
+        collector_home(),
+        collector_bin().exists,
+        _build_collector,
+        "the OpenTelemetry collector for the tracing tests is built from source with the "
+        "official builder and needs Go",
     )
+
+
+def _build_collector(go: str) -> str:
+    home = collector_home()
+    home.mkdir(parents=True, exist_ok=True)
+    builder = home / "bin" / "builder"
+    if not builder.exists():
+        run(
+            [go, "install", f"go.opentelemetry.io/collector/cmd/builder@v{COLLECTOR_VERSION}"],
+            env={"GOBIN": str(home / "bin")},
+        )
+    manifest = home / "manifest.yaml"
+    manifest.write_text(builder_manifest(home / "dist"))
+    run([str(builder), f"--config={manifest}"], cwd=home)
+    if not collector_bin().exists():
+        raise RuntimeError(f"the builder ran but {collector_bin()} is missing")
+    return "built"
 
 
 def collector_config(port: int, output: Path) -> str:
@@ -175,18 +169,3 @@ def running_collector() -> Iterator[RunningCollector]:
             yield RunningCollector(f"http://127.0.0.1:{port}", output, process)
         finally:
             process.stop()
-
-
-def _run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-        )
