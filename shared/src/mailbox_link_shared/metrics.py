@@ -47,7 +47,15 @@ REGISTRY_DECISIONS = frozenset(
 )
 DEAD_LETTER_REASONS = frozenset({"unreadable", "handler_failed"})
 RATE_LIMITS = frozenset(
-    {"user_links", "account_links", "login_attempts", "host_logins", "back_off", "other"}
+    {
+        "user_links",
+        "account_links",
+        "login_attempts",
+        "host_logins",
+        "back_off",
+        "mailbox_access",  # issue 17: the access endpoint's budget per caller key
+        "other",
+    }
 )
 SERVICES = frozenset({"link-api", "registry", "imap-verifier", "oauth-broker", "other"})
 ROUTE_TEMPLATE = re.compile(r"^(/[A-Za-z0-9._{}-]*)+$|^unmatched$")
@@ -127,7 +135,7 @@ RATE_LIMIT_REFUSALS = Counter(
     ["limit"],
 )
 
-SPECS = (
+SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "mailbox_link_http_requests_total",
         {"route": ROUTE_TEMPLATE, "method": HTTP_METHODS, "status": STATUS_CODE},
@@ -343,3 +351,30 @@ class HttpMetrics:
         if isinstance(path, str) and ROUTE_TEMPLATE.fullmatch(path):
             return path
         return UNMATCHED_ROUTE
+
+
+# -- issue 17, access: the registry's mailbox access endpoint (docs/adr/0023) -----------------
+
+ACCESS_AUTHS = frozenset({"password", "oauth", "unknown"})  # unknown: refused before it was known
+ACCESS_OUTCOMES = frozenset(
+    {"granted", "not_found", "reconnect_required", "rate_limited", "unavailable"}
+)
+MAILBOX_ACCESS = Counter(
+    "mailbox_link_mailbox_access_total",
+    "Asks for a linked mailbox's credentials at the registry's access endpoint, by the "
+    "mailbox's auth and the outcome (granted, or why not).",
+    ["auth", "outcome"],
+)
+SPECS = (
+    *SPECS,
+    MetricSpec(
+        "mailbox_link_mailbox_access_total", {"auth": ACCESS_AUTHS, "outcome": ACCESS_OUTCOMES}
+    ),
+)
+
+
+def mailbox_access(auth: str, outcome: str) -> None:
+    """Counts one ask at the access endpoint."""
+    MAILBOX_ACCESS.labels(
+        _one_of(ACCESS_AUTHS, auth, "unknown"), _one_of(ACCESS_OUTCOMES, outcome, "unavailable")
+    ).inc()
