@@ -417,7 +417,7 @@ def test_the_oauth_broker_runs_alone_and_never_two_during_a_rollout(
         assert broker["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
 
 
-def test_the_registry_admits_only_link_api_and_the_operators_namespace(
+def test_the_registry_admits_only_link_api_operators_and_mailbox_access_services(
     rendered: dict[str, list[Doc]],
 ) -> None:
     docs = rendered["production"]
@@ -443,6 +443,9 @@ def test_the_registry_admits_only_link_api_and_the_operators_namespace(
     assert peers == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "link-api"}}},
         {"namespaceSelector": {"matchLabels": {"mailbox-link.io/operators": "true"}}},
+        # Internal services granted mailbox access (docs/adr/0023).
+        {"podSelector": {"matchLabels": {"mailbox-link.io/mailbox-access": "true"}}},
+        {"namespaceSelector": {"matchLabels": {"mailbox-link.io/mailbox-access": "true"}}},
     ]
     deny = named(docs, "NetworkPolicy", "mailbox-link-default-deny")["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
