@@ -89,12 +89,20 @@ async def issue_access_token(
             if result is RefreshResult.RECONNECT_REQUIRED:
                 raise TokenNotIssued(NotIssued.RECONNECT_REQUIRED)
             if result is RefreshResult.RETRYING:
-                raise TokenNotIssued(NotIssued.UNAVAILABLE, deps.refresh_backoff.delay(1))
+                raise TokenNotIssued(NotIssued.UNAVAILABLE, await _retry_after(link_id, deps))
             # SKIPPED: another broker holds the lease, or refreshed it meanwhile: read again.
         # VERIFIED: linked at the registry, MailboxLinked not yet applied here; wait for it.
         if time.monotonic() >= deadline:
             raise TokenNotIssued(NotIssued.UNAVAILABLE, timedelta(seconds=1))
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def _retry_after(link_id: str, deps: BrokerDeps) -> timedelta:
+    # The back-off the failed refresh set on the grant (its next try), at least a second.
+    postponed = await deps.store.get_grant(link_id)
+    retry_at = postponed.retry_at if postponed is not None else None
+    wait = retry_at - deps.clock() if retry_at is not None else deps.refresh_backoff.delay(1)
+    return max(wait, timedelta(seconds=1))
 
 
 def mechanism_for(grant: StoredGrant, deps: BrokerDeps) -> SaslMechanism:
