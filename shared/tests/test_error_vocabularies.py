@@ -24,5 +24,7 @@ def test_every_api_error_code_has_a_status_and_a_meaning(code: ApiErrorCode) -> 
 def test_the_two_vocabularies_do_not_share_a_code_with_different_meanings() -> None:
     # link_in_progress is both: the registry's refusal of a second link request, and the API's
     # refusal to unlink a mailbox still being linked; the same situation, so the same word.
+    # reconnect_required likewise: the mailbox's flag, and the access endpoint's refusal to
+    # hand out a credential of such a mailbox (docs/adr/0023).
     shared = {c.value for c in FailureCode} & {c.value for c in ApiErrorCode}
-    assert shared == {"link_in_progress"}
+    assert shared == {"link_in_progress", "reconnect_required"}

@@ -487,7 +487,7 @@ def test_the_oauth_broker_runs_alone_and_never_two_during_a_rollout(
         assert broker["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
 
 
-def test_the_registry_admits_only_link_api_the_operators_and_monitoring_namespaces(
+def test_the_registry_admits_only_link_api_operators_monitoring_and_mailbox_access(
     rendered: dict[str, list[Doc]],
 ) -> None:
     docs = rendered["production"]
@@ -502,6 +502,15 @@ def test_the_registry_admits_only_link_api_the_operators_and_monitoring_namespac
             ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "link-api"}}}, api_port),
             (
                 {"namespaceSelector": {"matchLabels": {"mailbox-link.io/operators": "true"}}},
+                api_port,
+            ),
+            # Internal services granted mailbox access (docs/adr/0023).
+            (
+                {"podSelector": {"matchLabels": {"mailbox-link.io/mailbox-access": "true"}}},
+                api_port,
+            ),
+            (
+                {"namespaceSelector": {"matchLabels": {"mailbox-link.io/mailbox-access": "true"}}},
                 api_port,
             ),
             (MONITORING_PEER, {"protocol": "TCP", "port": "http"}),

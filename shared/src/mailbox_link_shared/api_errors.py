@@ -32,6 +32,7 @@ class ApiErrorCode(StrEnum):
     PROVIDER_SERVERS_REQUIRED = "provider_servers_required"
     TOO_MANY_REQUESTS = "too_many_requests"
     ACCOUNT_NOT_FOUND = "account_not_found"
+    RECONNECT_REQUIRED = "reconnect_required"
 
 
 @dataclass(frozen=True)
@@ -101,5 +102,10 @@ API_ERRORS: dict[ApiErrorCode, ApiErrorText] = {
         404,
         "The service token is bound to other accounts (MBL_SERVICE_KEY_ACCOUNTS); the same "
         "answer whether or not the account exists.",
+    ),
+    ApiErrorCode.RECONNECT_REQUIRED: ApiErrorText(
+        409,
+        "The mailbox's provider or server no longer accepts its authorization (the same word "
+        "as the failure code): no credential is handed out; ask its owner to reconnect it.",
     ),
 }

@@ -47,7 +47,16 @@ REGISTRY_DECISIONS = frozenset(
 )
 DEAD_LETTER_REASONS = frozenset({"unreadable", "handler_failed"})
 RATE_LIMITS = frozenset(
-    {"user_links", "account_links", "login_attempts", "host_logins", "back_off", "other"}
+    {
+        "user_links",
+        "account_links",
+        "login_attempts",
+        "host_logins",
+        "back_off",
+        "mailbox_access",  # issue 17: the access endpoint's budget per caller key
+        "health_checks",  # issue 17: on-demand health checks per mailbox
+        "other",
+    }
 )
 SERVICES = frozenset({"link-api", "registry", "imap-verifier", "oauth-broker", "other"})
 ROUTE_TEMPLATE = re.compile(r"^(/[A-Za-z0-9._{}-]*)+$|^unmatched$")
@@ -426,3 +435,30 @@ def health_check_result(outcome: str) -> None:
 def mailbox_health_changed(health: str) -> None:
     """Counts a change of a mailbox's health to `health`."""
     MAILBOX_HEALTH_CHANGES.labels(_one_of(MAILBOX_HEALTH_STATES, health, "degraded")).inc()
+
+
+# -- issue 17, access: the registry's mailbox access endpoint (docs/adr/0023) -----------------
+
+ACCESS_AUTHS = frozenset({"password", "oauth", "unknown"})  # unknown: refused before it was known
+ACCESS_OUTCOMES = frozenset(
+    {"granted", "not_found", "reconnect_required", "rate_limited", "unavailable"}
+)
+MAILBOX_ACCESS = Counter(
+    "mailbox_link_mailbox_access_total",
+    "Asks for a linked mailbox's credentials at the registry's access endpoint, by the "
+    "mailbox's auth and the outcome (granted, or why not).",
+    ["auth", "outcome"],
+)
+SPECS = (
+    *SPECS,
+    MetricSpec(
+        "mailbox_link_mailbox_access_total", {"auth": ACCESS_AUTHS, "outcome": ACCESS_OUTCOMES}
+    ),
+)
+
+
+def mailbox_access(auth: str, outcome: str) -> None:
+    """Counts one ask at the access endpoint."""
+    MAILBOX_ACCESS.labels(
+        _one_of(ACCESS_AUTHS, auth, "unknown"), _one_of(ACCESS_OUTCOMES, outcome, "unavailable")
+    ).inc()

@@ -70,6 +70,14 @@ class ServiceConfig:
     # A second product key bound to these accounts only (MBL_SERVICE_KEY_ACCOUNTS).
     bound_caller_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     bound_caller_accounts: tuple[str, ...] = ("acme",)
+    # Issue 17, access: an internal service that sends and reads as linked mailboxes (scope
+    # `mailbox_access`, any account), e.g. the example mailer of the e2e tests.
+    mailer_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # The same, bound to other accounts only: it must get 404 for every mailbox of acme.
+    bound_mailer_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    bound_mailer_accounts: tuple[str, ...] = ("globex",)
+    # The registry's own key to the broker's token route (scope `token_issue`).
+    registry_broker_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     encryption_key: str = field(default_factory=_random_key)
     # 0 picks a free port; `make run` asks for fixed ones so the README's commands work as typed.
     api_port: int = 0
@@ -108,6 +116,8 @@ class RunningServices:
     operator_token: str = ""
     registry_token: str = ""  # link-api's own key to the registry (scope `registry`)
     bound_caller_token: str = ""  # a product key bound to ServiceConfig.bound_caller_accounts
+    mailer_token: str = ""  # an internal service's key to the registry's mailbox access
+    bound_mailer_token: str = ""  # the same, bound to ServiceConfig.bound_mailer_accounts
 
     def stop(self) -> None:
         """Stops every service (idempotent)."""
@@ -161,6 +171,7 @@ def start_services(
     base_env = {
         **_environment(config, internal_token, registry_port=ports["registry"]),
         **_broker_environment(config, ports["oauth_broker"]),
+        **_access_environment(config, internal_token, broker_port=ports["oauth_broker"]),
         **config.rate_limits,
         **config.extra_env,
     }
@@ -198,6 +209,8 @@ def start_services(
         operator_token=config.operator_token,
         registry_token=internal_token,
         bound_caller_token=config.bound_caller_token,
+        mailer_token=config.mailer_token,
+        bound_mailer_token=config.bound_mailer_token,
     )
 
 
@@ -241,6 +254,30 @@ def _environment(config: ServiceConfig, internal_token: str, registry_port: int)
         "MBL_LOG_LEVEL": config.log_level,
         **({"MBL_DNS_SERVERS": json.dumps(list(config.dns_servers))} if config.dns_servers else {}),
         "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _access_environment(
+    config: ServiceConfig, internal_token: str, broker_port: int
+) -> dict[str, str]:
+    """Issue 17, access (docs/adr/0023): the registry asks the broker for OAuth tokens with a
+    key of its own (scope `token_issue`); `mailer` (scope `mailbox_access`) may ask the
+    registry for any account's mailbox, `mailer-bound` only for bound_mailer_accounts'. Adds
+    the keys to the one key map every service reads."""
+    base = _environment(config, internal_token, registry_port=0)
+    registry_token = config.registry_broker_token
+    keys = {**json.loads(base["MBL_SERVICE_KEYS"]), "registry": registry_token,
+            "mailer": config.mailer_token, "mailer-bound": config.bound_mailer_token}  # fmt: skip
+    scopes = {**json.loads(base["MBL_SERVICE_KEY_SCOPES"]), "registry": ["token_issue"],
+              "mailer": ["mailbox_access"], "mailer-bound": ["mailbox_access"]}  # fmt: skip
+    accounts = {**json.loads(base["MBL_SERVICE_KEY_ACCOUNTS"]),
+                "mailer-bound": list(config.bound_mailer_accounts)}  # fmt: skip
+    return {
+        "MBL_SERVICE_KEYS": json.dumps(keys),
+        "MBL_SERVICE_KEY_SCOPES": json.dumps(scopes),
+        "MBL_SERVICE_KEY_ACCOUNTS": json.dumps(accounts),
+        "MBL_BROKER_URL": f"http://127.0.0.1:{broker_port}",
+        "MBL_BROKER_TOKEN": registry_token,
     }
 
 

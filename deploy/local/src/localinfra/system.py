@@ -78,6 +78,8 @@ def run_system(state_dir: Path, ports: tuple[int, int, int], stopping: threading
             )
             (state_dir / "token").write_text(services.caller_token)
             (state_dir / "operator-token").write_text(services.operator_token)
+            # Issue 17: an internal service's key to the registry's mailbox access.
+            (state_dir / "mailer-token").write_text(services.mailer_token)
             (state_dir / "endpoints.json").write_text(endpoints.to_json())
             demo = _demo_request(
                 endpoints.tls_hostname,

@@ -5,7 +5,7 @@ import functools
 import logging
 
 import httpx2
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from mailbox_link_contract.events import ProviderType, ServerSettings
 from mailbox_link_contract.topics import Topics
@@ -14,6 +14,7 @@ from mailbox_link_shared.http import CallerKeys, build_http_app
 from mailbox_link_shared.kafka import KafkaEventPublisher, make_broker
 from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.oidc_providers import OidcMailServer
+from mailbox_link_shared.scopes import Scope
 from mailbox_link_shared.timer import PeriodicTask
 from mailbox_link_shared.topics import prepare_topics
 from oauth_broker.adapters.broker_store import MongoBrokerStore
@@ -47,6 +48,7 @@ from oauth_broker.domain.providers import (
 from oauth_broker.entrypoints.events import register_subscribers
 from oauth_broker.entrypoints.housekeeping import make_housekeeper
 from oauth_broker.entrypoints.http import build_public_router, build_service_router
+from oauth_broker.entrypoints.token_http import build_token_router
 from oauth_broker.handlers import BrokerDeps, MailServers, OAuthProviderClient
 
 logger = logging.getLogger(__name__)
@@ -101,9 +103,13 @@ def build_app(settings: Settings) -> FastAPI:
             await client.aclose()
 
     keys = CallerKeys(settings.caller_keys())
+    service_router = APIRouter()
+    service_router.include_router(build_service_router(deps, keys.require(CONFIRM_SCOPE)))
+    # --- issue 17, access: the registry's internal token route (docs/adr/0023) ---
+    service_router.include_router(build_token_router(deps, keys.require(Scope.TOKEN_ISSUE)))
     return build_http_app(
         title="mailbox-link oauth-broker",
-        router=build_service_router(deps, keys.require(CONFIRM_SCOPE)),
+        router=service_router,
         keys=keys,
         api_docs=settings.api_docs,
         readiness=Readiness(

@@ -2,7 +2,7 @@
 
 import functools
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from mailbox_link_contract.topics import Topics
 from mailbox_link_shared.health import Readiness, kafka_check, mongo_check, running_check
@@ -12,6 +12,7 @@ from mailbox_link_shared.mongo import make_mongo_client
 from mailbox_link_shared.rate_limit_store import MongoSlots, rate_limit_database
 from mailbox_link_shared.rate_limits import RateLimiter
 from mailbox_link_shared.topics import prepare_topics
+from registry.access_wiring import build_access
 from registry.adapters.registry_store import MongoRegistryStore
 from registry.config import SERVICE_NAME, Settings
 from registry.domain.plans import PlanTable
@@ -49,9 +50,17 @@ def build_app(settings: Settings) -> FastAPI:
     health_scheduler = make_health_scheduler(deps, settings.health_scheduler_interval_seconds)
 
     keys = CallerKeys(settings.caller_keys())
+    router = APIRouter()
+    router.include_router(build_router(deps, keys))
+    # --- issue 17, access: the mailbox access endpoint (docs/adr/0023) ---
+    database = f"{settings.namespace}-registry"
+    access = build_access(
+        settings, settings.secret_box(), deps, mongo, database, settings.namespace, keys
+    )
+    router.include_router(access.router)
     return build_http_app(
         title="mailbox-link registry",
-        router=build_router(deps, keys),
+        router=router,
         keys=keys,
         api_docs=settings.api_docs,
         readiness=Readiness(
@@ -69,9 +78,11 @@ def build_app(settings: Settings) -> FastAPI:
             housekeeper.start,
             sweeper.start,
             health_scheduler.start,
+            *access.start,
         ],
         on_stop=[
             health_scheduler.stop,
+            *access.stop,
             sweeper.stop,
             housekeeper.stop,
             consumer.stop,

@@ -8,13 +8,14 @@ from pydantic_settings import SettingsConfigDict
 
 from mailbox_link_contract.topics import REGISTRY, topics_consumed_by
 from mailbox_link_shared.settings import ENV_PREFIX, HttpSettings, MongoSettings, ServiceSettings
+from registry.access_config import AccessSettings  # issue 17, access
 from registry.domain.health import HealthPolicy
 from registry.domain.plans import DEFAULT_PLAN, DEFAULT_PLANS, MAX_MAILBOXES_PER_USER
 
 SERVICE_NAME = REGISTRY  # the catalogue's name: consumer group and producer
 
 
-class Settings(ServiceSettings, MongoSettings, HttpSettings):
+class Settings(ServiceSettings, MongoSettings, HttpSettings, AccessSettings):
     """Everything the registry reads from the environment (MBL_*)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
