@@ -18,6 +18,7 @@ from mailbox_link_contract.events import (
     Failure,
     LinkRequested,
     LinkRequestedData,
+    MailboxHealth,
     MailboxLinked,
     MailboxOwner,
     MailboxReconnectRequired,
@@ -37,6 +38,8 @@ from mailbox_link_shared.rate_limits import Limit, MemorySlots, RateLimiter
 from mailbox_link_shared.scopes import Scope, caller_keys
 from registry import handlers
 from registry.adapters.registry_store import Verification
+from registry.decisions import change_mailbox
+from registry.domain.links import with_health
 from registry.domain.plans import DEFAULT_PLANS, PlanTable
 from registry.entrypoints.access_http import build_access_router
 from registry.handlers import RegistryDeps
@@ -278,6 +281,25 @@ async def test_a_mailbox_to_reconnect_gets_409_and_no_credential(registry: Regis
     flagged = await registry.ask("mailer", "acme", password_box)
     assert flagged.status_code == 409
     assert "secret" not in flagged.text
+
+
+async def test_a_degraded_mailbox_is_answered_and_says_so(registry: Registry) -> None:
+    mailbox_id = await registry.link(ALICE, "l1", "box@example.org")
+    found = await handlers.find_mailbox("acme", mailbox_id, registry.deps)
+    assert found is not None
+    # Its servers were unreachable at the last check: not its credentials' fault (ADR 0023).
+    await change_mailbox(
+        found,
+        lambda _, mailbox: (
+            with_health(mailbox, MailboxHealth.DEGRADED, FailureCode.IMAP_UNREACHABLE),
+            None,
+        ),
+        registry.deps,
+    )
+    answer = await registry.ask("mailer", "acme", mailbox_id)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "degraded"
+    assert answer.json()["imap"]["password"] == "imap-secret-1"
 
 
 async def _flag_reconnect(registry: Registry, link_id: str, mailbox_id: str) -> None:

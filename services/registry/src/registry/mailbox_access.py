@@ -300,9 +300,10 @@ def _open(
 
 
 def _status(record: LinkRecord) -> str:
-    # Health states beyond these (degraded) come with the registry's health checks.
+    # A degraded mailbox is still answered: its servers were unreachable, not its credentials
+    # refused, and the caller may try (ADR 0023); the status tells it to expect failures.
     mailbox = record.mailbox
-    return "reconnect_required" if mailbox and mailbox.reconnect_required else "active"
+    return mailbox.health.value if mailbox else "active"
 
 
 async def _note(
