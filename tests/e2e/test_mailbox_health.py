@@ -26,6 +26,7 @@ from localinfra.stack import Endpoints, LocalStack
 from mailbox_link_contract.events import MailboxHealthChanged
 from mailbox_link_contract.topics import Topics
 
+from ..example_internal_service.access import AccessRefused, registry_client, request_access
 from ..example_internal_service.events import MailboxEvents, health_is, topic_end
 from .conftest import (
     MailUser,
@@ -135,6 +136,12 @@ async def test_a_changed_password_makes_the_mailbox_reconnect_required_until_rec
         listed = await _mailbox(health_api, user_id)
         assert listed["status"] == "reconnect_required"
         assert listed["status_reason"]["code"] == "imap_auth_failed"
+        # An internal service asking for it now gets the code, not the stale password.
+        mailer = registry_client(health_services.registry_url, health_services.mailer_token)
+        async with mailer:
+            with pytest.raises(AccessRefused) as refused:
+                await request_access(mailer, "acme", mailbox_id)
+        assert (refused.value.status, refused.value.code) == (409, "reconnect_required")
 
         # The owner reconnects in place with the new password: the same mailbox, active again.
         again = await link_and_wait(health_api, "acme", user_id, imap_body(infra, changed))
@@ -146,6 +153,9 @@ async def test_a_changed_password_makes_the_mailbox_reconnect_required_until_rec
             mailbox_id,
             "reconnect_required",
         )
+        async with registry_client(health_services.registry_url, health_services.mailer_token) as m:
+            access = await request_access(m, "acme", mailbox_id)
+        assert access.imap.password == changed.password
     # And the checks that follow log in with the new password.
     reconnected_at = time.time()
     listed = await _wait_for_listing(health_api, user_id, "active", checked_after=reconnected_at)
