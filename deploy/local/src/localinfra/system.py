@@ -128,6 +128,7 @@ mailbox-link is up (infrastructure started in {infra_seconds:.1f} s).
   registry:  {registry_url}
   token:     {state_dir}/token   (send as 'Authorization: Bearer ...'; link-api's routes)
   operator:  {state_dir}/operator-token   (the registry's plans and force-unlink)
+  mailer:    {state_dir}/mailer-token   (scope mailbox_access: the registry's .../access)
   demo body: {state_dir}/demo-link.json   (links the local Dovecot mailbox {DEMO_ADDRESS})
   detected:  {state_dir}/demo-detected-link.json   ({DISCOVERABLE_DEMO}: address and password only)
   logs:      {state_dir}/logs/

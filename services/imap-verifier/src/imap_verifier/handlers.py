@@ -340,7 +340,7 @@ async def _run_check(data: MailboxCheckRequestedData, deps: VerifierDeps) -> Fai
         if limits is not None:
             # Budgets and back-off are respected, but a refused login is not counted towards
             # the back-off: the stored password is no guess, and counting it would lock the
-            # owner out of the reconnect that mends it (notes: i17-checks).
+            # owner out of the reconnect that mends it (docs/adr/0023, "Consequences").
             await limits.before_logins(data.imap, data.smtp, deps.clock())
         await verify_mailbox(
             data.imap, data.smtp, credentials, deps, address=data.address, other_ports=False
