@@ -53,7 +53,7 @@ wheel: setup ## Build the contract package's wheel into dist/ (what other servic
 image: setup ## Build the services' container image localhost/mailbox-link:dev (podman, Debian base made locally)
 	$(UV) run python -m localinfra.app_image
 
-bench: setup ## Link latency, registry throughput, detection speed, OAuth link, store ops, ownership proof, security mistakes (figures in bench/results/)
+bench: setup ## Link latency, registry throughput, detection, OAuth link, store ops, ownership proof, security mistakes, outage recovery, mailbox access (figures in bench/results/)
 	$(UV) run python bench/link_latency.py
 	$(UV) run python bench/link_throughput.py
 	$(UV) run python bench/oauth_link.py
@@ -63,6 +63,7 @@ bench: setup ## Link latency, registry throughput, detection speed, OAuth link, 
 	$(UV) run python bench/ownership_proof.py
 	$(UV) run python bench/security_mistakes.py
 	$(UV) run python bench/outage_recovery.py
+	$(UV) run python bench/mailbox_access.py
 
 clean: ## Remove local state (keeps the download cache)
 	rm -rf .run .venv .mypy_cache .ruff_cache .pytest_cache bench/results
