@@ -224,87 +224,36 @@ def _deliver(dest: tuple[str, int], sender: str, rcpts: list[str], data: bytes) 
         return dict.fromkeys(rcpts, repr(exc))
 
 
-class SmtpRelay:
-    """The relay as a child process on 127.0.0.1 (like ``SubmissionRelay``)."""
+class _RelayProcess:
+    """A relay (``python -m localinfra.relay``) as a child process on 127.0.0.1; subclasses
+    say what it is called and which arguments it runs with."""
 
-    def __init__(
-        self, workdir: Path, dns: tuple[str, int], transport: dict[str, tuple[str, int]]
-    ) -> None:
-        self.workdir = workdir
-        self.dns = dns
-        self.transport = transport
-        self.port = 0
-        self.delivery_log = workdir / "relay-deliveries.log"
-        self._proc: ManagedProcess | None = None
-
-    def launch(self) -> None:
-        """Start the process without waiting for it."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        routes = [f"{host}={ip}:{port}" for host, (ip, port) in self.transport.items()]
-        argv = [sys.executable, "-m", "localinfra.relay", "--port", str(self.port)]
-        argv += ["--dns", f"{self.dns[0]}:{self.dns[1]}", "--log", str(self.delivery_log)]
-        for route in routes:
-            argv += ["--route", route]
-        self._proc = ManagedProcess("smtp-relay", argv, self.workdir / "smtp-relay.log")
-        self._proc.start()
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        """Wait for the ``220`` greeting."""
-        proc = self._proc
-        if proc is None:
-            raise RuntimeError("relay not launched")
-        try:
-            wait_for_banner("127.0.0.1", self.port, b"220", timeout, is_alive=proc.is_alive)
-        except (TimeoutError, RuntimeError) as exc:
-            raise proc.fail(str(exc)) from exc
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Launch and wait; relaunch once on another port if the first one was taken."""
-        self.launch()
-        try:
-            self.wait_ready(timeout)
-        except ServerFailedError:
-            self.stop()
-            self.launch()
-            self.wait_ready(timeout)
-
-    def stop(self) -> None:
-        """Stop the relay. Idempotent."""
-        if self._proc is not None:
-            self._proc.stop(timeout=5.0)
-
-
-class SubmissionRelay:
-    """The submission relay as a child process on 127.0.0.1 (``DomainRelayHandler``)."""
+    name = "relay"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = 0
-        self.routes_file = workdir / "submission-routes.json"
-        self.delivery_log = workdir / "submission-deliveries.log"
         self._proc: ManagedProcess | None = None
 
-    def set_routes(self, routes: dict[str, tuple[str, int]]) -> None:
-        """Deliver mail for these domains (lower case) to these LMTP servers from now on."""
-        staging = self.routes_file.with_suffix(".tmp")
-        staging.write_text(json.dumps({d.lower(): list(dest) for d, dest in routes.items()}))
-        staging.replace(self.routes_file)  # the relay never reads a half-written file
+    def arguments(self) -> list[str]:
+        """The relay's own arguments, after ``--port``."""
+        raise NotImplementedError
 
     def launch(self) -> None:
         """Start the process without waiting for it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         argv = [sys.executable, "-m", "localinfra.relay", "--port", str(self.port)]
-        argv += ["--routes-file", str(self.routes_file), "--log", str(self.delivery_log)]
-        self._proc = ManagedProcess("submission-relay", argv, self.workdir / "submission-relay.log")
+        self._proc = ManagedProcess(
+            self.name, argv + self.arguments(), self.workdir / f"{self.name}.log"
+        )
         self._proc.start()
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Wait for the ``220`` greeting."""
         proc = self._proc
         if proc is None:
-            raise RuntimeError("submission relay not launched")
+            raise RuntimeError(f"{self.name} not launched")
         try:
             wait_for_banner("127.0.0.1", self.port, b"220", timeout, is_alive=proc.is_alive)
         except (TimeoutError, RuntimeError) as exc:
@@ -329,6 +278,46 @@ class SubmissionRelay:
         """Stop the relay. Idempotent."""
         if self._proc is not None:
             self._proc.stop(timeout=5.0)
+
+
+class SmtpRelay(_RelayProcess):
+    """The MX-routing relay (``RelayHandler``): ownership proofs go through it."""
+
+    name = "smtp-relay"
+
+    def __init__(
+        self, workdir: Path, dns: tuple[str, int], transport: dict[str, tuple[str, int]]
+    ) -> None:
+        super().__init__(workdir)
+        self.dns = dns
+        self.transport = transport
+        self.delivery_log = workdir / "relay-deliveries.log"
+
+    def arguments(self) -> list[str]:
+        argv = ["--dns", f"{self.dns[0]}:{self.dns[1]}", "--log", str(self.delivery_log)]
+        for host, (ip, port) in self.transport.items():
+            argv += ["--route", f"{host}={ip}:{port}"]
+        return argv
+
+
+class SubmissionRelay(_RelayProcess):
+    """The submission relay (``DomainRelayHandler``): Dovecot's submission relays to it."""
+
+    name = "submission-relay"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.routes_file = workdir / "submission-routes.json"
+        self.delivery_log = workdir / "submission-deliveries.log"
+
+    def set_routes(self, routes: dict[str, tuple[str, int]]) -> None:
+        """Deliver mail for these domains (lower case) to these LMTP servers from now on."""
+        staging = self.routes_file.with_suffix(".tmp")
+        staging.write_text(json.dumps({d.lower(): list(dest) for d, dest in routes.items()}))
+        staging.replace(self.routes_file)  # the relay never reads a half-written file
+
+    def arguments(self) -> list[str]:
+        return ["--routes-file", str(self.routes_file), "--log", str(self.delivery_log)]
 
 
 def _hostport(text: str) -> tuple[str, int]:

@@ -5,11 +5,8 @@ makes sure it never does."""
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Final
-
-from opentelemetry.trace import Status, StatusCode
 
 from imap_verifier.adapters.typed_inbox import typed_inbox
 from imap_verifier.config import SERVICE_NAME
@@ -35,7 +32,6 @@ from mailbox_link_contract.events import (
     LinkRequested,
     LinkReserved,
     MailboxChecked,
-    MailboxCheckedData,
     MailboxCheckRequested,
     MailboxCheckRequestedData,
     MailboxHealthChanged,
@@ -52,10 +48,11 @@ from mailbox_link_contract.events import (
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared import metrics
 from mailbox_link_shared.credentials import MailboxCredentials
+from mailbox_link_shared.health_checks import run_mailbox_check
 from mailbox_link_shared.mail_probes import PLAINTEXT_GREETING_WAIT, Probe, ProbeFailed
 from mailbox_link_shared.rate_limits import TooManyAttempts, wait_text
 from mailbox_link_shared.routing import EventHandlers, ignore
-from mailbox_link_shared.tracing import LINK_ID, span
+from mailbox_link_shared.tracing import LINK_ID
 
 logger = logging.getLogger(__name__)
 # When the typed way has not answered after this share of the check's budget, the standard other
@@ -318,15 +315,10 @@ async def when_check_requested_log_in(event: MailboxCheckRequested, deps: Verifi
     if data.auth is not AuthMethod.PASSWORD:
         return  # an OAuth mailbox: the broker checks it
     attributes = {LINK_ID: data.link_id, "mailbox_link.auth": data.auth.value}
-    with span("mailbox check", attributes=attributes) as current:
-        started = time.perf_counter()
-        failure = await _run_check(data, deps)
-        code = None if failure is None else failure.code
-        metrics.health_check_finished(SERVICE_NAME, code, time.perf_counter() - started)
-        current.set_attribute("mailbox_link.check_result", metrics.result_of(code))
-        if code is not None:
-            current.set_status(Status(StatusCode.ERROR, str(code)))
-    await deps.publisher.publish(_checked(event, failure))
+    checked = await run_mailbox_check(
+        SERVICE_NAME, event, attributes, lambda: _run_check(data, deps)
+    )
+    await deps.publisher.publish(checked)
 
 
 async def _run_check(data: MailboxCheckRequestedData, deps: VerifierDeps) -> Failure | None:
@@ -362,20 +354,6 @@ async def _run_check(data: MailboxCheckRequestedData, deps: VerifierDeps) -> Fai
         return Failure.of(FailureCode.INTERNAL_ERROR, type(exc).__name__)
     logger.info("check %s of mailbox %s: ok", data.check_id, data.mailbox_id)
     return None
-
-
-def _checked(event: MailboxCheckRequested, failure: Failure | None) -> MailboxChecked:
-    data = event.data
-    checked = MailboxCheckedData(
-        check_id=data.check_id,
-        mailbox_id=data.mailbox_id,
-        link_id=data.link_id,
-        owner=data.owner,
-        address=data.address,
-        provider=data.provider,
-        failure=failure,
-    )
-    return MailboxChecked(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=checked)
 
 
 def _failed(event: LinkRequested, failure: Failure) -> VerificationFailed:

@@ -17,24 +17,20 @@ What a check answers, by what it finds:
 import asyncio
 import logging
 import re
-import time
 from datetime import datetime
-
-from opentelemetry.trace import Status, StatusCode
 
 from mailbox_link_contract.events import (
     AuthMethod,
     Failure,
-    MailboxChecked,
-    MailboxCheckedData,
     MailboxCheckRequested,
     MailboxCheckRequestedData,
 )
 from mailbox_link_contract.failures import FailureCode
 from mailbox_link_shared import metrics
+from mailbox_link_shared.health_checks import run_mailbox_check
 from mailbox_link_shared.mail_probes import ProbeFailed
 from mailbox_link_shared.oidc_providers import SaslMechanism
-from mailbox_link_shared.tracing import LINK_ID, span
+from mailbox_link_shared.tracing import LINK_ID
 from oauth_broker.config import SERVICE_NAME
 from oauth_broker.domain.grants import GrantStatus, StoredGrant, TokenGrant
 from oauth_broker.ports import BrokerDeps
@@ -73,15 +69,10 @@ async def when_check_requested_refresh_and_log_in(
         "mailbox_link.auth": data.auth.value,
         "oauth.provider": metrics.provider_label(data.provider.value),
     }
-    with span("mailbox check", attributes=attributes) as current:
-        started = time.perf_counter()
-        failure = await _run_check(data, deps)
-        code = None if failure is None else failure.code
-        metrics.health_check_finished(SERVICE_NAME, code, time.perf_counter() - started)
-        current.set_attribute("mailbox_link.check_result", metrics.result_of(code))
-        if code is not None:
-            current.set_status(Status(StatusCode.ERROR, str(code)))
-    await deps.publisher.publish(_checked(event, failure))
+    checked = await run_mailbox_check(
+        SERVICE_NAME, event, attributes, lambda: _run_check(data, deps)
+    )
+    await deps.publisher.publish(checked)
 
 
 async def _run_check(data: MailboxCheckRequestedData, deps: BrokerDeps) -> Failure | None:
@@ -202,17 +193,3 @@ def _mechanism(grant: StoredGrant, deps: BrokerDeps) -> SaslMechanism:
     """The SASL mechanism the grant's provider takes tokens with (as at its sign-in)."""
     configured = (deps.mail_servers or {}).get(grant.provider_key)
     return SaslMechanism.XOAUTH2 if configured is None else configured.mechanism
-
-
-def _checked(event: MailboxCheckRequested, failure: Failure | None) -> MailboxChecked:
-    data = event.data
-    checked = MailboxCheckedData(
-        check_id=data.check_id,
-        mailbox_id=data.mailbox_id,
-        link_id=data.link_id,
-        owner=data.owner,
-        address=data.address,
-        provider=data.provider,
-        failure=failure,
-    )
-    return MailboxChecked(correlation_id=event.correlation_id, producer=SERVICE_NAME, data=checked)
