@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,19 +143,7 @@ class MxRelayHandler:
             dest = await asyncio.to_thread(self.route, rcpt)
             if isinstance(dest, tuple):
                 groups.setdefault(dest, []).append(rcpt)
-        failed: list[str] = []
-        for dest, rcpts in groups.items():
-            error = await asyncio.to_thread(
-                _deliver, dest, envelope.mail_from, rcpts, envelope.original_content
-            )
-            for rcpt in rcpts:
-                ok = rcpt not in error
-                self._log(
-                    f"{'delivered' if ok else 'failed'} from={envelope.mail_from} rcpt={rcpt} "
-                    f"lmtp={dest[0]}:{dest[1]}" + ("" if ok else f" error={error[rcpt]}")
-                )
-                if not ok:
-                    failed.append(rcpt)
+        failed = await _deliver_groups(groups, envelope, self._log)
         if failed:
             return "554 5.5.0 Delivery failed for " + ", ".join(failed)
         return "250 OK delivered"
@@ -194,22 +183,30 @@ class DomainRelayHandler:
                 self._log(f"dropped from={envelope.mail_from} rcpt={rcpt}")
             else:
                 groups.setdefault(dest, []).append(rcpt)
-        failed: list[str] = []
-        for dest, rcpts in groups.items():
-            error = await asyncio.to_thread(
-                _deliver, dest, envelope.mail_from, rcpts, envelope.original_content
-            )
-            for rcpt in rcpts:
-                ok = rcpt not in error
-                self._log(
-                    f"{'delivered' if ok else 'failed'} from={envelope.mail_from} rcpt={rcpt} "
-                    f"lmtp={dest[0]}:{dest[1]}" + ("" if ok else f" error={error[rcpt]}")
-                )
-                if not ok:
-                    failed.append(rcpt)
+        failed = await _deliver_groups(groups, envelope, self._log)
         if failed:
             return "554 5.5.0 Delivery failed for " + ", ".join(failed)
         return "250 OK"
+
+
+async def _deliver_groups(
+    groups: dict[tuple[str, int], list[str]], envelope: Any, log: Callable[[str], None]
+) -> list[str]:
+    """Delivers each LMTP server's recipients, logging every one; returns those refused."""
+    failed: list[str] = []
+    for dest, rcpts in groups.items():
+        error = await asyncio.to_thread(
+            _deliver, dest, envelope.mail_from, rcpts, envelope.original_content
+        )
+        for rcpt in rcpts:
+            ok = rcpt not in error
+            log(
+                f"{'delivered' if ok else 'failed'} from={envelope.mail_from} rcpt={rcpt} "
+                f"lmtp={dest[0]}:{dest[1]}" + ("" if ok else f" error={error[rcpt]}")
+            )
+            if not ok:
+                failed.append(rcpt)
+    return failed
 
 
 def _deliver(dest: tuple[str, int], sender: str, rcpts: list[str], data: bytes) -> dict[str, str]:
