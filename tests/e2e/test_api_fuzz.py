@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
-from localinfra.services import RunningServices, start_services
+from localinfra.services import RunningServices, ServiceConfig, start_services
 from localinfra.stack import Endpoints
 
 from .conftest import service_config
@@ -28,10 +28,14 @@ MAX_EXAMPLES = 60  # per operation; bounded so the suite stays fast
 
 
 @pytest.fixture(scope="module")
-def fuzz_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
-    config = service_config(infra, namespace="e2e-fuzz")
+def fuzz_config(infra: Endpoints) -> ServiceConfig:
+    return service_config(infra, namespace="e2e-fuzz")
+
+
+@pytest.fixture(scope="module")
+def fuzz_services(fuzz_config: ServiceConfig, workdir: Path) -> Iterator[RunningServices]:
     running = start_services(
-        config, workdir / "services-fuzz", modules=("registry", "link_api", "oauth_broker")
+        fuzz_config, workdir / "services-fuzz", modules=("registry", "link_api", "oauth_broker")
     )
     try:
         yield running
@@ -41,12 +45,16 @@ def fuzz_services(infra: Endpoints, workdir: Path) -> Iterator[RunningServices]:
 
 @pytest.mark.parametrize(
     ("service", "operation_count"),
-    # link-api: links x2, mailboxes x2, providers x2; registry: 6 routes; the broker: start,
-    # callback and the product's confirm
-    [("api_url", 6), ("registry_url", 6), ("broker_url", 3)],
+    # link-api: links x2, mailboxes x2, providers x2; registry: 6 routes, mailbox access and
+    # on-demand checks; the broker: start, callback, the product's confirm and the registry's
+    # token route
+    [("api_url", 6), ("registry_url", 8), ("broker_url", 4)],
 )
 def test_no_input_gets_a_server_error(
-    fuzz_services: RunningServices, service: str, operation_count: int
+    fuzz_services: RunningServices,
+    fuzz_config: ServiceConfig,
+    service: str,
+    operation_count: int,
 ) -> None:
     base_url = getattr(fuzz_services, service)
     schema = _schema(fuzz_services, base_url)
@@ -56,7 +64,8 @@ def test_no_input_gets_a_server_error(
     for operation in operations:
         # The broker's browser pages answer in HTML: the test below fuzzes them.
         if not operation.path.startswith("/v1/oauth/"):
-            headers = {"Authorization": f"Bearer {_key_for(fuzz_services, service, operation)}"}
+            key = _key_for(fuzz_services, fuzz_config, service, operation)
+            headers = {"Authorization": f"Bearer {key}"}
             _fuzz(operation, base_url, headers)
 
 
@@ -66,12 +75,16 @@ def _schema(services: RunningServices, base_url: str) -> Any:
     return schemathesis.openapi.from_url(f"{base_url}/openapi.json", headers=headers)
 
 
-def _key_for(services: RunningServices, service: str, operation: Any) -> str:
+def _key_for(services: RunningServices, config: ServiceConfig, service: str, operation: Any) -> str:
     """The key granted the operation's scope, so the fuzzer reaches the handler."""
+    if operation.path.endswith("/access-token"):
+        return config.registry_broker_token  # the registry's own key (token_issue)
     if service != "registry_url":
         return services.caller_token  # links, and sign_in_confirm at the broker
     if operation.path.endswith("/owner"):
         return services.sign_in_token
+    if operation.path.endswith("/access"):
+        return services.mailer_token  # mailbox_access
     return services.operator_token  # operators may call every other registry route
 
 
@@ -101,11 +114,13 @@ def test_no_made_up_state_completes_a_sign_in(
     base_url = fuzz_services.broker_url
     schema = _schema(fuzz_services, base_url)
     operations = {r.ok().label: r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)}
-    # The browser-facing routes (no token) and the product's confirm (its service key).
+    # The browser-facing routes (no token), the product's confirm (its service key) and the
+    # registry's token route (its own key).
     assert sorted(operations) == [
         "GET /v1/oauth/callback",
         "GET /v1/oauth/start/{token}",
         "POST /v1/accounts/{account_id}/users/{user_id}/sign-ins/confirm",
+        "POST /v1/internal/grants/{link_id}/access-token",
     ]
     callback = operations["GET /v1/oauth/callback"]
 
