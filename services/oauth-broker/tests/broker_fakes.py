@@ -41,6 +41,7 @@ from oauth_broker.domain.sessions import (
     binding_cookie_name,
 )
 from oauth_broker.handlers import BrokerDeps
+from oauth_broker.ports import OAuthProviderClient
 
 
 class FakeClock:
@@ -440,3 +441,18 @@ async def offer_sign_in(deps: BrokerDeps, link_id: str = "l1") -> str:
     offer = deps.publisher.events[-1]
     assert isinstance(offer, AuthorizationRequired)
     return await start_in_browser(deps, offer)
+
+
+def fake_deps(provider: OAuthProviderClient | None = None, **changes: Any) -> BrokerDeps:
+    """BrokerDeps on in-memory fakes: a fresh store and publisher, the test key, `provider` as
+    Google's client, mail servers that accept every login, a set clock; `changes` replaces any
+    of these or sets any other field."""
+    settings: dict[str, Any] = {
+        "store": InMemoryBrokerStore(),
+        "publisher": RecordingPublisher(),
+        "secret_box": BOX,
+        "clients": {ProviderType.GOOGLE: provider} if provider is not None else {},
+        "check_mailbox": FakeMailServers(),
+        "clock": FakeClock(),
+    }
+    return BrokerDeps(**{**settings, **changes})

@@ -1,7 +1,6 @@
 """The callback as a browser meets it: pages, status codes, and the return-URL redirect."""
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -10,11 +9,8 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from broker_fakes import (
-    BOX,
-    FakeClock,
-    FakeMailServers,
     FakeProvider,
-    InMemoryBrokerStore,
+    fake_deps,
     requested,
     reserved,
     start_token,
@@ -41,15 +37,7 @@ RETURN_URL = "https://app.example.com/mailboxes?tab=linked"
 
 @pytest.fixture
 def deps() -> BrokerDeps:
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: FakeProvider(APP, signed_in_as=("alice@gmail.com",))},
-        check_mailbox=FakeMailServers(),
-        session_lifetime=timedelta(minutes=10),
-        clock=FakeClock(),
-    )
+    return fake_deps(FakeProvider(APP, signed_in_as=("alice@gmail.com",)))
 
 
 async def _browser(deps: BrokerDeps, return_url: str | None) -> httpx.AsyncClient:

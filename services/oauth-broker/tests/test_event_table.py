@@ -1,13 +1,10 @@
 """oauth-broker's handler table against the catalogue, and every example of the contract replayed
 through it: each is handled, knowingly ignored, or (not on oauth-broker's topics) skipped."""
 
-from datetime import timedelta
-
 from pydantic import SecretStr
 
-from broker_fakes import BOX, FakeClock, FakeMailServers, FakeProvider, InMemoryBrokerStore
+from broker_fakes import FakeProvider, fake_deps
 from mailbox_link_contract.events import ProviderType
-from mailbox_link_shared.publishing import RecordingPublisher
 from mailbox_link_shared.routing import EventRouter, replay_problems, table_gaps
 from oauth_broker.adapters.oauth_client import OAuthApp
 from oauth_broker.config import SERVICE_NAME
@@ -17,16 +14,7 @@ from oauth_broker.handlers import EVENT_HANDLERS, BrokerDeps
 
 def _deps() -> BrokerDeps:
     app = OAuthApp(ProviderType.GOOGLE, "client", SecretStr("secret"), "https://cb.test/", GOOGLE)
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: FakeProvider(app, signed_in_as=("alice@gmail.com",))},
-        check_mailbox=FakeMailServers(),
-        session_lifetime=timedelta(minutes=10),
-        refresh_margin=timedelta(minutes=5),
-        clock=FakeClock(),
-    )
+    return fake_deps(FakeProvider(app, signed_in_as=("alice@gmail.com",)))
 
 
 def test_the_table_lists_every_event_type_of_its_topics_and_no_other() -> None:

@@ -16,6 +16,7 @@ from broker_fakes import (
     FakeMailServers,
     FakeProvider,
     InMemoryBrokerStore,
+    fake_deps,
     gmail_disabled,
     invalid_grant,
     offer_sign_in,
@@ -78,16 +79,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def deps(provider: FakeProvider, mail: FakeMailServers, clock: FakeClock) -> BrokerDeps:
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: provider},
-        check_mailbox=mail,
-        session_lifetime=timedelta(minutes=10),
-        refresh_margin=timedelta(minutes=5),
-        clock=clock,
-    )
+    return fake_deps(provider, check_mailbox=mail, clock=clock)
 
 
 # --- offering the sign-in ---------------------------------------------------------------------

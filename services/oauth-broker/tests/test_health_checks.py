@@ -17,6 +17,7 @@ from broker_fakes import (
     FakeMailServers,
     FakeProvider,
     InMemoryBrokerStore,
+    fake_deps,
     invalid_grant,
 )
 from mailbox_link_contract.events import (
@@ -65,16 +66,7 @@ def store() -> InMemoryBrokerStore:
 def deps(
     provider: FakeProvider, mail: FakeMailServers, clock: FakeClock, store: InMemoryBrokerStore
 ) -> BrokerDeps:
-    return BrokerDeps(
-        store=store,
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: provider},
-        check_mailbox=mail,
-        refresh_margin=timedelta(minutes=5),
-        clock=clock,
-        check_refresh_wait=0.5,
-    )
+    return fake_deps(provider, store=store, check_mailbox=mail, clock=clock, check_refresh_wait=0.5)
 
 
 async def _linked_grant(

@@ -3,7 +3,6 @@ RFC 9700 checks every provider's sign-in gets: RFC 9207's `iss` on the callback,
 whenever `openid` was asked, userinfo about the id token's account."""
 
 import dataclasses
-from datetime import timedelta
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ from broker_fakes import (
     FakeMailServers,
     FakeProvider,
     InMemoryBrokerStore,
+    fake_deps,
     reserved,
     start_in_browser,
 )
@@ -77,15 +77,10 @@ def mail() -> FakeMailServers:
 
 @pytest.fixture
 def deps(provider: FakeProvider, mail: FakeMailServers) -> BrokerDeps:
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
+    return fake_deps(
         clients={"oidc:corp": provider},
         check_mailbox=mail,
-        session_lifetime=timedelta(minutes=10),
         mail_servers={"oidc:corp": CORP_MAIL},
-        clock=FakeClock(),
         unavailable={"oidc:broken": "the discovery document names issuer 'x'"},
     )
 

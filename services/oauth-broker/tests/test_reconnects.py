@@ -13,9 +13,8 @@ from broker_fakes import (
     BOX,
     JAR,
     FakeClock,
-    FakeMailServers,
     FakeProvider,
-    InMemoryBrokerStore,
+    fake_deps,
     invalid_grant,
     offer_sign_in,
     rejected,
@@ -59,14 +58,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def deps(provider: FakeProvider, clock: FakeClock) -> BrokerDeps:
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: provider},
-        check_mailbox=FakeMailServers(),
-        clock=clock,
-    )
+    return fake_deps(provider, clock=clock)
 
 
 async def _linked_then_refused(deps: BrokerDeps, provider: FakeProvider, clock: FakeClock) -> None:

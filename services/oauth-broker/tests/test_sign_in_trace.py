@@ -15,12 +15,11 @@ from pydantic import SecretStr
 from broker_fakes import (
     ADDRESS,
     ALICE,
-    BOX,
     JAR,
     FakeClock,
-    FakeMailServers,
     FakeProvider,
     InMemoryBrokerStore,
+    fake_deps,
     invalid_grant,
     requested,
     reserved,
@@ -70,16 +69,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def deps(provider: FakeProvider, clock: FakeClock) -> BrokerDeps:
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: provider},
-        check_mailbox=FakeMailServers(),
-        session_lifetime=timedelta(minutes=10),
-        refresh_margin=timedelta(minutes=5),
-        clock=clock,
-    )
+    return fake_deps(provider, clock=clock)
 
 
 def _named(spans: InMemorySpanExporter, name: str) -> ReadableSpan:

@@ -13,7 +13,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from broker_fakes import ALICE, BOX, FakeClock, FakeMailServers, FakeProvider, InMemoryBrokerStore
+from broker_fakes import (
+    ALICE,
+    BOX,
+    FakeClock,
+    FakeProvider,
+    InMemoryBrokerStore,
+    fake_deps,
+)
 from broker_fakes import invalid_grant as refused_for_good
 from mailbox_link_contract.events import MailboxReconnectRequired, ProviderType, ServerSettings
 from mailbox_link_contract.values import EncryptedSecret
@@ -54,15 +61,7 @@ def provider() -> FakeProvider:
 
 @pytest.fixture
 def deps(provider: FakeProvider, clock: FakeClock) -> BrokerDeps:
-    return BrokerDeps(
-        store=InMemoryBrokerStore(),
-        publisher=RecordingPublisher(),
-        secret_box=BOX,
-        clients={ProviderType.GOOGLE: provider},
-        check_mailbox=FakeMailServers(),
-        refresh_margin=timedelta(minutes=5),
-        clock=clock,
-    )
+    return fake_deps(provider, clock=clock)
 
 
 @pytest.fixture
